@@ -1,0 +1,173 @@
+"""The `engine` command: dump, restore, show, plan, plugins, check.
+
+Every failure ends as one line on stderr and a non-zero exit. Imports are
+lazy: the interpreter start is most of a small run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EXIT_FAILED = 1
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugins", default="default",
+                   help="comma-separated plugin set: 'default' and/or plugin names")
+    p.add_argument("--disable", action="append", default=[], metavar="NAME",
+                   help="disable a plugin (repeatable, or comma-separated)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engine", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("dump", help="freeze a process tree and write its images")
+    d.add_argument("-t", "--tree", type=int, required=True, metavar="PID")
+    d.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    d.add_argument("--leave-running", action="store_true",
+                   help="resume the tree after the dump instead of killing it")
+    _common(d)
+
+    r = sub.add_parser("restore", help="bring a dumped tree back")
+    r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    r.add_argument("--restore-detached", action="store_true", default=True,
+                   help="return once the tree runs (the default)")
+    r.add_argument("--leave-stopped", action="store_true",
+                   help="leave every task stopped (SIGSTOP) after restore")
+    r.add_argument("--pidfile", metavar="FILE", help="write the root pid here")
+    _common(r)
+
+    s = sub.add_parser("show", help="print an image set as JSON")
+    s.add_argument("dir", metavar="DIR")
+
+    pl = sub.add_parser("plan", help="print the restore order of an image set")
+    pl.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    pl.add_argument("--tree", action="store_true", help="also print what each node waits for")
+    _common(pl)
+
+    ps = sub.add_parser("plugins", help="list plugins, where each came from, and if it is on")
+    _common(ps)
+
+    sub.add_parser("check", help="check that this kernel has what the engine needs")
+    return p
+
+
+def _split(values: list[str]) -> tuple[str, ...]:
+    return tuple(v for item in values for v in item.split(",") if v)
+
+
+def _registry(args):
+    from engine import registry
+    return registry.build(args.plugins, _split(args.disable))
+
+
+def _add_plugin_options(reg, parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("plugin options")
+    reg.hook.engine_addoption.call_historic(kwargs={"parser": group})
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args, _ = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
+                        format="engine: %(name)s: %(message)s")
+    try:
+        reg = _registry(args) if hasattr(args, "plugins") else None
+        if reg is not None:
+            _add_plugin_options(reg, _subparser(parser, args.command))
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args, reg)
+    except KeyboardInterrupt:
+        print("engine: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one line
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"engine: error: {msg}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def cmd_dump(args, reg) -> int:
+    import os
+    from engine.dump import DumpContext, dump
+    from engine.images import ImageDir
+    os.makedirs(args.images_dir, exist_ok=True)
+    ctx = DumpContext(images=ImageDir(args.images_dir, _kinds(reg)), registry=reg, options=args)
+    dump(ctx, args.tree)
+    return 0
+
+
+def cmd_restore(args, reg) -> int:
+    from engine.restore import RestoreContext, restore
+    ctx = RestoreContext(images=_open_images(args.images_dir, reg), registry=reg, options=args)
+    pids = restore(ctx)
+    if args.pidfile and pids:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{pids[0]}\n")
+    return 0
+
+
+def cmd_plan(args, reg) -> int:
+    from engine.restore import RestoreContext, build_graph
+    ctx = RestoreContext(images=_open_images(args.images_dir, reg), registry=reg, options=args)
+    graph = build_graph(ctx)
+    for i, node in enumerate(graph.order(), 1):
+        where = node.where if node.pid is None else f"{node.where} {node.pid}"
+        print(f"{i:4d}  {node}  [{node.plugin}; {where}]")
+    if args.tree:
+        print()
+        print("\n".join(graph.tree()))
+    return 0
+
+
+def cmd_show(args, reg) -> int:
+    import json
+    from engine.images.show import image_dir_to_json
+    print(json.dumps(image_dir_to_json(args.dir), indent=2))
+    return 0
+
+
+def cmd_plugins(args, reg) -> int:
+    for name, spec in reg.specs.items():
+        state = "on" if reg.is_enabled(name) else "off"
+        extra = " (essential)" if spec.essential else ""
+        print(f"{name:10s} {state:3s} {spec.runs_in:6s} from {spec.origin}{extra}")
+        print(f"{'':10s} provides: {', '.join(spec.provides) or '-'}; "
+              f"after: {', '.join(spec.after) or '-'}")
+    return 0
+
+
+def cmd_check(args, reg) -> int:
+    from engine.check import run_checks
+    return run_checks()
+
+
+COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
+            "plan": cmd_plan, "plugins": cmd_plugins, "check": cmd_check}
+
+
+def _kinds(reg):
+    from engine.images.kinds import default_registry
+    kinds = default_registry()
+    reg.hook.engine_register_images.call_historic(kwargs={"registry": kinds})
+    return kinds
+
+
+def _open_images(path: str, reg):
+    import os
+    from engine.images import ImageDir
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such image directory")
+    return ImageDir(path, _kinds(reg))

@@ -1,0 +1,135 @@
+"""The restore graph: nodes from plugins, edges from hooks.toml and from nodes.
+
+Two kinds of edges: resource-level ones (a plugin's ``after`` in hooks.toml:
+every node of that plugin comes after every node of the plugins providing the
+named resources) and node-level ones (``Node.after``: a pipe end after the
+task that opens it). The order is graphlib's, with nodes inserted in hooks.toml
+order and then in the order plugins added them, so it is stable. A cycle is
+reported with its path (mkosi's habit); a resource that no enabled plugin
+provides is reported before anything starts.
+"""
+from __future__ import annotations
+
+import graphlib
+from typing import Any
+
+import attrs
+
+WHERE = ("engine", "task", "tracer")
+
+
+class GraphError(Exception):
+    """The graph cannot run: one line, naming the node or the cycle."""
+
+
+@attrs.define(eq=False)
+class Node:
+    key: str                       # unique, e.g. "files:fd:30001:3"
+    plugin: str                    # the plugin whose engine_restore_node runs it
+    where: str | None = None       # None: the plugin's runs_in from hooks.toml
+    pid: int | None = None         # the task it belongs to (task/tracer nodes)
+    data: Any = None               # plugin-private payload
+    after: list[str] = attrs.field(factory=list)   # keys of nodes to run first
+    needs: list[str] = attrs.field(factory=list)   # resources it cannot do without
+    label: str = ""                # for `engine plan`
+
+    def __str__(self) -> str:
+        return self.label or self.key
+
+
+@attrs.define
+class Graph:
+    registry: Any
+    nodes: dict[str, Node] = attrs.field(factory=dict)
+
+    def add(self, node: Node) -> Node:
+        if node.key in self.nodes:
+            raise GraphError(f"node {node.key} added twice")
+        spec = self.registry.specs.get(node.plugin)
+        if spec is None:
+            raise GraphError(f"node {node.key}: unknown plugin {node.plugin}")
+        if node.where is None:
+            node.where = spec.runs_in
+        if node.where not in WHERE:
+            raise GraphError(f"node {node.key}: where={node.where!r} is not one of {WHERE}")
+        if node.where != "engine" and node.pid is None:
+            raise GraphError(f"node {node.key}: runs in {node.where} but names no task")
+        self.nodes[node.key] = node
+        return node
+
+    def by_plugin(self, plugin: str) -> list[Node]:
+        return [n for n in self.nodes.values() if n.plugin == plugin]
+
+    def check_needs(self) -> None:
+        """Every resource a node needs has an enabled provider."""
+        reg = self.registry
+        for node in self.nodes.values():
+            for resource in node.needs:
+                provider = reg.provider_of(resource)
+                if provider is None:
+                    raise GraphError(f"{node}: needs {resource}, which no plugin provides")
+                if not reg.is_enabled(provider.name):
+                    raise GraphError(f"{node}: needs {resource}, provided by plugin "
+                                     f"{provider.name}, which is disabled")
+
+    def predecessors(self) -> dict[str, list[str]]:
+        reg = self.registry
+        providers: dict[str, list[str]] = {}
+        for name in reg.enabled:
+            for resource in reg.specs[name].provides:
+                providers.setdefault(resource, []).append(name)
+        deps: dict[str, list[str]] = {}
+        for node in self._ordered():
+            before: list[str] = []
+            for resource in reg.specs[node.plugin].after:
+                for provider in providers.get(resource, ()):
+                    if provider != node.plugin:
+                        before += [n.key for n in self.by_plugin(provider)]
+            for key in node.after:
+                if key not in self.nodes:
+                    raise GraphError(f"{node}: comes after {key}, which is not in the graph")
+                before.append(key)
+            deps[node.key] = before
+        return deps
+
+    def _ordered(self) -> list[Node]:
+        rank = {name: i for i, name in enumerate(self.registry.enabled)}
+        return sorted(self.nodes.values(), key=lambda n: rank.get(n.plugin, len(rank)))
+
+    def sorter(self) -> graphlib.TopologicalSorter:
+        ts = graphlib.TopologicalSorter()
+        for key, before in self.predecessors().items():
+            ts.add(key, *before)
+        try:
+            ts.prepare()
+        except graphlib.CycleError as e:
+            raise GraphError("restore graph has a cycle: "
+                             + " => ".join(str(self.nodes[k]) for k in e.args[1])) from None
+        return ts
+
+    def order(self) -> list[Node]:
+        """A full serial order (what `engine plan` prints and restore follows)."""
+        self.check_needs()
+        ts = self.sorter()
+        out: list[Node] = []
+        while ts.is_active():
+            ready = sorted(ts.get_ready(), key=self._rank())
+            for key in ready:
+                out.append(self.nodes[key])
+                ts.done(key)
+        return out
+
+    def _rank(self):
+        index = {key: i for i, key in enumerate(n.key for n in self._ordered())}
+        return lambda key: index[key]
+
+    def tree(self) -> list[str]:
+        """An indented tree, `tox depends` style: each node under what it waits for."""
+        deps = self.predecessors()
+        lines = []
+        for node in self.order():
+            lines.append(f"{node}  [{node.plugin}, {node.where}]")
+            direct = [k for k in deps[node.key] if k in node.after]
+            for key in direct:
+                lines.append(f"    after {self.nodes[key]}")
+        return lines

@@ -1,0 +1,179 @@
+"""The plugin manager: hooks.toml, entry points, --plugins and --disable.
+
+Load order (STYLE habit 7): parse hooks.toml; block every disabled name;
+register the built-ins; load the ``engine.plugins`` entry points (pluggy skips
+blocked names); ``check_pending``. One name everywhere: the folder, the
+hooks.toml key, the pluggy name and the ``--disable`` argument are the same.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from pathlib import Path
+
+import attrs
+import pluggy
+
+from engine import hookspecs
+
+HOOKS_TOML = Path(__file__).resolve().parent.parent / "hooks.toml"
+ENTRY_POINT_GROUP = "engine.plugins"
+RUNS_IN = ("engine", "task", "tracer")
+
+
+class PluginError(Exception):
+    """A plugin set that cannot work: one line, naming the plugin."""
+
+
+def _str_list(inst, attribute, value):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PluginError(f"plugin {inst.name}: {attribute.name} must be a list of strings")
+
+
+@attrs.frozen
+class PluginSpec:
+    """One plugin as hooks.toml declares it."""
+
+    name: str
+    module: str = attrs.field(validator=attrs.validators.instance_of(str))
+    provides: list[str] = attrs.field(factory=list, validator=_str_list)
+    after: list[str] = attrs.field(factory=list, validator=_str_list)
+    runs_in: str = attrs.field(default="engine", validator=attrs.validators.in_(RUNS_IN))
+    default: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    essential: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    # What a disabled plugin's resources become, documented by the plugin
+    # (e.g. "closed": sockets restored as closed fds). None: no fallback.
+    fallback: str | None = None
+    description: str = ""
+    origin: str = "hooks.toml"
+
+    @classmethod
+    def from_table(cls, name: str, table: dict, origin: str) -> "PluginSpec":
+        known = {a.name for a in attrs.fields(cls)} - {"name", "origin"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise PluginError(f"{origin}: plugin {name}: unknown key {unknown[0]!r}")
+        if "module" not in table:
+            raise PluginError(f"{origin}: plugin {name}: missing key 'module'")
+        try:
+            return cls(name=name, origin=origin, **table)
+        except (TypeError, ValueError) as e:
+            raise PluginError(f"{origin}: plugin {name}: {e}") from None
+
+
+def load_specs(path: Path = HOOKS_TOML) -> dict[str, PluginSpec]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise PluginError(f"{path.name}: {e}") from None
+    tables = data.get("plugins", {})
+    return {name: PluginSpec.from_table(name, t, path.name) for name, t in tables.items()}
+
+
+def _entry_point_spec(ep, module) -> PluginSpec:
+    """A third-party plugin declares itself in a hooks.toml in its package."""
+    toml = Path(module.__file__).parent / "hooks.toml"
+    if toml.exists():
+        specs = load_specs(toml)
+        if ep.name in specs:
+            return attrs.evolve(specs[ep.name], origin=f"entry point {ep.value}")
+    return PluginSpec(name=ep.name, module=ep.value, default=False,
+                      origin=f"entry point {ep.value}")
+
+
+@attrs.define
+class Registry:
+    """The resolved plugin set of one run."""
+
+    pm: pluggy.PluginManager
+    specs: dict[str, PluginSpec]      # every known plugin, enabled or not
+    enabled: list[str]                # in hooks.toml order, then entry points
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+    def provider_of(self, resource: str) -> PluginSpec | None:
+        for spec in self.specs.values():
+            if resource in spec.provides:
+                return spec
+        return None
+
+    def is_enabled(self, name: str) -> bool:
+        return name in self.enabled
+
+
+def _selection(plugins: str, specs: dict[str, PluginSpec]) -> set[str]:
+    chosen: set[str] = set()
+    for word in filter(None, (w.strip() for w in plugins.split(","))):
+        if word == "default":
+            chosen |= {n for n, s in specs.items() if s.default}
+        else:
+            chosen.add(word)
+    return chosen
+
+
+def build(plugins: str = "default", disable: tuple[str, ...] = (),
+          hooks_toml: Path = HOOKS_TOML) -> Registry:
+    specs = load_specs(hooks_toml)
+    pm = pluggy.PluginManager("engine")
+    pm.add_hookspecs(hookspecs)
+
+    eps = []
+    if not os.environ.get("ENGINE_DISABLE_PLUGIN_AUTOLOAD"):
+        from importlib.metadata import entry_points
+        eps = list(entry_points(group=ENTRY_POINT_GROUP))
+
+    chosen = _selection(plugins, specs)
+    known = set(specs) | {ep.name for ep in eps}
+    for name in sorted(chosen | set(disable)):
+        if name not in known:
+            raise PluginError(f"unknown plugin {name!r} (known: {', '.join(sorted(known))})")
+    for name in disable:
+        if name in specs and specs[name].essential:
+            raise PluginError(f"plugin {name} cannot be disabled")
+        chosen.discard(name)
+    for name, spec in specs.items():
+        if spec.essential:
+            chosen.add(name)
+
+    enabled = []
+    for name, spec in specs.items():
+        if name not in chosen:
+            pm.set_blocked(name)
+            continue
+        try:
+            module = importlib.import_module(spec.module)
+        except ImportError as e:
+            raise PluginError(f"plugin {name}: cannot import {spec.module}: {e}") from None
+        pm.register(module, name=name)
+        enabled.append(name)
+
+    for ep in eps:
+        if ep.name in specs:
+            raise PluginError(f"entry point {ep.value}: plugin name {ep.name!r} is taken")
+        if ep.name not in chosen:
+            pm.set_blocked(ep.name)
+            continue
+        module = ep.load()
+        specs[ep.name] = _entry_point_spec(ep, module)
+        pm.register(module, name=ep.name)
+        enabled.append(ep.name)
+
+    pm.check_pending()
+    if os.environ.get("ENGINE_TRACE_HOOKS"):
+        _trace_hooks(pm)
+    return Registry(pm=pm, specs=specs, enabled=enabled)
+
+
+def _trace_hooks(pm: pluggy.PluginManager) -> None:
+    import sys
+
+    def before(name, impls, kwargs):
+        print(f"hook {name} -> {[i.plugin_name for i in impls]}", file=sys.stderr)
+
+    def after(outcome, name, impls, kwargs):
+        pass
+
+    pm.add_hookcall_monitoring(before, after)

@@ -1,0 +1,281 @@
+"""Restore orchestration: read, plan, run the graph, release; or undo it all.
+
+Tasks are forked children of the engine (clone3 with the dumped pid), each
+running a small executor loop (`_serve`): it receives "run node K" over its
+socketpair and runs the plugin's hook in its own context, so fds, cwd,
+sessions and credentials are made by the task itself, as the kernel requires.
+Before its first tracer node a task closes every fd that is not its own
+restored one and stops for the tracer; memory and registers are swapped in
+from the engine. Any failure kills and reaps every task started.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+from typing import Any
+
+import attrs
+
+from engine.graph import Graph, GraphError, Node
+from engine.stash import Stash
+
+log = logging.getLogger("engine.restore")
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class RestoreError(Exception):
+    """A restore that cannot go on: one line, naming the image or node."""
+
+
+@attrs.define(eq=False)
+class RestoreContext:
+    images: Any                     # engine.images.ImageDir
+    registry: Any                   # engine.registry.Registry
+    options: Any                    # argparse.Namespace
+    stash: Stash = attrs.field(factory=Stash)
+    graph: Graph | None = None
+    # pid -> engine end of the task's channel (engine only)
+    channels: dict[int, socket.socket] = attrs.field(factory=dict)
+    # pid -> task end (inherited by every task; each keeps only its own)
+    task_ends: dict[int, socket.socket] = attrs.field(factory=dict)
+    started: list[int] = attrs.field(factory=list)      # pids alive, in order
+    stopped: set[int] = attrs.field(factory=set)        # stopped for the tracer
+    tracees: dict[int, Any] = attrs.field(factory=dict)  # pid -> tracer handle
+    # Inside a task: its pid and the fds restored so far (kept at stop).
+    self_pid: int | None = None
+    kept_fds: set[int] = attrs.field(factory=set)
+
+    @property
+    def hook(self):
+        return self.registry.hook
+
+    # --- services for plugins ------------------------------------------
+
+    def spawn(self, pid: int) -> int:
+        """Fork task `pid` from the calling process (engine or a task)."""
+        from engine.tracer.clone import clone_with_pid
+        child = clone_with_pid(pid)
+        if child == 0:
+            _serve(self, pid)          # never returns
+        self.started.append(child)
+        return child
+
+    def install_fd(self, fd: int, number: int) -> None:
+        """Put open `fd` at `number` in this task (closing `fd`)."""
+        own = self.task_ends[self.self_pid]
+        if own.fileno() == number:
+            # Our channel sits where the image wants a file: move it away.
+            moved = os.dup(own.fileno())
+            os.dup2(moved, number)
+            self.task_ends[self.self_pid] = socket.socket(fileno=moved)
+            own.detach()
+        if fd != number:
+            os.dup2(fd, number, inheritable=True)
+            os.close(fd)
+        self.kept_fds.add(number)
+
+
+# --- the wire between engine and tasks --------------------------------------
+
+def _send(sock: socket.socket, obj) -> None:
+    data = pickle.dumps(obj)
+    sock.sendall(struct.pack("<I", len(data)) + data)
+
+
+def _recv(sock: socket.socket):
+    head = _read_exact(sock, 4)
+    if head is None:
+        return None
+    (size,) = struct.unpack("<I", head)
+    return pickle.loads(_read_exact(sock, size))
+
+
+def _read_exact(sock: socket.socket, size: int):
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _serve(ctx: RestoreContext, pid: int) -> None:
+    """The executor loop of a forked task. Never returns."""
+    code = 1
+    try:
+        ctx.self_pid = pid
+        ctx.kept_fds = set()
+        ctx.started = []
+        for end in ctx.channels.values():
+            end.close()
+        ctx.channels = {}
+        sock = ctx.task_ends[pid]
+        while True:
+            msg = _recv(ctx.task_ends[pid])
+            if msg is None:
+                break
+            if msg[0] == "node":
+                node = ctx.graph.nodes[msg[1]]
+                try:
+                    ctx.started = []
+                    _run_hook(ctx, node)
+                    _send(ctx.task_ends[pid], ("ok", ctx.started))
+                except Exception as e:  # report, then wait to be killed
+                    _send(ctx.task_ends[pid], ("error", _one_line(e), ctx.started))
+            elif msg[0] == "stop":
+                from engine.tracer.restore import wait_for_tracer
+                _send(ctx.task_ends[pid], ("ok", []))
+                _close_all_but(ctx.kept_fds)
+                wait_for_tracer()
+                # Not reached: the tracer replaces this process image.
+        del sock
+    finally:
+        os._exit(code)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    lo = 0
+    for fd in sorted(keep):
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, _fd_limit())
+
+
+def _fd_limit() -> int:
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _run_hook(ctx: RestoreContext, node: Node) -> None:
+    done = ctx.hook.engine_restore_node(ctx=ctx, node=node)
+    if done is None:
+        raise RestoreError(f"{node}: plugin {node.plugin} did not restore it")
+
+
+# --- the engine side ---------------------------------------------------------
+
+def build_graph(ctx: RestoreContext) -> Graph:
+    graph = Graph(ctx.registry)
+    ctx.graph = graph
+    ctx.hook.engine_restore_collect(ctx=ctx, graph=graph)
+    return graph
+
+
+def restore(ctx: RestoreContext) -> list[int]:
+    """Run a restore to the end; on failure undo it and raise RestoreError."""
+    graph = build_graph(ctx)
+    order = graph.order()            # cycles and missing providers: nothing started
+    pids = sorted({n.pid for n in graph.nodes.values() if n.pid is not None})
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for pid in pids:
+        a, b = socket.socketpair()
+        ctx.channels[pid], ctx.task_ends[pid] = a, b
+    try:
+        for node in order:
+            _run_node(ctx, node)
+        _release(ctx)
+    except BaseException as e:
+        _undo(ctx)
+        ctx.hook.engine_restore_abort(ctx=ctx, error=e)
+        if isinstance(e, (RestoreError, GraphError)):
+            raise
+        raise RestoreError(_one_line(e)) from e
+    finally:
+        for s in list(ctx.channels.values()) + list(ctx.task_ends.values()):
+            s.close()
+    ctx.hook.engine_restore_finish(ctx=ctx)
+    return ctx.started
+
+
+def _run_node(ctx: RestoreContext, node: Node) -> None:
+    log.debug("node %s (%s in %s)", node.key, node.plugin, node.where)
+    if node.where == "engine":
+        _run_hook(ctx, node)
+        return
+    if node.pid not in ctx.started:
+        raise RestoreError(f"{node}: task {node.pid} was never created")
+    if node.where == "task":
+        if node.pid in ctx.stopped:
+            raise RestoreError(f"{node}: task {node.pid} already stopped for the tracer")
+        reply = _ask(ctx, node.pid, ("node", node.key))
+        if reply[0] != "ok":
+            raise RestoreError(reply[1])
+        return
+    if node.pid not in ctx.stopped:
+        _stop_for_tracer(ctx, node.pid)
+    _run_hook(ctx, node)
+
+
+def _ask(ctx: RestoreContext, pid: int, msg):
+    chan = ctx.channels[pid]
+    _send(chan, msg)
+    reply = _recv(chan)
+    if reply is None:
+        raise RestoreError(f"task {pid} died while restoring {msg[1] if len(msg) > 1 else msg[0]}")
+    ctx.started.extend(p for p in reply[-1] if p not in ctx.started)
+    return reply
+
+
+def _stop_for_tracer(ctx: RestoreContext, pid: int) -> None:
+    from engine.tracer.restore import attach_stopped
+    _ask(ctx, pid, ("stop",))
+    ctx.channels.pop(pid).close()
+    ctx.tracees[pid] = attach_stopped(pid)
+    ctx.stopped.add(pid)
+
+
+def _release(ctx: RestoreContext) -> None:
+    from engine.tracer.restore import release
+    for pid in ctx.started:
+        if pid not in ctx.stopped:
+            raise RestoreError(f"task {pid}: no memory or registers were restored")
+    release([ctx.tracees[p] for p in ctx.started],
+            leave_stopped=getattr(ctx.options, "leave_stopped", False))
+
+
+def _undo(ctx: RestoreContext) -> None:
+    """Kill every task started, and whatever they forked, then reap them all.
+
+    The engine is a child subreaper during a restore, so tasks orphaned by
+    the kill come to it; it waits until it has no children left.
+    """
+    import time
+    for pid in reversed(ctx.started):
+        _kill(pid)
+    while True:
+        for pid in _children(os.getpid()):
+            _kill(pid)
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG | 0x40000000)  # __WALL: traced too
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.001)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _children(ppid: int) -> list[int]:
+    try:
+        with open(f"/proc/{ppid}/task/{ppid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
