@@ -31,6 +31,8 @@ class DumpTask:
     pid: int
     tracee: Any                      # engine.tracer.task.Tracee
     state: Any                       # engine.tracer.model.TaskState
+    # ids-PID.img: object ids of its mm, fd table, fs and signal handlers
+    ids: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.define(eq=False)
@@ -73,7 +75,9 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
         for pid in pids:
             tracee = tracer.freeze(pid)
             frozen.append(tracee)
-            ctx.tasks[pid] = DumpTask(pid=pid, tracee=tracee, state=tracer.collect_task(tracee))
+            ids = {k: ctx.new_id() for k in ("vm_id", "files_id", "fs_id", "sighand_id")}
+            ctx.tasks[pid] = DumpTask(pid=pid, tracee=tracee, state=tracer.collect_task(tracee),
+                                      ids=ids)
         for pid in pids:
             ctx.hook.engine_dump_task(ctx=ctx, task=ctx.tasks[pid])
         ctx.hook.engine_dump_finish(ctx=ctx)

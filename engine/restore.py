@@ -39,6 +39,9 @@ class RestoreContext:
     options: Any                    # argparse.Namespace
     stash: Stash = attrs.field(factory=Stash)
     graph: Graph | None = None
+    pstree: list = attrs.field(factory=list)   # pstree_entry, parents first (pstree plugin)
+    files: dict = attrs.field(factory=dict)    # files.img: id -> file_entry
+    _ids: dict = attrs.field(factory=dict)
     # pid -> engine end of the task's channel (engine only)
     channels: dict[int, socket.socket] = attrs.field(factory=dict)
     # pid -> task end (inherited by every task; each keeps only its own)
@@ -55,6 +58,12 @@ class RestoreContext:
         return self.registry.hook
 
     # --- services for plugins ------------------------------------------
+
+    def ids(self, pid: int):
+        """ids-PID.img of a task: the object ids its mm, fds, fs... share."""
+        if pid not in self._ids:
+            self._ids[pid] = self.images.read_one("ids", id=pid)
+        return self._ids[pid]
 
     def spawn(self, pid: int) -> int:
         """Fork task `pid` from the calling process (engine or a task)."""
@@ -169,6 +178,8 @@ def _run_hook(ctx: RestoreContext, node: Node) -> None:
 def build_graph(ctx: RestoreContext) -> Graph:
     graph = Graph(ctx.registry)
     ctx.graph = graph
+    if ctx.images.exists("files"):
+        ctx.files = {e.id: e for e in ctx.images.read("files")}
     ctx.hook.engine_restore_collect(ctx=ctx, graph=graph)
     return graph
 

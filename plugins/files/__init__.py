@@ -1,0 +1,159 @@
+"""files: fd tables (fdinfo-N.img) and regular files (files.img REG entries).
+
+Dump: every fd of a task is offered to the plugins through ``engine_dump_fd``
+(first claim wins; this plugin is the catch-all for anything with a path:
+regular files, directories, devices such as /dev/null). fds sharing one open
+file description (dup, fork) get one file id, found with kcmp(KCMP_FILE) as
+CRIU does (criu/files.c), so they share one offset after restore.
+
+Restore: one node per task opens its whole fd table in the task itself: each
+file id is opened once through ``engine_restore_file`` and dup'ed to every fd
+that shares it. A regular file whose size or mode changed since the dump is
+refused (criu/files-reg.c checks the same), never silently reopened.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+import stat as st
+
+from engine import hookimpl
+from engine.graph import Node
+
+log = logging.getLogger("engine.plugins.files")
+
+SYS_KCMP = 312
+KCMP_FILE = 0
+# Flags that only mean something at open time; CRIU drops them too.
+OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+
+# --- dump ----------------------------------------------------------------
+
+@hookimpl
+def engine_dump_task(ctx, task):
+    from engine.images.proto import fdinfo_pb2
+    pid = task.pid
+    fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
+    # (st_dev, st_ino) -> [(fd, file id, type)]: kcmp only fds on one inode
+    seen: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    entries = []
+    for fd in fds:
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        stat = os.stat(f"/proc/{pid}/fd/{fd}")
+        same_inode = seen.setdefault((stat.st_dev, stat.st_ino), [])
+        file_id, ftype = _shared_with(pid, fd, same_inode)
+        if file_id is None:
+            entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
+            if entry is None:
+                raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
+            file_id, ftype = ctx.add_file(entry), entry.type
+        same_inode.append((fd, file_id, ftype))
+        cloexec = _fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
+        entries.append(fdinfo_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
+                                               flags=fcntl.FD_CLOEXEC if cloexec else 0))
+    ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
+
+
+@hookimpl(trylast=True)
+def engine_dump_fd(ctx, task, fd, link, stat):
+    if not link.startswith("/"):
+        return None           # sockets, pipes, anon inodes: other plugins' business
+    info = _fdinfo(task.pid, fd)
+    from engine.images.entries import regular_file
+    return regular_file(link, stat, flags=info["flags"] & ~os.O_CLOEXEC, pos=info["pos"])
+
+
+# --- restore ---------------------------------------------------------------
+
+@hookimpl
+def engine_restore_collect(ctx, graph):
+    for task in ctx.pstree:
+        files_id = ctx.ids(task.pid).files_id
+        fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
+            "fdinfo", id=files_id) else []
+        needs = set()
+        for i, fi in enumerate(fdinfos):
+            entry = ctx.files.get(fi.id)
+            if entry is None:
+                raise ValueError(f"fdinfo-{files_id}.img: entry {i}: fd {fi.fd}: "
+                                 f"file id {fi.id} is not in files.img")
+            needs.add(f"file:{_type_name(entry)}")
+        graph.add(Node(key=f"files:table:{task.pid}", plugin="files", where="task",
+                       pid=task.pid, data=fdinfos, needs=sorted(needs),
+                       label=f"fd table of {task.pid} ({len(fdinfos)} fds)"))
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    if node.plugin != "files":
+        return None
+    opened: dict[int, int] = {}                    # file id -> fd number installed
+    for fi in node.data:
+        if fi.id in opened:
+            fd = os.dup(opened[fi.id])
+        else:
+            fd = ctx.hook.engine_restore_file(ctx=ctx, entry=ctx.files[fi.id])
+            if fd is None:
+                raise ValueError(f"files.img: file id {fi.id}: no plugin opens "
+                                 f"type {_type_name(ctx.files[fi.id])}")
+        ctx.install_fd(fd, fi.fd)
+        opened.setdefault(fi.id, fi.fd)
+        fcntl.fcntl(fi.fd, fcntl.F_SETFD, fi.flags & fcntl.FD_CLOEXEC)
+    return True
+
+
+@hookimpl(trylast=True)
+def engine_restore_file(ctx, entry):
+    if not entry.HasField("reg"):
+        return None
+    reg = entry.reg
+    where = f"files.img: file id {entry.id} ({reg.name})"
+    try:
+        now = os.stat(reg.name)
+    except OSError as e:
+        raise ValueError(f"{where}: {e.strerror}") from None
+    if reg.HasField("mode") and st.S_IFMT(now.st_mode) != st.S_IFMT(reg.mode):
+        raise ValueError(f"{where}: mode changed: {reg.mode:o} -> {now.st_mode:o}")
+    if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
+        raise ValueError(f"{where}: size changed: {reg.size} -> {now.st_size}")
+    fd = os.open(reg.name, reg.flags & ~OPEN_ONLY & ~os.O_CLOEXEC)
+    if reg.pos and not reg.flags & O_PATH:
+        os.lseek(fd, reg.pos, os.SEEK_SET)
+    return fd
+
+
+# --- helpers -----------------------------------------------------------------
+
+_libc = None
+
+
+def _kcmp_same_file(pid: int, fd1: int, fd2: int) -> bool:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
+
+
+def _shared_with(pid, fd, seen):
+    for other, file_id, ftype in seen:
+        if _kcmp_same_file(pid, fd, other):
+            return file_id, ftype
+    return None, None
+
+
+def _fdinfo(pid: int, fd: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("pos", "flags", "mnt_id"):
+                out[key] = int(value.strip(), 8 if key == "flags" else 10)
+    return out
+
+
+def _type_name(entry) -> str:
+    return entry.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[entry.type].name

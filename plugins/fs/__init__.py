@@ -1,0 +1,71 @@
+"""fs: a task's cwd, root and umask (fs-PID.img, criu/files.c dump_task_fs).
+
+cwd and root are REG entries of files.img naming directories, as CRIU writes
+them. Restore runs in the task: chdir, then chroot when the root is not /,
+then umask. A cwd that no longer exists is refused with its path.
+"""
+from __future__ import annotations
+
+import os
+
+from engine import hookimpl
+from engine.graph import Node
+
+
+@hookimpl
+def engine_dump_task(ctx, task):
+    from engine.images.entries import regular_file
+    from engine.images.proto import fs_pb2
+    pid = task.pid
+    ids = {}
+    for name in ("cwd", "root"):
+        path = os.readlink(f"/proc/{pid}/{name}")
+        ids[name] = ctx.add_file(regular_file(path, os.stat(f"/proc/{pid}/{name}"),
+                                              flags=os.O_RDONLY | os.O_DIRECTORY, pos=0))
+    umask = _umask(pid)
+    ctx.images.write("fs", [fs_pb2.fs_entry(cwd_id=ids["cwd"], root_id=ids["root"],
+                                            umask=umask)], id=pid)
+
+
+@hookimpl
+def engine_restore_collect(ctx, graph):
+    for task in ctx.pstree:
+        if not ctx.images.exists("fs", id=task.pid):
+            continue
+        fs = ctx.images.read_one("fs", id=task.pid)
+        paths = {}
+        for name in ("cwd", "root"):
+            file_id = getattr(fs, f"{name}_id")
+            entry = ctx.files.get(file_id)
+            if entry is None or not entry.HasField("reg"):
+                raise ValueError(f"fs-{task.pid}.img: {name}_id {file_id} is not a "
+                                 "file entry of files.img")
+            paths[name] = entry.reg.name
+        graph.add(Node(key=f"fs:{task.pid}", plugin="fs", pid=task.pid,
+                       data=(paths, fs.umask if fs.HasField("umask") else None),
+                       label=f"cwd {paths['cwd']} of {task.pid}"))
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    if node.plugin != "fs":
+        return None
+    paths, umask = node.data
+    try:
+        # chdir first: both paths are as seen from the engine's root.
+        os.chdir(paths["cwd"])
+        if paths["root"] != "/":
+            os.chroot(paths["root"])
+    except OSError as e:
+        raise ValueError(f"fs-{node.pid}.img: {e.filename}: {e.strerror}") from None
+    if umask is not None:
+        os.umask(umask)
+    return True
+
+
+def _umask(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022

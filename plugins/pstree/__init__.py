@@ -1,0 +1,141 @@
+"""pstree: the process tree, as pstree.img holds it (criu/pstree.c).
+
+Dump: the task given with -t and all its descendants, parents first, each with
+its pid, parent, process group, session and threads. Restore: one node per
+task, forking it with its dumped pid from its parent (the engine forks the
+root), then one node in the task itself that puts it into its dumped session
+and process group. A pid that is in use, a parent that is not in the tree, a
+task listed twice: refused before anything is forked.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from engine import hookimpl
+from engine.graph import Node
+
+log = logging.getLogger("engine.plugins.pstree")
+
+PID_MAX_PATH = "/proc/sys/kernel/pid_max"
+
+
+# --- dump ----------------------------------------------------------------
+
+@hookimpl
+def engine_dump_tree(ctx, root_pid):
+    if not os.path.exists(f"/proc/{root_pid}"):
+        raise ProcessLookupError(f"no process {root_pid}")
+    order, queue = [], [root_pid]
+    while queue:
+        pid = queue.pop(0)
+        order.append(pid)
+        queue += _children(pid)
+    return order
+
+
+@hookimpl
+def engine_dump_finish(ctx):
+    from engine.images.proto import pstree_pb2
+    root = next(iter(ctx.tasks))
+    entries = []
+    for pid, task in ctx.tasks.items():
+        ppid, pgid, sid = _stat_ids(pid)
+        entry = pstree_pb2.pstree_entry(pid=pid, ppid=0 if pid == root else ppid,
+                                        pgid=pgid, sid=sid)
+        entry.threads.extend(t.tid for t in task.state.threads)
+        entries.append(entry)
+    ctx.images.write("pstree", entries)
+
+
+# --- restore ---------------------------------------------------------------
+
+@hookimpl(tryfirst=True)
+def engine_restore_collect(ctx, graph):
+    # tryfirst: every other plugin's collect walks ctx.pstree.
+    entries = ctx.images.read("pstree")
+    _validate(entries)
+    ctx.pstree = entries
+    for e in entries:
+        if e.ppid == 0:
+            graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="engine",
+                           data=e, label=f"fork task {e.pid}"))
+        else:
+            graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="task",
+                           pid=e.ppid, data=e, after=[f"pstree:fork:{e.ppid}"],
+                           label=f"fork task {e.pid} from {e.ppid}"))
+        graph.add(Node(key=f"pstree:ids:{e.pid}", plugin="pstree", where="task", pid=e.pid,
+                       data=e, after=[f"pstree:fork:{e.pid}"],
+                       label=f"session {e.sid} and group {e.pgid} of {e.pid}"))
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    if node.plugin != "pstree":
+        return None
+    entry = node.data
+    if node.key.startswith("pstree:fork:"):
+        ctx.spawn(entry.pid)
+    else:
+        _join_session_and_group(entry)
+    return True
+
+
+# --- helpers -----------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            kids += [int(p) for p in f.read().split()]
+    return kids
+
+
+def _stat_ids(pid: int) -> tuple[int, int, int]:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def _validate(entries) -> None:
+    if not entries:
+        raise ValueError("pstree.img: no task")
+    pid_max = int(open(PID_MAX_PATH).read())
+    seen: set[int] = set()
+    threads: set[int] = set()
+    for i, e in enumerate(entries):
+        where = f"pstree.img: entry {i}"
+        if not 0 < e.pid < pid_max:
+            raise ValueError(f"{where}: pid {e.pid} out of range")
+        if e.pid in seen:
+            raise ValueError(f"{where}: pid {e.pid} listed twice")
+        if i == 0 and e.ppid != 0:
+            pass  # the root's dumped parent is outside the tree
+        elif i > 0 and e.ppid not in seen:
+            raise ValueError(f"{where}: parent {e.ppid} of {e.pid} is not an earlier task")
+        if e.threads and e.pid not in e.threads:
+            raise ValueError(f"{where}: threads do not include the task {e.pid}")
+        for tid in e.threads:
+            if tid in threads:
+                raise ValueError(f"{where}: thread {tid} listed twice")
+            threads.add(tid)
+        if os.path.exists(f"/proc/{e.pid}"):
+            raise ValueError(f"{where}: pid {e.pid} is in use")
+        seen.add(e.pid)
+    # the root's ppid is ignored on restore: the engine (or its caller) is the parent
+    entries[0].ppid = 0
+
+
+def _join_session_and_group(entry) -> None:
+    pid = entry.pid
+    if entry.sid == pid:
+        os.setsid()
+    elif entry.pgid == pid:
+        os.setpgid(0, 0)
+    elif os.getpgid(0) != entry.pgid:
+        try:
+            os.setpgid(0, entry.pgid)
+        except OSError:
+            # Like CRIU's --shell-job: a group outside the tree is inherited.
+            log.warning("task %d: process group %d is outside the tree; inherited %d",
+                        pid, entry.pgid, os.getpgid(0))
