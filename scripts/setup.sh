@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything `engine` needs on a fresh Debian machine, as root:
+# Debian's criu package (only for `crit`, which checks our images), gcc for
+# the test targets, and a venv in .venv with engine installed editable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v nft >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq criu gcc libc6-dev nftables iproute2 >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
