@@ -179,8 +179,8 @@ def engine_restore_file(ctx, entry):
     May touch: the task's own fd table (it may open temporaries, but must
         close them).
     Returns: a new fd (int) the caller installs at the dumped number, or
-        None for a file type the plugin does not own. Stops at first
-        non-None result.
+        None for a file type the plugin does not own.
+        Stops at first non-None result.
     """
 
 

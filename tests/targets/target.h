@@ -1,5 +1,5 @@
 /*
- * target.h - the DESIGN §6 protocol shared by every tests/targets/*.c
+ * target.h - the DESIGN §6 protocol shared by every target in tests/targets
  * (the counterpart of zdtm's zdtmtst.h; header-only so each target is one
  * compiler invocation).
  *
@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define TGT_UNUSED __attribute__((unused))
+
 static volatile sig_atomic_t tgt_stop;
 static char tgt_ready_path[PATH_MAX], tgt_result_path[PATH_MAX];
 static int tgt_close_stdio;
@@ -41,7 +43,7 @@ static char **tgt_argv;
 static char tgt_infobuf[4096];
 static char tgt_failmsg[1024];
 
-static void tgt_on_term(int sig)
+static TGT_UNUSED void tgt_on_term(int sig)
 {
 	(void)sig;
 	tgt_stop = 1;
@@ -49,7 +51,7 @@ static void tgt_on_term(int sig)
 
 /* Setup error, before "ready": the harness shows our stderr. */
 __attribute__((format(printf, 1, 2), noreturn))
-static void tgt_die(const char *fmt, ...)
+static TGT_UNUSED void tgt_die(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -61,18 +63,19 @@ static void tgt_die(const char *fmt, ...)
 	exit(2);
 }
 
-static void tgt_abspath(char *dst, const char *src)
+static TGT_UNUSED void tgt_abspath(char *dst, const char *src)
 {
 	char cwd[PATH_MAX];
 
 	/* Targets may chdir (files.c): keep the protocol paths absolute. */
 	if (src[0] == '/' || !getcwd(cwd, sizeof(cwd)))
 		snprintf(dst, PATH_MAX, "%s", src);
-	else
-		snprintf(dst, PATH_MAX, "%s/%s", cwd, src);
+	else if (snprintf(dst, PATH_MAX, "%s/%.*s", cwd, PATH_MAX / 2, src)
+		 >= PATH_MAX)
+		tgt_die("path too long: %s", src);
 }
 
-static void tgt_init(int argc, char **argv)
+static TGT_UNUSED void tgt_init(int argc, char **argv)
 {
 	struct sigaction sa;
 	int i;
@@ -102,7 +105,7 @@ static void tgt_init(int argc, char **argv)
 }
 
 /* Value of "--name VALUE" among the target args, or def. */
-static const char *tgt_arg(const char *name, const char *def)
+static TGT_UNUSED const char *tgt_arg(const char *name, const char *def)
 {
 	int i;
 
@@ -112,7 +115,7 @@ static const char *tgt_arg(const char *name, const char *def)
 	return def;
 }
 
-static int tgt_flag(const char *name)
+static TGT_UNUSED int tgt_flag(const char *name)
 {
 	int i;
 
@@ -122,7 +125,7 @@ static int tgt_flag(const char *name)
 	return 0;
 }
 
-static long tgt_arg_long(const char *name, long def)
+static TGT_UNUSED long tgt_arg_long(const char *name, long def)
 {
 	const char *s = tgt_arg(name, NULL);
 	char *end;
@@ -137,7 +140,7 @@ static long tgt_arg_long(const char *name, long def)
 	return v;
 }
 
-static void tgt_write_file(const char *path, const char *data)
+static TGT_UNUSED void tgt_write_file(const char *path, const char *data)
 {
 	char tmp[PATH_MAX + 8];
 	size_t len = strlen(data), done = 0;
@@ -162,7 +165,7 @@ static void tgt_write_file(const char *path, const char *data)
 }
 
 __attribute__((format(printf, 1, 2)))
-static void tgt_info(const char *fmt, ...)
+static TGT_UNUSED void tgt_info(const char *fmt, ...)
 {
 	size_t used = strlen(tgt_infobuf);
 	va_list ap;
@@ -175,7 +178,7 @@ static void tgt_info(const char *fmt, ...)
 		strcat(tgt_infobuf, "\n");
 }
 
-static void tgt_ready(void)
+static TGT_UNUSED void tgt_ready(void)
 {
 	char buf[sizeof(tgt_infobuf) + 16];
 
@@ -191,7 +194,7 @@ static void tgt_ready(void)
 
 /* Record the first failure; later ones are usually consequences. */
 __attribute__((format(printf, 2, 3)))
-static int tgt_check(int ok, const char *fmt, ...)
+static TGT_UNUSED int tgt_check(int ok, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -203,13 +206,13 @@ static int tgt_check(int ok, const char *fmt, ...)
 	return ok;
 }
 
-static int tgt_failed(void)
+static TGT_UNUSED int tgt_failed(void)
 {
 	return tgt_failmsg[0] != 0;
 }
 
 __attribute__((noreturn))
-static void tgt_finish(void)
+static TGT_UNUSED void tgt_finish(void)
 {
 	char buf[sizeof(tgt_failmsg) + 16];
 
@@ -222,7 +225,7 @@ static void tgt_finish(void)
 }
 
 /* Sleep ms milliseconds; returns early (EINTR) when a signal arrives. */
-static void tgt_msleep(long ms)
+static TGT_UNUSED void tgt_msleep(long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 
@@ -230,7 +233,7 @@ static void tgt_msleep(long ms)
 }
 
 /* Wait for SIGTERM without holding any extra resource. */
-static void tgt_wait_stop(void)
+static TGT_UNUSED void tgt_wait_stop(void)
 {
 	while (!tgt_stop)
 		tgt_msleep(10);

@@ -1,0 +1,61 @@
+"""The plugin registry: hooks.toml schema, --plugins, --disable, essentials."""
+import pytest
+
+from engine import registry
+from engine.registry import PluginError
+
+
+def _toml(tmp_path, text):
+    path = tmp_path / "hooks.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_set_is_every_hooks_toml_plugin():
+    reg = registry.build()
+    assert reg.enabled == list(registry.load_specs())
+    assert {"pstree", "mem", "core", "files", "fs"} <= set(reg.enabled)
+
+
+def test_disable_blocks_the_plugin():
+    reg = registry.build(disable=("fs",))
+    assert not reg.is_enabled("fs")
+    assert reg.pm.is_blocked("fs")
+    assert all(getattr(impl, "plugin_name", None) != "fs"
+               for impl in reg.hook.engine_restore_node.get_hookimpls())
+
+
+@pytest.mark.parametrize("name", ["pstree", "mem", "core"])
+def test_essential_plugins_refuse_to_be_disabled(name):
+    with pytest.raises(PluginError, match=f"plugin {name} cannot be disabled"):
+        registry.build(disable=(name,))
+
+
+def test_unknown_plugin_name_is_an_error():
+    with pytest.raises(PluginError, match="unknown plugin 'nosuch'"):
+        registry.build("default,nosuch")
+
+
+def test_unknown_key_in_hooks_toml_is_an_error(tmp_path):
+    path = _toml(tmp_path, '[plugins.x]\nmodule = "plugins.fs"\nprovied = ["a"]\n')
+    with pytest.raises(PluginError, match="plugin x: unknown key 'provied'"):
+        registry.load_specs(path)
+
+
+def test_bad_runs_in_is_an_error(tmp_path):
+    path = _toml(tmp_path, '[plugins.x]\nmodule = "plugins.fs"\nruns_in = "kernel"\n')
+    with pytest.raises(PluginError, match="plugin x"):
+        registry.load_specs(path)
+
+
+def test_missing_module_is_an_error(tmp_path):
+    path = _toml(tmp_path, '[plugins.x]\nprovides = ["a"]\n')
+    with pytest.raises(PluginError, match="missing key 'module'"):
+        registry.load_specs(path)
+
+
+def test_non_default_plugin_is_off_until_named(tmp_path):
+    path = _toml(tmp_path, '[plugins.fs]\nmodule = "plugins.fs"\ndefault = false\n'
+                           '[plugins.files]\nmodule = "plugins.files"\n')
+    assert registry.build("default", hooks_toml=path).enabled == ["files"]
+    assert registry.build("default,fs", hooks_toml=path).enabled == ["fs", "files"]
