@@ -13,6 +13,8 @@
 static uint64_t ref[16][4] __attribute__((aligned(32)));
 static uint64_t nref[16][4] __attribute__((aligned(32)));
 /* An 80-bit x87 constant not representable as a double. */
+/* Loop count, in memory: tests wait for it to move before poking. */
+static volatile uint64_t iters;
 static const unsigned char x87c[10] = {
 	0x35, 0x68, 0x2b, 0x9c, 0xd1, 0xe4, 0x07, 0xa5, 0xff, 0x3f
 };
@@ -47,7 +49,6 @@ static const char *check_name(unsigned int idx)
 
 int main(int argc, char **argv)
 {
-	uint64_t iters = 0;
 	uint32_t mx = 0, mx_saved, mx_want = MXCSR_WANT;
 	uint16_t cw = 0, cw_saved, cw_want = X87_CW_WANT;
 	unsigned int bad;
@@ -65,6 +66,7 @@ int main(int argc, char **argv)
 	__asm__ volatile("ldmxcsr %0; fldcw %1" : : "m"(mx_want), "m"(cw_want));
 	tgt_info("mxcsr=%#x", MXCSR_WANT);
 	tgt_info("x87_cw=%#x", X87_CW_WANT);
+	tgt_info("iters=%p", (void *)&iters);
 	tgt_ready();
 
 	__asm__ volatile(

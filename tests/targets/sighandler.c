@@ -97,16 +97,18 @@ int main(int argc, char **argv)
 	/* The kernel reports SA_RESTORER, which libc adds. */
 	tgt_check((got.sa_flags & ~0x04000000) == USR1_FLAGS,
 		  "SIGUSR1 sa_flags %#x, want %#x", got.sa_flags, USR1_FLAGS);
-	tgt_check(same_set(&got.sa_mask, &sa.sa_mask, &which),
-		  "SIGUSR1 sa_mask differs at signal %d", which);
+	/* same_set() first: argument evaluation order is unspecified. */
+	if (!same_set(&got.sa_mask, &sa.sa_mask, &which))
+		tgt_check(0, "SIGUSR1 sa_mask differs at signal %d", which);
 	check_action(SIGHUP, (void *)SIG_IGN, "SIGHUP");
 	check_action(SIGPIPE, (void *)SIG_DFL, "SIGPIPE");
 	check_action(SIGTERM, (void *)tgt_on_term, "SIGTERM");
 
 	/* Blocked set, pending set, alt stack. */
 	sigprocmask(SIG_BLOCK, NULL, &cur);
-	tgt_check(same_set(&cur, &block, &which),
-		  "sigmask differs from {SIGUSR2} at signal %d", which);
+	if (!same_set(&cur, &block, &which))
+		tgt_check(0, "sigmask differs from {SIGUSR2} at signal %d",
+			  which);
 	sigpending(&pend);
 	tgt_check(sigismember(&pend, SIGUSR2) == pending,
 		  "SIGUSR2 %spending", pending ? "not " : "");

@@ -1,0 +1,107 @@
+"""core: registers, FPU/xstate, signal state, task core (core-TID.img), ids, inventory.
+
+Dump: for every thread, its general registers, FPU and xsave state, sigmask,
+sigaltstack, robust list, rseq, clear_tid address and credentials; for the
+task, comm, personality, the 64 sigactions, exit signal; ids-PID.img with the
+object ids of the task; inventory.img for the image set (written last of the
+tree-wide images, so a set without it is known to be incomplete).
+Restore: in the tracer, after memory: sigactions, then per thread the signal
+state and finally the registers (criu/pie/restorer.c order). Only x86_64
+native tasks are accepted; anything else is refused naming core-TID.img.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from engine import hookimpl
+from engine.graph import Node
+from engine.stash import StashKey
+
+log = logging.getLogger("engine.plugins.core")
+
+MTYPE_X86_64 = 1
+MODE_NATIVE = 1
+TASK_ALIVE = 1
+IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
+NS_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
+_NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
+
+
+# --- dump ----------------------------------------------------------------
+
+@hookimpl
+def engine_dump_task(ctx, task):
+    from plugins.core import convert
+    state = task.state
+    for thread in state.threads:
+        core = convert.core_entry(state, thread, leader=thread.tid == task.pid)
+        ctx.images.write("core", [core], id=thread.tid)
+    ids = _ids_entry(ctx, task)
+    ctx.images.write("ids", [ids], id=task.pid)
+
+
+@hookimpl
+def engine_dump_finish(ctx):
+    from engine.images.proto import inventory_pb2
+    root = next(iter(ctx.tasks.values()))
+    inv = inventory_pb2.inventory_entry(img_version=IMG_VERSION, fdinfo_per_id=True,
+                                        ns_per_id=True, lsmtype=0)
+    inv.root_ids.CopyFrom(_ids_entry(ctx, root))
+    ctx.images.write("inventory", [inv])
+
+
+# --- restore ---------------------------------------------------------------
+
+@hookimpl
+def engine_restore_collect(ctx, graph):
+    from plugins.core import convert
+    inv = ctx.images.read_one("inventory")
+    if inv.img_version != IMG_VERSION:
+        raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
+    for task in ctx.pstree:
+        threads = []
+        sigactions = None
+        for tid in (task.threads or [task.pid]):
+            image = f"core-{tid}.img"
+            core = ctx.images.read_one("core", id=tid)
+            if core.mtype != MTYPE_X86_64:
+                raise ValueError(f"{image}: mtype {core.mtype} is not X86_64")
+            if core.thread_info.gpregs.mode not in (0, MODE_NATIVE):
+                raise ValueError(f"{image}: thread_info.gpregs.mode: only native "
+                                 "x86_64 tasks are supported")
+            threads.append(convert.thread_state(core, tid, image))
+            if tid == task.pid:
+                sigactions = convert.sigactions(core, image)
+        graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
+                       data=(sigactions, threads),
+                       label=f"registers and signals of {task.pid}"))
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    if node.plugin != "core":
+        return None
+    from engine.tracer import restore_threads
+    sigactions, threads = node.data
+    restore_threads(ctx.tracees[node.pid], sigactions, threads)
+    return True
+
+
+# --- helpers -----------------------------------------------------------------
+
+def _ids_entry(ctx, task):
+    from engine.images.proto import ids_pb2
+    ns_ids = ctx.stash.setdefault(_NS_IDS, {})
+    entry = ids_pb2.task_kobj_ids_entry(**task.ids)
+    for kind in NS_KINDS:
+        try:
+            inode = os.stat(f"/proc/{task.pid}/ns/{kind}").st_ino
+        except OSError:
+            continue
+        key = (kind, inode)
+        if key not in ns_ids:
+            ns_ids[key] = ctx.new_id()
+        setattr(entry, f"{kind}_ns_id", ns_ids[key])
+    return entry
+

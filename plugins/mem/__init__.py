@@ -1,0 +1,140 @@
+"""mem: VMAs, pages and mm fields (mm-PID.img, pagemap-PID.img, pages-N.img).
+
+Dump: every VMA of the task as CRIU classifies it (criu/proc_parse.c), the
+mm fields and auxv, and the content of every present page that is the task's
+own (anonymous, or a private copy of a file page); file-backed VMAs name
+their file through a REG entry of files.img (vma.shmid), as does the exe.
+Restore: in the tracer, after every task-side node: the task's own mappings
+are replaced by the dumped ones and the pages written in from the mmap'd
+pages file (criu/pie/restorer.c does the same from a blob). A VMA outside
+user space, overlapping, or not page-aligned is refused before any task
+exists, naming mm-PID.img and the VMA.
+"""
+from __future__ import annotations
+
+import logging
+
+from engine import hookimpl
+from engine.graph import Node
+from engine.stash import StashKey
+
+log = logging.getLogger("engine.plugins.mem")
+
+PAGE = 4096
+TASK_SIZE = 0x7FFFFFFFF000        # x86_64 4-level user space end
+# path -> file id in files.img, so one file mapped many times is one entry
+MAPPED_FILES = StashKey()
+PAGES_IDS = StashKey()
+
+MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
+             "mm_start_stack", "mm_start_brk", "mm_brk", "mm_arg_start", "mm_arg_end",
+             "mm_env_start", "mm_env_end")
+VMA_FIELDS = ("start", "end", "pgoff", "prot", "flags", "status", "madv")
+
+
+# --- dump ----------------------------------------------------------------
+
+@hookimpl
+def engine_dump_task(ctx, task):
+    from engine.images.pagemap import PagemapWriter
+    from engine.images.proto import mm_pb2
+    from engine.tracer import dump_pages
+
+    mm = task.state.mm
+    entry = mm_pb2.mm_entry(**{f: getattr(mm, f) for f in MM_FIELDS})
+    entry.mm_saved_auxv.extend(mm.auxv)
+    if mm.exe:
+        entry.exe_file_id = _file_id(ctx, mm.exe)
+    for vma in mm.vmas:
+        v = entry.vmas.add(shmid=0, fd=-1, **{f: getattr(vma, f) for f in VMA_FIELDS})
+        if vma.path:
+            v.shmid = _file_id(ctx, vma.path)
+    ctx.images.write("mm", [entry], id=task.pid)
+
+    pages_id = ctx.stash.get(PAGES_IDS, 0) + 1
+    ctx.stash[PAGES_IDS] = pages_id
+    writer = PagemapWriter(ctx.images.path_of_dir, task.pid, pages_id)
+    try:
+        dump_pages(task.tracee, mm.vmas, writer)
+    finally:
+        writer.close()
+
+
+# --- restore ---------------------------------------------------------------
+
+@hookimpl
+def engine_restore_collect(ctx, graph):
+    for task in ctx.pstree:
+        image = f"mm-{task.pid}.img"
+        mm = ctx.images.read_one("mm", id=task.pid)
+        state = _mm_state(ctx, mm, image)
+        graph.add(Node(key=f"mem:{task.pid}", plugin="mem", pid=task.pid, data=state,
+                       label=f"memory of {task.pid} ({len(state.vmas)} VMAs)"))
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    if node.plugin != "mem":
+        return None
+    from engine.images.pagemap import PagemapReader
+    from engine.tracer import restore_memory
+    pages = PagemapReader(ctx.images.path_of_dir, node.pid)
+    try:
+        restore_memory(ctx.tracees[node.pid], node.data, pages)
+    finally:
+        pages.close()
+    return True
+
+
+# --- helpers -----------------------------------------------------------------
+
+def _file_id(ctx, path: str) -> int:
+    import os
+    from engine.images.entries import regular_file
+    ids = ctx.stash.setdefault(MAPPED_FILES, {})
+    if path not in ids:
+        ids[path] = ctx.add_file(regular_file(path, os.stat(path), flags=os.O_RDONLY, pos=0))
+    return ids[path]
+
+
+def _mm_state(ctx, mm, image: str):
+    from engine.tracer.model import MmState, Vma
+    vmas = []
+    prev_end = 0
+    for i, v in enumerate(mm.vmas):
+        where = f"{image}: vma {i} ({v.start:#x}-{v.end:#x})"
+        if v.start % PAGE or v.end % PAGE or v.start >= v.end:
+            raise ValueError(f"{where}: not a page-aligned range")
+        if v.end > TASK_SIZE and not _is_vsyscall(v):
+            raise ValueError(f"{where}: outside user space")
+        if v.start < prev_end:
+            raise ValueError(f"{where}: overlaps the previous VMA")
+        prev_end = v.end
+        path = None
+        if v.shmid and _is_file(v):
+            entry = ctx.files.get(v.shmid)
+            if entry is None or not entry.HasField("reg"):
+                raise ValueError(f"{where}: shmid {v.shmid} is not a file of files.img")
+            path = entry.reg.name
+        vmas.append(Vma(path=path, shmid=v.shmid, **{f: getattr(v, f) for f in VMA_FIELDS}))
+    exe = None
+    if mm.HasField("exe_file_id"):
+        entry = ctx.files.get(mm.exe_file_id)
+        if entry is None or not entry.HasField("reg"):
+            raise ValueError(f"{image}: exe_file_id {mm.exe_file_id} is not a file of files.img")
+        exe = entry.reg.name
+    return MmState(vmas=vmas, auxv=list(mm.mm_saved_auxv), exe=exe,
+                   **{f: getattr(mm, f) for f in MM_FIELDS})
+
+
+VMA_AREA_VSYSCALL = 1 << 2
+VMA_FILE_PRIVATE = 1 << 6
+VMA_FILE_SHARED = 1 << 7
+
+
+def _is_vsyscall(v) -> bool:
+    return bool(v.status & VMA_AREA_VSYSCALL)
+
+
+def _is_file(v) -> bool:
+    return bool(v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED))
