@@ -285,8 +285,14 @@ def _kill(pid: int) -> None:
 
 
 def _children(ppid: int) -> list[int]:
-    try:
-        with open(f"/proc/{ppid}/task/{ppid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
+    # /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN: walk /proc.
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
+                        out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out

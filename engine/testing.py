@@ -33,7 +33,6 @@ gcc flags, ``needs`` are skipped with a reason when unmet (NEEDS);
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import re
 import signal
@@ -107,8 +106,8 @@ def parse_header(source: Path) -> TargetSpec:
         if not sep:
             raise ValueError(f"{source}: header field without value: {part!r}")
         fields[key] = " ".join(value.split())
-    known = {f.name for f in dataclasses.fields(TargetSpec)} - {"name", "source"}
-    unknown = set(fields) - known
+    known = {f.name for f in dataclasses.fields(TargetSpec)}
+    unknown = set(fields) - (known - {"name", "source"})
     if unknown:
         raise ValueError(f"{source}: unknown header keys {sorted(unknown)}")
     spec = TargetSpec(

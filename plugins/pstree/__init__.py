@@ -26,11 +26,12 @@ PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 def engine_dump_tree(ctx, root_pid):
     if not os.path.exists(f"/proc/{root_pid}"):
         raise ProcessLookupError(f"no process {root_pid}")
+    kids = _children_map()
     order, queue = [], [root_pid]
     while queue:
         pid = queue.pop(0)
         order.append(pid)
-        queue += _children(pid)
+        queue += kids.get(pid, [])
     return order
 
 
@@ -83,11 +84,19 @@ def engine_restore_node(ctx, node):
 
 # --- helpers -----------------------------------------------------------------
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            kids += [int(p) for p in f.read().split()]
+def _children_map() -> dict[int, list[int]]:
+    """ppid -> children, from /proc/*/stat (this kernel has no
+    /proc/PID/task/TID/children: CONFIG_PROC_CHILDREN is off)."""
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ppid = _stat_ids(int(name))[0]
+            except OSError:
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    for v in kids.values():
+        v.sort()
     return kids
 
 

@@ -52,6 +52,7 @@ int main(int argc, char **argv)
 	uint32_t mx = 0, mx_saved, mx_want = MXCSR_WANT;
 	uint16_t cw = 0, cw_saved, cw_want = X87_CW_WANT;
 	unsigned int bad;
+	unsigned char final = 0;
 	int i, j;
 
 	tgt_init(argc, argv);
@@ -107,16 +108,26 @@ int main(int argc, char **argv)
 		"cmp %%edx, %%eax\n\t"
 		"jne 8f\n\t"
 		"incq %[iters]\n\t"
-		/* The only way out besides a mismatch: the SIGTERM flag. */
+		"cmpb $0, %[final]\n\t"
+		"jne 7f\n\t"
+		/*
+		 * The only way out besides a mismatch: the SIGTERM flag. It
+		 * may be set mid-iteration (the restored task resumes there),
+		 * so run one more whole pass of checks before leaving.
+		 */
 		"cmpl $0, %[stop]\n\t"
 		"je 1b\n\t"
+		"movb $1, %[final]\n\t"
+		"jmp 1b\n\t"
+		"7:\n\t"
 		"mov $-1, %%ecx\n\t"
 		"8:\n\t"
 		"fstp %%st(0)\n\t"
 		"fstp %%st(0)\n\t"
 		"fstp %%st(0)\n\t"
 		"vzeroupper\n\t"
-		: "=&c"(bad), [iters] "+m"(iters), [mx] "=m"(mx), [cw] "=m"(cw)
+		: "=&c"(bad), [iters] "+m"(iters), [mx] "=m"(mx), [cw] "=m"(cw),
+		  [final] "+m"(final)
 		: [ref] "r"(ref), [nref] "r"(nref), [x87c] "m"(x87c),
 		  [mxw] "m"(mx_want), [cww] "m"(cw_want), [stop] "m"(tgt_stop)
 		: "rax", "rdx", "cc", "memory",
