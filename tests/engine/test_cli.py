@@ -1,0 +1,136 @@
+"""The `engine` command end to end: show, plan, plugins, and bad input.
+
+Bad input gets one line on stderr naming the image and what is wrong, a
+non-zero exit, and no process left behind.
+"""
+import json
+import os
+import struct
+import subprocess
+
+import pytest
+
+
+@pytest.fixture
+def dumped(build_target, target_runner, engine_cli, tmp_path):
+    target = target_runner.start(build_target("counter", "static-nopie"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    target.assert_gone()
+    return target, img
+
+
+def _fails(engine_cli, *args):
+    proc = engine_cli(*args, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_show_prints_every_image_as_json(dumped, engine_cli):
+    target, img = dumped
+    shown = json.loads(engine_cli("show", img).stdout)
+    assert shown["pstree.img"]["entries"][0]["pid"] == target.pid
+    assert f"core-{target.pid}.img" in shown
+
+
+def test_our_images_decode_with_crit(dumped):
+    """Debian's crit (CRIU's own decoder) reads every image we wrote."""
+    target, img = dumped
+    for path in sorted(img.iterdir()):
+        if path.name.startswith("pages-"):
+            continue
+        out = subprocess.run(["crit", "decode", "-i", str(path)], capture_output=True, text=True)
+        assert out.returncode == 0, f"{path.name}: {out.stderr}"
+        decoded = json.loads(out.stdout)
+        assert decoded["entries"], path.name
+    pstree = json.loads(subprocess.run(["crit", "decode", "-i", str(img / "pstree.img")],
+                                       capture_output=True, text=True).stdout)
+    assert pstree["entries"][0]["pid"] == target.pid
+
+
+def test_plan_prints_the_order(dumped, engine_cli):
+    target, img = dumped
+    out = engine_cli("plan", "-D", img).stdout.splitlines()
+    keys = [line.split("[")[1].split(";")[0] for line in out]
+    assert keys.index("pstree") < keys.index("files") < keys.index("mem") < keys.index("core")
+
+
+def test_plugins_lists_origin_and_state(engine_cli):
+    out = engine_cli("plugins", "--disable", "fs").stdout
+    assert any(line.split()[:2] == ["fs", "off"] for line in out.splitlines())
+    assert any(line.split()[:2] == ["mem", "on"] for line in out.splitlines())
+
+
+def test_disabling_a_needed_plugin_fails_before_anything_starts(dumped, engine_cli):
+    target, img = dumped
+    line = _fails(engine_cli, "restore", "-D", img, "--disable", "files")
+    assert "needs file:REG" in line and "files, which is disabled" in line
+    assert _gone(target.pid)
+
+
+def test_truncated_image(dumped, engine_cli):
+    target, img = dumped
+    core = img / f"core-{target.pid}.img"
+    core.write_bytes(core.read_bytes()[:-10])
+    line = _fails(engine_cli, "restore", "-D", img)
+    assert f"core-{target.pid}.img" in line
+    assert _gone(target.pid)
+
+
+def test_wrong_magic(dumped, engine_cli):
+    target, img = dumped
+    mm = img / f"mm-{target.pid}.img"
+    data = bytearray(mm.read_bytes())
+    data[4:8] = struct.pack("<I", 0x12345678)
+    mm.write_bytes(bytes(data))
+    line = _fails(engine_cli, "restore", "-D", img)
+    assert f"mm-{target.pid}.img" in line and "magic" in line
+    assert _gone(target.pid)
+
+
+def test_missing_required_field(dumped, engine_cli):
+    """A pstree entry without its required pid field."""
+    target, img = dumped
+    pstree = img / "pstree.img"
+    data = pstree.read_bytes()
+    from engine.images.proto import pstree_pb2
+    entry = pstree_pb2.pstree_entry()
+    entry.ParseFromString(data[12:])
+    entry.ClearField("pid")
+    body = entry.SerializePartialToString()
+    pstree.write_bytes(data[:8] + struct.pack("<I", len(body)) + body)
+    line = _fails(engine_cli, "restore", "-D", img)
+    assert "pstree.img" in line and "pid" in line
+    assert _gone(target.pid)
+
+
+def test_pid_in_use(dumped, engine_cli):
+    target, img = dumped
+    from engine.images import ImageDir
+    images = ImageDir(str(img))
+    tree = images.read("pstree")
+    tree[0].pid = os.getpid()            # surely taken: it is us
+    images.write("pstree", tree)
+    line = _fails(engine_cli, "restore", "-D", img)
+    assert "pstree.img" in line and f"pid {os.getpid()} is in use" in line
+
+
+def test_missing_image_dir(engine_cli, tmp_path):
+    line = _fails(engine_cli, "restore", "-D", tmp_path / "nope")
+    assert "nope" in line
+
+
+def test_dump_of_missing_pid_fails(engine_cli, tmp_path):
+    line = _fails(engine_cli, "dump", "-t", "999999", "-D", tmp_path / "img")
+    assert "999999" in line
