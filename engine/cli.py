@@ -76,23 +76,35 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     raise KeyError(name)
 
 
+def _preparse(argv: list[str]):
+    """The command and plugin selection, before plugins add their options."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="default")
+    pre.add_argument("--disable", action="append", default=[])
+    pre.add_argument("-v", "--verbose", action="count", default=0)
+    known, rest = pre.parse_known_args(argv)
+    known.command = next((a for a in rest if a in COMMANDS), None)
+    return known
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = _parser()
-    args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
+    pre = _preparse(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(pre.verbose, 2),
                         format="engine: %(name)s: %(message)s")
+    parser = _parser()
     try:
-        reg = _registry(args) if hasattr(args, "plugins") else None
-        if reg is not None:
-            _add_plugin_options(reg, _subparser(parser, args.command))
+        reg = None
+        if pre.command in WITH_PLUGINS:
+            reg = _registry(pre)
+            _add_plugin_options(reg, _subparser(parser, pre.command))
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args, reg)
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - every failure is one line
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
+        if pre.verbose >= 2:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"engine: error: {msg}", file=sys.stderr)
@@ -154,6 +166,7 @@ def cmd_check(args, reg) -> int:
     return run_checks()
 
 
+WITH_PLUGINS = ("dump", "restore", "plan", "plugins")
 COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
             "plan": cmd_plan, "plugins": cmd_plugins, "check": cmd_check}
 
