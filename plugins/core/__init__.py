@@ -43,9 +43,9 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_dump_finish(ctx):
-    from engine.images.proto import inventory_pb2
+    from engine.images.proto import tree_pb2
     root = next(iter(ctx.tasks.values()))
-    inv = inventory_pb2.inventory_entry(img_version=IMG_VERSION, fdinfo_per_id=True,
+    inv = tree_pb2.inventory_entry(img_version=IMG_VERSION, fdinfo_per_id=True,
                                         ns_per_id=True, lsmtype=0)
     inv.root_ids.CopyFrom(_ids_entry(ctx, root))
     ctx.images.write("inventory", [inv])
@@ -91,9 +91,9 @@ def engine_restore_node(ctx, node):
 # --- helpers -----------------------------------------------------------------
 
 def _ids_entry(ctx, task):
-    from engine.images.proto import ids_pb2
+    from engine.images.proto import core_pb2
     ns_ids = ctx.stash.setdefault(_NS_IDS, {})
-    entry = ids_pb2.task_kobj_ids_entry(**task.ids)
+    entry = core_pb2.task_kobj_ids_entry(**task.ids)
     for kind in NS_KINDS:
         try:
             inode = os.stat(f"/proc/{task.pid}/ns/{kind}").st_ino

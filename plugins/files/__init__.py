@@ -35,7 +35,7 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 @hookimpl
 def engine_dump_task(ctx, task):
-    from engine.images.proto import fdinfo_pb2
+    from engine.images.proto import files_pb2
     pid = task.pid
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     # (st_dev, st_ino) -> [(fd, file id, type)]: kcmp only fds on one inode
@@ -53,7 +53,7 @@ def engine_dump_task(ctx, task):
             file_id, ftype = ctx.add_file(entry), entry.type
         same_inode.append((fd, file_id, ftype))
         cloexec = _fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
-        entries.append(fdinfo_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
+        entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
                                                flags=fcntl.FD_CLOEXEC if cloexec else 0))
     ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
 

@@ -15,7 +15,7 @@ from engine.graph import Node
 @hookimpl
 def engine_dump_task(ctx, task):
     from engine.images.entries import regular_file
-    from engine.images.proto import fs_pb2
+    from engine.images.proto import tree_pb2
     pid = task.pid
     ids = {}
     for name in ("cwd", "root"):
@@ -23,7 +23,7 @@ def engine_dump_task(ctx, task):
         ids[name] = ctx.add_file(regular_file(path, os.stat(f"/proc/{pid}/{name}"),
                                               flags=os.O_RDONLY | os.O_DIRECTORY, pos=0))
     umask = _umask(pid)
-    ctx.images.write("fs", [fs_pb2.fs_entry(cwd_id=ids["cwd"], root_id=ids["root"],
+    ctx.images.write("fs", [tree_pb2.fs_entry(cwd_id=ids["cwd"], root_id=ids["root"],
                                             umask=umask)], id=pid)
 
 

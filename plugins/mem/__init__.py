@@ -53,7 +53,7 @@ def engine_dump_task(ctx, task):
 
     pages_id = ctx.stash.get(PAGES_IDS, 0) + 1
     ctx.stash[PAGES_IDS] = pages_id
-    writer = PagemapWriter(ctx.images.path_of_dir, task.pid, pages_id)
+    writer = PagemapWriter(ctx.images.dir, task.pid, pages_id)
     try:
         dump_pages(task.tracee, mm.vmas, writer)
     finally:
@@ -78,7 +78,7 @@ def engine_restore_node(ctx, node):
         return None
     from engine.images.pagemap import PagemapReader
     from engine.tracer import restore_memory
-    pages = PagemapReader(ctx.images.path_of_dir, node.pid)
+    pages = PagemapReader(ctx.images.dir, node.pid)
     try:
         restore_memory(ctx.tracees[node.pid], node.data, pages)
     finally:

@@ -37,12 +37,12 @@ def engine_dump_tree(ctx, root_pid):
 
 @hookimpl
 def engine_dump_finish(ctx):
-    from engine.images.proto import pstree_pb2
+    from engine.images.proto import tree_pb2
     root = next(iter(ctx.tasks))
     entries = []
     for pid, task in ctx.tasks.items():
         ppid, pgid, sid = _stat_ids(pid)
-        entry = pstree_pb2.pstree_entry(pid=pid, ppid=0 if pid == root else ppid,
+        entry = tree_pb2.pstree_entry(pid=pid, ppid=0 if pid == root else ppid,
                                         pgid=pgid, sid=sid)
         entry.threads.extend(t.tid for t in task.state.threads)
         entries.append(entry)

@@ -104,8 +104,8 @@ def test_missing_required_field(dumped, engine_cli):
     target, img = dumped
     pstree = img / "pstree.img"
     data = pstree.read_bytes()
-    from engine.images.proto import pstree_pb2
-    entry = pstree_pb2.pstree_entry()
+    from engine.images.proto import tree_pb2
+    entry = tree_pb2.pstree_entry()
     entry.ParseFromString(data[12:])
     entry.ClearField("pid")
     body = entry.SerializePartialToString()

@@ -1,0 +1,42 @@
+"""CRIU-compatible image I/O: one ImageDir per image set.
+
+Cheap to import: the protobuf modules load when a kind is first read or
+written.
+"""
+from __future__ import annotations
+
+import os
+
+from engine.images.framing import ImageError, read_entries, write_entries
+from engine.images.kinds import KindRegistry, default_registry
+
+__all__ = ["ImageDir", "ImageError"]
+
+
+class ImageDir:
+    def __init__(self, path, registry: KindRegistry | None = None):
+        self.dir = str(path)
+        self.kinds = registry or default_registry()
+
+    def path(self, name: str, id=None) -> str:
+        return os.path.join(self.dir, self.kinds.get(name).filename(id))
+
+    def exists(self, name: str, id=None) -> bool:
+        return os.path.exists(self.path(name, id))
+
+    def read(self, name: str, id=None) -> list:
+        return read_entries(self.path(name, id), self.kinds.get(name))
+
+    def read_one(self, name: str, id=None):
+        entries = self.read(name, id)
+        if len(entries) != 1:
+            raise ImageError(self.kinds.get(name).filename(id),
+                             f"{len(entries)} entries, want exactly 1")
+        return entries[0]
+
+    def write(self, name: str, messages, id=None) -> None:
+        write_entries(self.path(name, id), self.kinds.get(name), messages)
+
+    def message(self, name: str, first: bool = False):
+        """The protobuf class of an image kind's entries."""
+        return self.kinds.get(name).message_class(first)

@@ -1,0 +1,83 @@
+"""CRIU image framing: magic header(s), then entries of u32 LE size + protobuf.
+
+A broken image is an ImageError whose text is one line naming the file and
+what is wrong with it: a wrong magic, a truncated entry, a message that does
+not parse, a required field missing.
+"""
+from __future__ import annotations
+
+import struct
+
+from engine.images.kinds import IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, ImageKind
+
+U32 = struct.Struct("<I")
+
+
+class ImageError(Exception):
+    def __init__(self, image: str, what: str):
+        super().__init__(f"{image}: {what}")
+        self.image = image
+        self.what = what
+
+
+def read_entries(path, kind: ImageKind) -> list:
+    name = str(path).rsplit("/", 1)[-1]
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError(name, "missing") from None
+    except OSError as e:
+        raise ImageError(name, e.strerror) from None
+    pos = _check_magic(name, data, kind)
+    entries = []
+    while pos < len(data):
+        i = len(entries)
+        if pos + 4 > len(data):
+            raise ImageError(name, f"entry {i}: truncated size")
+        (size,) = U32.unpack_from(data, pos)
+        pos += 4
+        if pos + size > len(data):
+            raise ImageError(name, f"entry {i}: truncated (need {size} bytes, "
+                                   f"have {len(data) - pos})")
+        msg = kind.message_class(first=i == 0)()
+        try:
+            msg.ParseFromString(data[pos:pos + size])
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise ImageError(name, f"entry {i}: does not parse as "
+                                   f"{msg.DESCRIPTOR.name}: {e}") from None
+        if not msg.IsInitialized():
+            missing = ", ".join(msg.FindInitializationErrors())
+            raise ImageError(name, f"entry {i}: required field missing: {missing}")
+        entries.append(msg)
+        pos += size
+    return entries
+
+
+def _check_magic(name: str, data: bytes, kind: ImageKind) -> int:
+    if len(data) < 4:
+        raise ImageError(name, "truncated magic")
+    (first,) = U32.unpack_from(data, 0)
+    pos = 4
+    if first in (IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC):
+        if len(data) < 8:
+            raise ImageError(name, "truncated magic")
+        (first,) = U32.unpack_from(data, 4)
+        pos = 8
+    if first != kind.magic:
+        raise ImageError(name, f"wrong magic {first:#x}, want {kind.magic:#x} ({kind.name})")
+    return pos
+
+
+def encode_entries(kind: ImageKind, messages) -> bytes:
+    parts = [U32.pack(IMG_COMMON_MAGIC)] if kind.common else []
+    parts.append(U32.pack(kind.magic))
+    for msg in messages:
+        body = msg.SerializeToString()
+        parts += [U32.pack(len(body)), body]
+    return b"".join(parts)
+
+
+def write_entries(path, kind: ImageKind, messages) -> None:
+    with open(path, "wb") as f:
+        f.write(encode_entries(kind, messages))

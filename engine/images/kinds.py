@@ -1,0 +1,93 @@
+"""Image kinds: file name pattern, magic, message (criu/include/magic.h).
+
+Every CRIU image starts with IMG_COMMON_MAGIC then its own magic, except
+inventory.img (its magic alone) and raw images such as pages-N.img (no
+header at all). A plugin adds kinds of its own through
+``engine_register_images(registry)``.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+
+import attrs
+
+IMG_COMMON_MAGIC = 0x54564319
+IMG_SERVICE_MAGIC = 0x55105940
+
+
+@attrs.define
+class ImageKind:
+    name: str                 # "core"
+    pattern: str              # "core-{id}.img"
+    magic: int
+    module: str               # "engine.images.proto.core_pb2"
+    message: str              # "core_entry"
+    head: str | None = None   # a different message for the first entry (pagemap)
+    common: bool = True       # IMG_COMMON_MAGIC before the magic
+    magic_name: str = ""
+
+    def message_class(self, first: bool = False):
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.head if first and self.head else self.message)
+
+    def filename(self, id=None) -> str:
+        return self.pattern.format(id=id)
+
+    @property
+    def regex(self) -> re.Pattern:
+        return re.compile("^" + re.escape(self.pattern).replace(r"\{id\}", r"(\d+)") + "$")
+
+
+P = "engine.images.proto."
+BUILTIN = [
+    ImageKind("inventory", "inventory.img", 0x58313116, P + "tree_pb2", "inventory_entry",
+              common=False, magic_name="INVENTORY"),
+    ImageKind("pstree", "pstree.img", 0x50273030, P + "tree_pb2", "pstree_entry",
+              magic_name="PSTREE"),
+    ImageKind("core", "core-{id}.img", 0x55053847, P + "core_pb2", "core_entry",
+              magic_name="CORE"),
+    ImageKind("ids", "ids-{id}.img", 0x54432030, P + "core_pb2", "task_kobj_ids_entry",
+              magic_name="IDS"),
+    ImageKind("mm", "mm-{id}.img", 0x57492820, P + "mm_pb2", "mm_entry", magic_name="MM"),
+    ImageKind("pagemap", "pagemap-{id}.img", 0x56084025, P + "mm_pb2", "pagemap_entry",
+              head="pagemap_head", magic_name="PAGEMAP"),
+    ImageKind("fs", "fs-{id}.img", 0x51403912, P + "tree_pb2", "fs_entry", magic_name="FS"),
+    ImageKind("files", "files.img", 0x56303138, P + "files_pb2", "file_entry",
+              magic_name="FILES"),
+    ImageKind("fdinfo", "fdinfo-{id}.img", 0x56213732, P + "files_pb2", "fdinfo_entry",
+              magic_name="FDINFO"),
+    ImageKind("seccomp", "seccomp.img", 0x64413049, P + "tree_pb2", "seccomp_entry",
+              magic_name="SECCOMP"),
+    ImageKind("timens", "timens-{id}.img", 0x43114433, P + "tree_pb2", "timens_entry",
+              magic_name="TIMENS"),
+]
+
+
+class KindRegistry:
+    def __init__(self, kinds=()):
+        self._kinds: dict[str, ImageKind] = {}
+        for kind in kinds:
+            self.register(kind)
+
+    def register(self, kind: ImageKind) -> None:
+        if kind.name in self._kinds:
+            raise ValueError(f"image kind {kind.name} registered twice")
+        self._kinds[kind.name] = kind
+
+    def get(self, name: str) -> ImageKind:
+        return self._kinds[name]
+
+    def __iter__(self):
+        return iter(self._kinds.values())
+
+    def for_filename(self, fname: str):
+        for kind in self._kinds.values():
+            m = kind.regex.match(fname)
+            if m:
+                return kind, (int(m.group(1)) if m.groups() else None)
+        return None
+
+
+def default_registry() -> KindRegistry:
+    return KindRegistry(BUILTIN)
