@@ -1,0 +1,182 @@
+"""Thin ctypes binding: ptrace, process_vm_*, raw syscalls, cpuid.
+
+Every failure raises TracerError(errno, pid, op), one line. Nothing here
+knows what a task state is; engine/tracer/task.py builds on this.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+libc.syscall.restype = ctypes.c_long
+
+PTRACE_PEEKDATA = 2
+PTRACE_POKEDATA = 5
+PTRACE_CONT = 7
+PTRACE_SINGLESTEP = 9
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+NT_X86_XSTATE = 0x202
+PTRACE_EVENT_STOP = 128
+WALL = 0x40000000
+
+SYS = {"read": 0, "write": 1, "open": 2, "close": 3, "mmap": 9, "mprotect": 10,
+       "munmap": 11, "brk": 12, "rt_sigaction": 13, "mremap": 25, "madvise": 28,
+       "getpid": 39, "kill": 62, "sigaltstack": 131, "prctl": 157, "arch_prctl": 158,
+       "set_tid_address": 218, "openat": 257, "set_robust_list": 273,
+       "get_robust_list": 274, "rseq": 334, "process_vm_readv": 310,
+       "process_vm_writev": 311, "clone3": 435, "setresuid": 117, "setresgid": 119,
+       "setgroups": 116}
+IOV_MAX = 1024
+
+
+class TracerError(OSError):
+    def __init__(self, err: int, pid: int, op: str):
+        super().__init__(err, f"{op} of {pid}: {os.strerror(err) if err else 'failed'}")
+        self.pid, self.op = pid, op
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class UserRegs(ctypes.Structure):
+    # struct user_regs_struct, in CRIU's user_x86_regs_entry names
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx",
+        "dx", "si", "di", "orig_ax", "ip", "cs", "flags", "sp", "ss", "fs_base",
+        "gs_base", "ds", "es", "fs", "gs")]
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def raw_syscall(nr: int, *args) -> int:
+    """syscall(2) with every integer passed as a full 64-bit word."""
+    return libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) if isinstance(a, int)
+                                             else a for a in args))
+
+
+def ptrace(req: int, pid: int, addr=0, data=0, op: str = "ptrace") -> int:
+    ctypes.set_errno(0)
+    r = libc.ptrace(req, pid, addr, data)
+    if r == -1 and ctypes.get_errno():
+        raise TracerError(ctypes.get_errno(), pid, op)
+    return r
+
+
+def wait_stop(pid: int) -> int:
+    """Wait for `pid` to stop; return the raw status. Exits are errors."""
+    _, status = os.waitpid(pid, WALL)
+    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        raise TracerError(0, pid, f"wait (task exited, signal {sig})")
+    return status
+
+
+def get_regs(pid: int) -> UserRegs:
+    regs = UserRegs()
+    ptrace(PTRACE_GETREGS, pid, 0, ctypes.addressof(regs), "PTRACE_GETREGS")
+    return regs
+
+
+def set_regs(pid: int, regs: UserRegs) -> None:
+    ptrace(PTRACE_SETREGS, pid, 0, ctypes.addressof(regs), "PTRACE_SETREGS")
+
+
+def get_xstate(pid: int, size: int = 4096) -> bytes:
+    buf = ctypes.create_string_buffer(size)
+    iov = IoVec(ctypes.addressof(buf), size)
+    ptrace(PTRACE_GETREGSET, pid, NT_X86_XSTATE, ctypes.addressof(iov), "GETREGSET xstate")
+    return buf.raw[:iov.len]
+
+
+def set_xstate(pid: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = IoVec(ctypes.addressof(buf), len(data))
+    ptrace(PTRACE_SETREGSET, pid, NT_X86_XSTATE, ctypes.addressof(iov), "SETREGSET xstate")
+
+
+def get_sigmask(pid: int) -> int:
+    mask = ctypes.c_uint64()
+    ptrace(PTRACE_GETSIGMASK, pid, 8, ctypes.addressof(mask), "PTRACE_GETSIGMASK")
+    return mask.value
+
+
+def set_sigmask(pid: int, mask: int) -> None:
+    m = ctypes.c_uint64(mask)
+    ptrace(PTRACE_SETSIGMASK, pid, 8, ctypes.addressof(m), "PTRACE_SETSIGMASK")
+
+
+def get_rseq(pid: int) -> tuple[int, int, int]:
+    """(abi pointer, size, signature) of the thread's registered rseq."""
+    conf = (ctypes.c_uint64 * 3)()
+    ptrace(PTRACE_GET_RSEQ_CONFIGURATION, pid, ctypes.sizeof(conf), ctypes.addressof(conf),
+           "PTRACE_GET_RSEQ_CONFIGURATION")
+    return conf[0], conf[1] & 0xFFFFFFFF, conf[1] >> 32
+
+
+def _vm_io(fn: int, pid: int, pairs, op: str) -> int:
+    """pairs: [(local address, remote address, length)]; all or error."""
+    done = 0
+    for i in range(0, len(pairs), IOV_MAX):
+        chunk = pairs[i:i + IOV_MAX]
+        local = (IoVec * len(chunk))(*[IoVec(l, n) for l, _, n in chunk])
+        remote = (IoVec * len(chunk))(*[IoVec(r, n) for _, r, n in chunk])
+        want = sum(n for _, _, n in chunk)
+        got = raw_syscall(fn, pid, local, len(chunk), remote, len(chunk), 0)
+        if got != want:
+            err = ctypes.get_errno() if got < 0 else 14  # EFAULT on a short copy
+            raise TracerError(err, pid, f"{op} at {chunk[0][1]:#x}")
+        done += got
+    return done
+
+
+def read_mem(pid: int, pairs) -> int:
+    return _vm_io(SYS["process_vm_readv"], pid, pairs, "process_vm_readv")
+
+
+def write_mem(pid: int, pairs) -> int:
+    return _vm_io(SYS["process_vm_writev"], pid, pairs, "process_vm_writev")
+
+
+def peek(pid: int, addr: int, size: int) -> bytes:
+    buf = ctypes.create_string_buffer(size)
+    read_mem(pid, [(ctypes.addressof(buf), addr, size)])
+    return buf.raw
+
+
+def poke(pid: int, addr: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    write_mem(pid, [(ctypes.addressof(buf), addr, len(data))])
+
+
+_CPUID_CODE = bytes.fromhex("53" "89f8" "89f1" "4989d0" "0fa2" "418900" "41895804"
+                            "41894808" "4189500c" "5b" "c3")
+_cpuid_fn = None
+
+
+def cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+    """Run the cpuid instruction (a 29-byte stub in an executable page)."""
+    global _cpuid_fn
+    if _cpuid_fn is None:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        page.write(_CPUID_CODE)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p)
+        _cpuid_fn = (proto(addr), page)
+    out = (ctypes.c_uint32 * 4)()
+    _cpuid_fn[0](leaf, subleaf, ctypes.addressof(out))
+    return out[0], out[1], out[2], out[3]

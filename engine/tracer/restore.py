@@ -1,0 +1,261 @@
+"""Swapping a dumped task's memory and registers into a forked task.
+
+The forked task (a copy of the engine) closes what it does not keep and
+blocks in pause() (`wait_for_tracer`); the engine seizes it
+(`attach_stopped`) and, by syscalls injected through a scratch page holding
+`syscall`, replaces its whole address space (DESIGN §4 and §7, in that
+order): rseq off, vvar/vdso moved to the dumped address, everything else
+unmapped, every VMA mapped, pages written from the pages file, protections,
+PR_SET_MM_MAP; then signal state, and the registers last. `release` lets
+all tasks go at once.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import time
+
+from engine.tracer import binding as b
+from engine.tracer import model as m
+from engine.tracer.task import Tracee
+from engine.tracer.xstate import to_xstate
+
+PAGE = 4096
+TASK_SIZE = 0x7FFFFFFFF000
+MMAP_MIN = 0x10000
+MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE = 0x10, 0x20, 0x100, 0x100000
+MAP_SHARED, MAP_PRIVATE = 1, 2
+PROT_WRITE = 2
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+PR_SET_MM, PR_SET_MM_MAP = 35, 14
+RSEQ_FLAG_UNREGISTER = 1
+AT_FDCWD = -100
+O_RDONLY, O_RDWR = 0, 2
+SIGKILL, SIGSTOP = 9, 19
+SPECIAL = m.VMA_AREA_VVAR | m.VMA_AREA_VDSO | m.VMA_AREA_VSYSCALL
+SCRATCH_PAGES = 2                   # code page (`syscall`) + data page
+
+
+# --- the task's side ---------------------------------------------------------
+
+def wait_for_tracer() -> None:
+    """Called in the forked task once it has nothing else to do: block."""
+    while True:
+        b.libc.pause()
+
+
+# --- the engine's side -------------------------------------------------------
+
+def attach_stopped(pid: int, timeout: float = 10.0) -> Tracee:
+    """Seize a task once it sits in pause() (syscall 34)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                if f.read().startswith("34 "):
+                    break
+        except OSError as e:
+            raise b.TracerError(e.errno or 3, pid, "waiting for the task to stop") from None
+        if time.monotonic() > deadline:
+            raise b.TracerError(62, pid, "waiting for the task to stop")
+        time.sleep(0.0005)
+    t = Tracee.seize(pid)
+    t.syscall_at = t.saved.ip - 2        # pause()'s own `syscall` insn
+    return t
+
+
+def restore_memory(t: Tracee, mm: m.MmState, pages) -> None:
+    pid = t.pid
+    scratch = _setup_scratch(t, mm.vmas)
+    data = scratch + PAGE
+    rseq = b.get_rseq(pid)
+    if rseq[0]:
+        t.checked("rseq", rseq[0], rseq[1], RSEQ_FLAG_UNREGISTER, rseq[2], what="unregister")
+    keep = [(scratch, scratch + SCRATCH_PAGES * PAGE)]
+    keep.append(_move_vdso(t, mm.vmas, avoid=keep[0]))
+    for lo, hi in _gaps(keep):
+        t.checked("munmap", lo, hi - lo, what=f"{lo:#x}-{hi:#x}")
+    fds: dict[tuple[str, int], int] = {}
+    try:
+        for v in mm.vmas:
+            if not v.status & SPECIAL:
+                _map_vma(t, v, fds, data)
+        pairs = []
+        if pages.buffer is not None:
+            base = ctypes.addressof(ctypes.c_char.from_buffer(pages.buffer))
+            pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()]
+        if pairs:
+            b.write_mem(pid, pairs)
+        for v in mm.vmas:
+            if not v.status & SPECIAL and _map_prot(v) != v.prot:
+                t.checked("mprotect", v.start, v.end - v.start, v.prot,
+                          what=f"vma {v.start:#x}-{v.end:#x}")
+        _set_mm_map(t, mm, fds, data)
+    finally:
+        for fd in fds.values():
+            t.syscall("close", fd)
+    t.scratch = scratch
+
+
+def restore_threads(t: Tracee, sigactions, threads) -> None:
+    """Signal state and registers; the scratch page goes, the task is ready."""
+    if len(threads) != 1:
+        raise b.TracerError(0, t.pid, f"restore of {len(threads)} threads "
+                                      "(multi-threaded tasks are not supported yet)")
+    th = threads[0]
+    data = t.scratch + PAGE
+    for sig, sa in enumerate(sigactions, 1):
+        if sig in (SIGKILL, SIGSTOP):
+            continue
+        t.write(data, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer, sa.mask))
+        t.checked("rt_sigaction", sig, data, 0, 8, what=f"signal {sig}")
+    t.write(data, struct.pack("<Qi4xQ", th.ss_sp, th.ss_flags, th.ss_size))
+    t.checked("sigaltstack", data, 0, what="restore")
+    t.checked("set_tid_address", th.clear_tid_addr)
+    if th.futex_rla_len:
+        t.checked("set_robust_list", th.futex_rla, th.futex_rla_len)
+    if th.rseq_abi_pointer:
+        t.checked("rseq", th.rseq_abi_pointer, th.rseq_abi_size, 0, th.rseq_signature,
+                  what="register")
+    # The scratch page goes through a `syscall` of the restored vdso.
+    t.syscall_at = t.find_syscall_in_vdso()
+    t.checked("munmap", t.scratch, SCRATCH_PAGES * PAGE, what="scratch page")
+    b.set_sigmask(t.pid, th.blk_sigset)
+    regs = b.UserRegs()
+    for name in m.REG_NAMES:
+        setattr(regs, name, th.regs[name] & 0xFFFFFFFFFFFFFFFF)
+    regs.orig_ax = 0xFFFFFFFFFFFFFFFF      # no syscall restart on resume
+    t.set_regs(regs)
+    b.set_xstate(t.pid, to_xstate(th.fpregs))
+    t.saved = None                         # detach must not put old registers back
+
+
+def release(tracees, leave_stopped: bool = False) -> None:
+    """Let every task run (or stop) at once."""
+    for t in tracees:
+        t.saved = None
+        t.detach(SIGSTOP if leave_stopped else 0)
+
+
+# --- steps -------------------------------------------------------------------
+
+def _maps(pid: int) -> list[tuple[int, int, str]]:
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi, parts[5] if len(parts) > 5 else ""))
+    return out
+
+
+def _free_spot(taken, size: int) -> int:
+    for k in range(1, 256):
+        lo = 0x7E0000000000 - k * 0x40000000
+        if all(hi <= lo or lo + size <= s for s, hi in taken):
+            return lo
+    raise b.TracerError(12, 0, "no free address for the scratch page")
+
+
+def _setup_scratch(t: Tracee, vmas) -> int:
+    taken = [(lo, hi) for lo, hi, _ in _maps(t.pid)] + [(v.start, v.end) for v in vmas]
+    want = _free_spot(taken, SCRATCH_PAGES * PAGE)
+    addr = t.checked("mmap", want, SCRATCH_PAGES * PAGE, 7,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0, what="scratch")
+    t.write(addr, b"\x0f\x05\xcc")
+    t.syscall_at = addr
+    return addr
+
+
+def _move_vdso(t: Tracee, vmas, avoid) -> tuple[int, int]:
+    """Move [vvar]..[vdso] where the dump had them; return the block kept."""
+    ours = {name: (lo, hi) for lo, hi, name in _maps(t.pid)
+            if name in ("[vvar]", "[vvar_vclock]", "[vdso]")}
+    theirs = [v for v in vmas if v.status & (m.VMA_AREA_VVAR | m.VMA_AREA_VDSO)]
+    if not ours or not theirs:
+        raise b.TracerError(0, t.pid, "restore without a vdso is not supported")
+    lo, hi = min(s for s, _ in ours.values()), max(e for _, e in ours.values())
+    dlo, dhi = min(v.start for v in theirs), max(v.end for v in theirs)
+    dvdso = next((v.start for v in theirs if v.status & m.VMA_AREA_VDSO), None)
+    if dhi - dlo != hi - lo or dvdso - dlo != ours["[vdso]"][0] - lo:
+        raise b.TracerError(0, t.pid, f"vdso layout differs from the dump "
+                                      f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
+                                      f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
+    if dlo == lo:
+        return lo, hi
+    parts = sorted(ours.values())
+    if not (dhi <= lo or hi <= dlo):
+        # Overlapping move: go through a free spot first.
+        via = _free_spot([(s, e) for s, e, _ in _maps(t.pid)] + [avoid, (dlo, dhi)], hi - lo)
+        parts = _mremap_all(t, parts, lo, via)
+        lo = via
+    _mremap_all(t, parts, lo, dlo)
+    return dlo, dhi
+
+
+def _mremap_all(t: Tracee, parts, old_base: int, new_base: int):
+    moved = []
+    for s, e in parts:
+        dest = new_base + (s - old_base)
+        t.checked("mremap", s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, dest,
+                  what=f"special mapping {s:#x} -> {dest:#x}")
+        moved.append((dest, dest + e - s))
+    return moved
+
+
+def _gaps(keep):
+    lo = MMAP_MIN
+    for s, e in sorted(keep):
+        if s > lo:
+            yield lo, s
+        lo = max(lo, e)
+    if lo < TASK_SIZE:
+        yield lo, TASK_SIZE
+
+
+def _map_prot(v: m.Vma) -> int:
+    """Mapped writable first so the pages can be written in, unless it is a
+    shared file mapping (its content is the file, never written by us)."""
+    return v.prot if v.status & m.VMA_FILE_SHARED else v.prot | PROT_WRITE
+
+
+def _map_vma(t: Tracee, v: m.Vma, fds, data: int) -> None:
+    flags = MAP_FIXED | (MAP_SHARED if v.flags & MAP_SHARED else MAP_PRIVATE)
+    flags |= v.flags & MAP_GROWSDOWN
+    fd, off = -1, 0
+    if v.path is not None and v.status & (m.VMA_FILE_PRIVATE | m.VMA_FILE_SHARED):
+        mode = O_RDWR if v.status & m.VMA_FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
+        fd, off = _open(t, v.path, mode, fds, data), v.pgoff
+    else:
+        flags |= MAP_ANONYMOUS
+    got = t.checked("mmap", v.start, v.end - v.start, _map_prot(v), flags, fd, off,
+                    what=f"vma {v.start:#x}-{v.end:#x}{' ' + v.path if v.path else ''}")
+    if got != v.start:
+        raise b.TracerError(0, t.pid, f"mmap vma {v.start:#x} landed at {got:#x}")
+
+
+def _open(t: Tracee, path: str, mode: int, fds, data: int) -> int:
+    key = (path, mode)
+    if key not in fds:
+        t.write(data, path.encode() + b"\0")
+        fds[key] = t.checked("openat", AT_FDCWD, data, mode, 0, what=path)
+    return fds[key]
+
+
+def _set_mm_map(t: Tracee, mm: m.MmState, fds, data: int) -> None:
+    exe_fd = _open(t, mm.exe, O_RDONLY, fds, data) if mm.exe else -1
+    auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
+    auxv_at = data + 256
+    head = struct.pack("<11QQII", mm.mm_start_code, mm.mm_end_code, mm.mm_start_data,
+                       mm.mm_end_data, mm.mm_start_brk, mm.mm_brk, mm.mm_start_stack,
+                       mm.mm_arg_start, mm.mm_arg_end, mm.mm_env_start, mm.mm_env_end,
+                       auxv_at, len(auxv), exe_fd & 0xFFFFFFFF)
+    t.write(data, head)
+    t.write(auxv_at, auxv)
+    r = t.syscall("prctl", PR_SET_MM, PR_SET_MM_MAP, data, len(head), 0)
+    if r == -16 and exe_fd != -1:          # EBUSY: the old exe is still mapped
+        t.write(data, head[:-4] + struct.pack("<I", 0xFFFFFFFF))
+        r = t.syscall("prctl", PR_SET_MM, PR_SET_MM_MAP, data, len(head), 0)
+    if r < 0:
+        raise b.TracerError(-r, t.pid, "prctl PR_SET_MM_MAP")

@@ -1,0 +1,138 @@
+"""A stopped task under ptrace: registers and remote syscalls.
+
+A remote syscall sets the registers to `syscall` at an address holding that
+instruction (one already in the task's vdso on dump, a scratch page on
+restore), single-steps it and reads rax. orig_ax is -1 on every injection so
+the kernel's syscall-restart logic never rewrites what we set (DESIGN §7).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+from engine.tracer import binding as b
+
+SYSCALL_INSN = b"\x0f\x05"
+
+
+class Tracee:
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.saved: b.UserRegs | None = None     # registers at freeze time
+        self.syscall_at: int | None = None       # address of a `syscall` insn
+        self.pending_signals: list[int] = []     # delivered while we stepped
+
+    # --- attaching ---------------------------------------------------------
+
+    @classmethod
+    def seize(cls, pid: int) -> "Tracee":
+        b.ptrace(b.PTRACE_SEIZE, pid, 0, 0, "PTRACE_SEIZE")
+        t = cls(pid)
+        try:
+            b.ptrace(b.PTRACE_INTERRUPT, pid, 0, 0, "PTRACE_INTERRUPT")
+            t._wait_trap()
+            t.saved = b.get_regs(pid)
+        except BaseException:
+            t.detach()
+            raise
+        return t
+
+    def _wait_trap(self, interrupt: bool = False) -> None:
+        """Wait for the PTRACE_INTERRUPT stop; keep signals that arrive
+        meanwhile (they are suppressed now and re-sent on detach)."""
+        while True:
+            status = b.wait_stop(self.pid)
+            if status >> 16 == b.PTRACE_EVENT_STOP:
+                return
+            self.pending_signals.append(os.WSTOPSIG(status))
+            b.ptrace(b.PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")
+
+    def _step(self, expected_ip: int) -> None:
+        """Single-step until rip is `expected_ip` (the insn ran)."""
+        while True:
+            b.ptrace(b.PTRACE_SINGLESTEP, self.pid, 0, 0, "PTRACE_SINGLESTEP")
+            status = b.wait_stop(self.pid)
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if sig == signal.SIGTRAP and event == 0:
+                return
+            if event == 0:
+                self.pending_signals.append(sig)
+            if self.regs().ip == expected_ip:
+                return
+
+    # --- registers and memory ------------------------------------------------
+
+    def regs(self) -> b.UserRegs:
+        return b.get_regs(self.pid)
+
+    def set_regs(self, regs: b.UserRegs) -> None:
+        b.set_regs(self.pid, regs)
+
+    def read(self, addr: int, size: int) -> bytes:
+        return b.peek(self.pid, addr, size)
+
+    def write(self, addr: int, data: bytes) -> None:
+        b.poke(self.pid, addr, data)
+
+    def poke_text(self, addr: int, data: bytes) -> None:
+        """Write into memory the task cannot write itself (PTRACE_POKEDATA)."""
+        data = data + b"\0" * (-len(data) % 8)
+        for i in range(0, len(data), 8):
+            word = int.from_bytes(data[i:i + 8], "little")
+            b.ptrace(b.PTRACE_POKEDATA, self.pid, addr + i, ctypes.c_uint64(word).value,
+                     "PTRACE_POKEDATA")
+
+    # --- remote syscalls -----------------------------------------------------
+
+    def find_syscall_in_vdso(self) -> int:
+        for start, end, name in _special_maps(self.pid):
+            if name == "[vdso]":
+                at = self.read(start, end - start).find(SYSCALL_INSN)
+                if at >= 0:
+                    return start + at
+        raise b.TracerError(0, self.pid, "finding a syscall instruction in [vdso]")
+
+    def syscall(self, name: str, *args: int) -> int:
+        """Run syscall `name` in the task; return rax as a signed value."""
+        if self.syscall_at is None:
+            self.syscall_at = self.find_syscall_in_vdso()
+        regs = b.UserRegs.from_buffer_copy(self.saved or self.regs())
+        regs.ax = b.SYS[name]
+        regs.orig_ax = ctypes.c_uint64(-1).value
+        regs.ip = self.syscall_at
+        for reg, value in zip(("di", "si", "dx", "r10", "r8", "r9"), args):
+            setattr(regs, reg, ctypes.c_uint64(value).value)
+        self.set_regs(regs)
+        self._step(self.syscall_at + len(SYSCALL_INSN))
+        return ctypes.c_int64(self.regs().ax).value
+
+    def checked(self, name: str, *args: int, what: str = "") -> int:
+        r = self.syscall(name, *args)
+        if -4096 < r < 0:
+            raise b.TracerError(-r, self.pid, f"{name}{' ' + what if what else ''}")
+        return r
+
+    # --- letting go ------------------------------------------------------------
+
+    def detach(self, sig: int = 0) -> None:
+        try:
+            if self.saved is not None:
+                self.set_regs(self.saved)
+            b.ptrace(b.PTRACE_DETACH, self.pid, 0, sig, "PTRACE_DETACH")
+        finally:
+            for s in self.pending_signals:
+                try:
+                    os.kill(self.pid, s)
+                except ProcessLookupError:
+                    pass
+            self.pending_signals = []
+
+
+def _special_maps(pid: int):
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].startswith("["):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                yield lo, hi, parts[5]
