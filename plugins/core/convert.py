@@ -1,0 +1,97 @@
+"""core_entry (CRIU's protobuf) <-> the tracer's TaskState / ThreadState, by name."""
+from __future__ import annotations
+
+from engine.tracer import model as m
+
+TASK_ALIVE = 1
+FP_LEGACY = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask",
+             "st_space", "xmm_space", "padding")
+FP_XSAVE = ("ymmh_space", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
+
+
+def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
+    from engine.images.proto import core_pb2
+    core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+    ti = core.thread_info
+    ti.clear_tid_addr = th.clear_tid_addr
+    for name in m.REG_NAMES:
+        setattr(ti.gpregs, name, th.regs[name])
+    ti.gpregs.mode = core_pb2.NATIVE
+    fp = th.fpregs
+    for name in FP_LEGACY:
+        value = getattr(fp, name)
+        if isinstance(value, list):
+            getattr(ti.fpregs, name).extend(value)
+        else:
+            setattr(ti.fpregs, name, value)
+    ti.fpregs.xsave.xstate_bv = fp.xstate_bv
+    for name in FP_XSAVE:
+        getattr(ti.fpregs.xsave, name).extend(getattr(fp, name))
+    if leader:
+        tc = core.tc
+        tc.task_state, tc.exit_code = TASK_ALIVE, 0
+        tc.personality, tc.flags = state.personality, state.flags
+        tc.blk_sigset, tc.comm = th.blk_sigset, state.comm
+        tc.loginuid, tc.oom_score_adj = state.loginuid, state.oom_score_adj
+        # CRIU writes 62 entries: SIGKILL and SIGSTOP have no action.
+        for sig, sa in enumerate(state.sigactions, 1):
+            if sig in (9, 19):
+                continue
+            tc.sigactions.add(sigaction=sa.sigaction, flags=sa.flags, restorer=sa.restorer,
+                              mask=sa.mask, compat_sigaction=False)
+    tcore = core.thread_core
+    tcore.futex_rla, tcore.futex_rla_len = th.futex_rla, th.futex_rla_len
+    tcore.blk_sigset, tcore.comm = th.blk_sigset, th.comm
+    tcore.sas.ss_sp, tcore.sas.ss_size, tcore.sas.ss_flags = th.ss_sp, th.ss_size, th.ss_flags
+    if th.rseq_abi_pointer:
+        r = tcore.rseq_entry
+        r.rseq_abi_pointer, r.rseq_abi_size = th.rseq_abi_pointer, th.rseq_abi_size
+        r.signature = th.rseq_signature
+    c = state.creds
+    cr = tcore.creds
+    for name in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid", "secbits"):
+        setattr(cr, name, getattr(c, name))
+    for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "groups"):
+        getattr(cr, name).extend(getattr(c, name))
+    return core
+
+
+def thread_state(core, tid: int, image: str) -> m.ThreadState:
+    ti = core.thread_info
+    if not core.HasField("thread_info"):
+        raise ValueError(f"{image}: thread_info missing")
+    fp = m.FpRegs(**{n: (list(getattr(ti.fpregs, n)) if n in ("st_space", "xmm_space", "padding")
+                         else getattr(ti.fpregs, n)) for n in FP_LEGACY})
+    if ti.fpregs.HasField("xsave"):
+        fp.xstate_bv = ti.fpregs.xsave.xstate_bv
+        for name in FP_XSAVE:
+            setattr(fp, name, list(getattr(ti.fpregs.xsave, name)))
+    if len(fp.st_space) != 32 or len(fp.xmm_space) != 64:
+        raise ValueError(f"{image}: thread_info.fpregs: st_space/xmm_space have "
+                         f"{len(fp.st_space)}/{len(fp.xmm_space)} words, want 32/64")
+    tc = core.thread_core
+    th = m.ThreadState(tid=tid, regs={n: getattr(ti.gpregs, n) for n in m.REG_NAMES},
+                       fpregs=fp, clear_tid_addr=ti.clear_tid_addr,
+                       futex_rla=tc.futex_rla, futex_rla_len=tc.futex_rla_len)
+    # The sigmask lives in thread_core (per thread) or, in older images, tc.
+    th.blk_sigset = tc.blk_sigset if tc.HasField("blk_sigset") else core.tc.blk_sigset
+    if tc.HasField("sas"):
+        th.ss_sp, th.ss_size, th.ss_flags = tc.sas.ss_sp, tc.sas.ss_size, tc.sas.ss_flags
+    if tc.HasField("rseq_entry"):
+        r = tc.rseq_entry
+        th.rseq_abi_pointer, th.rseq_abi_size = r.rseq_abi_pointer, r.rseq_abi_size
+        th.rseq_signature = r.signature
+    th.comm = tc.comm or core.tc.comm
+    return th
+
+
+def sigactions(core, image: str) -> list[m.SigAction]:
+    sas = core.tc.sigactions
+    if len(sas) not in (0, 62, 64):
+        raise ValueError(f"{image}: tc.sigactions has {len(sas)} entries, want 64 or 62")
+    out = [m.SigAction(sa.sigaction, sa.flags, sa.restorer, sa.mask) for sa in sas]
+    if len(out) == 62:
+        # CRIU skips SIGKILL and SIGSTOP (criu/cr-dump.c dump_sigact).
+        out.insert(8, m.SigAction())
+        out.insert(18, m.SigAction())
+    return out + [m.SigAction()] * (64 - len(out))
