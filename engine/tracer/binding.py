@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import struct
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.restype = ctypes.c_long
@@ -25,6 +26,7 @@ PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_PEEKSIGINFO = 0x4209
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
@@ -38,7 +40,7 @@ SYS = {"read": 0, "write": 1, "open": 2, "close": 3, "mmap": 9, "mprotect": 10,
        "set_tid_address": 218, "openat": 257, "set_robust_list": 273,
        "get_robust_list": 274, "rseq": 334, "process_vm_readv": 310,
        "process_vm_writev": 311, "clone3": 435, "setresuid": 117, "setresgid": 119,
-       "setgroups": 116}
+       "setgroups": 116, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297}
 IOV_MAX = 1024
 
 
@@ -118,6 +120,20 @@ def get_sigmask(pid: int) -> int:
 def set_sigmask(pid: int, mask: int) -> None:
     m = ctypes.c_uint64(mask)
     ptrace(PTRACE_SETSIGMASK, pid, 8, ctypes.addressof(m), "PTRACE_SETSIGMASK")
+
+
+def peek_siginfo(pid: int, shared: bool) -> list[bytes]:
+    """Every queued siginfo_t (128 bytes) of the thread, or of the process."""
+    out: list[bytes] = []
+    buf = ctypes.create_string_buffer(128 * 32)
+    while True:
+        args = struct.pack("<QIi", len(out), 1 if shared else 0, 32)
+        a = ctypes.create_string_buffer(args, len(args))
+        n = ptrace(PTRACE_PEEKSIGINFO, pid, ctypes.addressof(a), ctypes.addressof(buf),
+                   "PTRACE_PEEKSIGINFO")
+        out += [buf.raw[i * 128:(i + 1) * 128] for i in range(n)]
+        if n < 32:
+            return out
 
 
 def get_rseq(pid: int) -> tuple[int, int, int]:

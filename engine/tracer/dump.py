@@ -61,7 +61,8 @@ def collect_task(t: Tracee) -> m.TaskState:
                        personality=int(_read(f"/proc/{pid}/personality"), 16),
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
                        sigactions=sigactions, threads=[thread], creds=_creds(pid),
-                       oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")))
+                       oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")),
+                       signals_s=b.peek_siginfo(pid, shared=True))
 
 
 def _stack_t(raw: bytes) -> tuple[int, int, int]:
@@ -88,7 +89,8 @@ def _thread_state(t: Tracee, tid: int) -> m.ThreadState:
                           blk_sigset=b.get_sigmask(tid), futex_rla=head.value,
                           futex_rla_len=length.value, rseq_abi_pointer=rseq[0],
                           rseq_abi_size=rseq[1], rseq_signature=rseq[2],
-                          comm=_read(f"/proc/{tid}/comm").strip())
+                          comm=_read(f"/proc/{tid}/comm").strip(),
+                          signals_p=b.peek_siginfo(tid, shared=False))
     return state
 
 

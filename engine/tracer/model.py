@@ -62,6 +62,7 @@ class ThreadState:
     ss_size: int = 0
     ss_flags: int = 2                    # SS_DISABLE
     comm: str = ""
+    signals_p: list[bytes] = attrs.field(factory=list)   # queued siginfo_t, this thread
 
 
 @attrs.define
@@ -134,3 +135,4 @@ class TaskState:
     creds: Creds
     oom_score_adj: int = 0
     loginuid: int = 0xFFFFFFFF
+    signals_s: list[bytes] = attrs.field(factory=list)   # queued siginfo_t, whole process

@@ -98,7 +98,7 @@ def restore_memory(t: Tracee, mm: m.MmState, pages) -> None:
     t.scratch = scratch
 
 
-def restore_threads(t: Tracee, sigactions, threads) -> None:
+def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
     """Signal state and registers; the scratch page goes, the task is ready."""
     if len(threads) != 1:
         raise b.TracerError(0, t.pid, f"restore of {len(threads)} threads "
@@ -118,10 +118,20 @@ def restore_threads(t: Tracee, sigactions, threads) -> None:
     if th.rseq_abi_pointer:
         t.checked("rseq", th.rseq_abi_pointer, th.rseq_abi_size, 0, th.rseq_signature,
                   what="register")
+    # Mask first, so queued signals stay pending instead of being delivered
+    # while we step (the kernel lets a task queue any siginfo to itself).
+    b.set_sigmask(t.pid, th.blk_sigset)
+    for info in th.signals_p:
+        t.write(data, info)
+        sig = struct.unpack_from("<i", info)[0]
+        t.checked("rt_tgsigqueueinfo", t.pid, t.pid, sig, data, what=f"signal {sig}")
+    for info in shared_signals:
+        t.write(data, info)
+        sig = struct.unpack_from("<i", info)[0]
+        t.checked("rt_sigqueueinfo", t.pid, sig, data, what=f"signal {sig}")
     # The scratch page goes through a `syscall` of the restored vdso.
     t.syscall_at = t.find_syscall_in_vdso()
     t.checked("munmap", t.scratch, SCRATCH_PAGES * PAGE, what="scratch page")
-    b.set_sigmask(t.pid, th.blk_sigset)
     regs = b.UserRegs()
     for name in m.REG_NAMES:
         setattr(regs, name, th.regs[name] & 0xFFFFFFFFFFFFFFFF)

@@ -61,7 +61,7 @@ def engine_restore_collect(ctx, graph):
         raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
     for task in ctx.pstree:
         threads = []
-        sigactions = None
+        sigactions, shared = None, []
         for tid in (task.threads or [task.pid]):
             image = f"core-{tid}.img"
             core = ctx.images.read_one("core", id=tid)
@@ -73,8 +73,9 @@ def engine_restore_collect(ctx, graph):
             threads.append(convert.thread_state(core, tid, image))
             if tid == task.pid:
                 sigactions = convert.sigactions(core, image)
+                shared = convert.shared_signals(core, image)
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
-                       data=(sigactions, threads),
+                       data=(sigactions, threads, shared),
                        label=f"registers and signals of {task.pid}"))
 
 
@@ -83,8 +84,8 @@ def engine_restore_node(ctx, node):
     if node.plugin != "core":
         return None
     from engine.tracer import restore_threads
-    sigactions, threads = node.data
-    restore_threads(ctx.tracees[node.pid], sigactions, threads)
+    sigactions, threads, shared = node.data
+    restore_threads(ctx.tracees[node.pid], sigactions, threads, shared)
     return True
 
 

@@ -33,6 +33,8 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
         tc.personality, tc.flags = state.personality, state.flags
         tc.blk_sigset, tc.comm = th.blk_sigset, state.comm
         tc.loginuid, tc.oom_score_adj = state.loginuid, state.oom_score_adj
+        for info in state.signals_s:
+            tc.signals_s.signals.add(siginfo=info)
         # CRIU writes 62 entries: SIGKILL and SIGSTOP have no action.
         for sig, sa in enumerate(state.sigactions, 1):
             if sig in (9, 19):
@@ -43,6 +45,8 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
     tcore.futex_rla, tcore.futex_rla_len = th.futex_rla, th.futex_rla_len
     tcore.blk_sigset, tcore.comm = th.blk_sigset, th.comm
     tcore.sas.ss_sp, tcore.sas.ss_size, tcore.sas.ss_flags = th.ss_sp, th.ss_size, th.ss_flags
+    for info in th.signals_p:
+        tcore.signals_p.signals.add(siginfo=info)
     if th.rseq_abi_pointer:
         r = tcore.rseq_entry
         r.rseq_abi_pointer, r.rseq_abi_size = th.rseq_abi_pointer, th.rseq_abi_size
@@ -82,7 +86,21 @@ def thread_state(core, tid: int, image: str) -> m.ThreadState:
         th.rseq_abi_pointer, th.rseq_abi_size = r.rseq_abi_pointer, r.rseq_abi_size
         th.rseq_signature = r.signature
     th.comm = tc.comm or core.tc.comm
+    th.signals_p = _siginfos(tc.signals_p, image, "thread_core.signals_p")
     return th
+
+
+def shared_signals(core, image: str) -> list[bytes]:
+    return _siginfos(core.tc.signals_s, image, "tc.signals_s")
+
+
+def _siginfos(queue, image: str, field: str) -> list[bytes]:
+    out = []
+    for i, s in enumerate(queue.signals):
+        if len(s.siginfo) != 128:
+            raise ValueError(f"{image}: {field}[{i}]: siginfo of {len(s.siginfo)} bytes, want 128")
+        out.append(bytes(s.siginfo))
+    return out
 
 
 def sigactions(core, image: str) -> list[m.SigAction]:
