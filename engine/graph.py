@@ -85,6 +85,10 @@ class Graph:
                 for provider in providers.get(resource, ()):
                     if provider != node.plugin:
                         before += [n.key for n in self.by_plugin(provider)]
+            if node.where == "tracer":
+                # Memory and registers last: after everything the task does.
+                before += [n.key for n in self.nodes.values()
+                           if n.pid == node.pid and n.where == "task"]
             for key in node.after:
                 if key not in self.nodes:
                     raise GraphError(f"{node}: comes after {key}, which is not in the graph")

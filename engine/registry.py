@@ -71,10 +71,14 @@ def load_specs(path: Path = HOOKS_TOML) -> dict[str, PluginSpec]:
     return {name: PluginSpec.from_table(name, t, path.name) for name, t in tables.items()}
 
 
-def _entry_point_spec(ep, module) -> PluginSpec:
-    """A third-party plugin declares itself in a hooks.toml in its package."""
-    toml = Path(module.__file__).parent / "hooks.toml"
-    if toml.exists():
+def _entry_point_spec(ep) -> PluginSpec:
+    """A third-party plugin declares itself in a hooks.toml in its package
+    (found without importing it, so a plugin that is off is never run)."""
+    import importlib.util
+    found = importlib.util.find_spec(ep.module)
+    origin = found.origin if found and found.origin else None
+    toml = Path(origin).parent / "hooks.toml" if origin else None
+    if toml is not None and toml.exists():
         specs = load_specs(toml)
         if ep.name in specs:
             return attrs.evolve(specs[ep.name], origin=f"entry point {ep.value}")
@@ -153,12 +157,11 @@ def build(plugins: str = "default", disable: tuple[str, ...] = (),
     for ep in eps:
         if ep.name in specs:
             raise PluginError(f"entry point {ep.value}: plugin name {ep.name!r} is taken")
+        specs[ep.name] = _entry_point_spec(ep)
         if ep.name not in chosen:
             pm.set_blocked(ep.name)
             continue
-        module = ep.load()
-        specs[ep.name] = _entry_point_spec(ep, module)
-        pm.register(module, name=ep.name)
+        pm.register(ep.load(), name=ep.name)
         enabled.append(ep.name)
 
     pm.check_pending()

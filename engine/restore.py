@@ -181,7 +181,24 @@ def build_graph(ctx: RestoreContext) -> Graph:
     if ctx.images.exists("files"):
         ctx.files = {e.id: e for e in ctx.images.read("files")}
     ctx.hook.engine_restore_collect(ctx=ctx, graph=graph)
+    _check_image_resources(ctx)
     return graph
+
+
+def _check_image_resources(ctx: RestoreContext) -> None:
+    """An image whose resource no enabled plugin restores is refused now."""
+    reg = ctx.registry
+    for fname in sorted(os.listdir(ctx.images.dir)):
+        found = ctx.images.kinds.for_filename(fname)
+        if found is None or found[0].resource is None:
+            continue
+        resource = found[0].resource
+        provider = reg.provider_of(resource)
+        if provider is None:
+            raise RestoreError(f"{fname}: needs {resource}, which no plugin provides")
+        if not reg.is_enabled(provider.name) and provider.fallback is None:
+            raise RestoreError(f"{fname}: needs {resource}, provided by plugin "
+                               f"{provider.name}, which is disabled")
 
 
 def restore(ctx: RestoreContext) -> list[int]:

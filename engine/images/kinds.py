@@ -26,6 +26,9 @@ class ImageKind:
     head: str | None = None   # a different message for the first entry (pagemap)
     common: bool = True       # IMG_COMMON_MAGIC before the magic
     magic_name: str = ""
+    # The resource a set holding this image needs restored (hooks.toml
+    # `provides`); None for images every restore reads.
+    resource: str | None = None
 
     def message_class(self, first: bool = False):
         mod = importlib.import_module(self.module)
@@ -44,19 +47,21 @@ BUILTIN = [
     ImageKind("inventory", "inventory.img", 0x58313116, P + "tree_pb2", "inventory_entry",
               common=False, magic_name="INVENTORY"),
     ImageKind("pstree", "pstree.img", 0x50273030, P + "tree_pb2", "pstree_entry",
-              magic_name="PSTREE"),
+              magic_name="PSTREE", resource="tasks"),
     ImageKind("core", "core-{id}.img", 0x55053847, P + "core_pb2", "core_entry",
-              magic_name="CORE"),
+              magic_name="CORE", resource="registers"),
     ImageKind("ids", "ids-{id}.img", 0x54432030, P + "core_pb2", "task_kobj_ids_entry",
               magic_name="IDS"),
-    ImageKind("mm", "mm-{id}.img", 0x57492820, P + "mm_pb2", "mm_entry", magic_name="MM"),
+    ImageKind("mm", "mm-{id}.img", 0x57492820, P + "mm_pb2", "mm_entry", magic_name="MM",
+              resource="memory"),
     ImageKind("pagemap", "pagemap-{id}.img", 0x56084025, P + "mm_pb2", "pagemap_entry",
-              head="pagemap_head", magic_name="PAGEMAP"),
-    ImageKind("fs", "fs-{id}.img", 0x51403912, P + "tree_pb2", "fs_entry", magic_name="FS"),
+              head="pagemap_head", magic_name="PAGEMAP", resource="memory"),
+    ImageKind("fs", "fs-{id}.img", 0x51403912, P + "tree_pb2", "fs_entry", magic_name="FS",
+              resource="fs"),
     ImageKind("files", "files.img", 0x56303138, P + "files_pb2", "file_entry",
               magic_name="FILES"),
     ImageKind("fdinfo", "fdinfo-{id}.img", 0x56213732, P + "files_pb2", "fdinfo_entry",
-              magic_name="FDINFO"),
+              magic_name="FDINFO", resource="fds"),
     ImageKind("seccomp", "seccomp.img", 0x64413049, P + "tree_pb2", "seccomp_entry",
               magic_name="SECCOMP"),
     ImageKind("timens", "timens-{id}.img", 0x43114433, P + "tree_pb2", "timens_entry",

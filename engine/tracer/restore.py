@@ -84,7 +84,10 @@ def restore_memory(t: Tracee, mm: m.MmState, pages) -> None:
         pairs = []
         if pages.buffer is not None:
             base = ctypes.addressof(ctypes.c_char.from_buffer(pages.buffer))
-            pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()]
+            # CRIU dumps the vdso's pages too; ours is the running kernel's.
+            special = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL]
+            pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()
+                     if not any(lo <= vaddr < hi for lo, hi in special)]
         if pairs:
             b.write_mem(pid, pairs)
         for v in mm.vmas:

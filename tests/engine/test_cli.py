@@ -75,7 +75,7 @@ def test_plugins_lists_origin_and_state(engine_cli):
 def test_disabling_a_needed_plugin_fails_before_anything_starts(dumped, engine_cli):
     target, img = dumped
     line = _fails(engine_cli, "restore", "-D", img, "--disable", "files")
-    assert "needs file:REG" in line and "files, which is disabled" in line
+    assert "fdinfo-" in line and "needs fds" in line and "files, which is disabled" in line
     assert _gone(target.pid)
 
 
@@ -121,6 +121,7 @@ def test_pid_in_use(dumped, engine_cli):
     images = ImageDir(str(img))
     tree = images.read("pstree")
     tree[0].pid = os.getpid()            # surely taken: it is us
+    tree[0].threads[:] = [os.getpid()]
     images.write("pstree", tree)
     line = _fails(engine_cli, "restore", "-D", img)
     assert "pstree.img" in line and f"pid {os.getpid()} is in use" in line
