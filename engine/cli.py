@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="print an image set as JSON")
     s.add_argument("dir", metavar="DIR")
+    _common(s)
 
     pl = sub.add_parser("plan", help="print the restore order of an image set")
     pl.add_argument("-D", "--images-dir", required=True, metavar="DIR")
@@ -147,7 +148,7 @@ def cmd_plan(args, reg) -> int:
 def cmd_show(args, reg) -> int:
     import json
     from engine.images.show import image_dir_to_json
-    print(json.dumps(image_dir_to_json(args.dir), indent=2))
+    print(json.dumps(image_dir_to_json(args.dir, _kinds(reg)), indent=2))
     return 0
 
 
@@ -166,7 +167,7 @@ def cmd_check(args, reg) -> int:
     return run_checks()
 
 
-WITH_PLUGINS = ("dump", "restore", "plan", "plugins")
+WITH_PLUGINS = ("dump", "restore", "plan", "plugins", "show")
 COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
             "plan": cmd_plan, "plugins": cmd_plugins, "check": cmd_check}
 

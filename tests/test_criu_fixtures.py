@@ -38,3 +38,7 @@ def test_criu_image_set_restores(mode, engine_cli, tmp_path):
         time.sleep(0.01)
     assert result.exists(), "the restored fixture wrote no result"
     assert result.read_text().strip() == "PASS"
+    # It exits after its verdict; we are its subreaper, so reap it.
+    deadline = time.monotonic() + 10
+    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)

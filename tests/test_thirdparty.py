@@ -4,6 +4,7 @@ engine.plugins entry point, runs its hooks inside a real restore.
 engine_stamp (tests/thirdparty/engine_stamp) adds a --stamp-file option and
 one node per task that appends "task PID CWD" from inside the restored task.
 """
+import json
 import os
 import subprocess
 import sys
@@ -31,11 +32,41 @@ def stamp_env(stamp_site):
 
 
 @pytest.fixture
-def dumped(build_target, target_runner, engine_cli, tmp_path):
+def dumped(build_target, target_runner, engine_cli, stamp_env, tmp_path):
     target = target_runner.start(build_target("counter", "static-nopie"))
-    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img")
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img", "--plugins", "default,stamp",
+               autoload=True, env=stamp_env)
     target.reap()
     return target, tmp_path / "img"
+
+
+def test_hook_engine_register_images(dumped, engine_cli, stamp_env):
+    """The plugin's own image kind is written at dump and decoded by show."""
+    target, img = dumped
+    out = engine_cli("show", img, "--plugins", "default,stamp", autoload=True, env=stamp_env)
+    shown = json.loads(out.stdout)["stamp.img"]
+    assert shown["magic"] == "STAMP" and shown["entries"][0]["pid"] == target.pid
+
+
+def test_hook_engine_dump_finish(dumped):
+    """engine_dump_finish of the plugin ran after every task: stamp.img, and
+    the core's inventory.img, which crit decodes."""
+    target, img = dumped
+    assert (img / "stamp.img").exists()
+    inv = json.loads(subprocess.run(["crit", "decode", "-i", str(img / "inventory.img")],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert inv["entries"][0]["img_version"] == 2
+
+
+def test_hook_engine_restore_collect(dumped, engine_cli, stamp_env):
+    """The plugin's nodes sit where hooks.toml says: after the task exists
+    and its cwd is set, before its memory and registers."""
+    target, img = dumped
+    out = engine_cli("plan", "-D", img, "--plugins", "default,stamp", autoload=True,
+                     env=stamp_env).stdout
+    labels = [line.strip().split("  ")[1] for line in out.splitlines()]
+    order = {label.split()[0]: i for i, label in reversed(list(enumerate(labels)))}
+    assert order["fork"] < order["cwd"] < order["stamp"] < order["memory"] < order["registers"]
 
 
 def test_hook_engine_restore_node(dumped, engine_cli, stamp_env, tmp_path):

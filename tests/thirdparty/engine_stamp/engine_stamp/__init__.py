@@ -1,6 +1,7 @@
 """stamp: a third-party plugin, installed through the engine.plugins entry point.
 
-Dump: nothing but a note that it saw each task. Restore: one node per task,
+Dump: stamp.img, an image kind of its own (one pstree_entry per task it
+saw). Restore: one node per task,
 run inside the task, appending "task PID CWD" to the file given with
 --stamp-file (so a test can see the hook ran in the restored task's own
 context); "finish" or "abort: ERROR" when the restore ends.
@@ -9,6 +10,20 @@ import os
 
 from engine import hookimpl
 from engine.graph import Node
+
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    registry.register(ImageKind("stamp", "stamp.img", 0x57A3F001, "engine.images.proto.tree_pb2",
+                                "pstree_entry", magic_name="STAMP"))
+
+
+@hookimpl
+def engine_dump_finish(ctx):
+    from engine.images.proto import tree_pb2
+    ctx.images.write("stamp", [tree_pb2.pstree_entry(pid=pid, ppid=0, pgid=0, sid=0)
+                               for pid in ctx.tasks])
 
 
 @hookimpl
