@@ -13,7 +13,7 @@ import pytest
 
 FIXTURES = Path(os.environ.get("ENGINE_FIXTURES", Path(__file__).resolve().parents[2]
                                / "shared" / "fixtures")) / "criu-4.2"
-PIDS = {"counter": 30001, "files": 30011}
+PIDS = {"counter": 30001, "files": 30011, "pipe": 30031}
 
 
 @pytest.mark.parametrize("mode", sorted(PIDS))

@@ -21,6 +21,7 @@ class ImageError(Exception):
 
 
 def read_entries(path, kind: ImageKind) -> list:
+    """The entries of an image; for a kind with a payload, (entry, bytes) pairs."""
     name = str(path).rsplit("/", 1)[-1]
     try:
         with open(path, "rb") as f:
@@ -49,8 +50,16 @@ def read_entries(path, kind: ImageKind) -> list:
         if not msg.IsInitialized():
             missing = ", ".join(msg.FindInitializationErrors())
             raise ImageError(name, f"entry {i}: required field missing: {missing}")
-        entries.append(msg)
         pos += size
+        if kind.payload:
+            length = getattr(msg, kind.payload)
+            if pos + length > len(data):
+                raise ImageError(name, f"entry {i}: {kind.payload}={length}: payload "
+                                       f"truncated (have {len(data) - pos})")
+            entries.append((msg, data[pos:pos + length]))
+            pos += length
+        else:
+            entries.append(msg)
     return entries
 
 
@@ -72,9 +81,10 @@ def _check_magic(name: str, data: bytes, kind: ImageKind) -> int:
 def encode_entries(kind: ImageKind, messages) -> bytes:
     parts = [U32.pack(IMG_COMMON_MAGIC)] if kind.common else []
     parts.append(U32.pack(kind.magic))
-    for msg in messages:
+    for item in messages:
+        msg, payload = item if kind.payload else (item, b"")
         body = msg.SerializeToString()
-        parts += [U32.pack(len(body)), body]
+        parts += [U32.pack(len(body)), body, payload]
     return b"".join(parts)
 
 

@@ -29,6 +29,9 @@ class ImageKind:
     # The resource a set holding this image needs restored (hooks.toml
     # `provides`); None for images every restore reads.
     resource: str | None = None
+    # Name of the entry field giving the length of raw bytes that follow
+    # each entry (pipes-data.img: `bytes`), or None.
+    payload: str | None = None
 
     def message_class(self, first: bool = False):
         mod = importlib.import_module(self.module)
@@ -62,6 +65,8 @@ BUILTIN = [
               magic_name="FILES"),
     ImageKind("fdinfo", "fdinfo-{id}.img", 0x56213732, P + "files_pb2", "fdinfo_entry",
               magic_name="FDINFO", resource="fds"),
+    ImageKind("pipes-data", "pipes-data.img", 0x56453709, P + "files_pb2", "pipe_data_entry",
+              magic_name="PIPES_DATA", payload="bytes"),
     ImageKind("seccomp", "seccomp.img", 0x64413049, P + "tree_pb2", "seccomp_entry",
               magic_name="SECCOMP"),
     ImageKind("timens", "timens-{id}.img", 0x43114433, P + "tree_pb2", "timens_entry",

@@ -1,0 +1,149 @@
+"""pipes: anonymous pipes and the bytes sitting in them (criu/pipes.c).
+
+Dump: an fd whose link is ``pipe:[INODE]`` becomes a PIPE file entry
+(pipe_id = the inode, flags = its access mode and O_NONBLOCK). The unread
+bytes of each pipe are copied without being consumed: a copy of a read end
+is taken with pidfd_getfd and tee(2)'d into a pipe of the engine's, as CRIU
+does with its own pipes; they go to pipes-data.img with the buffer size.
+Restore: inside the task, one pipe(2) per pipe_id, its buffer size set with
+F_SETPIPE_SZ and its bytes written back in order, then each fd gets the end
+it had. A pipe shared by several tasks is not restored yet (files issue).
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+
+from engine import hookimpl
+from engine.stash import StashKey
+
+log = logging.getLogger("engine.plugins.pipes")
+
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+SPLICE_F_NONBLOCK = 2
+# pipe inode -> (pid, fd) of a read end, and the pids using it
+READ_ENDS = StashKey()
+USERS = StashKey()
+# pipe_id -> (data, size) at restore; pipe_id -> (read fd, write fd) in a task
+DATA = StashKey()
+OPEN_PIPES = StashKey()
+
+
+# --- dump ----------------------------------------------------------------
+
+@hookimpl
+def engine_dump_fd(ctx, task, fd, link, stat):
+    if not link.startswith("pipe:["):
+        return None
+    from engine.images.proto import files_pb2
+    flags = _fd_flags(task.pid, fd)
+    inode = stat.st_ino
+    ctx.stash.setdefault(USERS, {}).setdefault(inode, set()).add(task.pid)
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        ctx.stash.setdefault(READ_ENDS, {}).setdefault(inode, (task.pid, fd))
+    entry = files_pb2.file_entry(type=files_pb2.PIPE, id=0)
+    entry.pipe.id, entry.pipe.pipe_id = 0, inode
+    entry.pipe.flags = flags & (os.O_ACCMODE | os.O_NONBLOCK)
+    entry.pipe.fown.uid = entry.pipe.fown.euid = entry.pipe.fown.signum = 0
+    entry.pipe.fown.pid_type = entry.pipe.fown.pid = 0
+    return entry
+
+
+@hookimpl
+def engine_dump_finish(ctx):
+    from engine.images.proto import files_pb2
+    users = ctx.stash.get(USERS, {})
+    for inode, pids in users.items():
+        if len(pids) > 1:
+            raise ValueError(f"pipe:[{inode}] is shared by tasks {sorted(pids)}: "
+                             "pipes across tasks are not supported yet")
+    entries = []
+    for inode, (pid, fd) in sorted(ctx.stash.get(READ_ENDS, {}).items()):
+        data, size = _peek(pid, fd)
+        if data:
+            entries.append((files_pb2.pipe_data_entry(pipe_id=inode, bytes=len(data),
+                                                      size=size), data))
+    if entries or users:
+        ctx.images.write("pipes-data", entries)
+
+
+# --- restore ---------------------------------------------------------------
+
+@hookimpl
+def engine_restore_collect(ctx, graph):
+    if ctx.images.exists("pipes-data"):
+        ctx.stash[DATA] = {e.pipe_id: (payload, e.size if e.HasField("size") else 0)
+                           for e, payload in ctx.images.read("pipes-data")}
+
+
+@hookimpl
+def engine_restore_file(ctx, entry):
+    if not entry.HasField("pipe"):
+        return None
+    pipes = ctx.stash.setdefault(OPEN_PIPES, {})
+    pipe_id = entry.pipe.pipe_id
+    if pipe_id not in pipes:
+        pipes[pipe_id] = _make_pipe(ctx, pipe_id)
+    rfd, wfd = pipes[pipe_id]
+    end = rfd if entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY else wfd
+    fd = os.dup(end)
+    status = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, (status & ~os.O_NONBLOCK) | (entry.pipe.flags & os.O_NONBLOCK))
+    return fd
+
+
+# --- helpers -----------------------------------------------------------------
+
+def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
+    data, size = ctx.stash.get(DATA, {}).get(pipe_id, (b"", 0))
+    rfd, wfd = os.pipe()
+    if size:
+        fcntl.fcntl(wfd, F_SETPIPE_SZ, size)
+    view = memoryview(data)
+    while view:
+        n = os.write(wfd, view)
+        view = view[n:]
+    # Both originals stay until the task stops; it closes what it does not keep.
+    return rfd, wfd
+
+
+def _fd_flags(pid: int, fd: int) -> int:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    return 0
+
+
+def _peek(pid: int, fd: int) -> tuple[bytes, int]:
+    """The unread bytes of the pipe whose read end is `fd` of `pid`, unconsumed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(SYS_PIDFD_OPEN, pid, 0)
+    if pidfd < 0:
+        raise OSError(ctypes.get_errno(), f"pidfd_open {pid}")
+    try:
+        ours = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if ours < 0:
+            raise OSError(ctypes.get_errno(), f"pidfd_getfd {pid} fd {fd}")
+    finally:
+        os.close(pidfd)
+    try:
+        size = fcntl.fcntl(ours, F_GETPIPE_SZ)
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, size)
+            n = libc.tee(ours, w, size, SPLICE_F_NONBLOCK)
+            if n < 0:
+                err = ctypes.get_errno()
+                if err == 11:            # EAGAIN: empty pipe
+                    return b"", size
+                raise OSError(err, f"tee from pipe of {pid}")
+            return os.read(r, n), size
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        os.close(ours)
