@@ -31,7 +31,8 @@ def test_pipe_shared_by_two_tasks_is_refused_and_left_running(engine_cli, tmp_pa
     import sys
     code = ("import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    time.sleep(60)\n"
             "else:\n    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         import time
         time.sleep(0.3)
@@ -41,5 +42,7 @@ def test_pipe_shared_by_two_tasks_is_refused_and_left_running(engine_cli, tmp_pa
         state = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0]
         assert state == "S", "the target must run on after a failed dump"
     finally:
-        proc.kill()
+        import os
+        import signal
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
