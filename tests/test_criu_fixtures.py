@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(os.environ.get("ENGINE_FIXTURES", Path(__file__).resolve().parents[2]
-                               / "shared" / "fixtures")) / "criu-4.2"
+CANDIDATES = [os.environ.get("ENGINE_FIXTURES"),
+              Path(__file__).resolve().parents[2] / "shared" / "fixtures",
+              "/work/shared/fixtures"]
+FIXTURES = next((Path(c) / "criu-4.2" for c in CANDIDATES
+                 if c and (Path(c) / "criu-4.2").is_dir()), Path("/nonexistent"))
 PIDS = {"counter": 30001, "files": 30011, "pipe": 30031}
 
 
