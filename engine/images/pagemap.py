@@ -9,6 +9,7 @@ buffers and read back through one mmap, never copied per page in Python.
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 
@@ -85,8 +86,10 @@ class PagemapReader:
             if size < offset:
                 raise ImageError(self.pages_name, f"holds {size} bytes, {self.name} "
                                                   f"needs {offset}")
-            # ACCESS_COPY: a writable private view, which ctypes can address.
-            self.buffer = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else None
+            self.address, self.size = _map_readonly(fd, size), size
+            # A ctypes view over the mapping: sliceable, and its address is
+            # what process_vm_writev is handed.
+            self.buffer = (ctypes.c_char * size).from_address(self.address) if size else None
         finally:
             os.close(fd)
 
@@ -96,5 +99,24 @@ class PagemapReader:
 
     def close(self) -> None:
         if self.buffer is not None:
-            self.buffer.close()
+            _libc().munmap(ctypes.c_void_p(self.address), ctypes.c_size_t(self.size))
             self.buffer = None
+
+
+def _libc():
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.mmap.restype = ctypes.c_void_p
+    lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                         ctypes.c_int, ctypes.c_long]
+    return lib
+
+
+def _map_readonly(fd: int, size: int) -> int:
+    """mmap the pages file read-only and populated in one go: faulting it in
+    4 KiB at a time costs more than the copy itself."""
+    if not size:
+        return 0
+    addr = _libc().mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_POPULATE, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap of the pages file")
+    return addr

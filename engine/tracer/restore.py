@@ -83,13 +83,12 @@ def restore_memory(t: Tracee, mm: m.MmState, pages) -> None:
                 _map_vma(t, v, fds, data)
         pairs = []
         if pages.buffer is not None:
-            base = ctypes.addressof(ctypes.c_char.from_buffer(pages.buffer))
+            base = ctypes.addressof(pages.buffer)
             # CRIU dumps the vdso's pages too; ours is the running kernel's.
             special = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL]
             pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()
                      if not any(lo <= vaddr < hi for lo, hi in special)]
-        if pairs:
-            b.write_mem(pid, pairs)
+        _write_pages(pid, pairs)
         for v in mm.vmas:
             if not v.status & SPECIAL and _map_prot(v) != v.prot:
                 t.checked("mprotect", v.start, v.end - v.start, v.prot,
@@ -215,6 +214,26 @@ def _mremap_all(t: Tracee, parts, old_base: int, new_base: int):
                   what=f"special mapping {s:#x} -> {dest:#x}")
         moved.append((dest, dest + e - s))
     return moved
+
+
+def _write_pages(pid: int, pairs) -> None:
+    """process_vm_writev, split in two halves written from two threads: the
+    cost is the target's page faults, which then run on both cores."""
+    total = sum(n for _, _, n in pairs)
+    if total < (64 << 20):
+        if pairs:
+            b.write_mem(pid, pairs)
+        return
+    half, acc, cut = total // 2, 0, len(pairs)
+    for i, (_, _, n) in enumerate(pairs):
+        acc += n
+        if acc >= half:
+            cut = i + 1
+            break
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(b.write_mem, pid, part) for part in (pairs[:cut], pairs[cut:])]:
+            f.result()
 
 
 def _gaps(keep):
