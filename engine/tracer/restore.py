@@ -29,6 +29,7 @@ MAP_SHARED, MAP_PRIVATE = 1, 2
 PROT_WRITE = 2
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
+PR_SET_NAME = 15
 RSEQ_FLAG_UNREGISTER = 1
 AT_FDCWD = -100
 O_RDONLY, O_RDWR = 0, 2
@@ -115,6 +116,9 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
     t.write(data, struct.pack("<Qi4xQ", th.ss_sp, th.ss_flags, th.ss_size))
     t.checked("sigaltstack", data, 0, what="restore")
     t.checked("set_tid_address", th.clear_tid_addr)
+    if th.comm:
+        t.write(data, th.comm.encode()[:15] + b"\0")
+        t.checked("prctl", PR_SET_NAME, data, 0, 0, 0, what="PR_SET_NAME")
     if th.futex_rla_len:
         t.checked("set_robust_list", th.futex_rla, th.futex_rla_len)
     if th.rseq_abi_pointer:

@@ -43,3 +43,13 @@ def test_hook_engine_dump_task(build_target, target_runner, engine_cli, tmp_path
                   f"fs-{target.pid}.img", f"pagemap-{target.pid}.img"):
         assert image in names
     assert target.verdict() == "PASS"
+
+
+def test_task_name_is_restored(build_target, target_runner, engine_cli, tmp_path):
+    target = target_runner.start(build_target("counter", "static-nopie"))
+    comm = open(f"/proc/{target.pid}/comm").read()
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path)
+    target.reap()
+    engine_cli("restore", "-D", tmp_path)
+    assert open(f"/proc/{target.pid}/comm").read() == comm
+    assert target.verdict() == "PASS"
