@@ -435,6 +435,22 @@ def dump_restore(target: Target, images_dir: os.PathLike | str,
     return target.verdict()
 
 
+def engine_fails(*args: str, **kw) -> str:
+    """Run ``engine ARGS`` expecting failure: non-zero exit and exactly one
+    line on stderr, which is returned for the caller to check."""
+    proc = engine_cli(*args, check=False, **kw)
+    assert proc.returncode != 0, f"engine {' '.join(map(str, args))} succeeded"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"want one line on stderr, got:\n{proc.stderr}"
+    return lines[0]
+
+
+def task_gone(pid: int) -> bool:
+    """No such process, or only a zombie left (nothing runs under that pid)."""
+    state = _pid_state(pid)
+    return state is None or state == "Z"
+
+
 # --- process hygiene: subreaper and leftovers ---
 
 def become_subreaper() -> None:
@@ -539,6 +555,18 @@ def target_runner(tmp_path):
 def _engine_cli_fixture():
     """engine_cli(*args, check=True) -> CompletedProcess."""
     return engine_cli
+
+
+@pytest.fixture
+def dumped_counter(build_target, target_runner, tmp_path):
+    """A static counter target dumped to tmp_path/img, killed and reaped:
+    an image set for tests to restore or to spoil."""
+    target = target_runner.start(build_target("counter", "static-nopie"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", str(target.pid), "-D", str(img))
+    target.reap()
+    target.assert_gone()
+    return target, img
 
 
 @pytest.fixture(name="dump_restore")

@@ -10,31 +10,12 @@ import subprocess
 
 import pytest
 
+from engine.testing import engine_fails, task_gone
+
 
 @pytest.fixture
-def dumped(build_target, target_runner, engine_cli, tmp_path):
-    target = target_runner.start(build_target("counter", "static-nopie"))
-    img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    target.assert_gone()
-    return target, img
-
-
-def _fails(engine_cli, *args):
-    proc = engine_cli(*args, check=False)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
-
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+def dumped(dumped_counter):
+    return dumped_counter
 
 
 def test_show_prints_every_image_as_json(dumped, engine_cli):
@@ -74,18 +55,18 @@ def test_plugins_lists_origin_and_state(engine_cli):
 
 def test_disabling_a_needed_plugin_fails_before_anything_starts(dumped, engine_cli):
     target, img = dumped
-    line = _fails(engine_cli, "restore", "-D", img, "--disable", "files")
+    line = engine_fails("restore", "-D", img, "--disable", "files")
     assert "fdinfo-" in line and "needs fds" in line and "files, which is disabled" in line
-    assert _gone(target.pid)
+    assert task_gone(target.pid)
 
 
 def test_truncated_image(dumped, engine_cli):
     target, img = dumped
     core = img / f"core-{target.pid}.img"
     core.write_bytes(core.read_bytes()[:-10])
-    line = _fails(engine_cli, "restore", "-D", img)
+    line = engine_fails("restore", "-D", img)
     assert f"core-{target.pid}.img" in line
-    assert _gone(target.pid)
+    assert task_gone(target.pid)
 
 
 def test_wrong_magic(dumped, engine_cli):
@@ -94,9 +75,9 @@ def test_wrong_magic(dumped, engine_cli):
     data = bytearray(mm.read_bytes())
     data[4:8] = struct.pack("<I", 0x12345678)
     mm.write_bytes(bytes(data))
-    line = _fails(engine_cli, "restore", "-D", img)
+    line = engine_fails("restore", "-D", img)
     assert f"mm-{target.pid}.img" in line and "magic" in line
-    assert _gone(target.pid)
+    assert task_gone(target.pid)
 
 
 def test_missing_required_field(dumped, engine_cli):
@@ -110,9 +91,9 @@ def test_missing_required_field(dumped, engine_cli):
     entry.ClearField("pid")
     body = entry.SerializePartialToString()
     pstree.write_bytes(data[:8] + struct.pack("<I", len(body)) + body)
-    line = _fails(engine_cli, "restore", "-D", img)
+    line = engine_fails("restore", "-D", img)
     assert "pstree.img" in line and "pid" in line
-    assert _gone(target.pid)
+    assert task_gone(target.pid)
 
 
 def test_pid_in_use(dumped, engine_cli):
@@ -123,15 +104,15 @@ def test_pid_in_use(dumped, engine_cli):
     tree[0].pid = os.getpid()            # surely taken: it is us
     tree[0].threads[:] = [os.getpid()]
     images.write("pstree", tree)
-    line = _fails(engine_cli, "restore", "-D", img)
+    line = engine_fails("restore", "-D", img)
     assert "pstree.img" in line and f"pid {os.getpid()} is in use" in line
 
 
 def test_missing_image_dir(engine_cli, tmp_path):
-    line = _fails(engine_cli, "restore", "-D", tmp_path / "nope")
+    line = engine_fails("restore", "-D", tmp_path / "nope")
     assert "nope" in line
 
 
-def test_dump_of_missing_pid_fails(engine_cli, tmp_path):
-    line = _fails(engine_cli, "dump", "-t", "999999", "-D", tmp_path / "img")
+def test_dump_of_missing_pidengine_fails(tmp_path):
+    line = engine_fails("dump", "-t", "999999", "-D", tmp_path / "img")
     assert "999999" in line
