@@ -53,3 +53,10 @@ def test_restore_twice_is_refused_while_the_pid_is_in_use(dumped_counter, engine
     line = engine_fails("restore", "-D", copy)
     assert "pstree.img" in line and f"pid {target.pid} is in use" in line
     assert target.verdict() == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_shared_and_private_file_mappings_anon_shared_guard_readonly(
+        build_target, target_runner, dump_restore, tmp_path, variant):
+    target = target_runner.start(build_target("mappings", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
