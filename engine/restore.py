@@ -115,37 +115,31 @@ def _read_exact(sock: socket.socket, size: int):
 
 
 def _serve(ctx: RestoreContext, pid: int) -> None:
-    """The executor loop of a forked task. Never returns."""
-    code = 1
+    """The executor loop of a forked task. Never returns.
+
+    The channel is looked up on every message: install_fd may have moved it
+    off a number the image wants.
+    """
     try:
-        ctx.self_pid = pid
-        ctx.kept_fds = set()
-        ctx.started = []
+        ctx.self_pid, ctx.kept_fds, ctx.started = pid, set(), []
         for end in ctx.channels.values():
             end.close()
         ctx.channels = {}
-        sock = ctx.task_ends[pid]
-        while True:
-            msg = _recv(ctx.task_ends[pid])
-            if msg is None:
-                break
+        while (msg := _recv(ctx.task_ends[pid])) is not None:
             if msg[0] == "node":
-                node = ctx.graph.nodes[msg[1]]
+                ctx.started = []
                 try:
-                    ctx.started = []
-                    _run_hook(ctx, node)
+                    _run_hook(ctx, ctx.graph.nodes[msg[1]])
                     _send(ctx.task_ends[pid], ("ok", ctx.started))
-                except Exception as e:  # report, then wait to be killed
+                except Exception as e:  # noqa: BLE001 - reported; the engine kills us
                     _send(ctx.task_ends[pid], ("error", _one_line(e), ctx.started))
             elif msg[0] == "stop":
                 from engine.tracer.restore import wait_for_tracer
                 _send(ctx.task_ends[pid], ("ok", []))
                 _close_all_but(ctx.kept_fds)
-                wait_for_tracer()
-                # Not reached: the tracer replaces this process image.
-        del sock
+                wait_for_tracer()          # the tracer replaces this process image
     finally:
-        os._exit(code)
+        os._exit(1)
 
 
 def _close_all_but(keep: set[int]) -> None:
