@@ -57,16 +57,23 @@ def engine_restore_collect(ctx, graph):
     entries = ctx.images.read("pstree")
     _validate(entries)
     ctx.pstree = entries
+    pids = {e.pid for e in entries}
     for e in entries:
         if e.ppid == 0:
             graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="engine",
                            data=e, label=f"fork task {e.pid}"))
         else:
+            # After the parent took its own session and group: the child
+            # inherits them at fork.
             graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="task",
-                           pid=e.ppid, data=e, after=[f"pstree:fork:{e.ppid}"],
+                           pid=e.ppid, data=e, after=[f"pstree:ids:{e.ppid}"],
                            label=f"fork task {e.pid} from {e.ppid}"))
+        after = [f"pstree:fork:{e.pid}"]
+        # Joining a group needs its leader to have made it first.
+        if e.pgid != e.pid and e.pgid in pids:
+            after.append(f"pstree:ids:{e.pgid}")
         graph.add(Node(key=f"pstree:ids:{e.pid}", plugin="pstree", where="task", pid=e.pid,
-                       data=e, after=[f"pstree:fork:{e.pid}"],
+                       data=e, after=after,
                        label=f"session {e.sid} and group {e.pgid} of {e.pid}"))
 
 
@@ -131,8 +138,32 @@ def _validate(entries) -> None:
         if os.path.exists(f"/proc/{e.pid}"):
             raise ValueError(f"{where}: pid {e.pid} is in use")
         seen.add(e.pid)
+    _check_sessions(entries)
     # the root's ppid is ignored on restore: the engine (or its caller) is the parent
     entries[0].ppid = 0
+
+
+def _check_sessions(entries) -> None:
+    """Sessions and groups reachable by fork, setsid and setpgid alone.
+
+    A session or group whose leader is gone needs helper tasks (CRIU's
+    approach), which are not planned yet: refused here, before any fork.
+    """
+    by_pid = {e.pid: e for e in entries}
+    for i, e in enumerate(entries[1:], 1):
+        where = f"pstree.img: entry {i}: task {e.pid}"
+        parent = by_pid[e.ppid]
+        if e.sid != e.pid and e.sid != parent.sid:
+            raise ValueError(f"{where}: session {e.sid} differs from its parent's "
+                             f"({parent.sid}) and it does not lead it: needs a helper task "
+                             "(not supported yet)")
+        if e.pgid not in (e.pid, parent.pgid) and e.pgid not in by_pid:
+            raise ValueError(f"{where}: process group {e.pgid} has no member to join "
+                             "in the tree: needs a helper task (not supported yet)")
+        if e.pgid in by_pid and by_pid[e.pgid].sid != e.sid:
+            raise ValueError(f"{where}: group {e.pgid} is in session "
+                             f"{by_pid[e.pgid].sid}, the task in {e.sid}")
+
 
 
 def _join_session_and_group(entry) -> None:
