@@ -28,12 +28,25 @@ MAP_GROWSDOWN = 0x100
 
 
 def freeze(pid: int) -> Tracee:
-    """Seize and stop the task; its registers are kept as they were."""
-    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    if tids != [pid]:
-        raise b.TracerError(0, pid, f"freeze: {len(tids)} threads (multi-threaded "
-                                    "tasks are not supported yet)")
-    return Tracee.seize(pid)
+    """Seize and stop every thread of the task; registers kept as they were.
+
+    Threads still running may start more, so /proc/PID/task is read again
+    until every thread listed is ours.
+    """
+    leader = Tracee.seize(pid)
+    try:
+        seen = {pid}
+        while True:
+            new = [t for t in sorted(int(x) for x in os.listdir(f"/proc/{pid}/task"))
+                   if t not in seen]
+            if not new:
+                return leader
+            for tid in new:
+                leader.others.append(Tracee.seize(tid))
+                seen.add(tid)
+    except BaseException:
+        leader.detach()
+        raise
 
 
 def collect_task(t: Tracee) -> m.TaskState:
@@ -49,10 +62,13 @@ def collect_task(t: Tracee) -> m.TaskState:
                 sigactions.append(m.SigAction(h, fl, rest, mask))
             else:
                 sigactions.append(m.SigAction())
-        t.checked("prctl", PR_GET_TID_ADDRESS, scratch, 0, 0, 0)
-        (thread.clear_tid_addr,) = struct.unpack("<Q", t.read(scratch, 8))
-        t.checked("sigaltstack", 0, scratch)
-        thread.ss_sp, thread.ss_size, thread.ss_flags = _stack_t(t.read(scratch, 24))
+        threads = [thread] + [_thread_state(o, o.pid) for o in t.others]
+        for tracee, th in zip([t] + t.others, threads):
+            # Per-thread values only the thread itself can ask for.
+            tracee.checked("prctl", PR_GET_TID_ADDRESS, scratch, 0, 0, 0)
+            (th.clear_tid_addr,) = struct.unpack("<Q", tracee.read(scratch, 8))
+            tracee.checked("sigaltstack", 0, scratch)
+            th.ss_sp, th.ss_size, th.ss_flags = _stack_t(tracee.read(scratch, 24))
         brk = t.checked("brk", 0)
     finally:
         t.syscall("munmap", scratch, PAGE)
@@ -60,7 +76,7 @@ def collect_task(t: Tracee) -> m.TaskState:
     return m.TaskState(pid=pid, comm=_read(f"/proc/{pid}/comm").strip(),
                        personality=int(_read(f"/proc/{pid}/personality"), 16),
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
-                       sigactions=sigactions, threads=[thread], creds=_creds(pid),
+                       sigactions=sigactions, threads=threads, creds=_creds(pid),
                        oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")),
                        signals_s=b.peek_siginfo(pid, shared=True))
 

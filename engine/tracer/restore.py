@@ -30,6 +30,8 @@ PROT_WRITE = 2
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_NAME = 15
+# what pthread_create passes: one mm, fs, fd table and signal handlers
+CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 RSEQ_FLAG_UNREGISTER = 1
 AT_FDCWD = -100
 O_RDONLY, O_RDWR = 0, 2
@@ -102,35 +104,24 @@ def restore_memory(t: Tracee, mm: m.MmState, pages) -> None:
 
 
 def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
-    """Signal state and registers; the scratch page goes, the task is ready."""
-    if len(threads) != 1:
-        raise b.TracerError(0, t.pid, f"restore of {len(threads)} threads "
-                                      "(multi-threaded tasks are not supported yet)")
-    th = threads[0]
+    """Signal state, the other threads, and registers; the scratch page goes."""
+    by_tid = {th.tid: th for th in threads}
+    if t.pid not in by_tid:
+        raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
     data = t.scratch + PAGE
     for sig, sa in enumerate(sigactions, 1):
         if sig in (SIGKILL, SIGSTOP):
             continue
         t.write(data, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer, sa.mask))
         t.checked("rt_sigaction", sig, data, 0, 8, what=f"signal {sig}")
-    t.write(data, struct.pack("<Qi4xQ", th.ss_sp, th.ss_flags, th.ss_size))
-    t.checked("sigaltstack", data, 0, what="restore")
-    t.checked("set_tid_address", th.clear_tid_addr)
-    if th.comm:
-        t.write(data, th.comm.encode()[:15] + b"\0")
-        t.checked("prctl", PR_SET_NAME, data, 0, 0, 0, what="PR_SET_NAME")
-    if th.futex_rla_len:
-        t.checked("set_robust_list", th.futex_rla, th.futex_rla_len)
-    if th.rseq_abi_pointer:
-        t.checked("rseq", th.rseq_abi_pointer, th.rseq_abi_size, 0, th.rseq_signature,
-                  what="register")
-    # Mask first, so queued signals stay pending instead of being delivered
-    # while we step (the kernel lets a task queue any siginfo to itself).
-    b.set_sigmask(t.pid, th.blk_sigset)
-    for info in th.signals_p:
-        t.write(data, info)
-        sig = struct.unpack_from("<i", info)[0]
-        t.checked("rt_tgsigqueueinfo", t.pid, t.pid, sig, data, what=f"signal {sig}")
+    others = [th for th in threads if th.tid != t.pid]
+    if others:
+        b.ptrace(b.PTRACE_SETOPTIONS, t.pid, 0, b.PTRACE_O_TRACECLONE, "PTRACE_SETOPTIONS")
+    for th in others:
+        t.others.append(_clone_thread(t, th.tid, data))
+    tracees = t.others + [t]
+    for tracee in tracees:
+        _thread_signal_state(tracee, t.pid, by_tid[tracee.pid], data)
     for info in shared_signals:
         t.write(data, info)
         sig = struct.unpack_from("<i", info)[0]
@@ -138,13 +129,53 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
     # The scratch page goes through a `syscall` of the restored vdso.
     t.syscall_at = t.find_syscall_in_vdso()
     t.checked("munmap", t.scratch, SCRATCH_PAGES * PAGE, what="scratch page")
-    regs = b.UserRegs()
-    for name in m.REG_NAMES:
-        setattr(regs, name, th.regs[name] & 0xFFFFFFFFFFFFFFFF)
-    regs.orig_ax = 0xFFFFFFFFFFFFFFFF      # no syscall restart on resume
-    t.set_regs(regs)
-    b.set_xstate(t.pid, to_xstate(th.fpregs))
-    t.saved = None                         # detach must not put old registers back
+    for tracee in tracees:
+        th = by_tid[tracee.pid]
+        regs = b.UserRegs()
+        for name in m.REG_NAMES:
+            setattr(regs, name, th.regs[name] & 0xFFFFFFFFFFFFFFFF)
+        regs.orig_ax = 0xFFFFFFFFFFFFFFFF      # no syscall restart on resume
+        tracee.set_regs(regs)
+        b.set_xstate(tracee.pid, to_xstate(th.fpregs))
+        tracee.saved = None                    # detach must not put old registers back
+
+
+def _clone_thread(t: Tracee, tid: int, data: int) -> Tracee:
+    """A new thread with the dumped tid, by clone3 injected in the leader.
+
+    PTRACE_O_TRACECLONE attaches it stopped before it runs a single
+    instruction; its registers are set later like the leader's.
+    """
+    set_tid = data + 128
+    t.write(set_tid, struct.pack("<i", tid))
+    t.write(data, struct.pack("<11Q", CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1, 0))
+    t.checked("clone3", data, 88, what=f"thread {tid}")
+    b.wait_stop(tid)
+    new = Tracee(tid)
+    new.saved, new.syscall_at = b.get_regs(tid), t.syscall_at
+    return new
+
+
+def _thread_signal_state(tr: Tracee, tgid: int, th: m.ThreadState, data: int) -> None:
+    """What each thread holds for itself, set from inside that thread."""
+    tr.write(data, struct.pack("<Qi4xQ", th.ss_sp, th.ss_flags, th.ss_size))
+    tr.checked("sigaltstack", data, 0, what="restore")
+    tr.checked("set_tid_address", th.clear_tid_addr)
+    if th.comm:
+        tr.write(data, th.comm.encode()[:15] + b"\0")
+        tr.checked("prctl", PR_SET_NAME, data, 0, 0, 0, what="PR_SET_NAME")
+    if th.futex_rla_len:
+        tr.checked("set_robust_list", th.futex_rla, th.futex_rla_len)
+    if th.rseq_abi_pointer:
+        tr.checked("rseq", th.rseq_abi_pointer, th.rseq_abi_size, 0, th.rseq_signature,
+                   what="register")
+    # Mask first, so queued signals stay pending instead of being delivered
+    # while we step (the kernel lets a thread queue any siginfo to itself).
+    b.set_sigmask(tr.pid, th.blk_sigset)
+    for info in th.signals_p:
+        tr.write(data, info)
+        sig = struct.unpack_from("<i", info)[0]
+        tr.checked("rt_tgsigqueueinfo", tgid, tr.pid, sig, data, what=f"signal {sig}")
 
 
 def release(tracees, leave_stopped: bool = False) -> None:

@@ -22,6 +22,7 @@ class Tracee:
         self.saved: b.UserRegs | None = None     # registers at freeze time
         self.syscall_at: int | None = None       # address of a `syscall` insn
         self.pending_signals: list[int] = []     # delivered while we stepped
+        self.others: list["Tracee"] = []         # the other threads (leader only)
 
     # --- attaching ---------------------------------------------------------
 
@@ -56,6 +57,8 @@ class Tracee:
             sig, event = os.WSTOPSIG(status), status >> 16
             if sig == signal.SIGTRAP and event == 0:
                 return
+            if event not in (0, b.PTRACE_EVENT_STOP):
+                continue        # e.g. PTRACE_EVENT_CLONE inside the syscall: go on
             if event == 0:
                 self.pending_signals.append(sig)
             if self.regs().ip == expected_ip:
@@ -116,6 +119,12 @@ class Tracee:
     # --- letting go ------------------------------------------------------------
 
     def detach(self, sig: int = 0) -> None:
+        for other in self.others:
+            try:
+                other.detach(sig)
+            except b.TracerError:
+                pass
+        self.others = []
         try:
             if self.saved is not None:
                 self.set_regs(self.saved)

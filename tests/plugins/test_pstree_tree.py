@@ -47,3 +47,11 @@ def test_session_without_a_leader_is_refused_before_any_fork(dumped_counter, tmp
     line = engine_fails("restore", "-D", img)
     assert "pstree.img: entry 1" in line and "needs a helper task" in line
     assert task_gone(target.pid) and task_gone(free)
+
+
+@pytest.mark.parametrize("variant,threads", [("dynamic-pie", "4"), ("static-nopie", "4"),
+                                             ("dynamic-pie", "50")])
+def test_threads_with_tids_tls_masks_and_blocked_waits(build_target, target_runner,
+                                                       dump_restore, tmp_path, variant, threads):
+    target = target_runner.start(build_target("threads", variant), "--threads", threads)
+    assert dump_restore(target, tmp_path / "img") == "PASS"
