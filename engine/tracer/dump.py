@@ -33,7 +33,9 @@ def freeze(pid: int) -> Tracee:
     Threads still running may start more, so /proc/PID/task is read again
     until every thread listed is ours.
     """
+    stopped = _stat(pid)[0] == "T"         # group-stopped (SIGSTOP) before we came
     leader = Tracee.seize(pid)
+    leader.was_stopped = stopped
     try:
         seen = {pid}
         while True:
@@ -78,7 +80,8 @@ def collect_task(t: Tracee) -> m.TaskState:
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
                        sigactions=sigactions, threads=threads, creds=_creds(pid),
                        oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")),
-                       signals_s=b.peek_siginfo(pid, shared=True))
+                       signals_s=b.peek_siginfo(pid, shared=True),
+                       stopped=t.was_stopped)
 
 
 def _stack_t(raw: bytes) -> tuple[int, int, int]:

@@ -136,3 +136,4 @@ class TaskState:
     oom_score_adj: int = 0
     loginuid: int = 0xFFFFFFFF
     signals_s: list[bytes] = attrs.field(factory=list)   # queued siginfo_t, whole process
+    stopped: bool = False                # in group-stop (SIGSTOP) when dumped

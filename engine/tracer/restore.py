@@ -182,7 +182,7 @@ def release(tracees, leave_stopped: bool = False) -> None:
     """Let every task run (or stop) at once."""
     for t in tracees:
         t.saved = None
-        t.detach(SIGSTOP if leave_stopped else 0)
+        t.detach(SIGSTOP if leave_stopped else t.release_signal)
 
 
 # --- steps -------------------------------------------------------------------

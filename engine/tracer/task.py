@@ -23,6 +23,8 @@ class Tracee:
         self.syscall_at: int | None = None       # address of a `syscall` insn
         self.pending_signals: list[int] = []     # delivered while we stepped
         self.others: list["Tracee"] = []         # the other threads (leader only)
+        self.was_stopped = False                 # group-stopped before we seized it
+        self.release_signal = 0                  # sent on the final detach (SIGSTOP)
 
     # --- attaching ---------------------------------------------------------
 

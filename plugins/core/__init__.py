@@ -61,7 +61,7 @@ def engine_restore_collect(ctx, graph):
         raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
     for task in ctx.pstree:
         threads = []
-        sigactions, shared = None, []
+        sigactions, shared, stopped = None, [], False
         for tid in (task.threads or [task.pid]):
             image = f"core-{tid}.img"
             core = ctx.images.read_one("core", id=tid)
@@ -74,8 +74,9 @@ def engine_restore_collect(ctx, graph):
             if tid == task.pid:
                 sigactions = convert.sigactions(core, image)
                 shared = convert.shared_signals(core, image)
+                stopped = core.tc.task_state == convert.TASK_STOPPED
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
-                       data=(sigactions, threads, shared),
+                       data=(sigactions, threads, shared, stopped),
                        label=f"registers and signals of {task.pid}"))
 
 
@@ -84,8 +85,11 @@ def engine_restore_node(ctx, node):
     if node.plugin != "core":
         return None
     from engine.tracer import restore_threads
-    sigactions, threads, shared = node.data
-    restore_threads(ctx.tracees[node.pid], sigactions, threads, shared)
+    sigactions, threads, shared, stopped = node.data
+    tracee = ctx.tracees[node.pid]
+    restore_threads(tracee, sigactions, threads, shared)
+    # A task stopped when dumped is released into a stop again (SIGSTOP).
+    tracee.release_signal = 19 if stopped else 0
     return True
 
 

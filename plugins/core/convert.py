@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from engine.tracer import model as m
 
-TASK_ALIVE = 1
+TASK_ALIVE, TASK_DEAD, TASK_STOPPED = 1, 2, 3     # CRIU's task_state values
 FP_LEGACY = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask",
              "st_space", "xmm_space", "padding")
 FP_XSAVE = ("ymmh_space", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
@@ -29,7 +29,8 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
         getattr(ti.fpregs.xsave, name).extend(getattr(fp, name))
     if leader:
         tc = core.tc
-        tc.task_state, tc.exit_code = TASK_ALIVE, 0
+        tc.task_state = TASK_STOPPED if state.stopped else TASK_ALIVE
+        tc.exit_code = 0
         tc.personality, tc.flags = state.personality, state.flags
         tc.blk_sigset, tc.comm = th.blk_sigset, state.comm
         tc.loginuid, tc.oom_score_adj = state.loginuid, state.oom_score_adj

@@ -55,3 +55,25 @@ def test_threads_with_tids_tls_masks_and_blocked_waits(build_target, target_runn
                                                        dump_restore, tmp_path, variant, threads):
     target = target_runner.start(build_target("threads", variant), "--threads", threads)
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def _state(pid):
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+
+def test_stopped_task_is_stopped_again(build_target, target_runner, engine_cli, tmp_path):
+    import signal
+    import time
+    target = target_runner.start(build_target("counter", "static-nopie"))
+    os.kill(target.pid, signal.SIGSTOP)
+    while _state(target.pid) != "T":
+        time.sleep(0.01)
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path)
+    target.reap()
+    engine_cli("restore", "-D", tmp_path)
+    deadline = time.monotonic() + 5
+    while _state(target.pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _state(target.pid) == "T", "restored task runs; it was stopped"
+    os.kill(target.pid, signal.SIGCONT)
+    assert target.verdict() == "PASS"
