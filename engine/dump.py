@@ -33,6 +33,8 @@ class DumpTask:
     state: Any                       # engine.tracer.model.TaskState
     # ids-PID.img: object ids of its mm, fd table, fs and signal handlers
     ids: dict[str, int] = attrs.field(factory=dict)
+    # A zombie: its wait status; it has no tracee, no state, nothing but core.
+    zombie: int | None = None
 
 
 @attrs.define(eq=False)
@@ -73,6 +75,10 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
     frozen = []
     try:
         for pid in pids:
+            status = tracer.zombie_status(pid)
+            if status is not None:
+                ctx.tasks[pid] = DumpTask(pid=pid, tracee=None, state=None, zombie=status)
+                continue
             tracee = tracer.freeze(pid)
             frozen.append(tracee)
             ids = {k: ctx.new_id() for k in ("vm_id", "files_id", "fs_id", "sighand_id")}

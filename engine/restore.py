@@ -41,6 +41,9 @@ class RestoreContext:
     graph: Graph | None = None
     pstree: list = attrs.field(factory=list)   # pstree_entry, parents first (pstree plugin)
     files: dict = attrs.field(factory=dict)    # files.img: id -> file_entry
+    zombies: dict = attrs.field(factory=dict)  # pid -> wait status (pstree plugin)
+    # Inside a zombie-to-be: the status it exits with after its last node.
+    exit_status: int | None = None
     _ids: dict = attrs.field(factory=dict)
     # pid -> engine end of the task's channel (engine only)
     channels: dict[int, socket.socket] = attrs.field(factory=dict)
@@ -58,6 +61,11 @@ class RestoreContext:
         return self.registry.hook
 
     # --- services for plugins ------------------------------------------
+
+    @property
+    def alive(self) -> list:
+        """pstree entries of the tasks that run (not zombies)."""
+        return [e for e in self.pstree if e.pid not in self.zombies]
 
     def ids(self, pid: int):
         """ids-PID.img of a task: the object ids its mm, fds, fs... share."""
@@ -131,6 +139,8 @@ def _serve(ctx: RestoreContext, pid: int) -> None:
                 try:
                     _run_hook(ctx, ctx.graph.nodes[msg[1]])
                     _send(ctx.task_ends[pid], ("ok", ctx.started))
+                    if ctx.exit_status is not None:
+                        _die_as(ctx.exit_status)
                 except Exception as e:  # noqa: BLE001 - reported; the engine kills us
                     _send(ctx.task_ends[pid], ("error", _one_line(e), ctx.started))
             elif msg[0] == "stop":
@@ -140,6 +150,17 @@ def _serve(ctx: RestoreContext, pid: int) -> None:
                 wait_for_tracer()          # the tracer replaces this process image
     finally:
         os._exit(1)
+
+
+def _die_as(status: int) -> None:
+    """Exit so that waitpid() reports `status` (a zombie's, as dumped)."""
+    sig = status & 0x7F
+    if sig:
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    os._exit((status >> 8) & 0xFF)
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -262,9 +283,9 @@ def _stop_for_tracer(ctx: RestoreContext, pid: int) -> None:
 def _release(ctx: RestoreContext) -> None:
     from engine.tracer.restore import release
     for pid in ctx.started:
-        if pid not in ctx.stopped:
+        if pid not in ctx.stopped and pid not in ctx.zombies:
             raise RestoreError(f"task {pid}: no memory or registers were restored")
-    release([ctx.tracees[p] for p in ctx.started],
+    release([ctx.tracees[p] for p in ctx.started if p in ctx.tracees],
             leave_stopped=getattr(ctx.options, "leave_stopped", False))
 
 

@@ -13,7 +13,7 @@ __all__ = ["TracerError", "freeze", "collect_task", "dump_pages", "restore_memor
 
 
 def __getattr__(name):
-    if name in ("freeze", "collect_task", "dump_pages"):
+    if name in ("freeze", "collect_task", "dump_pages", "zombie_status"):
         from engine.tracer import dump
         return getattr(dump, name)
     if name in ("restore_memory", "restore_threads", "attach_stopped", "release"):

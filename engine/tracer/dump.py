@@ -27,6 +27,12 @@ CHUNK = 64 << 20          # bytes read per process_vm_readv batch
 MAP_GROWSDOWN = 0x100
 
 
+def zombie_status(pid: int) -> int | None:
+    """The wait status of a zombie (as waitpid reports it), None if alive."""
+    stat = _stat(pid)
+    return int(stat[52 - 3]) if stat[0] == "Z" else None
+
+
 def freeze(pid: int) -> Tracee:
     """Seize and stop every thread of the task; registers kept as they were.
 

@@ -33,6 +33,9 @@ _NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
 @hookimpl
 def engine_dump_task(ctx, task):
     from plugins.core import convert
+    if task.zombie is not None:
+        ctx.images.write("core", [convert.zombie_core(task.pid, task.zombie)], id=task.pid)
+        return
     state = task.state
     for thread in state.threads:
         core = convert.core_entry(state, thread, leader=thread.tid == task.pid)
@@ -59,7 +62,7 @@ def engine_restore_collect(ctx, graph):
     inv = ctx.images.read_one("inventory")
     if inv.img_version != IMG_VERSION:
         raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
-    for task in ctx.pstree:
+    for task in ctx.alive:
         threads = []
         sigactions, shared, stopped = None, [], False
         for tid in (task.threads or [task.pid]):
@@ -96,6 +99,8 @@ def engine_restore_node(ctx, node):
 # --- helpers -----------------------------------------------------------------
 
 def _ids_entry(ctx, task):
+    if task.zombie is not None:
+        raise ValueError(f"task {task.pid} is a zombie: it cannot be the root of a dump")
     from engine.images.proto import core_pb2
     ns_ids = ctx.stash.setdefault(_NS_IDS, {})
     entry = core_pb2.task_kobj_ids_entry(**task.ids)

@@ -61,6 +61,25 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
     return core
 
 
+def zombie_core(pid: int, status: int):
+    """A dead task: only its exit status (CRIU writes the same for zombies)."""
+    from engine.images.proto import core_pb2
+    core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+    tc = core.tc
+    tc.task_state, tc.exit_code, tc.personality, tc.flags, tc.blk_sigset = \
+        TASK_DEAD, status, 0, 0, 0
+    tc.comm = _comm(pid)
+    return core
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def thread_state(core, tid: int, image: str) -> m.ThreadState:
     ti = core.thread_info
     if not core.HasField("thread_info"):

@@ -35,6 +35,8 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 @hookimpl
 def engine_dump_task(ctx, task):
+    if task.zombie is not None:
+        return           # a zombie has no fds, fs or memory
     from engine.images.proto import files_pb2
     pid = task.pid
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
@@ -71,7 +73,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.pstree:
+    for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []

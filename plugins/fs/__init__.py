@@ -14,6 +14,8 @@ from engine.graph import Node
 
 @hookimpl
 def engine_dump_task(ctx, task):
+    if task.zombie is not None:
+        return           # a zombie has no fds, fs or memory
     from engine.images.entries import regular_file
     from engine.images.proto import tree_pb2
     pid = task.pid
@@ -29,7 +31,7 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.pstree:
+    for task in ctx.alive:
         if not ctx.images.exists("fs", id=task.pid):
             continue
         fs = ctx.images.read_one("fs", id=task.pid)

@@ -36,6 +36,8 @@ VMA_FIELDS = ("start", "end", "pgoff", "prot", "flags", "status", "madv")
 
 @hookimpl
 def engine_dump_task(ctx, task):
+    if task.zombie is not None:
+        return           # a zombie has no fds, fs or memory
     from engine.images.pagemap import PagemapWriter
     from engine.images.proto import mm_pb2
     from engine.tracer import dump_pages
@@ -64,7 +66,7 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.pstree:
+    for task in ctx.alive:
         image = f"mm-{task.pid}.img"
         mm = ctx.images.read_one("mm", id=task.pid)
         state = _mm_state(ctx, mm, image)

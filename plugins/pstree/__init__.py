@@ -18,6 +18,7 @@ from engine.graph import Node
 log = logging.getLogger("engine.plugins.pstree")
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
+TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
 
 
 # --- dump ----------------------------------------------------------------
@@ -44,7 +45,8 @@ def engine_dump_finish(ctx):
         ppid, pgid, sid = _stat_ids(pid)
         entry = tree_pb2.pstree_entry(pid=pid, ppid=0 if pid == root else ppid,
                                         pgid=pgid, sid=sid)
-        entry.threads.extend(t.tid for t in task.state.threads)
+        if task.state is not None:
+            entry.threads.extend(t.tid for t in task.state.threads)
         entries.append(entry)
     ctx.images.write("pstree", entries)
 
@@ -57,6 +59,7 @@ def engine_restore_collect(ctx, graph):
     entries = ctx.images.read("pstree")
     _validate(entries)
     ctx.pstree = entries
+    ctx.zombies = _zombies(ctx, entries)
     pids = {e.pid for e in entries}
     for e in entries:
         if e.ppid == 0:
@@ -69,12 +72,16 @@ def engine_restore_collect(ctx, graph):
                            pid=e.ppid, data=e, after=[f"pstree:ids:{e.ppid}"],
                            label=f"fork task {e.pid} from {e.ppid}"))
         after = [f"pstree:fork:{e.pid}"]
+        if e.pid in ctx.zombies:
+            # It dies last, once the children it had are forked.
+            after += [f"pstree:fork:{c.pid}" for c in entries if c.ppid == e.pid]
         # Joining a group needs its leader to have made it first.
         if e.pgid != e.pid and e.pgid in pids:
             after.append(f"pstree:ids:{e.pgid}")
         graph.add(Node(key=f"pstree:ids:{e.pid}", plugin="pstree", where="task", pid=e.pid,
                        data=e, after=after,
-                       label=f"session {e.sid} and group {e.pgid} of {e.pid}"))
+                       label=(f"session {e.sid} and group {e.pgid} of {e.pid}"
+                              + (" then exit (zombie)" if e.pid in ctx.zombies else ""))))
 
 
 @hookimpl
@@ -86,10 +93,25 @@ def engine_restore_node(ctx, node):
         ctx.spawn(entry.pid)
     else:
         _join_session_and_group(entry)
+        if entry.pid in ctx.zombies:
+            ctx.exit_status = ctx.zombies[entry.pid]
     return True
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _zombies(ctx, entries) -> dict[int, int]:
+    """pid -> wait status of the tasks core-PID.img says are dead."""
+    out = {}
+    for e in entries:
+        if ctx.images.exists("core", id=e.pid):
+            tc = ctx.images.read_one("core", id=e.pid).tc
+            if tc.task_state == TASK_DEAD:
+                if e.ppid == 0:
+                    raise ValueError(f"core-{e.pid}.img: the root task is dead")
+                out[e.pid] = tc.exit_code
+    return out
+
 
 def _children_map() -> dict[int, list[int]]:
     """ppid -> children, from /proc/*/stat (this kernel has no

@@ -77,3 +77,14 @@ def test_stopped_task_is_stopped_again(build_target, target_runner, engine_cli, 
     assert _state(target.pid) == "T", "restored task runs; it was stopped"
     os.kill(target.pid, signal.SIGCONT)
     assert target.verdict() == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_zombies_come_back_with_their_exit_status(build_target, target_runner, engine_cli,
+                                                  tmp_path, variant):
+    target = target_runner.start(build_target("zombie", variant))
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path)
+    target.reap()
+    _reap_orphans()
+    engine_cli("restore", "-D", tmp_path)
+    assert target.verdict() == "PASS"

@@ -33,7 +33,7 @@ def engine_addoption(parser):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.pstree:
+    for task in ctx.alive:
         graph.add(Node(key=f"stamp:{task.pid}", plugin="stamp", pid=task.pid,
                        label=f"stamp {task.pid}"))
 
