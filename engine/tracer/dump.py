@@ -199,7 +199,8 @@ def _vma_from_maps_line(head) -> m.Vma:
     elif inode == 0 or name.startswith("[") or name.startswith("/dev/zero") \
             or name.startswith("/SYSV"):
         v.flags |= mmap.MAP_ANONYMOUS
-        v.pgoff = 0
+        if not shared:
+            v.pgoff = 0           # a shared one keeps its offset in the shmem object
         if shared:
             v.status = m.VMA_AREA_REGULAR | m.VMA_ANON_SHARED
             v.shmid = inode

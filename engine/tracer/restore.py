@@ -68,7 +68,16 @@ def attach_stopped(pid: int, timeout: float = 10.0) -> Tracee:
     return t
 
 
-def restore_memory(t: Tracee, mm: m.MmState, pages) -> None:
+def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None) -> None:
+    """Replace the task's address space with the dumped one.
+
+    `shared_anon` (shmid -> (pid, start, pgoff) of the task that mapped it
+    first) is filled and used across the tasks of one restore, so a
+    MAP_SHARED|MAP_ANONYMOUS region stays one object: later tasks map the
+    first one's through /proc/PID/map_files (criu/shmem.c does the same
+    with its own fds).
+    """
+    shared_anon = {} if shared_anon is None else shared_anon
     pid = t.pid
     scratch = _setup_scratch(t, mm.vmas)
     data = scratch + PAGE
@@ -83,7 +92,7 @@ def restore_memory(t: Tracee, mm: m.MmState, pages) -> None:
     try:
         for v in mm.vmas:
             if not v.status & SPECIAL:
-                _map_vma(t, v, fds, data)
+                _map_vma(t, v, fds, data, shared_anon)
         pairs = []
         if pages.buffer is not None:
             base = ctypes.addressof(pages.buffer)
@@ -287,15 +296,22 @@ def _map_prot(v: m.Vma) -> int:
     return v.prot if v.status & m.VMA_FILE_SHARED else v.prot | PROT_WRITE
 
 
-def _map_vma(t: Tracee, v: m.Vma, fds, data: int) -> None:
+def _map_vma(t: Tracee, v: m.Vma, fds, data: int, shared_anon) -> None:
     flags = MAP_FIXED | (MAP_SHARED if v.flags & MAP_SHARED else MAP_PRIVATE)
     flags |= v.flags & MAP_GROWSDOWN
     fd, off = -1, 0
+    first = shared_anon.get(v.shmid) if v.status & m.VMA_ANON_SHARED else None
     if v.path is not None and v.status & (m.VMA_FILE_PRIVATE | m.VMA_FILE_SHARED):
         mode = O_RDWR if v.status & m.VMA_FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
         fd, off = _open(t, v.path, mode, fds, data), v.pgoff
+    elif first is not None:
+        pid, start, end, pgoff = first
+        fd = _open(t, f"/proc/{pid}/map_files/{start:x}-{end:x}", O_RDWR, fds, data)
+        off = v.pgoff - pgoff
     else:
         flags |= MAP_ANONYMOUS
+        if v.status & m.VMA_ANON_SHARED:
+            shared_anon[v.shmid] = (t.pid, v.start, v.end, v.pgoff)
     got = t.checked("mmap", v.start, v.end - v.start, _map_prot(v), flags, fd, off,
                     what=f"vma {v.start:#x}-{v.end:#x}{' ' + v.path if v.path else ''}")
     if got != v.start:

@@ -25,6 +25,7 @@ TASK_SIZE = 0x7FFFFFFFF000        # x86_64 4-level user space end
 # path -> file id in files.img, so one file mapped many times is one entry
 MAPPED_FILES = StashKey()
 PAGES_IDS = StashKey()
+SHARED_ANON = StashKey()      # shmid -> the first task's mapping of it
 
 MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
              "mm_start_stack", "mm_start_brk", "mm_brk", "mm_arg_start", "mm_arg_end",
@@ -82,7 +83,8 @@ def engine_restore_node(ctx, node):
     from engine.tracer import restore_memory
     pages = PagemapReader(ctx.images.dir, node.pid)
     try:
-        restore_memory(ctx.tracees[node.pid], node.data, pages)
+        restore_memory(ctx.tracees[node.pid], node.data, pages,
+                       ctx.stash.setdefault(SHARED_ANON, {}))
     finally:
         pages.close()
     return True
