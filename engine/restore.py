@@ -55,6 +55,10 @@ class RestoreContext:
     # Inside a task: its pid and the fds restored so far (kept at stop).
     self_pid: int | None = None
     kept_fds: set[int] = attrs.field(factory=set)
+    # file id -> (pid, fd) of the task that opened it first; tasks publish
+    # theirs in node replies and get the engine's map with every node.
+    shared_fds: dict[int, tuple[int, int]] = attrs.field(factory=dict)
+    _published: dict[int, tuple[int, int]] = attrs.field(factory=dict)
 
     @property
     def hook(self):
@@ -81,6 +85,27 @@ class RestoreContext:
             _serve(self, pid)          # never returns
         self.started.append(child)
         return child
+
+    def publish_fd(self, file_id: int, fd: int) -> None:
+        """Offer open file `file_id`, at `fd` in this task, to later tasks."""
+        self._published[file_id] = (self.self_pid, fd)
+
+    def take_fd(self, file_id: int) -> int:
+        """A copy of an open file another task published (pidfd_getfd)."""
+        import ctypes
+        pid, fd = self.shared_fds[file_id]
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = libc.syscall(434, pid, 0)                 # pidfd_open
+        if pidfd < 0:
+            raise OSError(ctypes.get_errno(), f"pidfd_open {pid} for file id {file_id}")
+        try:
+            copy = libc.syscall(438, pidfd, fd, 0)        # pidfd_getfd
+            if copy < 0:
+                raise OSError(ctypes.get_errno(), f"pidfd_getfd {pid} fd {fd} "
+                                                  f"for file id {file_id}")
+            return copy
+        finally:
+            os.close(pidfd)
 
     def install_fd(self, fd: int, number: int) -> None:
         """Put open `fd` at `number` in this task (closing `fd`)."""
@@ -135,17 +160,18 @@ def _serve(ctx: RestoreContext, pid: int) -> None:
         ctx.channels = {}
         while (msg := _recv(ctx.task_ends[pid])) is not None:
             if msg[0] == "node":
-                ctx.started = []
+                ctx.started, ctx._published = [], {}
+                ctx.shared_fds = msg[2]
                 try:
                     _run_hook(ctx, ctx.graph.nodes[msg[1]])
-                    _send(ctx.task_ends[pid], ("ok", ctx.started))
+                    _send(ctx.task_ends[pid], ("ok", ctx.started, ctx._published))
                     if ctx.exit_status is not None:
                         _die_as(ctx.exit_status)
                 except Exception as e:  # noqa: BLE001 - reported; the engine kills us
-                    _send(ctx.task_ends[pid], ("error", _one_line(e), ctx.started))
+                    _send(ctx.task_ends[pid], ("error", _one_line(e), ctx.started, {}))
             elif msg[0] == "stop":
                 from engine.tracer.restore import wait_for_tracer
-                _send(ctx.task_ends[pid], ("ok", []))
+                _send(ctx.task_ends[pid], ("ok", [], {}))
                 _close_all_but(ctx.kept_fds)
                 wait_for_tracer()          # the tracer replaces this process image
     finally:
@@ -253,7 +279,7 @@ def _run_node(ctx: RestoreContext, node: Node) -> None:
     if node.where == "task":
         if node.pid in ctx.stopped:
             raise RestoreError(f"{node}: task {node.pid} already stopped for the tracer")
-        reply = _ask(ctx, node.pid, ("node", node.key))
+        reply = _ask(ctx, node.pid, ("node", node.key, ctx.shared_fds))
         if reply[0] != "ok":
             raise RestoreError(reply[1])
         return
@@ -268,7 +294,9 @@ def _ask(ctx: RestoreContext, pid: int, msg):
     reply = _recv(chan)
     if reply is None:
         raise RestoreError(f"task {pid} died while restoring {msg[1] if len(msg) > 1 else msg[0]}")
-    ctx.started.extend(p for p in reply[-1] if p not in ctx.started)
+    ctx.started.extend(p for p in reply[-2] if p not in ctx.started)
+    for file_id, where in reply[-1].items():
+        ctx.shared_fds.setdefault(file_id, where)
     return reply
 
 

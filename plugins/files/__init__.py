@@ -21,8 +21,11 @@ import stat as st
 
 from engine import hookimpl
 from engine.graph import Node
+from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.files")
+
+SEEN = StashKey()           # dump: (dev, ino) -> fds already given a file id
 
 SYS_KCMP = 312
 KCMP_FILE = 0
@@ -40,8 +43,9 @@ def engine_dump_task(ctx, task):
     from engine.images.proto import files_pb2
     pid = task.pid
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
-    # (st_dev, st_ino) -> [(fd, file id, type)]: kcmp only fds on one inode
-    seen: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    # (st_dev, st_ino) -> [(pid, fd, file id, type)], across the whole tree:
+    # kcmp only fds on one inode
+    seen = ctx.stash.setdefault(SEEN, {})
     entries = []
     for fd in fds:
         link = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -53,7 +57,7 @@ def engine_dump_task(ctx, task):
             if entry is None:
                 raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
             file_id, ftype = ctx.add_file(entry), entry.type
-        same_inode.append((fd, file_id, ftype))
+        same_inode.append((pid, fd, file_id, ftype))
         cloexec = _fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
         entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
                                                flags=fcntl.FD_CLOEXEC if cloexec else 0))
@@ -97,13 +101,18 @@ def engine_restore_node(ctx, node):
     for fi in node.data:
         if fi.id in opened:
             fd = os.dup(opened[fi.id])
+        elif fi.id in ctx.shared_fds:
+            # Another task made this open file first: take a copy of it.
+            fd = ctx.take_fd(fi.id)
         else:
             fd = ctx.hook.engine_restore_file(ctx=ctx, entry=ctx.files[fi.id])
             if fd is None:
                 raise ValueError(f"files.img: file id {fi.id}: no plugin opens "
                                  f"type {_type_name(ctx.files[fi.id])}")
         ctx.install_fd(fd, fi.fd)
-        opened.setdefault(fi.id, fi.fd)
+        if fi.id not in opened:
+            opened[fi.id] = fi.fd
+            ctx.publish_fd(fi.id, fi.fd)
         fcntl.fcntl(fi.fd, fcntl.F_SETFD, fi.flags & fcntl.FD_CLOEXEC)
     return True
 
@@ -133,16 +142,17 @@ def engine_restore_file(ctx, entry):
 _libc = None
 
 
-def _kcmp_same_file(pid: int, fd1: int, fd2: int) -> bool:
+def _kcmp_same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
+    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
 
 
 def _shared_with(pid, fd, seen):
-    for other, file_id, ftype in seen:
-        if _kcmp_same_file(pid, fd, other):
+    """The file id of an earlier fd (of any task) on the same open file."""
+    for other_pid, other_fd, file_id, ftype in seen:
+        if _kcmp_same_file(pid, fd, other_pid, other_fd):
             return file_id, ftype
     return None, None
 

@@ -5,9 +5,10 @@ Dump: an fd whose link is ``pipe:[INODE]`` becomes a PIPE file entry
 bytes of each pipe are copied without being consumed: a copy of a read end
 is taken with pidfd_getfd and tee(2)'d into a pipe of the engine's, as CRIU
 does with its own pipes; they go to pipes-data.img with the buffer size.
-Restore: inside the task, one pipe(2) per pipe_id, its buffer size set with
-F_SETPIPE_SZ and its bytes written back in order, then each fd gets the end
-it had. A pipe shared by several tasks is not restored yet (files issue).
+Restore: in the first task that needs it, one pipe(2) per pipe_id, its
+buffer size set with F_SETPIPE_SZ and its bytes written back in order; each
+fd gets the end it had. Both ends are published, so the other tasks holding
+the pipe take copies of the same ends (pidfd_getfd) instead of a new pipe.
 """
 from __future__ import annotations
 
@@ -56,10 +57,6 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 def engine_dump_finish(ctx):
     from engine.images.proto import files_pb2
     users = ctx.stash.get(USERS, {})
-    for inode, pids in users.items():
-        if len(pids) > 1:
-            raise ValueError(f"pipe:[{inode}] is shared by tasks {sorted(pids)}: "
-                             "pipes across tasks are not supported yet")
     entries = []
     for inode, (pid, fd) in sorted(ctx.stash.get(READ_ENDS, {}).items()):
         data, size = _peek(pid, fd)
@@ -100,6 +97,10 @@ def engine_restore_file(ctx, entry):
 def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     data, size = ctx.stash.get(DATA, {}).get(pipe_id, (b"", 0))
     rfd, wfd = os.pipe()
+    for file_id, entry in ctx.files.items():
+        if entry.HasField("pipe") and entry.pipe.pipe_id == pipe_id:
+            reader = entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY
+            ctx.publish_fd(file_id, rfd if reader else wfd)
     if size:
         fcntl.fcntl(wfd, F_SETPIPE_SZ, size)
     view = memoryview(data)
