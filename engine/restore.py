@@ -159,11 +159,13 @@ def _serve(ctx: RestoreContext, pid: int) -> None:
             end.close()
         ctx.channels = {}
         while (msg := _recv(ctx.task_ends[pid])) is not None:
-            if msg[0] == "node":
+            if msg[0] == "nodes":
                 ctx.started, ctx._published = [], {}
                 ctx.shared_fds = msg[2]
                 try:
-                    _run_hook(ctx, ctx.graph.nodes[msg[1]])
+                    for key in msg[1]:
+                        _run_hook(ctx, ctx.graph.nodes[key])
+                        ctx.shared_fds.update(ctx._published)
                     _send(ctx.task_ends[pid], ("ok", ctx.started, ctx._published))
                     if ctx.exit_status is not None:
                         _die_as(ctx.exit_status)
@@ -252,9 +254,14 @@ def restore(ctx: RestoreContext) -> list[int]:
     for pid in pids:
         a, b = socket.socketpair()
         ctx.channels[pid], ctx.task_ends[pid] = a, b
+    # Tasks are forks of this interpreter: keep the collector from touching
+    # (and so copying) every object in every task.
+    import gc
+    gc.disable()
+    gc.freeze()
     try:
-        for node in order:
-            _run_node(ctx, node)
+        for batch in _batches(order):
+            _run_batch(ctx, batch)
         _release(ctx)
     except BaseException as e:
         _undo(ctx)
@@ -269,8 +276,22 @@ def restore(ctx: RestoreContext) -> list[int]:
     return ctx.started
 
 
-def _run_node(ctx: RestoreContext, node: Node) -> None:
-    log.debug("node %s (%s in %s)", node.key, node.plugin, node.where)
+def _batches(order: list[Node]):
+    """Consecutive task nodes of one task go in one round trip."""
+    batch: list[Node] = []
+    for node in order:
+        if batch and not (node.where == "task" and batch[-1].where == "task"
+                          and node.pid == batch[-1].pid):
+            yield batch
+            batch = []
+        batch.append(node)
+    if batch:
+        yield batch
+
+
+def _run_batch(ctx: RestoreContext, batch: list[Node]) -> None:
+    node = batch[0]
+    log.debug("nodes %s (in %s)", [n.key for n in batch], node.where)
     if node.where == "engine":
         _run_hook(ctx, node)
         return
@@ -279,7 +300,7 @@ def _run_node(ctx: RestoreContext, node: Node) -> None:
     if node.where == "task":
         if node.pid in ctx.stopped:
             raise RestoreError(f"{node}: task {node.pid} already stopped for the tracer")
-        reply = _ask(ctx, node.pid, ("node", node.key, ctx.shared_fds))
+        reply = _ask(ctx, node.pid, ("nodes", [n.key for n in batch], ctx.shared_fds))
         if reply[0] != "ok":
             raise RestoreError(reply[1])
         return

@@ -119,7 +119,7 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
     data = t.scratch + PAGE
     for sig, sa in enumerate(sigactions, 1):
-        if sig in (SIGKILL, SIGSTOP):
+        if sig in (SIGKILL, SIGSTOP) or (sa == m.SigAction() and _default_here(sig)):
             continue
         t.write(data, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer, sa.mask))
         t.checked("rt_sigaction", sig, data, 0, 8, what=f"signal {sig}")
@@ -147,6 +147,16 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
         tracee.set_regs(regs)
         b.set_xstate(tracee.pid, to_xstate(th.fpregs))
         tracee.saved = None                    # detach must not put old registers back
+
+
+def _default_here(sig: int) -> bool:
+    """The forked task inherited the engine's handlers: SIG_DFL here means
+    SIG_DFL there, and an all-default image entry needs no syscall."""
+    import signal
+    try:
+        return signal.getsignal(sig) == signal.SIG_DFL
+    except (ValueError, OSError):
+        return False
 
 
 def _clone_thread(t: Tracee, tid: int, data: int) -> Tracee:
