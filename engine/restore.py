@@ -254,8 +254,9 @@ def restore(ctx: RestoreContext) -> list[int]:
     for pid in pids:
         a, b = socket.socketpair()
         ctx.channels[pid], ctx.task_ends[pid] = a, b
-    # Tasks are forks of this interpreter: keep the collector from touching
-    # (and so copying) every object in every task.
+    # Tasks are forks of this interpreter: what they run is imported once
+    # here, and the collector kept from touching (so copying) every object.
+    import engine.tracer.restore  # noqa: F401
     import gc
     gc.disable()
     gc.freeze()
