@@ -79,13 +79,14 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None) -> None:
     """
     shared_anon = {} if shared_anon is None else shared_anon
     pid = t.pid
-    scratch = _setup_scratch(t, mm.vmas)
+    maps = _maps(pid)             # the forked task's own layout, read once
+    scratch = _setup_scratch(t, mm.vmas, maps)
     data = scratch + PAGE
     rseq = b.get_rseq(pid)
     if rseq[0]:
         t.checked("rseq", rseq[0], rseq[1], RSEQ_FLAG_UNREGISTER, rseq[2], what="unregister")
     keep = [(scratch, scratch + SCRATCH_PAGES * PAGE)]
-    keep.append(_move_vdso(t, mm.vmas, avoid=keep[0]))
+    keep.append(_move_vdso(t, mm.vmas, maps, avoid=keep[0]))
     for lo, hi in _gaps(keep):
         t.checked("munmap", lo, hi - lo, what=f"{lo:#x}-{hi:#x}")
     fds: dict[tuple[str, int], int] = {}
@@ -224,8 +225,8 @@ def _free_spot(taken, size: int) -> int:
     raise b.TracerError(12, 0, "no free address for the scratch page")
 
 
-def _setup_scratch(t: Tracee, vmas) -> int:
-    taken = [(lo, hi) for lo, hi, _ in _maps(t.pid)] + [(v.start, v.end) for v in vmas]
+def _setup_scratch(t: Tracee, vmas, maps) -> int:
+    taken = [(lo, hi) for lo, hi, _ in maps] + [(v.start, v.end) for v in vmas]
     want = _free_spot(taken, SCRATCH_PAGES * PAGE)
     addr = t.checked("mmap", want, SCRATCH_PAGES * PAGE, 7,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0, what="scratch")
@@ -234,9 +235,9 @@ def _setup_scratch(t: Tracee, vmas) -> int:
     return addr
 
 
-def _move_vdso(t: Tracee, vmas, avoid) -> tuple[int, int]:
+def _move_vdso(t: Tracee, vmas, maps, avoid) -> tuple[int, int]:
     """Move [vvar]..[vdso] where the dump had them; return the block kept."""
-    ours = {name: (lo, hi) for lo, hi, name in _maps(t.pid)
+    ours = {name: (lo, hi) for lo, hi, name in maps
             if name in ("[vvar]", "[vvar_vclock]", "[vdso]")}
     theirs = [v for v in vmas if v.status & (m.VMA_AREA_VVAR | m.VMA_AREA_VDSO)]
     if not ours or not theirs:
@@ -253,7 +254,7 @@ def _move_vdso(t: Tracee, vmas, avoid) -> tuple[int, int]:
     parts = sorted(ours.values())
     if not (dhi <= lo or hi <= dlo):
         # Overlapping move: go through a free spot first.
-        via = _free_spot([(s, e) for s, e, _ in _maps(t.pid)] + [avoid, (dlo, dhi)], hi - lo)
+        via = _free_spot([(s, e) for s, e, _ in maps] + [avoid, (dlo, dhi)], hi - lo)
         parts = _mremap_all(t, parts, lo, via)
         lo = via
     _mremap_all(t, parts, lo, dlo)
