@@ -61,7 +61,7 @@ def _proc_file(path: str) -> str | None:
 
 
 CHECKS = {
-    "clone3 with set_tid": _clone3,
+    "clone3": _clone3,
     "ptrace seize": _ptrace_seize,
     "pidfd_getfd": _pidfd_getfd,
     "pagemap": lambda: _proc_file("/proc/self/pagemap"),

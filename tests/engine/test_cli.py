@@ -116,3 +116,9 @@ def test_missing_image_dir(engine_cli, tmp_path):
 def test_dump_of_missing_pidengine_fails(tmp_path):
     line = engine_fails("dump", "-t", "999999", "-D", tmp_path / "img")
     assert "999999" in line
+
+
+def test_check_probes_the_kernel(engine_cli):
+    """Every probe runs for real on this kernel; each prints one line."""
+    out = engine_cli("check").stdout.splitlines()
+    assert len(out) == 5 and all(line.startswith("ok ") for line in out), out
