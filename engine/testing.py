@@ -431,8 +431,30 @@ def dump_restore(target: Target, images_dir: os.PathLike | str,
                *dump_args)
     target.reap()
     target.assert_gone()
+    reap_dumped_tree(images_dir)
     engine_cli("restore", "-D", str(images_dir), *restore_args)
     return target.verdict()
+
+
+def reap_dumped_tree(images_dir: os.PathLike | str, timeout: float = 10.0) -> None:
+    """Wait until every task of a dumped tree is gone. The descendants that
+    `engine dump` killed with the root come to us (the subreaper): reap them,
+    so their pids are free for the restore."""
+    from engine.images import ImageDir
+    pids = [e.pid for e in ImageDir(str(images_dir)).read("pstree")]
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        left = [pid for pid in pids if _pid_state(pid) is not None]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"dumped tasks {left} still exist after the dump", pytrace=False)
+        time.sleep(0.005)
 
 
 def engine_fails(*args: str, **kw) -> str:

@@ -52,16 +52,7 @@ def test_failed_dump_leaves_the_target_running(engine_cli, tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
-def test_open_file_and_pipe_shared_with_a_child(build_target, target_runner, engine_cli,
+def test_open_file_and_pipe_shared_with_a_child(build_target, target_runner, dump_restore,
                                                 tmp_path, variant):
-    import os
     target = target_runner.start(build_target("sharedfd", variant))
-    engine_cli("dump", "-t", target.pid, "-D", tmp_path)
-    target.reap()
-    while True:
-        try:
-            os.waitpid(-1, 0)          # the child, killed with it, comes to us
-        except ChildProcessError:
-            break
-    engine_cli("restore", "-D", tmp_path)
-    assert target.verdict() == "PASS"
+    assert dump_restore(target, tmp_path) == "PASS"

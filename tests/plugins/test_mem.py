@@ -64,15 +64,6 @@ def test_shared_and_private_file_mappings_anon_shared_guard_readonly(
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_shared_anonymous_memory_stays_shared_between_tasks(build_target, target_runner,
-                                                            engine_cli, tmp_path, variant):
-    import os
+                                                            dump_restore, tmp_path, variant):
     target = target_runner.start(build_target("shmem", variant))
-    engine_cli("dump", "-t", target.pid, "-D", tmp_path)
-    target.reap()
-    while True:                # the children killed with it come to us: reap them
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    engine_cli("restore", "-D", tmp_path)
-    assert target.verdict() == "PASS"
+    assert dump_restore(target, tmp_path) == "PASS"

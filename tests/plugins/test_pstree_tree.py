@@ -17,15 +17,10 @@ def _reap_orphans():
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
-def test_tree_with_sessions_groups_and_grandchild(build_target, target_runner, engine_cli,
+def test_tree_with_sessions_groups_and_grandchild(build_target, target_runner, dump_restore,
                                                   tmp_path, variant):
     target = target_runner.start(build_target("tree", variant))
-    img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    _reap_orphans()
-    engine_cli("restore", "-D", img)
-    assert target.verdict() == "PASS"
+    assert dump_restore(target, tmp_path / "img") == "PASS"
     _reap_orphans()       # the grandchild the target killed comes to us
 
 
@@ -80,11 +75,7 @@ def test_stopped_task_is_stopped_again(build_target, target_runner, engine_cli, 
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
-def test_zombies_come_back_with_their_exit_status(build_target, target_runner, engine_cli,
+def test_zombies_come_back_with_their_exit_status(build_target, target_runner, dump_restore,
                                                   tmp_path, variant):
     target = target_runner.start(build_target("zombie", variant))
-    engine_cli("dump", "-t", target.pid, "-D", tmp_path)
-    target.reap()
-    _reap_orphans()
-    engine_cli("restore", "-D", tmp_path)
-    assert target.verdict() == "PASS"
+    assert dump_restore(target, tmp_path / "img") == "PASS"
