@@ -232,6 +232,34 @@ static TGT_UNUSED void tgt_msleep(long ms)
 	nanosleep(&ts, NULL);
 }
 
+/* Field n (1-based, as in proc(5)) of /proc/PID/stat from field 3 (the
+ * state) on, as a string in buf; NULL when there is no such process. */
+static TGT_UNUSED const char *tgt_proc_stat(pid_t pid, int n, char *buf, size_t size)
+{
+	char path[64], *p;
+	int fd, len, i;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return NULL;
+	len = read(fd, buf, size - 1);
+	close(fd);
+	if (len <= 0)
+		return NULL;
+	buf[len] = 0;
+	p = strrchr(buf, ')');
+	if (!p)
+		return NULL;
+	p += 2;                         /* field 3 */
+	for (i = 3; i < n && p; i++) {
+		p = strchr(p, ' ');
+		if (p)
+			p++;
+	}
+	return p;
+}
+
 /* Wait for SIGTERM without holding any extra resource. */
 static TGT_UNUSED void tgt_wait_stop(void)
 {

@@ -31,20 +31,10 @@ static pid_t spawn(int kind)
 
 static pid_t ppid_of(pid_t pid)
 {
-	char path[64], buf[512], *p;
-	int fd, n;
+	char buf[512];
+	const char *f = tgt_proc_stat(pid, 4, buf, sizeof(buf));
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	p = strrchr(buf, ')');
-	return p ? atoi(p + 4) : -1;
+	return f ? atoi(f) : -1;
 }
 
 static pid_t child_of(pid_t parent)

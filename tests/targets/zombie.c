@@ -7,20 +7,10 @@
 
 static char state_of(pid_t pid)
 {
-	char path[64], buf[512], *p;
-	int fd, n;
+	char buf[512];
+	const char *f = tgt_proc_stat(pid, 3, buf, sizeof(buf));
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
-	p = strrchr(buf, ')');
-	return p ? p[2] : 0;
+	return f ? f[0] : 0;
 }
 
 int main(int argc, char **argv)
