@@ -22,6 +22,7 @@ PAGE = 4096
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
 EINTR = 4
 PR_GET_TID_ADDRESS = 40
+PR_GET_SECUREBITS = 27
 PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
 CHUNK = 64 << 20          # bytes read per process_vm_readv batch
 MAP_GROWSDOWN = 0x100
@@ -78,13 +79,14 @@ def collect_task(t: Tracee) -> m.TaskState:
             tracee.checked("sigaltstack", 0, scratch)
             th.ss_sp, th.ss_size, th.ss_flags = _stack_t(tracee.read(scratch, 24))
         brk = t.checked("brk", 0)
+        secbits = t.checked("prctl", PR_GET_SECUREBITS, 0, 0, 0, 0)
     finally:
         t.syscall("munmap", scratch, PAGE)
     mm = _mm_state(pid, stat, brk)
     return m.TaskState(pid=pid, comm=_read(f"/proc/{pid}/comm").strip(),
                        personality=int(_read(f"/proc/{pid}/personality"), 16),
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
-                       sigactions=sigactions, threads=threads, creds=_creds(pid),
+                       sigactions=sigactions, threads=threads, creds=_creds(pid, secbits),
                        oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")),
                        signals_s=b.peek_siginfo(pid, shared=True),
                        stopped=t.was_stopped)
@@ -129,7 +131,7 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def _creds(pid: int) -> m.Creds:
+def _creds(pid: int, secbits: int) -> m.Creds:
     status = {}
     for line in _read(f"/proc/{pid}/status").splitlines():
         key, _, value = line.partition(":")
@@ -143,7 +145,8 @@ def _creds(pid: int) -> m.Creds:
     return m.Creds(uid=uid[0], euid=uid[1], suid=uid[2], fsuid=uid[3],
                    gid=gid[0], egid=gid[1], sgid=gid[2], fsgid=gid[3],
                    cap_inh=caps("CapInh"), cap_prm=caps("CapPrm"), cap_eff=caps("CapEff"),
-                   cap_bnd=caps("CapBnd"), groups=[int(g) for g in status.get("Groups", [])])
+                   cap_bnd=caps("CapBnd"), cap_amb=caps("CapAmb"), secbits=secbits,
+                   groups=[int(g) for g in status.get("Groups", [])])
 
 
 def _mm_state(pid: int, stat: list[str], brk: int) -> m.MmState:

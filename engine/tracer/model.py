@@ -118,6 +118,7 @@ class Creds:
     cap_prm: list[int] = attrs.field(factory=lambda: [0, 0])
     cap_eff: list[int] = attrs.field(factory=lambda: [0, 0])
     cap_bnd: list[int] = attrs.field(factory=lambda: [0, 0])
+    cap_amb: list[int] = attrs.field(factory=lambda: [0, 0])
     secbits: int = 0
     groups: list[int] = attrs.field(factory=list)
 

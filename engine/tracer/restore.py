@@ -30,6 +30,8 @@ PROT_WRITE = 2
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_NAME = 15
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
+SECBIT_NO_SETUID_FIXUP = 1 << 2
 # what pthread_create passes: one mm, fs, fd table and signal handlers
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 RSEQ_FLAG_UNREGISTER = 1
@@ -113,7 +115,7 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None) -> None:
     t.scratch = scratch
 
 
-def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
+def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=None) -> None:
     """Signal state, the other threads, and registers; the scratch page goes."""
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
@@ -136,6 +138,9 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=()) -> None:
         t.write(data, info)
         sig = struct.unpack_from("<i", info)[0]
         t.checked("rt_sigqueueinfo", t.pid, sig, data, what=f"signal {sig}")
+    if creds is not None:
+        for tracee in tracees:          # credentials are per thread in the kernel
+            _set_creds(tracee, creds, data)
     # The scratch page goes through a `syscall` of the restored vdso.
     t.syscall_at = t.find_syscall_in_vdso()
     t.checked("munmap", t.scratch, SCRATCH_PAGES * PAGE, what="scratch page")
@@ -158,6 +163,39 @@ def _default_here(sig: int) -> bool:
         return signal.getsignal(sig) == signal.SIG_DFL
     except (ValueError, OSError):
         return False
+
+
+def _set_creds(tr: Tracee, c: m.Creds, data: int) -> None:
+    """Credentials last, as criu/pie/restorer.c restore_creds does: keep
+    capabilities across the uid change (SECBIT_NO_SETUID_FIXUP), shrink the
+    bounding set, groups, gids, uids, then securebits and capabilities."""
+    tr.checked("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, what="securebits")
+    bnd = c.cap_bnd[0] | c.cap_bnd[1] << 32
+    for cap in range(_cap_last() + 1):
+        if not bnd >> cap & 1:
+            tr.checked("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop cap {cap}")
+    tr.write(data, struct.pack(f"<{len(c.groups)}I", *c.groups))
+    tr.checked("setgroups", len(c.groups), data, what="restore")
+    tr.checked("setresgid", c.gid, c.egid, c.sgid)
+    tr.syscall("setfsgid", c.fsgid)
+    tr.checked("setresuid", c.uid, c.euid, c.suid)
+    tr.syscall("setfsuid", c.fsuid)
+    tr.checked("prctl", PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
+    # struct __user_cap_header_struct (version 3, this thread), then two
+    # __user_cap_data_struct {effective, permitted, inheritable}
+    tr.write(data, struct.pack("<Ii6I", 0x20080522, 0, c.cap_eff[0], c.cap_prm[0], c.cap_inh[0],
+                               c.cap_eff[1], c.cap_prm[1], c.cap_inh[1]))
+    tr.checked("capset", data, data + 8, what="restore")
+    amb = c.cap_amb[0] | c.cap_amb[1] << 32
+    for cap in range(_cap_last() + 1):
+        if amb >> cap & 1:
+            tr.checked("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0,
+                       what=f"ambient cap {cap}")
+
+
+def _cap_last() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
 
 
 def _clone_thread(t: Tracee, tid: int, data: int) -> Tracee:

@@ -64,7 +64,7 @@ def engine_restore_collect(ctx, graph):
         raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
     for task in ctx.alive:
         threads = []
-        sigactions, shared, stopped = None, [], False
+        sigactions, shared, stopped, creds = None, [], False, None
         for tid in (task.threads or [task.pid]):
             image = f"core-{tid}.img"
             core = ctx.images.read_one("core", id=tid)
@@ -78,8 +78,9 @@ def engine_restore_collect(ctx, graph):
                 sigactions = convert.sigactions(core, image)
                 shared = convert.shared_signals(core, image)
                 stopped = core.tc.task_state == convert.TASK_STOPPED
+                creds = convert.creds(core, image)
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
-                       data=(sigactions, threads, shared, stopped),
+                       data=(sigactions, threads, shared, stopped, creds),
                        label=f"registers and signals of {task.pid}"))
 
 
@@ -88,9 +89,9 @@ def engine_restore_node(ctx, node):
     if node.plugin != "core":
         return None
     from engine.tracer import restore_threads
-    sigactions, threads, shared, stopped = node.data
+    sigactions, threads, shared, stopped, creds = node.data
     tracee = ctx.tracees[node.pid]
-    restore_threads(tracee, sigactions, threads, shared)
+    restore_threads(tracee, sigactions, threads, shared, creds)
     # A task stopped when dumped is released into a stop again (SIGSTOP).
     tracee.release_signal = 19 if stopped else 0
     return True

@@ -56,9 +56,25 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
     cr = tcore.creds
     for name in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid", "secbits"):
         setattr(cr, name, getattr(c, name))
-    for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "groups"):
+    for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb", "groups"):
         getattr(cr, name).extend(getattr(c, name))
     return core
+
+
+def creds(core, image: str) -> m.Creds | None:
+    """The task's credentials, or None when the image holds none."""
+    if not core.thread_core.HasField("creds"):
+        return None
+    cr = core.thread_core.creds
+    out = m.Creds(**{n: getattr(cr, n) for n in ("uid", "gid", "euid", "egid", "suid", "sgid",
+                                                 "fsuid", "fsgid", "secbits")})
+    for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"):
+        words = list(getattr(cr, name)) or [0, 0]
+        if len(words) != 2:
+            raise ValueError(f"{image}: thread_core.creds.{name} has {len(words)} words, want 2")
+        setattr(out, name, words)
+    out.groups = list(cr.groups)
+    return out
 
 
 def zombie_core(pid: int, status: int):

@@ -53,3 +53,30 @@ def test_task_name_is_restored(build_target, target_runner, engine_cli, tmp_path
     engine_cli("restore", "-D", tmp_path)
     assert open(f"/proc/{target.pid}/comm").read() == comm
     assert target.verdict() == "PASS"
+
+
+def _open_up(path):
+    """Let uid 1000 reach and write the target's dir (pytest's are 0700)."""
+    import os
+    from pathlib import Path
+    path = Path(path)
+    os.chmod(path, 0o777)
+    for parent in path.parents:
+        if str(parent) in ("/", "/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o711)
+
+
+@pytest.mark.parametrize("args", [(), ("--user", "1")], ids=["root-fewer-caps", "uid-1000"])
+def test_credentials_and_capabilities(build_target, target_runner, dump_restore, tmp_path,
+                                      args):
+    import time
+    target = target_runner.start(build_target("creds"), *args)
+    _open_up(target.workdir)
+    want = "1000" if args else "0"
+    deadline = time.monotonic() + 5
+    while open(f"/proc/{target.pid}/status").read().split("Uid:")[1].split()[1] != want:
+        assert time.monotonic() < deadline, "the target did not change its uid"
+        time.sleep(0.01)
+    time.sleep(0.05)        # past the capset that follows the uid change
+    assert dump_restore(target, tmp_path / "img") == "PASS"
