@@ -68,6 +68,13 @@ def engine_dump_task(ctx, task):
 def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("/"):
         return None           # sockets, pipes, anon inodes: other plugins' business
+    if st.S_ISFIFO(stat.st_mode) or st.S_ISSOCK(stat.st_mode):
+        # Reopening a FIFO by path would block the restore; a bound socket
+        # path is not the socket. Neither is a regular file.
+        return None
+    if link.endswith(" (deleted)"):
+        raise ValueError(f"task {task.pid}: fd {fd}: {link}: deleted open files are "
+                         "not supported yet")
     info = _fdinfo(task.pid, fd)
     from engine.images.entries import regular_file
     return regular_file(link, stat, flags=info["flags"] & ~os.O_CLOEXEC, pos=info["pos"])
