@@ -38,6 +38,7 @@ def test_failed_dump_leaves_the_target_running(engine_cli, tmp_path):
     code = ("import os, socket, time\na, b = socket.socketpair()\nif os.fork() == 0:\n"
             "    time.sleep(60)\nelse:\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         time.sleep(0.3)
