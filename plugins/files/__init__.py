@@ -10,6 +10,11 @@ Restore: one node per task opens its whole fd table in the task itself: each
 file id is opened once through ``engine_restore_file`` and dup'ed to every fd
 that shares it. A regular file whose size or mode changed since the dump is
 refused (criu/files-reg.c checks the same), never silently reopened.
+
+A regular file deleted while open is saved whole in ghost-file-N.img (up to
+GHOST_LIMIT, as CRIU's --ghost-limit) and named in remap-fpath.img; restore
+recreates it beside its old path, opens it, and unlinks it again, so the
+task holds a deleted file with the same content, mode and offset.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ from engine.stash import StashKey
 log = logging.getLogger("engine.plugins.files")
 
 SEEN = StashKey()           # dump: (dev, ino) -> fds already given a file id
+REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
+GHOST_LIMIT = 16 << 20
+DELETED = " (deleted)"
 
 SYS_KCMP = 312
 KCMP_FILE = 0
@@ -57,6 +65,8 @@ def engine_dump_task(ctx, task):
             if entry is None:
                 raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
             file_id, ftype = ctx.add_file(entry), entry.type
+            if link.endswith(DELETED) and entry.HasField("reg"):
+                _dump_ghost(ctx, pid, fd, file_id, stat)
         same_inode.append((pid, fd, file_id, ftype))
         cloexec = _fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
         entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
@@ -72,18 +82,37 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         # Reopening a FIFO by path would block the restore; a bound socket
         # path is not the socket. Neither is a regular file.
         return None
-    if link.endswith(" (deleted)"):
-        raise ValueError(f"task {task.pid}: fd {fd}: {link}: deleted open files are "
-                         "not supported yet")
+    if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
+        raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
+                         "can be restored deleted")
+    link = link[:-len(DELETED)] if link.endswith(DELETED) else link
     info = _fdinfo(task.pid, fd)
     from engine.images.entries import regular_file
     return regular_file(link, stat, flags=info["flags"] & ~os.O_CLOEXEC, pos=info["pos"])
+
+
+@hookimpl
+def engine_dump_finish(ctx):
+    from engine.images.proto import files_pb2
+    remaps = ctx.stash.get(REMAPS, {})
+    if remaps:
+        ctx.images.write("remap-fpath", [
+            files_pb2.remap_file_path_entry(orig_id=f, remap_id=g, remap_type=files_pb2.GHOST)
+            for f, g in sorted(remaps.items())])
 
 
 # --- restore ---------------------------------------------------------------
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
+    if ctx.images.exists("remap-fpath"):
+        remaps = {}
+        for i, r in enumerate(ctx.images.read("remap-fpath")):
+            if r.remap_type != 1:      # GHOST; linked and procfs remaps are not written by us
+                raise ValueError(f"remap-fpath.img: entry {i}: remap_type {r.remap_type} "
+                                 "is not supported")
+            remaps[r.orig_id] = r.remap_id
+        ctx.stash[REMAPS] = remaps
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
@@ -129,6 +158,9 @@ def engine_restore_file(ctx, entry):
     if not entry.HasField("reg"):
         return None
     reg = entry.reg
+    ghost = ctx.stash.get(REMAPS, {}).get(entry.id)
+    if ghost is not None:
+        return _open_ghost(ctx, entry, ghost)
     where = f"files.img: file id {entry.id} ({reg.name})"
     try:
         now = os.stat(reg.name)
@@ -145,6 +177,49 @@ def engine_restore_file(ctx, entry):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _dump_ghost(ctx, pid: int, fd: int, file_id: int, stat) -> None:
+    from engine.images.proto import files_pb2
+    if stat.st_size > GHOST_LIMIT:
+        raise ValueError(f"task {pid}: fd {fd}: deleted file of {stat.st_size} bytes is "
+                         f"over the ghost limit of {GHOST_LIMIT}")
+    with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
+        data = f.read()
+    ghost_id = ctx.new_id()
+    g = files_pb2.ghost_file_entry(uid=stat.st_uid, gid=stat.st_gid, mode=stat.st_mode,
+                                   dev=stat.st_dev & 0xFFFFFFFF, ino=stat.st_ino,
+                                   size=len(data))
+    g.atim.tv_sec, g.atim.tv_usec = int(stat.st_atime), stat.st_atime_ns // 1000 % 1000000
+    g.mtim.tv_sec, g.mtim.tv_usec = int(stat.st_mtime), stat.st_mtime_ns // 1000 % 1000000
+    ctx.images.write("ghost-file", [(g, data)], id=ghost_id)
+    ctx.stash.setdefault(REMAPS, {})[file_id] = ghost_id
+
+
+def _open_ghost(ctx, entry, ghost_id: int) -> int:
+    """Recreate a deleted file beside its old path, open it, delete it again."""
+    reg = entry.reg
+    image = f"ghost-file-{ghost_id}.img"
+    found = ctx.images.read("ghost-file", id=ghost_id)
+    if len(found) != 1 or found[0][0].chunks:
+        raise ValueError(f"{image}: want one entry with the content after it "
+                         "(chunked ghosts are not supported)")
+    g, data = found[0]
+    tmp = f"{reg.name}.engine-ghost.{entry.id}"
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, st.S_IMODE(g.mode))
+    except OSError as e:
+        raise ValueError(f"{image}: cannot recreate {reg.name}: {e.strerror}") from None
+    try:
+        os.write(fd, data)
+        os.fchown(fd, g.uid, g.gid)
+        os.fchmod(fd, st.S_IMODE(g.mode))
+        os.close(fd)
+        fd = os.open(tmp, reg.flags & ~OPEN_ONLY & ~os.O_CLOEXEC)
+    finally:
+        os.unlink(tmp)
+    if reg.pos:
+        os.lseek(fd, reg.pos, os.SEEK_SET)
+    return fd
 
 _libc = None
 
