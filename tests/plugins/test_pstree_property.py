@@ -1,0 +1,134 @@
+"""pstree, property-based: random programs of fork / setsid / setpgid steps
+(up to 12 tasks) run, are dumped and restored, and every task's (pid, ppid,
+pgid, sid) must be what it was. Shrunk failures become regular tests below.
+"""
+import itertools
+import os
+import signal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+MAX_TASKS = 12
+
+
+@st.composite
+def programs(draw):
+    """Steps the kernel accepts, in the space the planner covers today: a
+    task changes its session or group only before it forks, and never leaves
+    a group it leads while others are in it (both need helper tasks, see
+    test_parent_moving_to_a_new_session_after_forking_is_refused)."""
+    tasks = [{"sid": 0, "pgid": 0, "kids": 0}]         # task index -> ids as indexes
+    steps = []
+    for _ in range(draw(st.integers(1, 16))):
+        op = draw(st.sampled_from("ffsgj"))
+        who = draw(st.integers(0, len(tasks) - 1))
+        me = tasks[who]
+        if op == "f":
+            if len(tasks) < MAX_TASKS:
+                tasks.append({"sid": me["sid"], "pgid": me["pgid"], "kids": 0})
+                me["kids"] += 1
+                steps.append(f"f{who}")
+            continue
+        led = [t for i, t in enumerate(tasks) if t["pgid"] == me["pgid"] and i != who]
+        if me["kids"] or (me["pgid"] == who and led):
+            continue
+        if op == "s" and me["pgid"] != who:
+            me["sid"] = me["pgid"] = who
+            steps.append(f"s{who}")
+        elif op == "g" and me["sid"] != who:
+            me["pgid"] = who
+            steps.append(f"g{who}")
+        elif op == "j" and me["sid"] != who:
+            other = draw(st.integers(0, len(tasks) - 1))
+            group = tasks[other]["pgid"]
+            leader = tasks[group]
+            if tasks[other]["sid"] == me["sid"] and leader["pgid"] == group:
+                me["pgid"] = group
+                steps.append(f"j{who}:{other}")
+    return ",".join(steps) or "f0"
+
+
+def _ids(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[1]), int(f[2]), int(f[3])
+
+
+def _tree(root):
+    kids = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                kids.setdefault(_ids(int(name))[0], []).append(int(name))
+            except (OSError, IndexError):
+                pass
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        out[pid] = _ids(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
+_runs = itertools.count()
+
+
+def check_program(steps, build_target, target_runner, tmp_path):
+    from engine.testing import engine_cli, reap_dumped_tree
+    target = target_runner.start(build_target("sessions"), "--steps", steps)
+    before = _tree(target.pid)
+    img = tmp_path / f"img{next(_runs)}"
+    img.mkdir()
+    after = {}
+    try:
+        engine_cli("dump", "-t", str(target.pid), "-D", str(img))
+        target.reap()
+        reap_dumped_tree(img)
+        engine_cli("restore", "-D", str(img))
+        after = _tree(target.pid)
+        assert after == before, f"program {steps}"
+    finally:
+        for pid in set(before) - {target.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)       # we are the subreaper once the root goes
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    assert target.verdict() == "PASS"
+    for pid in set(before) - {target.pid}:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=programs())
+def test_random_session_and_group_programs(steps, build_target, target_runner, tmp_path):
+    check_program(steps, build_target, target_runner, tmp_path)
+
+
+@pytest.mark.parametrize("steps", [
+    "f0,s1,f1,g2,f2",          # own session, a group in it, a child inheriting both
+    "f0,f0,g2,j1:2,f1",        # a sibling joins a group another sibling leads
+])
+def test_session_and_group_programs(steps, build_target, target_runner, tmp_path):
+    check_program(steps, build_target, target_runner, tmp_path)
+
+
+def test_parent_moving_to_a_new_session_after_forking_is_refused(build_target, target_runner,
+                                                                 tmp_path):
+    """Shrunk from the property test before its space was narrowed: task 1
+    forks task 2, then calls setsid; task 2 stays in the old session under a
+    parent in another one. Restoring it needs the fork planned before the
+    parent's setsid (or a helper task): refused clearly for now."""
+    from engine.testing import engine_cli, engine_fails, reap_dumped_tree
+    target = target_runner.start(build_target("sessions"), "--steps", "f0,f1,s1")
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", str(target.pid), "-D", str(img))
+    target.reap()
+    reap_dumped_tree(img)
+    line = engine_fails("restore", "-D", str(img))
+    assert "pstree.img" in line and "needs a helper task" in line
