@@ -60,11 +60,17 @@ def engine_restore_collect(ctx, graph):
     _validate(entries)
     ctx.pstree = entries
     ctx.zombies = _zombies(ctx, entries)
+    early = _plan_births(entries)
     pids = {e.pid for e in entries}
     for e in entries:
         if e.ppid == 0:
             graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="engine",
                            data=e, label=f"fork task {e.pid}"))
+        elif e.pid in early:
+            # Born in the session its parent is born in: before the parent's setsid.
+            graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="task",
+                           pid=e.ppid, data=e, after=[f"pstree:fork:{e.ppid}"],
+                           label=f"fork task {e.pid} from {e.ppid} (before its setsid)"))
         else:
             # After the parent took its own session and group: the child
             # inherits them at fork.
@@ -72,6 +78,7 @@ def engine_restore_collect(ctx, graph):
                            pid=e.ppid, data=e, after=[f"pstree:ids:{e.ppid}"],
                            label=f"fork task {e.pid} from {e.ppid}"))
         after = [f"pstree:fork:{e.pid}"]
+        after += [f"pstree:fork:{c.pid}" for c in entries if c.ppid == e.pid and c.pid in early]
         if e.pid in ctx.zombies:
             # It dies last, once the children it had are forked.
             after += [f"pstree:fork:{c.pid}" for c in entries if c.ppid == e.pid]
@@ -175,10 +182,6 @@ def _check_sessions(entries) -> None:
     for i, e in enumerate(entries[1:], 1):
         where = f"pstree.img: entry {i}: task {e.pid}"
         parent = by_pid[e.ppid]
-        if e.sid != e.pid and e.sid != parent.sid:
-            raise ValueError(f"{where}: session {e.sid} differs from its parent's "
-                             f"({parent.sid}) and it does not lead it: needs a helper task "
-                             "(not supported yet)")
         if e.pgid not in (e.pid, parent.pgid) and e.pgid not in by_pid:
             raise ValueError(f"{where}: process group {e.pgid} has no member to join "
                              "in the tree: needs a helper task (not supported yet)")
@@ -186,6 +189,47 @@ def _check_sessions(entries) -> None:
             raise ValueError(f"{where}: group {e.pgid} is in session "
                              f"{by_pid[e.pgid].sid}, the task in {e.sid}")
 
+
+
+def _plan_births(entries) -> set[int]:
+    """The tasks to fork before their parent calls setsid.
+
+    A task that does not lead its session was born in it, so its parent was
+    in that session when it forked: in the session the parent itself was
+    born in, before its own setsid. That need climbs the tree (a leader can
+    be born early too) and must agree at every task; where it cannot (a
+    session whose leader and born-in ancestors are all gone), a helper task
+    would be needed, which is refused here, before any fork.
+    """
+    by_pid = {e.pid: e for e in entries}
+    kids: dict[int, list] = {}
+    for e in entries[1:]:
+        kids.setdefault(e.ppid, []).append(e)
+    born_in: dict[int, int | None] = {}        # pid -> session it must be born in
+    for i in range(len(entries) - 1, -1, -1):  # children before parents
+        e = entries[i]
+        wants = {w for c in kids.get(e.pid, ()) for w in (_child_needs(c, born_in),)
+                 if w is not None and w != e.sid}
+        if len(wants) > 1 or (wants and (e.sid != e.pid or i == 0)):
+            raise ValueError(f"pstree.img: entry {i}: task {e.pid}: children in sessions "
+                             f"{sorted(wants)} cannot all be born under it: needs a helper "
+                             "task (not supported yet)")
+        born_in[e.pid] = wants.pop() if wants else None
+    early, session_at_birth = set(), {entries[0].pid: None}
+    for e in entries[1:]:
+        parent = by_pid[e.ppid]
+        need = _child_needs(e, born_in)
+        if need is not None and need != parent.sid:
+            early.add(e.pid)
+            session_at_birth[e.pid] = session_at_birth[parent.pid]
+        else:
+            session_at_birth[e.pid] = parent.sid
+    return early
+
+
+def _child_needs(e, born_in) -> int | None:
+    """The session `e` must be born in: its own unless it leads one."""
+    return e.sid if e.sid != e.pid else born_in.get(e.pid)
 
 
 def _join_session_and_group(entry) -> None:

@@ -16,9 +16,8 @@ MAX_TASKS = 12
 @st.composite
 def programs(draw):
     """Steps the kernel accepts, in the space the planner covers today: a
-    task changes its session or group only before it forks, and never leaves
-    a group it leads while others are in it (both need helper tasks, see
-    test_parent_moving_to_a_new_session_after_forking_is_refused)."""
+    task changes its group only before it forks (setsid may come after),
+    and never leaves a group it leads while others are in it."""
     tasks = [{"sid": 0, "pgid": 0, "kids": 0}]         # task index -> ids as indexes
     steps = []
     for _ in range(draw(st.integers(1, 16))):
@@ -32,7 +31,7 @@ def programs(draw):
                 steps.append(f"f{who}")
             continue
         led = [t for i, t in enumerate(tasks) if t["pgid"] == me["pgid"] and i != who]
-        if me["kids"] or (me["pgid"] == who and led):
+        if (me["kids"] and op != "s") or (me["pgid"] == who and led):
             continue
         if op == "s" and me["pgid"] != who:
             me["sid"] = me["pgid"] = who
@@ -118,17 +117,28 @@ def test_session_and_group_programs(steps, build_target, target_runner, tmp_path
     check_program(steps, build_target, target_runner, tmp_path)
 
 
-def test_parent_moving_to_a_new_session_after_forking_is_refused(build_target, target_runner,
-                                                                 tmp_path):
-    """Shrunk from the property test before its space was narrowed: task 1
-    forks task 2, then calls setsid; task 2 stays in the old session under a
-    parent in another one. Restoring it needs the fork planned before the
-    parent's setsid (or a helper task): refused clearly for now."""
-    from engine.testing import engine_cli, engine_fails, reap_dumped_tree
-    target = target_runner.start(build_target("sessions"), "--steps", "f0,f1,s1")
-    img = tmp_path / "img"
-    engine_cli("dump", "-t", str(target.pid), "-D", str(img))
-    target.reap()
-    reap_dumped_tree(img)
-    line = engine_fails("restore", "-D", str(img))
-    assert "pstree.img" in line and "needs a helper task" in line
+def test_parent_moving_to_a_new_session_after_forking(build_target, target_runner, tmp_path):
+    """Shrunk from the property test: task 1 forks task 2, then calls
+    setsid; task 2 stays in the old session under a parent in a new one.
+    The fork is planned before the parent's setsid."""
+    check_program("f0,f1,s1", build_target, target_runner, tmp_path)
+
+
+def test_session_nobody_can_be_born_in_is_refused(dumped_counter, tmp_path):
+    """A child in a session that neither its parent nor the parent's birth
+    can give (the leader is gone) needs a helper task: refused before any fork."""
+    from engine.images import ImageDir
+    from engine.images.proto import tree_pb2
+    from engine.testing import engine_fails, task_gone
+    target, img = dumped_counter
+    images = ImageDir(str(img))
+    tree = images.read("pstree")
+    free = max(e.pid for e in tree) + 1
+    while os.path.exists(f"/proc/{free}"):
+        free += 1
+    tree.append(tree_pb2.pstree_entry(pid=free, ppid=target.pid, pgid=free,
+                                      sid=free + 1, threads=[free]))
+    images.write("pstree", tree)
+    line = engine_fails("restore", "-D", img)
+    assert "pstree.img: entry 0" in line and "needs a helper task" in line
+    assert task_gone(target.pid) and task_gone(free)

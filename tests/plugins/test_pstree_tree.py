@@ -24,26 +24,6 @@ def test_tree_with_sessions_groups_and_grandchild(build_target, target_runner, d
     _reap_orphans()       # the grandchild the target killed comes to us
 
 
-def test_session_without_a_leader_is_refused_before_any_fork(dumped_counter, tmp_path):
-    """A child in a session nobody in the tree leads would need a helper
-    task: refused with one line, and no task is left behind."""
-    from engine.images import ImageDir
-    from engine.images.proto import tree_pb2
-    from engine.testing import engine_fails, task_gone
-    target, img = dumped_counter
-    images = ImageDir(str(img))
-    tree = images.read("pstree")
-    free = max(e.pid for e in tree) + 1
-    while os.path.exists(f"/proc/{free}"):
-        free += 1
-    tree.append(tree_pb2.pstree_entry(pid=free, ppid=target.pid, pgid=free + 1,
-                                      sid=free + 1, threads=[free]))
-    images.write("pstree", tree)
-    line = engine_fails("restore", "-D", img)
-    assert "pstree.img: entry 1" in line and "needs a helper task" in line
-    assert task_gone(target.pid) and task_gone(free)
-
-
 @pytest.mark.parametrize("variant,threads", [("dynamic-pie", "4"), ("static-nopie", "4"),
                                              ("dynamic-pie", "50")])
 def test_threads_with_tids_tls_masks_and_blocked_waits(build_target, target_runner,
