@@ -97,3 +97,9 @@ def test_unsupported_file_fails_the_dump_and_leaves_the_target(engine_cli, tmp_p
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_o_path_and_directory_fds(build_target, target_runner, dump_restore, tmp_path, variant):
+    target = target_runner.start(build_target("opath", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
