@@ -67,6 +67,8 @@ BUILTIN = [
               magic_name="FDINFO", resource="fds"),
     ImageKind("pipes-data", "pipes-data.img", 0x56453709, P + "files_pb2", "pipe_data_entry",
               magic_name="PIPES_DATA", payload="bytes"),
+    ImageKind("fifo-data", "fifo-data.img", 0x59333054, P + "files_pb2", "pipe_data_entry",
+              magic_name="FIFO_DATA", payload="bytes"),
     ImageKind("remap-fpath", "remap-fpath.img", 0x59133954, P + "files_pb2",
               "remap_file_path_entry", magic_name="REMAP_FPATH"),
     ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",

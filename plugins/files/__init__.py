@@ -79,9 +79,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("/"):
         return None           # sockets, pipes, anon inodes: other plugins' business
     if st.S_ISFIFO(stat.st_mode) or st.S_ISSOCK(stat.st_mode):
-        # Reopening a FIFO by path would block the restore; a bound socket
-        # path is not the socket. Neither is a regular file.
-        return None
+        return None           # FIFOs are the pipes plugin's; a socket path is no file
     if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")

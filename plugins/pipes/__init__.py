@@ -1,4 +1,4 @@
-"""pipes: anonymous pipes and the bytes sitting in them (criu/pipes.c).
+"""pipes: anonymous pipes, FIFOs, and the bytes sitting in them (criu/pipes.c, fifo.c).
 
 Dump: an fd whose link is ``pipe:[INODE]`` becomes a PIPE file entry
 (pipe_id = the inode, flags = its access mode and O_NONBLOCK). The unread
@@ -9,6 +9,11 @@ Restore: in the first task that needs it, one pipe(2) per pipe_id, its
 buffer size set with F_SETPIPE_SZ and its bytes written back in order; each
 fd gets the end it had. Both ends are published, so the other tasks holding
 the pipe take copies of the same ends (pidfd_getfd) instead of a new pipe.
+
+A FIFO is a FIFO entry naming a REG entry (its path and flags); its bytes go
+to fifo-data.img. Restore first opens the path O_RDWR (so no open blocks and
+the FIFO stays alive), writes the bytes back, then opens each fd with its own
+flags; the helper fd goes when the task stops.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import stat as st
 
 from engine import hookimpl
 from engine.stash import StashKey
@@ -31,12 +37,17 @@ USERS = StashKey()
 # pipe_id -> (data, size) at restore; pipe_id -> (read fd, write fd) in a task
 DATA = StashKey()
 OPEN_PIPES = StashKey()
+FIFO_DATA = StashKey()      # restore: pipe_id -> (bytes, size)
+FIFO_READERS = StashKey()   # dump: fifo inode -> (pid, fd) of a read end
+FIFO_HOLDERS = StashKey()   # restore, in a task: pipe_id -> helper O_RDWR fd
 
 
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
 def engine_dump_fd(ctx, task, fd, link, stat):
+    if link.startswith("/") and st.S_ISFIFO(stat.st_mode):
+        return _dump_fifo(ctx, task, fd, link, stat)
     if not link.startswith("pipe:["):
         return None
     from engine.images.proto import files_pb2
@@ -65,12 +76,29 @@ def engine_dump_finish(ctx):
                                                       size=size), data))
     if entries or users:
         ctx.images.write("pipes-data", entries)
+    fifo_entries = []
+    for inode, (pid, fd) in sorted(ctx.stash.get(FIFO_READERS, {}).items()):
+        data, size = _peek(pid, fd)
+        if data:
+            fifo_entries.append((files_pb2.pipe_data_entry(pipe_id=inode, bytes=len(data),
+                                                           size=size), data))
+    if fifo_entries:
+        ctx.images.write("fifo-data", fifo_entries)
 
 
 # --- restore ---------------------------------------------------------------
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
+    if ctx.images.exists("fifo-data"):
+        ctx.stash[FIFO_DATA] = {e.pipe_id: (payload, e.size if e.HasField("size") else 0)
+                                for e, payload in ctx.images.read("fifo-data")}
+    for file_id, entry in ctx.files.items():
+        if entry.HasField("fifo"):
+            reg = ctx.files.get(entry.fifo.regf_id)
+            if reg is None or not reg.HasField("reg"):
+                raise ValueError(f"files.img: FIFO id {file_id}: regf_id "
+                                 f"{entry.fifo.regf_id} is not a REG entry")
     if ctx.images.exists("pipes-data"):
         ctx.stash[DATA] = {e.pipe_id: (payload, e.size if e.HasField("size") else 0)
                            for e, payload in ctx.images.read("pipes-data")}
@@ -78,6 +106,8 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_file(ctx, entry):
+    if entry.HasField("fifo"):
+        return _open_fifo(ctx, entry)
     if not entry.HasField("pipe"):
         return None
     pipes = ctx.stash.setdefault(OPEN_PIPES, {})
@@ -93,6 +123,42 @@ def engine_restore_file(ctx, entry):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _dump_fifo(ctx, task, fd, link, stat):
+    from engine.images.entries import regular_file
+    from engine.images.proto import files_pb2
+    flags = _fd_flags(task.pid, fd)
+    if flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR):
+        ctx.stash.setdefault(FIFO_READERS, {}).setdefault(stat.st_ino, (task.pid, fd))
+    reg_id = ctx.add_file(regular_file(link, stat, flags=flags & ~os.O_CLOEXEC, pos=0))
+    entry = files_pb2.file_entry(type=files_pb2.FIFO, id=0)
+    entry.fifo.id, entry.fifo.pipe_id, entry.fifo.regf_id = 0, stat.st_ino, reg_id
+    return entry
+
+
+def _open_fifo(ctx, entry) -> int:
+    reg = ctx.files[entry.fifo.regf_id].reg
+    holders = ctx.stash.setdefault(FIFO_HOLDERS, {})
+    pipe_id = entry.fifo.pipe_id
+    where = f"files.img: FIFO id {entry.id} ({reg.name})"
+    try:
+        if pipe_id not in holders:
+            holder = os.open(reg.name, os.O_RDWR | os.O_NONBLOCK)
+            if not st.S_ISFIFO(os.fstat(holder).st_mode):
+                os.close(holder)
+                raise ValueError(f"{where}: is no longer a FIFO")
+            holders[pipe_id] = holder
+            data, size = ctx.stash.get(FIFO_DATA, {}).get(pipe_id, (b"", 0))
+            if size:
+                fcntl.fcntl(holder, F_SETPIPE_SZ, size)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(holder, view):]
+        # The holder is a reader and a writer, so neither open blocks.
+        return os.open(reg.name, reg.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+    except OSError as e:
+        raise ValueError(f"{where}: {e.strerror}") from None
+
 
 def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     data, size = ctx.stash.get(DATA, {}).get(pipe_id, (b"", 0))
