@@ -69,6 +69,8 @@ BUILTIN = [
               magic_name="PIPES_DATA", payload="bytes"),
     ImageKind("fifo-data", "fifo-data.img", 0x59333054, P + "files_pb2", "pipe_data_entry",
               magic_name="FIFO_DATA", payload="bytes"),
+    ImageKind("sk-queues", "sk-queues.img", 0x56264026, P + "sockets_pb2", "sk_packet_entry",
+              magic_name="SK_QUEUES", payload="length"),
     ImageKind("remap-fpath", "remap-fpath.img", 0x59133954, P + "files_pb2",
               "remap_file_path_entry", magic_name="REMAP_FPATH"),
     ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",
