@@ -92,20 +92,9 @@ class RestoreContext:
 
     def take_fd(self, file_id: int) -> int:
         """A copy of an open file another task published (pidfd_getfd)."""
-        import ctypes
+        from engine.fds import pidfd_getfd
         pid, fd = self.shared_fds[file_id]
-        libc = ctypes.CDLL(None, use_errno=True)
-        pidfd = libc.syscall(434, pid, 0)                 # pidfd_open
-        if pidfd < 0:
-            raise OSError(ctypes.get_errno(), f"pidfd_open {pid} for file id {file_id}")
-        try:
-            copy = libc.syscall(438, pidfd, fd, 0)        # pidfd_getfd
-            if copy < 0:
-                raise OSError(ctypes.get_errno(), f"pidfd_getfd {pid} fd {fd} "
-                                                  f"for file id {file_id}")
-            return copy
-        finally:
-            os.close(pidfd)
+        return pidfd_getfd(pid, fd)
 
     def install_fd(self, fd: int, number: int) -> None:
         """Put open `fd` at `number` in this task (closing `fd`)."""

@@ -12,7 +12,6 @@ all tasks go at once.
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 import time
 

@@ -25,6 +25,7 @@ import os
 import stat as st
 
 from engine import hookimpl
+from engine.fds import fdinfo
 from engine.graph import Node
 from engine.stash import StashKey
 
@@ -68,7 +69,7 @@ def engine_dump_task(ctx, task):
             if link.endswith(DELETED) and entry.HasField("reg"):
                 _dump_ghost(ctx, pid, fd, file_id, stat)
         same_inode.append((pid, fd, file_id, ftype))
-        cloexec = _fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
+        cloexec = fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
         entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
                                                flags=fcntl.FD_CLOEXEC if cloexec else 0))
     ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
@@ -84,7 +85,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
     link = link[:-len(DELETED)] if link.endswith(DELETED) else link
-    info = _fdinfo(task.pid, fd)
+    info = fdinfo(task.pid, fd)
     from engine.images.entries import regular_file
     return regular_file(link, stat, flags=info["flags"] & ~os.O_CLOEXEC, pos=info["pos"])
 
@@ -235,16 +236,6 @@ def _shared_with(pid, fd, seen):
         if _kcmp_same_file(pid, fd, other_pid, other_fd):
             return file_id, ftype
     return None, None
-
-
-def _fdinfo(pid: int, fd: int) -> dict[str, int]:
-    out = {}
-    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("pos", "flags", "mnt_id"):
-                out[key] = int(value.strip(), 8 if key == "flags" else 10)
-    return out
 
 
 def _type_name(entry) -> str:

@@ -24,11 +24,11 @@ import os
 import stat as st
 
 from engine import hookimpl
+from engine.fds import fdinfo, pidfd_getfd
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.pipes")
 
-SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 SPLICE_F_NONBLOCK = 2
 # pipe inode -> (pid, fd) of a read end, and the pids using it
@@ -51,7 +51,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("pipe:["):
         return None
     from engine.images.proto import files_pb2
-    flags = _fd_flags(task.pid, fd)
+    flags = fdinfo(task.pid, fd)["flags"]
     inode = stat.st_ino
     ctx.stash.setdefault(USERS, {}).setdefault(inode, set()).add(task.pid)
     if flags & os.O_ACCMODE == os.O_RDONLY:
@@ -127,7 +127,7 @@ def engine_restore_file(ctx, entry):
 def _dump_fifo(ctx, task, fd, link, stat):
     from engine.images.entries import regular_file
     from engine.images.proto import files_pb2
-    flags = _fd_flags(task.pid, fd)
+    flags = fdinfo(task.pid, fd)["flags"]
     if flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR):
         ctx.stash.setdefault(FIFO_READERS, {}).setdefault(stat.st_ino, (task.pid, fd))
     reg_id = ctx.add_file(regular_file(link, stat, flags=flags & ~os.O_CLOEXEC, pos=0))
@@ -177,26 +177,10 @@ def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     return rfd, wfd
 
 
-def _fd_flags(pid: int, fd: int) -> int:
-    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith("flags:"):
-                return int(line.split()[1], 8)
-    return 0
-
-
 def _peek(pid: int, fd: int) -> tuple[bytes, int]:
     """The unread bytes of the pipe whose read end is `fd` of `pid`, unconsumed."""
     libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = libc.syscall(SYS_PIDFD_OPEN, pid, 0)
-    if pidfd < 0:
-        raise OSError(ctypes.get_errno(), f"pidfd_open {pid}")
-    try:
-        ours = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
-        if ours < 0:
-            raise OSError(ctypes.get_errno(), f"pidfd_getfd {pid} fd {fd}")
-    finally:
-        os.close(pidfd)
+    ours = pidfd_getfd(pid, fd)
     try:
         size = fcntl.fcntl(ours, F_GETPIPE_SZ)
         r, w = os.pipe()

@@ -22,6 +22,7 @@ import os
 import socket
 
 from engine import hookimpl
+from engine.fds import fdinfo, pidfd_getfd
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.unix")
@@ -57,7 +58,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         raise ValueError(f"{where}: only connected unix socket pairs are supported yet")
     ctx.stash.setdefault(COPIES, {}).setdefault(ino, (task.pid, fd))
     from engine.images.proto import files_pb2
-    copy = _copy_fd(task.pid, fd)
+    copy = pidfd_getfd(task.pid, fd)
     try:
         sock = socket.socket(fileno=os.dup(copy))
         sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
@@ -68,7 +69,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     entry = files_pb2.file_entry(type=files_pb2.UNIXSK, id=0)
     u = entry.usk
     u.id, u.ino, u.type, u.state, u.peer = 0, ino, stype, state, peer
-    u.flags, u.uflags, u.backlog, u.name = _fd_flags(task.pid, fd) & os.O_NONBLOCK, 0, 0, b""
+    u.flags, u.uflags, u.backlog, u.name = fdinfo(task.pid, fd)["flags"] & os.O_NONBLOCK, 0, 0, b""
     u.fown.uid = u.fown.euid = u.fown.signum = u.fown.pid_type = u.fown.pid = 0
     o = u.opts
     o.so_sndbuf, o.so_rcvbuf = sndbuf, rcvbuf
@@ -176,22 +177,9 @@ def _unix_sockets() -> dict[int, tuple[int, int, int, str]]:
     return out
 
 
-def _copy_fd(pid: int, fd: int) -> int:
-    pidfd = os.pidfd_open(pid)
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        copy = libc.syscall(438, pidfd, fd, 0)              # pidfd_getfd
-        if copy < 0:
-            raise OSError(ctypes.get_errno(), f"pidfd_getfd {pid} fd {fd}")
-        return copy
-    finally:
-        os.close(pidfd)
-
-
 def _peek_queue(pid: int, fd: int, stype: int) -> list[bytes]:
     """Every queued message, unconsumed; SO_PEEK_OFF steps past each one."""
-    sock = socket.socket(fileno=_copy_fd(pid, fd))
+    sock = socket.socket(fileno=pidfd_getfd(pid, fd))
     try:
         old = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
@@ -212,11 +200,3 @@ def _peek_queue(pid: int, fd: int, stype: int) -> list[bytes]:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
     finally:
         sock.close()
-
-
-def _fd_flags(pid: int, fd: int) -> int:
-    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith("flags:"):
-                return int(line.split()[1], 8)
-    return 0
