@@ -60,7 +60,7 @@ def engine_dump_task(ctx, task):
         link = os.readlink(f"/proc/{pid}/fd/{fd}")
         stat = os.stat(f"/proc/{pid}/fd/{fd}")
         same_inode = seen.setdefault((stat.st_dev, stat.st_ino), [])
-        file_id, ftype = _shared_with(pid, fd, same_inode)
+        file_id, ftype, index = _shared_with(pid, fd, same_inode)
         if file_id is None:
             entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
             if entry is None:
@@ -68,7 +68,7 @@ def engine_dump_task(ctx, task):
             file_id, ftype = ctx.add_file(entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
                 _dump_ghost(ctx, pid, fd, file_id, stat)
-        same_inode.append((pid, fd, file_id, ftype))
+            same_inode.insert(index, (pid, fd, file_id, ftype))
         cloexec = fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
         entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
                                                flags=fcntl.FD_CLOEXEC if cloexec else 0))
@@ -223,19 +223,36 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
 _libc = None
 
 
-def _kcmp_same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
+    """kcmp(KCMP_FILE): 0 the same open file, 1 or 2 an order between them."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+    r = _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), f"kcmp of fd {fd1} of {pid1} and fd {fd2} of {pid2}")
+    return r
 
 
 def _shared_with(pid, fd, seen):
-    """The file id of an earlier fd (of any task) on the same open file."""
-    for other_pid, other_fd, file_id, ftype in seen:
-        if _kcmp_same_file(pid, fd, other_pid, other_fd):
-            return file_id, ftype
-    return None, None
+    """(file id, type, index) of an earlier fd of any task on the same open
+    file, or (None, None, where to insert this one).
+
+    `seen` is kept sorted in kcmp's order (as criu/kcmp-ids.c does), so a
+    thousand fds on one inode cost a binary search each, not a scan.
+    """
+    lo, hi = 0, len(seen)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        other_pid, other_fd, file_id, ftype = seen[mid]
+        order = _kcmp(pid, fd, other_pid, other_fd)
+        if order == 0:
+            return file_id, ftype, mid
+        if order == 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    return None, None, lo
 
 
 def _type_name(entry) -> str:
