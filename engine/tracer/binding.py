@@ -5,6 +5,7 @@ knows what a task state is; engine/tracer/task.py builds on this.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -179,6 +180,33 @@ def peek(pid: int, addr: int, size: int) -> bytes:
 def poke(pid: int, addr: int, data: bytes) -> None:
     buf = ctypes.create_string_buffer(data, len(data))
     write_mem(pid, [(ctypes.addressof(buf), addr, len(data))])
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+@contextlib.contextmanager
+def buffer_address(obj):
+    """The address of a ctypes array or of any buffer (a read-only mmap of
+    a pages file too), held exported while the block runs."""
+    if isinstance(obj, ctypes.Array):
+        yield ctypes.addressof(obj)
+        return
+    view = _PyBuffer()
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+    if get(obj, ctypes.byref(view), 0) != 0:      # PyBUF_SIMPLE: contiguous bytes
+        raise TypeError(f"{type(obj).__name__} has no contiguous buffer")
+    try:
+        yield view.buf or 0
+    finally:
+        ctypes.pythonapi.PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
+        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
 _CPUID_CODE = bytes.fromhex("53" "89f8" "89f1" "4989d0" "0fa2" "418900" "41895804"

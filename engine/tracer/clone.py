@@ -17,10 +17,31 @@ class CloneArgs(ctypes.Structure):
         "tls", "set_tid", "set_tid_size", "cgroup")]
 
 
-def clone_with_pid(pid: int) -> int:
+# Called through PyDLL, so the GIL stays held across clone3 as os.fork
+# holds it: no other thread runs Python between the clone and the child's
+# PyOS_AfterFork_Child.
+_libc = ctypes.PyDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def clone_with_pid(pid: int, python_hooks: bool = True) -> int:
+    """fork() with the child at `pid` (in this pid namespace): returns the
+    pid in the parent, 0 in the child; TracerError (EEXIST: pid taken).
+
+    With `python_hooks` the interpreter is told, as os.fork does
+    (PyOS_BeforeFork / AfterFork_Child / AfterFork_Parent): locks and
+    threading state are reset in the child, os.register_at_fork hooks run.
+    """
     tids = (ctypes.c_int32 * 1)(pid)
     args = CloneArgs(exit_signal=signal.SIGCHLD, set_tid=ctypes.addressof(tids), set_tid_size=1)
-    r = b.raw_syscall(b.SYS["clone3"], ctypes.byref(args), ctypes.sizeof(args))
+    api = ctypes.pythonapi
+    if python_hooks:
+        api.PyOS_BeforeFork()
+    r = _libc.syscall(ctypes.c_long(b.SYS["clone3"]), ctypes.byref(args),
+                      ctypes.c_long(ctypes.sizeof(args)))
+    err = ctypes.get_errno()
+    if python_hooks:
+        (api.PyOS_AfterFork_Child if r == 0 else api.PyOS_AfterFork_Parent)()
     if r < 0:
-        raise b.TracerError(ctypes.get_errno(), pid, "clone3 with set_tid")
+        raise b.TracerError(err, pid, "clone3 with set_tid")
     return r

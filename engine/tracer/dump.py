@@ -11,12 +11,12 @@ import array
 import ctypes
 import mmap
 import os
+import re
 import struct
 
 from engine.tracer import binding as b
 from engine.tracer import model as m
 from engine.tracer.task import Tracee
-from engine.tracer.xstate import from_xstate
 
 PAGE = 4096
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
@@ -26,6 +26,7 @@ PR_GET_SECUREBITS = 27
 PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
 CHUNK = 64 << 20          # bytes read per process_vm_readv batch
 MAP_GROWSDOWN = 0x100
+SPECIAL = m.VMA_AREA_VSYSCALL | m.VMA_AREA_VVAR | m.VMA_AREA_VDSO
 
 
 def zombie_status(pid: int) -> int | None:
@@ -51,14 +52,31 @@ def freeze(pid: int) -> Tracee:
             if not new:
                 return leader
             for tid in new:
-                leader.others.append(Tracee.seize(tid))
                 seen.add(tid)
+                try:
+                    leader.others.append(Tracee.seize(tid))
+                except b.TracerError as e:
+                    if e.errno != 3:         # ESRCH: the thread exited meanwhile
+                        raise
     except BaseException:
         leader.detach()
         raise
 
 
 def collect_task(t: Tracee) -> m.TaskState:
+    """Everything of the frozen task but its pages, as plain data.
+
+    On failure the task is let go exactly as it was (its registers put
+    back, signals that arrived meanwhile re-sent) and the error raised.
+    """
+    try:
+        return _collect(t)
+    except BaseException:
+        t.detach()
+        raise
+
+
+def _collect(t: Tracee) -> m.TaskState:
     pid = t.pid
     stat = _stat(pid)
     thread = _thread_state(t, pid)
@@ -66,6 +84,7 @@ def collect_task(t: Tracee) -> m.TaskState:
     try:
         sigactions = []
         for sig in range(1, 65):
+            # SIGKILL/SIGSTOP give EINVAL: they have no action (criu dump_sigact)
             if t.syscall("rt_sigaction", sig, 0, scratch, 8) == 0:
                 h, fl, rest, mask = struct.unpack("<4Q", t.read(scratch, 32))
                 sigactions.append(m.SigAction(h, fl, rest, mask))
@@ -82,7 +101,7 @@ def collect_task(t: Tracee) -> m.TaskState:
         secbits = t.checked("prctl", PR_GET_SECUREBITS, 0, 0, 0, 0)
     finally:
         t.syscall("munmap", scratch, PAGE)
-    mm = _mm_state(pid, stat, brk)
+    mm = _mm_state(pid, stat, brk, t.saved.sp)
     return m.TaskState(pid=pid, comm=_read(f"/proc/{pid}/comm").strip(),
                        personality=int(_read(f"/proc/{pid}/personality"), 16),
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
@@ -108,11 +127,12 @@ def _thread_state(t: Tracee, tid: int) -> m.ThreadState:
         elif ax in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
             regs.ax = regs.orig_ax
             regs.ip -= 2
-    fp = from_xstate(b.get_xstate(tid))
+    fp = m.FpRegs.from_xstate(b.get_xstate(tid))
     head, length = ctypes.c_uint64(), ctypes.c_size_t()
-    b.raw_syscall(b.SYS["get_robust_list"], tid, ctypes.byref(head), ctypes.byref(length))
+    if b.raw_syscall(b.SYS["get_robust_list"], tid, ctypes.byref(head), ctypes.byref(length)):
+        raise b.TracerError(ctypes.get_errno(), tid, "get_robust_list")
     rseq = b.get_rseq(tid)
-    state = m.ThreadState(tid=tid, regs={n: getattr(regs, n) for n in m.REG_NAMES}, fpregs=fp,
+    state = m.ThreadState(tid=tid, regs=m.Regs.from_any(regs), fpregs=fp,
                           blk_sigset=b.get_sigmask(tid), futex_rla=head.value,
                           futex_rla_len=length.value, rseq_abi_pointer=rseq[0],
                           rseq_abi_size=rseq[1], rseq_signature=rseq[2],
@@ -149,7 +169,7 @@ def _creds(pid: int, secbits: int) -> m.Creds:
                    groups=[int(g) for g in status.get("Groups", [])])
 
 
-def _mm_state(pid: int, stat: list[str], brk: int) -> m.MmState:
+def _mm_state(pid: int, stat: list[str], brk: int, sp: int) -> m.MmState:
     def f(n: int) -> int:                # field n of proc(5)'s /proc/PID/stat
         return int(stat[n - 3])
     auxv_raw = open(f"/proc/{pid}/auxv", "rb").read()
@@ -161,11 +181,19 @@ def _mm_state(pid: int, stat: list[str], brk: int) -> m.MmState:
     return m.MmState(mm_start_code=f(26), mm_end_code=f(27), mm_start_stack=f(28),
                      mm_start_data=f(45), mm_end_data=f(46), mm_start_brk=f(47), mm_brk=brk,
                      mm_arg_start=f(48), mm_arg_end=f(49), mm_env_start=f(50),
-                     mm_env_end=f(51), auxv=auxv, exe=exe, vmas=list(_vmas(pid)))
+                     mm_env_end=f(51), auxv=auxv, exe=exe, vmas=list(_vmas(pid, sp)))
 
 
-def _vmas(pid: int):
-    """VMAs from /proc/PID/smaps, classified as CRIU does (criu/proc_parse.c)."""
+# smaps VmFlags -> mmap flags and madvise bits, as criu/proc_parse.c
+# parse_vmflags() reads them (CRIU's madv is a mask of 1 << MADV_*).
+VMFLAG_MAP = {"gd": 0x100, "lo": 0x2000, "nr": 0x4000}       # GROWSDOWN LOCKED NORESERVE
+VMFLAG_MADV = {"sr": 2, "rr": 1, "dc": 10, "dd": 16, "mg": 12, "hg": 14, "nh": 15, "wf": 18}
+VMFLAG_REFUSED = {"io": "VM_IO", "pf": "VM_PFNMAP", "ht": "hugetlb"}
+
+
+def _vmas(pid: int, sp: int = 0):
+    """VMAs from /proc/PID/smaps, classified as CRIU does (criu/proc_parse.c);
+    the one holding the stack pointer is the stack (criu mark_stack_vma)."""
     vma = None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
@@ -174,10 +202,17 @@ def _vmas(pid: int):
                 if vma is not None:
                     yield vma
                 vma = _vma_from_maps_line(head)
+                if vma.start <= sp < vma.end or "[stack]" in line:
+                    vma.status |= m.VMA_AREA_STACK
             elif head[0] == "VmFlags:" and vma is not None:
-                flags = line.split()[1:]
-                if "gd" in flags:
-                    vma.flags |= MAP_GROWSDOWN
+                for flag in line.split()[1:]:
+                    vma.flags |= VMFLAG_MAP.get(flag, 0)
+                    if flag in VMFLAG_MADV:
+                        vma.madv |= 1 << VMFLAG_MADV[flag]
+                    if flag in VMFLAG_REFUSED and not vma.status & SPECIAL:
+                        raise b.TracerError(0, pid, f"VMA {vma.start:#x}-{vma.end:#x}: "
+                                                    f"{VMFLAG_REFUSED[flag]} mappings are "
+                                                    "not supported")
     if vma is not None:
         yield vma
 
@@ -221,55 +256,103 @@ def _vma_from_maps_line(head) -> m.Vma:
 
 
 def _needs_pages(v: m.Vma) -> bool:
-    if v.status & (m.VMA_AREA_VSYSCALL | m.VMA_AREA_VVAR | m.VMA_AREA_VDSO):
+    """vvar/vsyscall have no content of the task's, the vdso is the running
+    kernel's, a shared file mapping's content is the file (criu/mem.c)."""
+    if v.status & SPECIAL:
         return False
     return not v.status & m.VMA_FILE_SHARED
 
 
 def dump_pages(t: Tracee, vmas, sink) -> int:
-    """Write every page the task owns to sink.add(vaddr, data); return bytes."""
+    """Call sink.add(vaddr, memoryview) for every run of pages the task owns;
+    return the bytes dumped.
+
+    Runs come from /proc/PID/pagemap (present or swapped; in a private file
+    mapping only the anonymous copies). Up to IOV_MAX runs are read with one
+    process_vm_readv into a reused CHUNK-byte buffer, so the memoryview is
+    valid only during the add() call. On failure the task is let go as it
+    was (DESIGN §5) and the error raised.
+    """
     pid = t.pid
     total = 0
     buf = None
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     try:
-        for v in vmas:
-            if not _needs_pages(v):
-                continue
-            runs = _present_runs(fd, v)
-            for vaddr, length in runs:
-                while length:
-                    n = min(length, CHUNK)
-                    if buf is None:
-                        buf = mmap.mmap(-1, CHUNK)
-                    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-                    b.read_mem(pid, [(addr, vaddr, n)])
-                    sink.add(vaddr, memoryview(buf)[:n])
-                    total += n
-                    vaddr += n
-                    length -= n
+        fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+        try:
+            batch: list[tuple[int, int]] = []
+            filled = 0
+            for vaddr, length in _all_runs(fd, vmas):
+                if buf is None:
+                    buf = mmap.mmap(-1, CHUNK)
+                    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+                    view = memoryview(buf)
+                if filled + length > CHUNK or len(batch) == b.IOV_MAX:
+                    total += _flush(pid, base, view, batch, sink)
+                    batch, filled = [], 0
+                batch.append((vaddr, length))
+                filled += length
+            total += _flush(pid, base, view, batch, sink) if batch else 0
+        finally:
+            os.close(fd)
+    except BaseException:
+        t.detach()
+        raise
     finally:
-        os.close(fd)
         if buf is not None:
+            view.release()
             buf.close()
     return total
 
 
+def _flush(pid: int, base: int, view: memoryview, batch, sink) -> int:
+    pairs, off = [], 0
+    for vaddr, length in batch:
+        pairs.append((base + off, vaddr, length))
+        off += length
+    b.read_mem(pid, pairs)
+    off = 0
+    for vaddr, length in batch:
+        with view[off:off + length] as data:
+            sink.add(vaddr, data)
+        off += length
+    return off
+
+
+def _all_runs(fd: int, vmas):
+    """Runs of wanted pages over all VMAs, none longer than CHUNK."""
+    for v in vmas:
+        if not _needs_pages(v):
+            continue
+        for vaddr, length in _present_runs(fd, v):
+            while length:
+                n = min(length, CHUNK)
+                yield vaddr, n
+                vaddr, length = vaddr + n, length - n
+
+
+# The top byte of a pagemap entry holds present (bit 7), swapped (6) and
+# file-page/shared-anon (5). translate() maps it to b"1" for a page to dump,
+# so runs are found by a regex in C, not by a Python loop per page.
+_WANT_ANY = bytes(0x31 if x & 0xC0 else 0x30 for x in range(256))
+_WANT_ANON = bytes(0x31 if x & 0xC0 and not x & 0x20 else 0x30 for x in range(256))
+_RUN = re.compile(rb"1+")
+PAGEMAP_SPAN = 1 << 20          # pages per pagemap read (8 MiB of entries)
+
+
 def _present_runs(fd: int, v: m.Vma) -> list[tuple[int, int]]:
-    npages = (v.end - v.start) // PAGE
-    raw = os.pread(fd, npages * 8, (v.start // PAGE) * 8)
-    entries = array.array("Q", raw)
-    private_file = bool(v.status & m.VMA_FILE_PRIVATE)
+    # a private file page is ours only once written (an anon COW copy)
+    table = _WANT_ANON if v.status & m.VMA_FILE_PRIVATE else _WANT_ANY
     runs: list[tuple[int, int]] = []
-    start = None
-    for i, e in enumerate(entries):
-        # a private file page is ours only once written (an anon COW copy)
-        keep = e & (PM_PRESENT | PM_SWAP) and not (private_file and e & PM_FILE)
-        if keep and start is None:
-            start = i
-        elif not keep and start is not None:
-            runs.append((v.start + start * PAGE, (i - start) * PAGE))
-            start = None
-    if start is not None:
-        runs.append((v.start + start * PAGE, (npages - start) * PAGE))
+    first = v.start // PAGE
+    for lo in range(first, v.end // PAGE, PAGEMAP_SPAN):
+        n = min(PAGEMAP_SPAN, v.end // PAGE - lo)
+        raw = os.pread(fd, n * 8, lo * 8)
+        if len(raw) != n * 8:
+            raise b.TracerError(5, 0, f"short read of pagemap at {lo * PAGE:#x}")
+        for match in _RUN.finditer(raw[7::8].translate(table)):
+            start, length = (lo + match.start()) * PAGE, (match.end() - match.start()) * PAGE
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
+            else:
+                runs.append((start, length))
     return runs

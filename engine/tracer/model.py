@@ -22,6 +22,67 @@ VMA_AREA_VVAR = 1 << 12
 REG_NAMES = ("r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx",
              "dx", "si", "di", "orig_ax", "ip", "cs", "flags", "sp", "ss", "fs_base",
              "gs_base", "ds", "es", "fs", "gs")
+U64 = (1 << 64) - 1
+
+
+@attrs.define
+class Regs:
+    """struct user_regs_struct under user_x86_regs_entry's names, u64 each.
+
+    Reads and writes by name like a dict too (``regs["ip"]``), so code that
+    built ThreadState.regs as a dict keeps working.
+    """
+    r15: int = 0
+    r14: int = 0
+    r13: int = 0
+    r12: int = 0
+    bp: int = 0
+    bx: int = 0
+    r11: int = 0
+    r10: int = 0
+    r9: int = 0
+    r8: int = 0
+    ax: int = 0
+    cx: int = 0
+    dx: int = 0
+    si: int = 0
+    di: int = 0
+    orig_ax: int = 0
+    ip: int = 0
+    cs: int = 0
+    flags: int = 0
+    sp: int = 0
+    ss: int = 0
+    fs_base: int = 0
+    gs_base: int = 0
+    ds: int = 0
+    es: int = 0
+    fs: int = 0
+    gs: int = 0
+
+    def __getitem__(self, name: str) -> int:
+        if name not in REG_NAMES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: int) -> None:
+        if name not in REG_NAMES:
+            raise KeyError(name)
+        setattr(self, name, value & U64)
+
+    def keys(self):
+        return iter(REG_NAMES)
+
+    def items(self):
+        return ((n, getattr(self, n)) for n in REG_NAMES)
+
+    @classmethod
+    def from_any(cls, value) -> "Regs":
+        """A Regs from a Regs, a name -> value mapping or a ctypes UserRegs."""
+        if isinstance(value, cls):
+            return value
+        get = value.__getitem__ if hasattr(value, "keys") else lambda n: getattr(value, n)
+        return cls(**{n: get(n) & U64 for n in REG_NAMES})
 
 
 @attrs.define
@@ -43,13 +104,26 @@ class FpRegs:
     opmask_reg: list[int] = attrs.field(factory=list)
     zmm_upper: list[int] = attrs.field(factory=list)
     hi16_zmm: list[int] = attrs.field(factory=list)
-    pkru: list[int] = attrs.field(factory=list)
+    pkru: list[int] = attrs.field(factory=list)           # 2 words, as CRIU (pkru_state)
+    bndreg_state: list[int] = attrs.field(factory=list)   # MPX, absent on this CPU
+    bndcsr_state: list[int] = attrs.field(factory=list)
+
+    @classmethod
+    def from_xstate(cls, raw: bytes) -> "FpRegs":
+        """Split an NT_X86_XSTATE buffer at this CPU's XSAVE offsets."""
+        from engine.tracer.xstate import from_xstate
+        return from_xstate(raw)
+
+    def to_xstate(self) -> bytes:
+        """The NT_X86_XSTATE buffer for PTRACE_SETREGSET (this CPU's layout)."""
+        from engine.tracer.xstate import to_xstate
+        return to_xstate(self)
 
 
 @attrs.define
 class ThreadState:
     tid: int
-    regs: dict[str, int]                 # REG_NAMES -> value
+    regs: Regs = attrs.field(converter=Regs.from_any)   # a dict by name is accepted
     fpregs: FpRegs
     blk_sigset: int = 0
     clear_tid_addr: int = 0

@@ -25,6 +25,7 @@ TASK_SIZE = 0x7FFFFFFFF000
 MMAP_MIN = 0x10000
 MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE = 0x10, 0x20, 0x100, 0x100000
 MAP_SHARED, MAP_PRIVATE = 1, 2
+MAP_LOCKED, MAP_NORESERVE = 0x2000, 0x4000
 PROT_WRITE = 2
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
@@ -44,7 +45,11 @@ SCRATCH_PAGES = 2                   # code page (`syscall`) + data page
 # --- the task's side ---------------------------------------------------------
 
 def wait_for_tracer() -> None:
-    """Called in the forked task once it has nothing else to do: block."""
+    """Called in the forked task (clone_with_pid returned 0) once its
+    task-side work is done: never returns. It blocks in pause(), where
+    attach_stopped / restore_task (polling /proc/PID/syscall for 34) seize
+    it and replace the whole process image; only its fd table, cwd, creds
+    and namespaces are kept. It must be single-threaded."""
     while True:
         b.libc.pause()
 
@@ -69,8 +74,14 @@ def attach_stopped(pid: int, timeout: float = 10.0) -> Tracee:
     return t
 
 
-def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None) -> None:
+def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=None) -> None:
     """Replace the task's address space with the dumped one.
+
+    `pages` has .runs() -> (vaddr, length, offset) and .buffer (a ctypes
+    array or any buffer, e.g. an mmap of the pages file) that the runs index.
+    `file_fds` (VMA index or path -> fd already open in the task) are used
+    for file mappings and the exe instead of opening the path by an injected
+    openat; like those, they are closed in the task once mapped.
 
     `shared_anon` (shmid -> (pid, start, pgoff) of the task that mapped it
     first) is filled and used across the tasks of one restore, so a
@@ -90,26 +101,31 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None) -> None:
     keep.append(_move_vdso(t, mm.vmas, maps, avoid=keep[0]))
     for lo, hi in _gaps(keep):
         t.checked("munmap", lo, hi - lo, what=f"{lo:#x}-{hi:#x}")
-    fds: dict[tuple[str, int], int] = {}
+    fds: dict = {}
+    given = dict(file_fds or {})
     try:
-        for v in mm.vmas:
+        for i, v in enumerate(mm.vmas):
             if not v.status & SPECIAL:
+                fds["given"] = given.get(i, given.get(v.path))
                 _map_vma(t, v, fds, data, shared_anon)
-        pairs = []
+        fds["given"] = given.get(mm.exe)
         if pages.buffer is not None:
-            base = ctypes.addressof(pages.buffer)
-            # CRIU dumps the vdso's pages too; ours is the running kernel's.
-            special = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL]
-            pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()
-                     if not any(lo <= vaddr < hi for lo, hi in special)]
-        _write_pages(pid, pairs)
+            with b.buffer_address(pages.buffer) as base:
+                # CRIU dumps the vdso's pages too; ours is the running kernel's.
+                special = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL]
+                pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()
+                         if not any(lo <= vaddr < hi for lo, hi in special)]
+                _write_pages(pid, pairs)
         for v in mm.vmas:
             if not v.status & SPECIAL and _map_prot(v) != v.prot:
                 t.checked("mprotect", v.start, v.end - v.start, v.prot,
                           what=f"vma {v.start:#x}-{v.end:#x}")
+            if v.madv and not v.status & SPECIAL:
+                _madvise(t, v)
         _set_mm_map(t, mm, fds, data)
     finally:
-        for fd in fds.values():
+        fds.pop("given", None)
+        for fd in set(fds.values()) | set(given.values()):
             t.syscall("close", fd)
     t.scratch = scratch
 
@@ -120,8 +136,9 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
     data = t.scratch + PAGE
+    untouched = _untouched_signals(t.pid)
     for sig, sa in enumerate(sigactions, 1):
-        if sig in (SIGKILL, SIGSTOP) or (sa == m.SigAction() and _default_here(sig)):
+        if sig in (SIGKILL, SIGSTOP) or (sa == m.SigAction() and sig in untouched):
             continue
         t.write(data, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer, sa.mask))
         t.checked("rt_sigaction", sig, data, 0, 8, what=f"signal {sig}")
@@ -154,14 +171,26 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
         tracee.saved = None                    # detach must not put old registers back
 
 
-def _default_here(sig: int) -> bool:
-    """The forked task inherited the engine's handlers: SIG_DFL here means
-    SIG_DFL there, and an all-default image entry needs no syscall."""
-    import signal
-    try:
-        return signal.getsignal(sig) == signal.SIG_DFL
-    except (ValueError, OSError):
-        return False
+def _untouched_signals(pid: int) -> set[int]:
+    """Signals whose action in the forked task is all-zero, so an all-zero
+    image entry needs no syscall. The task's handler comes from the kernel
+    (SigCgt/SigIgn: faulthandler's C handlers are invisible to
+    signal.getsignal); flags and mask, which it inherited from the engine,
+    from the engine's own rt_sigaction. SIGCHLD is always set: its flags
+    (SA_NOCLDWAIT) matter even under SIG_DFL."""
+    caught = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("SigCgt:", "SigIgn:")):
+                caught |= int(line.split()[1], 16)
+    out = set()
+    old = (ctypes.c_uint64 * 4)()
+    for sig in range(1, 65):
+        if caught >> (sig - 1) & 1 or sig == 17:
+            continue
+        if b.raw_syscall(b.SYS["rt_sigaction"], sig, 0, old, 8) == 0 and not any(old):
+            out.add(sig)
+    return out
 
 
 def _set_creds(tr: Tracee, c: m.Creds, data: int) -> None:
@@ -235,9 +264,50 @@ def _thread_signal_state(tr: Tracee, tgid: int, th: m.ThreadState, data: int) ->
         tr.checked("rt_tgsigqueueinfo", tgid, tr.pid, sig, data, what=f"signal {sig}")
 
 
+def restore_task(pid: int, task: m.TaskState, pages, file_fds=None,
+                 shared_anon=None, timeout: float = 10.0) -> Tracee:
+    """The whole of DESIGN §4 step 4 for one forked task sitting in
+    wait_for_tracer(): memory, signal state, threads, credentials, registers.
+
+    Leaves it stopped under ptrace and returns its Tracee; `release` lets it
+    go. On failure the half-built task is killed (the caller reaps it, it is
+    the caller's child) and TracerError names the step:
+    "restore: mmap vma 0x7f..-0x7f.. of 30001: File exists".
+    """
+    t = attach_stopped(pid, timeout)
+    try:
+        restore_memory(t, task.mm, pages, shared_anon, file_fds)
+        restore_threads(t, task.sigactions, task.threads, task.signals_s, task.creds)
+    except BaseException as e:
+        _kill_quietly(t)
+        if isinstance(e, b.TracerError):
+            raise b.TracerError(e.errno or 0, pid, f"restore: {e.op}") from e
+        raise
+    t.release_signal = SIGSTOP if task.stopped else 0
+    _restored[pid] = t
+    return t
+
+
+_restored: dict[int, Tracee] = {}       # restore_task's tracees, for release(pids)
+
+
+def _kill_quietly(t: Tracee) -> None:
+    import os
+    try:
+        os.kill(t.pid, SIGKILL)
+    except OSError:
+        pass
+    t.saved, t.detached = None, True     # a killed tracee needs no detach
+
+
 def release(tracees, leave_stopped: bool = False) -> None:
-    """Let every task run (or stop) at once."""
+    """Let every task run (or stop, with `leave_stopped`) at once. Takes
+    Tracees, or pids of tasks restore_task restored."""
     for t in tracees:
+        if isinstance(t, int):
+            t = _restored.pop(t)
+        else:
+            _restored.pop(t.pid, None)
         t.saved = None
         t.detach(SIGSTOP if leave_stopped else t.release_signal)
 
@@ -344,9 +414,19 @@ def _map_prot(v: m.Vma) -> int:
     return v.prot if v.status & m.VMA_FILE_SHARED else v.prot | PROT_WRITE
 
 
+def _madvise(t: Tracee, v: m.Vma) -> None:
+    """CRIU's madv is a mask of 1 << MADV_* (criu/pie/restorer.c applies each)."""
+    for advice in range(64):
+        if v.madv >> advice & 1:
+            r = t.syscall("madvise", v.start, v.end - v.start, advice)
+            # EINVAL for KSM/THP advice: that kernel feature is not built in
+            if r < 0 and not (r == -22 and advice in (12, 14, 15)):
+                raise b.TracerError(-r, t.pid, f"madvise {advice} vma {v.start:#x}-{v.end:#x}")
+
+
 def _map_vma(t: Tracee, v: m.Vma, fds, data: int, shared_anon) -> None:
     flags = MAP_FIXED | (MAP_SHARED if v.flags & MAP_SHARED else MAP_PRIVATE)
-    flags |= v.flags & MAP_GROWSDOWN
+    flags |= v.flags & (MAP_GROWSDOWN | MAP_LOCKED | MAP_NORESERVE)
     fd, off = -1, 0
     first = shared_anon.get(v.shmid) if v.status & m.VMA_ANON_SHARED else None
     if v.path is not None and v.status & (m.VMA_FILE_PRIVATE | m.VMA_FILE_SHARED):
@@ -367,6 +447,10 @@ def _map_vma(t: Tracee, v: m.Vma, fds, data: int, shared_anon) -> None:
 
 
 def _open(t: Tracee, path: str, mode: int, fds, data: int) -> int:
+    """An fd on `path` in the task: the one the task pre-opened for this
+    mapping (fds["given"]) or one opened here by an injected openat."""
+    if fds.get("given") is not None:
+        return fds["given"]
     key = (path, mode)
     if key not in fds:
         t.write(data, path.encode() + b"\0")

@@ -25,6 +25,8 @@ class Tracee:
         self.others: list["Tracee"] = []         # the other threads (leader only)
         self.was_stopped = False                 # group-stopped before we seized it
         self.release_signal = 0                  # sent on the final detach (SIGSTOP)
+        self.detached = False
+        self.scratch: int | None = None          # restore: the scratch page, until unmapped
 
     # --- attaching ---------------------------------------------------------
 
@@ -74,6 +76,13 @@ class Tracee:
     def set_regs(self, regs: b.UserRegs) -> None:
         b.set_regs(self.pid, regs)
 
+    def get_xstate(self) -> bytes:
+        """The NT_X86_XSTATE buffer (PTRACE_GETREGSET)."""
+        return b.get_xstate(self.pid)
+
+    def set_xstate(self, data: bytes) -> None:
+        b.set_xstate(self.pid, data)
+
     def read(self, addr: int, size: int) -> bytes:
         return b.peek(self.pid, addr, size)
 
@@ -98,12 +107,13 @@ class Tracee:
                     return start + at
         raise b.TracerError(0, self.pid, "finding a syscall instruction in [vdso]")
 
-    def syscall(self, name: str, *args: int) -> int:
-        """Run syscall `name` in the task; return rax as a signed value."""
+    def syscall(self, nr: int | str, *args: int) -> int:
+        """Run syscall `nr` (a number or a binding.SYS name) in the task;
+        return rax as a signed value (-errno on failure, never raises for it)."""
         if self.syscall_at is None:
             self.syscall_at = self.find_syscall_in_vdso()
         regs = b.UserRegs.from_buffer_copy(self.saved or self.regs())
-        regs.ax = b.SYS[name]
+        regs.ax = b.SYS[nr] if isinstance(nr, str) else nr
         regs.orig_ax = ctypes.c_uint64(-1).value
         regs.ip = self.syscall_at
         for reg, value in zip(("di", "si", "dx", "r10", "r8", "r9"), args):
@@ -112,7 +122,8 @@ class Tracee:
         self._step(self.syscall_at + len(SYSCALL_INSN))
         return ctypes.c_int64(self.regs().ax).value
 
-    def checked(self, name: str, *args: int, what: str = "") -> int:
+    def checked(self, name: int | str, *args: int, what: str = "") -> int:
+        """syscall(), raising TracerError(errno, pid, "NAME what") on failure."""
         r = self.syscall(name, *args)
         if -4096 < r < 0:
             raise b.TracerError(-r, self.pid, f"{name}{' ' + what if what else ''}")
@@ -120,7 +131,28 @@ class Tracee:
 
     # --- letting go ------------------------------------------------------------
 
+    def resume(self) -> None:
+        """Let the task run on under ptrace (PTRACE_CONT) with its saved
+        registers put back; it stays attached (detach() lets go)."""
+        if self.saved is not None:
+            self.set_regs(self.saved)
+        b.ptrace(b.PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")
+
+    def kill(self) -> None:
+        """SIGKILL the task while we hold it (nothing of it runs again); the
+        tracee needs no detach after. The caller reaps it if it is its child."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.detached, self.others, self.pending_signals = True, [], []
+
     def detach(self, sig: int = 0) -> None:
+        """Put the saved registers back and let go of every thread; signals
+        that arrived while we held the task are sent again. Idempotent."""
+        if self.detached:
+            return
+        self.detached = True
         for other in self.others:
             try:
                 other.detach(sig)

@@ -16,8 +16,10 @@ from engine.tracer.model import FpRegs
 LEGACY = struct.Struct("<HHHHQQII32I64I24I")
 LEGACY_NAMES = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask")
 # component -> (field, element format, count)
-COMPONENTS = {2: ("ymmh_space", "I", 64), 5: ("opmask_reg", "Q", 8),
-              6: ("zmm_upper", "Q", 64), 7: ("hi16_zmm", "Q", 128), 9: ("pkru", "I", 1)}
+# pkru is 2 words: CRIU's struct pkru_state {u32 pkru; u32 pad;}
+COMPONENTS = {2: ("ymmh_space", "I", 64), 3: ("bndreg_state", "Q", 8),
+              4: ("bndcsr_state", "Q", 2), 5: ("opmask_reg", "Q", 8),
+              6: ("zmm_upper", "Q", 64), 7: ("hi16_zmm", "Q", 128), 9: ("pkru", "I", 2)}
 
 
 @functools.lru_cache(maxsize=None)
