@@ -243,8 +243,10 @@ def restore(ctx: RestoreContext) -> list[int]:
         a, b = socket.socketpair()
         ctx.channels[pid], ctx.task_ends[pid] = a, b
     # Tasks are forks of this interpreter: what they run is imported once
-    # here, and the collector kept from touching (so copying) every object.
-    import engine.tracer.restore  # noqa: F401
+    # here (with the tracer's scratch page they inherit), and the collector
+    # kept from touching (so copying) every object.
+    from engine.tracer.restore import prepare_forks
+    prepare_forks()
     import gc
     gc.disable()
     gc.freeze()

@@ -43,6 +43,7 @@ SIGKILL, SIGSTOP = 9, 19
 SPECIAL = m.VMA_AREA_VVAR | m.VMA_AREA_VDSO | m.VMA_AREA_VSYSCALL
 # code pages (`syscall; int3` for single syscalls, then batches) + data pages
 CODE_PAGES, SCRATCH_PAGES = 4, 8
+SYSCALL_INT3 = b"\x0f\x05\xcc"
 
 
 # --- the task's side ---------------------------------------------------------
@@ -94,16 +95,21 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
     """
     shared_anon = {} if shared_anon is None else shared_anon
     pid = t.pid
-    maps = _maps(pid)             # the forked task's own layout, read once
-    scratch = _setup_scratch(t, mm.vmas, maps)
+    scratch, specials = _inherited_scratch(t, mm.vmas)
+    if scratch is None:            # a task forked before prepare_forks()
+        maps = _maps(pid)
+        scratch = _setup_scratch(t, mm.vmas, maps)
+        specials = [(lo, hi, name) for lo, hi, name in maps if name in VDSO_NAMES]
     bt = _batch(t, scratch)
     rseq = b.get_rseq(pid)
     if rseq[0]:
         bt.call("rseq", rseq[0], rseq[1], RSEQ_FLAG_UNREGISTER, rseq[2], what="unregister")
     keep = [(scratch, scratch + SCRATCH_PAGES * PAGE)]
-    keep.append(_move_vdso(bt, mm.vmas, maps, avoid=keep[0]))
+    keep.append((min(lo for lo, _, _ in specials), max(hi for _, hi, _ in specials)))
     for lo, hi in _gaps(keep):
         bt.call("munmap", lo, hi - lo, what=f"{lo:#x}-{hi:#x}")
+    # Only the scratch page and the vdso are left: the vdso moves freely.
+    t.vdso_syscall = _move_vdso(bt, mm.vmas, specials, avoid=keep[0])
     given = dict(file_fds or {})
     # Files first (their fds are results), then every VMA in one more run.
     fds: dict = {}
@@ -191,7 +197,7 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
         tb.run()
     tracees = t.others + [t]
     # The scratch page goes through a `syscall` of the restored vdso.
-    t.syscall_at = t.find_syscall_in_vdso()
+    t.syscall_at = t.vdso_syscall or t.find_syscall_in_vdso()
     t.checked("munmap", t.scratch, SCRATCH_PAGES * PAGE, what="scratch page")
     for tracee in tracees:
         th = by_tid[tracee.pid]
@@ -345,6 +351,64 @@ def release(tracees, leave_stopped: bool = False) -> None:
         t.detach(SIGSTOP if leave_stopped else t.release_signal)
 
 
+# --- what every task inherits -------------------------------------------------
+
+VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
+_prepared: dict = {}
+
+
+def prepare_forks() -> None:
+    """Called in the engine before it forks the tasks of a restore: maps
+    the scratch page (`syscall; int3`) that every task then inherits, a
+    private copy each, and notes where the vdso is (tasks inherit that too).
+    restore_memory then reads nothing of a task from /proc and injects no
+    mmap for its scratch; a task whose dumped VMAs would overlap the
+    inherited scratch gets a fresh one, as a task forked before this does."""
+    if _prepared:
+        return
+    import mmap
+    maps = _maps("self")
+    size = SCRATCH_PAGES * PAGE
+    want = _free_spot([(lo, hi) for lo, hi, _ in maps], size)
+    b.libc.mmap.restype = ctypes.c_void_p
+    b.libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                            ctypes.c_int, ctypes.c_long]
+    got = b.libc.mmap(want, size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+    if got != want:
+        return                         # tasks map their own, as before
+    ctypes.memmove(want, SYSCALL_INT3, len(SYSCALL_INT3))
+    _prepared["scratch"] = want
+    _prepared["specials"] = [(lo, hi, name) for lo, hi, name in maps if name in VDSO_NAMES]
+
+
+def _inherited_scratch(t: Tracee, vmas):
+    """(scratch, vdso maps) the task inherited from prepare_forks(), or
+    (None, None) when it has none or the dump needs that place."""
+    at = _prepared.get("scratch")
+    if at is None or any(v.start < at + SCRATCH_PAGES * PAGE and at < v.end for v in vmas):
+        return None, None
+    try:
+        if t.read(at, len(SYSCALL_INT3)) != SYSCALL_INT3:
+            return None, None
+    except b.TracerError:
+        return None, None
+    t.syscall_at = at
+    return at, _prepared["specials"]
+
+
+def _engine_vdso():
+    """(start, offset of a `syscall` insn) of the engine's own vdso."""
+    if "vdso" not in _prepared:
+        found = None
+        for lo, hi, name in _maps("self"):
+            if name == "[vdso]":
+                at = ctypes.string_at(lo, hi - lo).find(b"\x0f\x05")
+                found = (lo, at) if at >= 0 else None
+        _prepared["vdso"] = found
+    return _prepared["vdso"]
+
+
 # --- steps -------------------------------------------------------------------
 
 def _maps(pid: int) -> list[tuple[int, int, str]]:
@@ -375,35 +439,40 @@ def _setup_scratch(t: Tracee, vmas, maps) -> int:
     want = _free_spot(taken, SCRATCH_PAGES * PAGE)
     addr = t.checked("mmap", want, SCRATCH_PAGES * PAGE, 7,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0, what="scratch")
-    t.write(addr, b"\x0f\x05\xcc")
+    t.write(addr, SYSCALL_INT3)
     t.syscall_at = addr
     return addr
 
 
-def _move_vdso(bt, vmas, maps, avoid) -> tuple[int, int]:
-    """Move [vvar]..[vdso] where the dump had them; return the block kept."""
-    ours = {name: (lo, hi) for lo, hi, name in maps
-            if name in ("[vvar]", "[vvar_vclock]", "[vdso]")}
+def _move_vdso(bt, vmas, specials, avoid) -> int | None:
+    """Move [vvar]..[vdso] where the dump had them, once nothing else but
+    the scratch page is mapped; return the address of a `syscall` in the
+    moved vdso, if known (_engine_vdso)."""
+    ours = {name: (lo, hi) for lo, hi, name in specials}
     theirs = [v for v in vmas if v.status & (m.VMA_AREA_VVAR | m.VMA_AREA_VDSO)]
-    if not ours or not theirs:
+    if "[vdso]" not in ours or not theirs:
         raise b.TracerError(0, bt.t.pid, "restore without a vdso is not supported")
     lo, hi = min(s for s, _ in ours.values()), max(e for _, e in ours.values())
     dlo, dhi = min(v.start for v in theirs), max(v.end for v in theirs)
     dvdso = next((v.start for v in theirs if v.status & m.VMA_AREA_VDSO), None)
     if dhi - dlo != hi - lo or dvdso - dlo != ours["[vdso]"][0] - lo:
         raise b.TracerError(0, bt.t.pid, f"vdso layout differs from the dump "
-                                      f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
-                                      f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
+                                         f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
+                                         f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
+    engine = _engine_vdso()
+    at = None
+    if engine is not None and engine[0] == ours["[vdso]"][0]:
+        at = dvdso + engine[1]         # the same vdso as the engine's, moved
     if dlo == lo:
-        return lo, hi
+        return at
     parts = sorted(ours.values())
     if not (dhi <= lo or hi <= dlo):
         # Overlapping move: go through a free spot first.
-        via = _free_spot([(s, e) for s, e, _ in maps] + [avoid, (dlo, dhi)], hi - lo)
+        via = _free_spot([avoid, (lo, hi), (dlo, dhi)], hi - lo)
         parts = _mremap_all(bt, parts, lo, via)
         lo = via
     _mremap_all(bt, parts, lo, dlo)
-    return dlo, dhi
+    return at
 
 
 def _mremap_all(bt, parts, old_base: int, new_base: int):

@@ -27,6 +27,7 @@ class Tracee:
         self.release_signal = 0                  # sent on the final detach (SIGSTOP)
         self.detached = False
         self.scratch: int | None = None          # restore: the scratch page, until unmapped
+        self.vdso_syscall: int | None = None     # restore: a `syscall` in the moved vdso
 
     # --- attaching ---------------------------------------------------------
 
