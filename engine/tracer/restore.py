@@ -17,7 +17,7 @@ import time
 
 from engine.tracer import binding as b
 from engine.tracer import model as m
-from engine.tracer.batch import At
+from engine.tracer.batch import At, Result
 from engine.tracer.task import Tracee
 from engine.tracer.xstate import to_xstate
 
@@ -111,8 +111,8 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
     # Only the scratch page and the vdso are left: the vdso moves freely.
     t.vdso_syscall = _move_vdso(bt, mm.vmas, specials, avoid=keep[0])
     given = dict(file_fds or {})
-    # Files first (their fds are results), then every VMA in one more run.
-    fds: dict = {}
+    # Files first, then every VMA: one run, the fds passed on as Results.
+    fds: dict = {}                 # (path, mode) -> batch index of its openat
     for i, v in enumerate(mm.vmas):
         if not v.status & SPECIAL and given.get(i, given.get(v.path)) is None:
             key = _file_of(v, shared_anon)
@@ -120,12 +120,11 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
                 fds[key] = _open(bt, key)
     if mm.exe and given.get(mm.exe) is None and (mm.exe, O_RDONLY) not in fds:
         fds[mm.exe, O_RDONLY] = _open(bt, (mm.exe, O_RDONLY))
-    results = bt.run()
-    fds = {key: results[i] for key, i in fds.items()}
     for i, v in enumerate(mm.vmas):
         if not v.status & SPECIAL:
             _map_vma(bt, v, given.get(i, given.get(v.path)), fds, shared_anon)
-    bt.run()
+    results = bt.run()
+    fds = {key: results[i] for key, i in fds.items()}
     if pages.buffer is not None:
         with b.buffer_address(pages.buffer) as base:
             # CRIU dumps the vdso's pages too; ours is the running kernel's.
@@ -175,7 +174,8 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
         b.ptrace(b.PTRACE_SETOPTIONS, t.pid, 0, b.PTRACE_O_TRACECLONE, "PTRACE_SETOPTIONS")
     for th in others:
         _clone_thread(bt, th.tid)
-    bt.run()
+    if others:
+        bt.run()
     for th in others:
         b.wait_stop(th.tid)
         new = Tracee(th.tid)
@@ -186,7 +186,7 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     if creds is not None and creds == _creds_now(t.pid):
         creds = None
     for tracee in t.others + [t]:
-        tb = _batch(tracee, t.scratch)
+        tb = bt if tracee is t else _batch(tracee, t.scratch)
         _thread_signal_state(tb, t.pid, by_tid[tracee.pid])
         if tracee is t:
             for info in shared_signals:
@@ -549,9 +549,9 @@ def _map_vma(bt, v: m.Vma, given, fds, shared_anon) -> None:
         if given is None and key not in fds:
             # A region this task mapped first, a moment ago: map it again
             # through its map_files link, so that mapping must exist now.
-            i = _open(bt, key)
-            fds[key] = bt.run()[i]
-        fd = given if given is not None else fds[key]
+            bt.run()
+            fds[key] = _open(bt, key)
+        fd = given if given is not None else Result(fds[key])
         first = shared_anon.get(v.shmid) if v.status & m.VMA_ANON_SHARED else None
         off = v.pgoff - first[3] if key[0].startswith("/proc/") and first else v.pgoff
     else:
