@@ -44,6 +44,8 @@ SPECIAL = m.VMA_AREA_VVAR | m.VMA_AREA_VDSO | m.VMA_AREA_VSYSCALL
 # code pages (`syscall; int3` for single syscalls, then batches) + data pages
 CODE_PAGES, SCRATCH_PAGES = 4, 8
 SYSCALL_INT3 = b"\x0f\x05\xcc"
+STUB_SIZE = 256                     # wait_for_tracer's stub, at the code pages' end
+ARCH_GET_FS = 0x1003
 
 
 # --- the task's side ---------------------------------------------------------
@@ -53,7 +55,15 @@ def wait_for_tracer() -> None:
     task-side work is done: never returns. It blocks in pause(), where
     attach_stopped / restore_task (polling /proc/PID/syscall for 34) seize
     it and replace the whole process image; only its fd table, cwd, creds
-    and namespaces are kept. It must be single-threaded."""
+    and namespaces are kept. It must be single-threaded.
+
+    A task forked after prepare_forks() first unmaps nearly all of itself
+    (the stub in its scratch page: everything but the scratch page, the
+    vdso and its rseq area), so that work, the bulk of a task's restore,
+    runs here, beside the engine's, not in the tracer's serial path."""
+    stub = _prepared.get("stub")
+    if stub is not None:
+        ctypes.CFUNCTYPE(None)(stub)()        # never returns
     while True:
         b.libc.pause()
 
@@ -380,6 +390,44 @@ def prepare_forks() -> None:
     ctypes.memmove(want, SYSCALL_INT3, len(SYSCALL_INT3))
     _prepared["scratch"] = want
     _prepared["specials"] = [(lo, hi, name) for lo, hi, name in maps if name in VDSO_NAMES]
+    keep = [(want, want + size)]
+    keep.append((min(lo for lo, _, _ in _prepared["specials"]),
+                 max(hi for _, hi, _ in _prepared["specials"])))
+    rseq = _own_rseq_page()
+    if rseq is None:
+        return
+    if rseq:
+        keep.append((rseq, rseq + PAGE))
+    code = bytearray()
+    for lo, hi in _gaps(keep):          # munmap(lo, hi - lo): no stack needed
+        code += b"\x48\xbf" + struct.pack("<Q", lo) + b"\x48\xbe" + struct.pack("<Q", hi - lo)
+        code += b"\x48\xb8" + struct.pack("<Q", 11) + b"\x0f\x05"
+    code += b"\xb8\x22\x00\x00\x00\x0f\x05\xeb\xf7"     # pause(), forever
+    if len(code) > STUB_SIZE:
+        return
+    stub = want + CODE_PAGES * PAGE - STUB_SIZE
+    ctypes.memmove(stub, bytes(code), len(code))
+    _prepared["stub"] = stub
+
+
+def _own_rseq_page() -> int | None:
+    """The page of this thread's rseq area (kept mapped until the tracer
+    unregisters it: the kernel writes there), 0 without rseq, None if
+    unknown (no stub then)."""
+    try:
+        offset = ctypes.c_long.in_dll(b.libc, "__rseq_offset").value
+        size = ctypes.c_uint.in_dll(b.libc, "__rseq_size").value
+    except ValueError:
+        return None
+    if not size:
+        return 0
+    tp = ctypes.c_ulong()
+    if b.raw_syscall(b.SYS["arch_prctl"], ARCH_GET_FS, ctypes.byref(tp)) != 0:
+        return None
+    area = tp.value + offset
+    if area // PAGE != (area + 31) // PAGE:
+        return None
+    return area & ~(PAGE - 1)
 
 
 def _inherited_scratch(t: Tracee, vmas):
@@ -431,7 +479,8 @@ def _free_spot(taken, size: int) -> int:
 
 def _batch(t: Tracee, scratch: int):
     data = scratch + CODE_PAGES * PAGE
-    return t.batch(scratch + 8, CODE_PAGES * PAGE - 8, data, (SCRATCH_PAGES - CODE_PAGES) * PAGE)
+    return t.batch(scratch + 8, CODE_PAGES * PAGE - 8 - STUB_SIZE, data,
+                   (SCRATCH_PAGES - CODE_PAGES) * PAGE)
 
 
 def _setup_scratch(t: Tracee, vmas, maps) -> int:
