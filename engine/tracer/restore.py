@@ -232,14 +232,22 @@ def _untouched_signals(pid: int) -> set[int]:
         for line in f:
             if line.startswith(("SigCgt:", "SigIgn:")):
                 caught |= int(line.split()[1], 16)
-    out = set()
-    old = (ctypes.c_uint64 * 4)()
-    for sig in range(1, 65):
-        if caught >> (sig - 1) & 1 or sig == 17:
-            continue
-        if b.raw_syscall(b.SYS["rt_sigaction"], sig, 0, old, 8) == 0 and not any(old):
-            out.add(sig)
-    return out
+    return {sig for sig in _engine_zero_actions() if not caught >> (sig - 1) & 1}
+
+
+def _engine_zero_actions() -> frozenset[int]:
+    """The engine's signals whose action is all-zero (SIGCHLD left out),
+    asked once per restore run by the engine (prepare_forks() forgets
+    them; the engine sets no handler while it restores), else every time."""
+    if "zero_actions" not in _prepared or "scratch" not in _prepared:
+        out = set()
+        old = (ctypes.c_uint64 * 4)()
+        for sig in range(1, 65):
+            if sig != 17 and b.raw_syscall(b.SYS["rt_sigaction"], sig, 0, old, 8) == 0 \
+                    and not any(old):
+                out.add(sig)
+        _prepared["zero_actions"] = frozenset(out)
+    return _prepared["zero_actions"]
 
 
 def _creds_now(pid: int) -> m.Creds:
@@ -374,7 +382,8 @@ def prepare_forks() -> None:
     restore_memory then reads nothing of a task from /proc and injects no
     mmap for its scratch; a task whose dumped VMAs would overlap the
     inherited scratch gets a fresh one, as a task forked before this does."""
-    if _prepared:
+    _prepared.pop("zero_actions", None)
+    if "scratch" in _prepared:
         return
     import mmap
     maps = _maps("self")
