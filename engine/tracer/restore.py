@@ -1,13 +1,14 @@
 """Swapping a dumped task's memory and registers into a forked task.
 
 The forked task (a copy of the engine) closes what it does not keep and
-blocks in pause() (`wait_for_tracer`); the engine seizes it
-(`attach_stopped`) and, by syscalls injected through a scratch page holding
-`syscall`, replaces its whole address space (DESIGN §4 and §7, in that
-order): rseq off, vvar/vdso moved to the dumped address, everything else
-unmapped, every VMA mapped, pages written from the pages file, protections,
-PR_SET_MM_MAP; then signal state, and the registers last. `release` lets
-all tasks go at once.
+waits (`wait_for_tracer`, engine/tracer/scratch.py); the engine seizes it
+(`attach_stopped`) and, by syscalls run from a scratch page it inherited
+(batched: engine/tracer/batch.py), replaces its whole address space
+(DESIGN §4 and §7, in that order): rseq off, everything but the scratch
+page and the vdso unmapped, vvar/vdso moved to the dumped address, every
+VMA mapped, pages written from the pages file, protections, PR_SET_MM_MAP;
+then signal state, and the registers last. `release` lets all tasks go at
+once.
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ import time
 from engine.tracer import binding as b
 from engine.tracer import model as m
 from engine.tracer.batch import At, Result
+from engine.tracer.scratch import (  # noqa: F401 - wait_for_tracer, prepare_forks: API
+    PAGE, SCRATCH_PAGES, VDSO_NAMES, engine_vdso, engine_zero_actions, free_spot, gaps,
+    inherited_scratch, prepare_forks, read_maps, scratch_batch, setup_scratch, wait_for_tracer)
 from engine.tracer.task import Tracee
 from engine.tracer.xstate import to_xstate
 
-PAGE = 4096
-TASK_SIZE = 0x7FFFFFFFF000
-MMAP_MIN = 0x10000
 MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE = 0x10, 0x20, 0x100, 0x100000
 MAP_SHARED, MAP_PRIVATE = 1, 2
 MAP_LOCKED, MAP_NORESERVE = 0x2000, 0x4000
@@ -41,31 +42,6 @@ AT_FDCWD = -100
 O_RDONLY, O_RDWR = 0, 2
 SIGKILL, SIGSTOP = 9, 19
 SPECIAL = m.VMA_AREA_VVAR | m.VMA_AREA_VDSO | m.VMA_AREA_VSYSCALL
-# code pages (`syscall; int3` for single syscalls, then batches) + data pages
-CODE_PAGES, SCRATCH_PAGES = 4, 8
-SYSCALL_INT3 = b"\x0f\x05\xcc"
-STUB_SIZE = 256                     # wait_for_tracer's stub, at the code pages' end
-ARCH_GET_FS = 0x1003
-
-
-# --- the task's side ---------------------------------------------------------
-
-def wait_for_tracer() -> None:
-    """Called in the forked task (clone_with_pid returned 0) once its
-    task-side work is done: never returns. It blocks in pause(), where
-    attach_stopped / restore_task (polling /proc/PID/syscall for 34) seize
-    it and replace the whole process image; only its fd table, cwd, creds
-    and namespaces are kept. It must be single-threaded.
-
-    A task forked after prepare_forks() first unmaps nearly all of itself
-    (the stub in its scratch page: everything but the scratch page, the
-    vdso and its rseq area), so that work, the bulk of a task's restore,
-    runs here, beside the engine's, not in the tracer's serial path."""
-    stub = _prepared.get("stub")
-    if stub is not None:
-        ctypes.CFUNCTYPE(None)(stub)()        # never returns
-    while True:
-        b.libc.pause()
 
 
 # --- the engine's side -------------------------------------------------------
@@ -105,18 +81,18 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
     """
     shared_anon = {} if shared_anon is None else shared_anon
     pid = t.pid
-    scratch, specials = _inherited_scratch(t, mm.vmas)
+    scratch, specials = inherited_scratch(t, mm.vmas)
     if scratch is None:            # a task forked before prepare_forks()
-        maps = _maps(pid)
-        scratch = _setup_scratch(t, mm.vmas, maps)
+        maps = read_maps(pid)
+        scratch = setup_scratch(t, mm.vmas, maps)
         specials = [(lo, hi, name) for lo, hi, name in maps if name in VDSO_NAMES]
-    bt = _batch(t, scratch)
+    bt = scratch_batch(t, scratch)
     rseq = b.get_rseq(pid)
     if rseq[0]:
         bt.call("rseq", rseq[0], rseq[1], RSEQ_FLAG_UNREGISTER, rseq[2], what="unregister")
     keep = [(scratch, scratch + SCRATCH_PAGES * PAGE)]
     keep.append((min(lo for lo, _, _ in specials), max(hi for _, hi, _ in specials)))
-    for lo, hi in _gaps(keep):
+    for lo, hi in gaps(keep):
         bt.call("munmap", lo, hi - lo, what=f"{lo:#x}-{hi:#x}")
     # Only the scratch page and the vdso are left: the vdso moves freely.
     t.vdso_syscall = _move_vdso(bt, mm.vmas, specials, avoid=keep[0])
@@ -172,7 +148,7 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
-    bt = _batch(t, t.scratch)
+    bt = scratch_batch(t, t.scratch)
     untouched = _untouched_signals(t.pid)
     for sig, sa in enumerate(sigactions, 1):
         if sig in (SIGKILL, SIGSTOP) or (sa == m.SigAction() and sig in untouched):
@@ -196,7 +172,7 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     if creds is not None and creds == _creds_now(t.pid):
         creds = None
     for tracee in t.others + [t]:
-        tb = bt if tracee is t else _batch(tracee, t.scratch)
+        tb = bt if tracee is t else scratch_batch(tracee, t.scratch)
         _thread_signal_state(tb, t.pid, by_tid[tracee.pid])
         if tracee is t:
             for info in shared_signals:
@@ -232,22 +208,7 @@ def _untouched_signals(pid: int) -> set[int]:
         for line in f:
             if line.startswith(("SigCgt:", "SigIgn:")):
                 caught |= int(line.split()[1], 16)
-    return {sig for sig in _engine_zero_actions() if not caught >> (sig - 1) & 1}
-
-
-def _engine_zero_actions() -> frozenset[int]:
-    """The engine's signals whose action is all-zero (SIGCHLD left out),
-    asked once per restore run by the engine (prepare_forks() forgets
-    them; the engine sets no handler while it restores), else every time."""
-    if "zero_actions" not in _prepared or "scratch" not in _prepared:
-        out = set()
-        old = (ctypes.c_uint64 * 4)()
-        for sig in range(1, 65):
-            if sig != 17 and b.raw_syscall(b.SYS["rt_sigaction"], sig, 0, old, 8) == 0 \
-                    and not any(old):
-                out.add(sig)
-        _prepared["zero_actions"] = frozenset(out)
-    return _prepared["zero_actions"]
+    return {sig for sig in engine_zero_actions() if not caught >> (sig - 1) & 1}
 
 
 def _creds_now(pid: int) -> m.Creds:
@@ -369,138 +330,7 @@ def release(tracees, leave_stopped: bool = False) -> None:
         t.detach(SIGSTOP if leave_stopped else t.release_signal)
 
 
-# --- what every task inherits -------------------------------------------------
-
-VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
-_prepared: dict = {}
-
-
-def prepare_forks() -> None:
-    """Called in the engine before it forks the tasks of a restore: maps
-    the scratch page (`syscall; int3`) that every task then inherits, a
-    private copy each, and notes where the vdso is (tasks inherit that too).
-    restore_memory then reads nothing of a task from /proc and injects no
-    mmap for its scratch; a task whose dumped VMAs would overlap the
-    inherited scratch gets a fresh one, as a task forked before this does."""
-    _prepared.pop("zero_actions", None)
-    if "scratch" in _prepared:
-        return
-    import mmap
-    maps = _maps("self")
-    size = SCRATCH_PAGES * PAGE
-    want = _free_spot([(lo, hi) for lo, hi, _ in maps], size)
-    b.libc.mmap.restype = ctypes.c_void_p
-    b.libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                            ctypes.c_int, ctypes.c_long]
-    got = b.libc.mmap(want, size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
-    if got != want:
-        return                         # tasks map their own, as before
-    ctypes.memmove(want, SYSCALL_INT3, len(SYSCALL_INT3))
-    _prepared["scratch"] = want
-    _prepared["specials"] = [(lo, hi, name) for lo, hi, name in maps if name in VDSO_NAMES]
-    keep = [(want, want + size)]
-    keep.append((min(lo for lo, _, _ in _prepared["specials"]),
-                 max(hi for _, hi, _ in _prepared["specials"])))
-    rseq = _own_rseq_page()
-    if rseq is None:
-        return
-    if rseq:
-        keep.append((rseq, rseq + PAGE))
-    code = bytearray()
-    for lo, hi in _gaps(keep):          # munmap(lo, hi - lo): no stack needed
-        code += b"\x48\xbf" + struct.pack("<Q", lo) + b"\x48\xbe" + struct.pack("<Q", hi - lo)
-        code += b"\x48\xb8" + struct.pack("<Q", 11) + b"\x0f\x05"
-    code += b"\xb8\x22\x00\x00\x00\x0f\x05\xeb\xf7"     # pause(), forever
-    if len(code) > STUB_SIZE:
-        return
-    stub = want + CODE_PAGES * PAGE - STUB_SIZE
-    ctypes.memmove(stub, bytes(code), len(code))
-    _prepared["stub"] = stub
-
-
-def _own_rseq_page() -> int | None:
-    """The page of this thread's rseq area (kept mapped until the tracer
-    unregisters it: the kernel writes there), 0 without rseq, None if
-    unknown (no stub then)."""
-    try:
-        offset = ctypes.c_long.in_dll(b.libc, "__rseq_offset").value
-        size = ctypes.c_uint.in_dll(b.libc, "__rseq_size").value
-    except ValueError:
-        return None
-    if not size:
-        return 0
-    tp = ctypes.c_ulong()
-    if b.raw_syscall(b.SYS["arch_prctl"], ARCH_GET_FS, ctypes.byref(tp)) != 0:
-        return None
-    area = tp.value + offset
-    if area // PAGE != (area + 31) // PAGE:
-        return None
-    return area & ~(PAGE - 1)
-
-
-def _inherited_scratch(t: Tracee, vmas):
-    """(scratch, vdso maps) the task inherited from prepare_forks(), or
-    (None, None) when it has none or the dump needs that place."""
-    at = _prepared.get("scratch")
-    if at is None or any(v.start < at + SCRATCH_PAGES * PAGE and at < v.end for v in vmas):
-        return None, None
-    try:
-        if t.read(at, len(SYSCALL_INT3)) != SYSCALL_INT3:
-            return None, None
-    except b.TracerError:
-        return None, None
-    t.syscall_at = at
-    return at, _prepared["specials"]
-
-
-def _engine_vdso():
-    """(start, offset of a `syscall` insn) of the engine's own vdso."""
-    if "vdso" not in _prepared:
-        found = None
-        for lo, hi, name in _maps("self"):
-            if name == "[vdso]":
-                at = ctypes.string_at(lo, hi - lo).find(b"\x0f\x05")
-                found = (lo, at) if at >= 0 else None
-        _prepared["vdso"] = found
-    return _prepared["vdso"]
-
-
 # --- steps -------------------------------------------------------------------
-
-def _maps(pid: int) -> list[tuple[int, int, str]]:
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append((lo, hi, parts[5] if len(parts) > 5 else ""))
-    return out
-
-
-def _free_spot(taken, size: int) -> int:
-    for k in range(1, 256):
-        lo = 0x7E0000000000 - k * 0x40000000
-        if all(hi <= lo or lo + size <= s for s, hi in taken):
-            return lo
-    raise b.TracerError(12, 0, "no free address for the scratch page")
-
-
-def _batch(t: Tracee, scratch: int):
-    data = scratch + CODE_PAGES * PAGE
-    return t.batch(scratch + 8, CODE_PAGES * PAGE - 8 - STUB_SIZE, data,
-                   (SCRATCH_PAGES - CODE_PAGES) * PAGE)
-
-
-def _setup_scratch(t: Tracee, vmas, maps) -> int:
-    taken = [(lo, hi) for lo, hi, _ in maps] + [(v.start, v.end) for v in vmas]
-    want = _free_spot(taken, SCRATCH_PAGES * PAGE)
-    addr = t.checked("mmap", want, SCRATCH_PAGES * PAGE, 7,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0, what="scratch")
-    t.write(addr, SYSCALL_INT3)
-    t.syscall_at = addr
-    return addr
-
 
 def _move_vdso(bt, vmas, specials, avoid) -> int | None:
     """Move [vvar]..[vdso] where the dump had them, once nothing else but
@@ -517,7 +347,7 @@ def _move_vdso(bt, vmas, specials, avoid) -> int | None:
         raise b.TracerError(0, bt.t.pid, f"vdso layout differs from the dump "
                                          f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
                                          f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
-    engine = _engine_vdso()
+    engine = engine_vdso()
     at = None
     if engine is not None and engine[0] == ours["[vdso]"][0]:
         at = dvdso + engine[1]         # the same vdso as the engine's, moved
@@ -526,7 +356,7 @@ def _move_vdso(bt, vmas, specials, avoid) -> int | None:
     parts = sorted(ours.values())
     if not (dhi <= lo or hi <= dlo):
         # Overlapping move: go through a free spot first.
-        via = _free_spot([avoid, (lo, hi), (dlo, dhi)], hi - lo)
+        via = free_spot([avoid, (lo, hi), (dlo, dhi)], hi - lo)
         parts = _mremap_all(bt, parts, lo, via)
         lo = via
     _mremap_all(bt, parts, lo, dlo)
@@ -561,16 +391,6 @@ def _write_pages(pid: int, pairs) -> None:
     with ThreadPoolExecutor(2) as pool:
         for f in [pool.submit(b.write_mem, pid, part) for part in (pairs[:cut], pairs[cut:])]:
             f.result()
-
-
-def _gaps(keep):
-    lo = MMAP_MIN
-    for s, e in sorted(keep):
-        if s > lo:
-            yield lo, s
-        lo = max(lo, e)
-    if lo < TASK_SIZE:
-        yield lo, TASK_SIZE
 
 
 def _map_prot(v: m.Vma) -> int:
