@@ -148,21 +148,20 @@ def _serve(ctx: RestoreContext, pid: int) -> None:
             end.close()
         ctx.channels = {}
         while (msg := _recv(ctx.task_ends[pid])) is not None:
-            if msg[0] == "nodes":
-                ctx.started, ctx._published = [], {}
-                ctx.shared_fds = msg[2]
-                try:
-                    for key in msg[1]:
-                        _run_hook(ctx, ctx.graph.nodes[key])
-                        ctx.shared_fds.update(ctx._published)
-                    _send(ctx.task_ends[pid], ("ok", ctx.started, ctx._published))
-                    if ctx.exit_status is not None:
-                        _die_as(ctx.exit_status)
-                except Exception as e:  # noqa: BLE001 - reported; the engine kills us
-                    _send(ctx.task_ends[pid], ("error", _one_line(e), ctx.started, {}))
-            elif msg[0] == "stop":
+            _, keys, ctx.shared_fds, stop = msg
+            ctx.started, ctx._published = [], {}
+            try:
+                for key in keys:
+                    _run_hook(ctx, ctx.graph.nodes[key])
+                    ctx.shared_fds.update(ctx._published)
+                _send(ctx.task_ends[pid], ("ok", ctx.started, ctx._published))
+                if ctx.exit_status is not None:
+                    _die_as(ctx.exit_status)
+            except Exception as e:  # noqa: BLE001 - reported; the engine kills us
+                _send(ctx.task_ends[pid], ("error", _one_line(e), ctx.started, {}))
+                continue
+            if stop:
                 from engine.tracer.restore import wait_for_tracer
-                _send(ctx.task_ends[pid], ("ok", [], {}))
                 _close_all_but(ctx.kept_fds)
                 wait_for_tracer()          # the tracer replaces this process image
     finally:
@@ -244,14 +243,15 @@ def restore(ctx: RestoreContext) -> list[int]:
         a, b = socket.socketpair()
         ctx.channels[pid], ctx.task_ends[pid] = a, b
     # Tasks are forks of this interpreter: what they run is imported once
-    # here, and the collector kept from touching (so copying) every object.
-    import engine.tracer.restore  # noqa: F401
+    # here (with the tracer's scratch page they inherit), and the collector
+    # kept from touching (so copying) every object.
+    from engine.tracer.restore import prepare_forks
+    prepare_forks()
     import gc
     gc.disable()
     gc.freeze()
     try:
-        for batch in _batches(order):
-            _run_batch(ctx, batch)
+        _run(ctx, order)
         _release(ctx)
     except BaseException as e:
         _undo(ctx)
@@ -264,6 +264,48 @@ def restore(ctx: RestoreContext) -> list[int]:
             s.close()
     ctx.hook.engine_restore_finish(ctx=ctx)
     return ctx.started
+
+
+def _run(ctx: RestoreContext, order: list[Node]) -> None:
+    """Run the nodes in `order`, consecutive nodes of one task in one round
+    trip. A task's last message also tells it to stop for the tracer once
+    its nodes are done, saving it a round trip; it is seized when its first
+    tracer node comes. Task nodes run one at a time, in `order`: a node may
+    use what any earlier one published (ctx.shared_fds)."""
+    last: dict[int, int] = {}           # pid -> index of its last task node
+    traced: set[int] = set()            # tasks with tracer nodes (to stop)
+    for i, n in enumerate(order):
+        if n.where == "task":
+            last[n.pid] = i
+        elif n.where == "tracer":
+            traced.add(n.pid)
+    i = 0
+    for batch in _batches(order):
+        i += len(batch)
+        node = batch[0]
+        if node.where == "engine":
+            log.debug("node %s (in engine)", node.key)
+            _run_hook(ctx, node)
+            continue
+        if node.pid not in ctx.started:
+            raise RestoreError(f"{node}: task {node.pid} was never created")
+        if node.where == "task":
+            if node.pid in ctx.stopped:
+                raise RestoreError(f"{node}: task {node.pid} already stopped for the tracer")
+            stop = last[node.pid] == i - 1 and node.pid in traced
+            log.debug("nodes %s (in task %s)%s", [n.key for n in batch], node.pid,
+                      ", then stop" if stop else "")
+            chan = ctx.channels[node.pid]
+            _send(chan, ("nodes", [n.key for n in batch], ctx.shared_fds, stop))
+            _reply(ctx, node.pid, batch, _recv(chan))
+            if stop:
+                ctx.channels.pop(node.pid).close()
+                ctx.stopped.add(node.pid)
+            continue
+        if node.pid not in ctx.tracees:
+            _stop_for_tracer(ctx, node.pid)
+        log.debug("node %s (in tracer %s)", node.key, node.pid)
+        _run_hook(ctx, node)
 
 
 def _batches(order: list[Node]):
@@ -279,42 +321,23 @@ def _batches(order: list[Node]):
         yield batch
 
 
-def _run_batch(ctx: RestoreContext, batch: list[Node]) -> None:
-    node = batch[0]
-    log.debug("nodes %s (in %s)", [n.key for n in batch], node.where)
-    if node.where == "engine":
-        _run_hook(ctx, node)
-        return
-    if node.pid not in ctx.started:
-        raise RestoreError(f"{node}: task {node.pid} was never created")
-    if node.where == "task":
-        if node.pid in ctx.stopped:
-            raise RestoreError(f"{node}: task {node.pid} already stopped for the tracer")
-        reply = _ask(ctx, node.pid, ("nodes", [n.key for n in batch], ctx.shared_fds))
-        if reply[0] != "ok":
-            raise RestoreError(reply[1])
-        return
-    if node.pid not in ctx.stopped:
-        _stop_for_tracer(ctx, node.pid)
-    _run_hook(ctx, node)
-
-
-def _ask(ctx: RestoreContext, pid: int, msg):
-    chan = ctx.channels[pid]
-    _send(chan, msg)
-    reply = _recv(chan)
+def _reply(ctx: RestoreContext, pid: int, nodes: list[Node], reply) -> None:
     if reply is None:
-        raise RestoreError(f"task {pid} died while restoring {msg[1] if len(msg) > 1 else msg[0]}")
+        raise RestoreError(f"task {pid} died while restoring {nodes[0]}")
+    if reply[0] != "ok":
+        raise RestoreError(reply[1])
     ctx.started.extend(p for p in reply[-2] if p not in ctx.started)
     for file_id, where in reply[-1].items():
         ctx.shared_fds.setdefault(file_id, where)
-    return reply
 
 
 def _stop_for_tracer(ctx: RestoreContext, pid: int) -> None:
+    """Seize a task told to stop (it may still be on its way to pause())."""
     from engine.tracer.restore import attach_stopped
-    _ask(ctx, pid, ("stop",))
-    ctx.channels.pop(pid).close()
+    if pid in ctx.channels:          # never told: a task with no task nodes
+        _send(ctx.channels[pid], ("nodes", [], ctx.shared_fds, True))
+        _reply(ctx, pid, ["its stop"], _recv(ctx.channels[pid]))
+        ctx.channels.pop(pid).close()
     ctx.tracees[pid] = attach_stopped(pid)
     ctx.stopped.add(pid)
 

@@ -1,13 +1,14 @@
 """Swapping a dumped task's memory and registers into a forked task.
 
 The forked task (a copy of the engine) closes what it does not keep and
-blocks in pause() (`wait_for_tracer`); the engine seizes it
-(`attach_stopped`) and, by syscalls injected through a scratch page holding
-`syscall`, replaces its whole address space (DESIGN §4 and §7, in that
-order): rseq off, vvar/vdso moved to the dumped address, everything else
-unmapped, every VMA mapped, pages written from the pages file, protections,
-PR_SET_MM_MAP; then signal state, and the registers last. `release` lets
-all tasks go at once.
+waits (`wait_for_tracer`, engine/tracer/scratch.py); the engine seizes it
+(`attach_stopped`) and, by syscalls run from a scratch page it inherited
+(batched: engine/tracer/batch.py), replaces its whole address space
+(DESIGN §4 and §7, in that order): rseq off, everything but the scratch
+page and the vdso unmapped, vvar/vdso moved to the dumped address, every
+VMA mapped, pages written from the pages file, protections, PR_SET_MM_MAP;
+then signal state, and the registers last. `release` lets all tasks go at
+once.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import time
 
 from engine.tracer import binding as b
 from engine.tracer import model as m
+from engine.tracer.batch import At, Result
+from engine.tracer.scratch import (  # noqa: F401 - wait_for_tracer, prepare_forks: API
+    PAGE, SCRATCH_PAGES, VDSO_NAMES, engine_vdso, engine_zero_actions, free_spot, gaps,
+    inherited_scratch, prepare_forks, read_maps, scratch_batch, setup_scratch, wait_for_tracer)
 from engine.tracer.task import Tracee
 from engine.tracer.xstate import to_xstate
 
-PAGE = 4096
-TASK_SIZE = 0x7FFFFFFFF000
-MMAP_MIN = 0x10000
 MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE = 0x10, 0x20, 0x100, 0x100000
 MAP_SHARED, MAP_PRIVATE = 1, 2
 MAP_LOCKED, MAP_NORESERVE = 0x2000, 0x4000
@@ -31,6 +33,7 @@ MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_MM, PR_SET_MM_MAP = 35, 14
 PR_SET_NAME = 15
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
+PR_GET_SECUREBITS = 27
 SECBIT_NO_SETUID_FIXUP = 1 << 2
 # what pthread_create passes: one mm, fs, fd table and signal handlers
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
@@ -39,19 +42,6 @@ AT_FDCWD = -100
 O_RDONLY, O_RDWR = 0, 2
 SIGKILL, SIGSTOP = 9, 19
 SPECIAL = m.VMA_AREA_VVAR | m.VMA_AREA_VDSO | m.VMA_AREA_VSYSCALL
-SCRATCH_PAGES = 2                   # code page (`syscall`) + data page
-
-
-# --- the task's side ---------------------------------------------------------
-
-def wait_for_tracer() -> None:
-    """Called in the forked task (clone_with_pid returned 0) once its
-    task-side work is done: never returns. It blocks in pause(), where
-    attach_stopped / restore_task (polling /proc/PID/syscall for 34) seize
-    it and replace the whole process image; only its fd table, cwd, creds
-    and namespaces are kept. It must be single-threaded."""
-    while True:
-        b.libc.pause()
 
 
 # --- the engine's side -------------------------------------------------------
@@ -91,42 +81,65 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
     """
     shared_anon = {} if shared_anon is None else shared_anon
     pid = t.pid
-    maps = _maps(pid)             # the forked task's own layout, read once
-    scratch = _setup_scratch(t, mm.vmas, maps)
-    data = scratch + PAGE
+    scratch, specials = inherited_scratch(t, mm.vmas)
+    if scratch is None:            # a task forked before prepare_forks()
+        maps = read_maps(pid)
+        scratch = setup_scratch(t, mm.vmas, maps)
+        specials = [(lo, hi, name) for lo, hi, name in maps if name in VDSO_NAMES]
+    bt = scratch_batch(t, scratch)
     rseq = b.get_rseq(pid)
     if rseq[0]:
-        t.checked("rseq", rseq[0], rseq[1], RSEQ_FLAG_UNREGISTER, rseq[2], what="unregister")
+        bt.call("rseq", rseq[0], rseq[1], RSEQ_FLAG_UNREGISTER, rseq[2], what="unregister")
     keep = [(scratch, scratch + SCRATCH_PAGES * PAGE)]
-    keep.append(_move_vdso(t, mm.vmas, maps, avoid=keep[0]))
-    for lo, hi in _gaps(keep):
-        t.checked("munmap", lo, hi - lo, what=f"{lo:#x}-{hi:#x}")
-    fds: dict = {}
+    keep.append((min(lo for lo, _, _ in specials), max(hi for _, hi, _ in specials)))
+    for lo, hi in gaps(keep):
+        bt.call("munmap", lo, hi - lo, what=f"{lo:#x}-{hi:#x}")
+    # Only the scratch page and the vdso are left: the vdso moves freely.
+    t.vdso_syscall = _move_vdso(bt, mm.vmas, specials, avoid=keep[0])
     given = dict(file_fds or {})
-    try:
-        for i, v in enumerate(mm.vmas):
-            if not v.status & SPECIAL:
-                fds["given"] = given.get(i, given.get(v.path))
-                _map_vma(t, v, fds, data, shared_anon)
-        fds["given"] = given.get(mm.exe)
-        if pages.buffer is not None:
-            with b.buffer_address(pages.buffer) as base:
-                # CRIU dumps the vdso's pages too; ours is the running kernel's.
-                special = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL]
-                pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()
-                         if not any(lo <= vaddr < hi for lo, hi in special)]
-                _write_pages(pid, pairs)
-        for v in mm.vmas:
-            if not v.status & SPECIAL and _map_prot(v) != v.prot:
-                t.checked("mprotect", v.start, v.end - v.start, v.prot,
-                          what=f"vma {v.start:#x}-{v.end:#x}")
-            if v.madv and not v.status & SPECIAL:
-                _madvise(t, v)
-        _set_mm_map(t, mm, fds, data)
-    finally:
-        fds.pop("given", None)
-        for fd in set(fds.values()) | set(given.values()):
-            t.syscall("close", fd)
+    # Files first, then every VMA: one run, the fds passed on as Results.
+    fds: dict = {}                 # (path, mode) -> batch index of its openat
+    for i, v in enumerate(mm.vmas):
+        if not v.status & SPECIAL and given.get(i, given.get(v.path)) is None:
+            key = _file_of(v, shared_anon)
+            if key is not None and key not in fds:
+                fds[key] = _open(bt, key)
+    if mm.exe and given.get(mm.exe) is None and (mm.exe, O_RDONLY) not in fds:
+        fds[mm.exe, O_RDONLY] = _open(bt, (mm.exe, O_RDONLY))
+    for i, v in enumerate(mm.vmas):
+        if not v.status & SPECIAL:
+            _map_vma(bt, v, given.get(i, given.get(v.path)), fds, shared_anon)
+    results = bt.run()
+    fds = {key: results[i] for key, i in fds.items()}
+    if pages.buffer is not None:
+        with b.buffer_address(pages.buffer) as base:
+            # CRIU dumps the vdso's pages too; ours is the running kernel's.
+            special = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL]
+            pairs = [(base + off, vaddr, length) for vaddr, length, off in pages.runs()
+                     if not any(lo <= vaddr < hi for lo, hi in special)]
+            _write_pages(pid, pairs)
+    madvised = []
+    for v in mm.vmas:
+        if not v.status & SPECIAL and _map_prot(v) != v.prot:
+            bt.call("mprotect", v.start, v.end - v.start, v.prot,
+                    what=f"vma {v.start:#x}-{v.end:#x}")
+        if v.madv and not v.status & SPECIAL:
+            madvised += _madvise(bt, v)
+    exe_fd = given.get(mm.exe, fds.get((mm.exe, O_RDONLY), -1)) if mm.exe else -1
+    set_mm = _set_mm_map(bt, mm, exe_fd)
+    for fd in set(fds.values()) | set(given.values()):
+        bt.call("close", fd, check=False)
+    results = bt.run()
+    for i, advice, v in madvised:
+        r = results[i]
+        # EINVAL for KSM/THP advice: that kernel feature is not built in
+        if r < 0 and not (r == -22 and advice in (12, 14, 15)):
+            raise b.TracerError(-r, t.pid, f"madvise {advice} vma {v.start:#x}-{v.end:#x}")
+    r = results[set_mm]
+    if r == -16 and exe_fd != -1:          # EBUSY: the old exe is still mapped
+        r = bt.run()[_set_mm_map(bt, mm, -1)]
+    if r < 0:
+        raise b.TracerError(-r, t.pid, "prctl PR_SET_MM_MAP")
     t.scratch = scratch
 
 
@@ -135,30 +148,42 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
-    data = t.scratch + PAGE
+    bt = scratch_batch(t, t.scratch)
     untouched = _untouched_signals(t.pid)
     for sig, sa in enumerate(sigactions, 1):
         if sig in (SIGKILL, SIGSTOP) or (sa == m.SigAction() and sig in untouched):
             continue
-        t.write(data, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer, sa.mask))
-        t.checked("rt_sigaction", sig, data, 0, 8, what=f"signal {sig}")
+        bt.call("rt_sigaction", sig, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer,
+                                                 sa.mask), 0, 8, what=f"signal {sig}")
     others = [th for th in threads if th.tid != t.pid]
     if others:
         b.ptrace(b.PTRACE_SETOPTIONS, t.pid, 0, b.PTRACE_O_TRACECLONE, "PTRACE_SETOPTIONS")
     for th in others:
-        t.others.append(_clone_thread(t, th.tid, data))
+        _clone_thread(bt, th.tid)
+    if others:
+        bt.run()
+    for th in others:
+        b.wait_stop(th.tid)
+        new = Tracee(th.tid)
+        new.saved, new.syscall_at = b.get_regs(th.tid), t.syscall_at
+        t.others.append(new)
+    # Threads inherit the credentials of the leader, still the engine's:
+    # nothing to do when the dumped ones are those.
+    if creds is not None and creds == _creds_now(t.pid):
+        creds = None
+    for tracee in t.others + [t]:
+        tb = bt if tracee is t else scratch_batch(tracee, t.scratch)
+        _thread_signal_state(tb, t.pid, by_tid[tracee.pid])
+        if tracee is t:
+            for info in shared_signals:
+                sig = struct.unpack_from("<i", info)[0]
+                tb.call("rt_sigqueueinfo", t.pid, sig, info, what=f"signal {sig}")
+        if creds is not None:           # credentials are per thread in the kernel
+            _set_creds(tb, creds)
+        tb.run()
     tracees = t.others + [t]
-    for tracee in tracees:
-        _thread_signal_state(tracee, t.pid, by_tid[tracee.pid], data)
-    for info in shared_signals:
-        t.write(data, info)
-        sig = struct.unpack_from("<i", info)[0]
-        t.checked("rt_sigqueueinfo", t.pid, sig, data, what=f"signal {sig}")
-    if creds is not None:
-        for tracee in tracees:          # credentials are per thread in the kernel
-            _set_creds(tracee, creds, data)
     # The scratch page goes through a `syscall` of the restored vdso.
-    t.syscall_at = t.find_syscall_in_vdso()
+    t.syscall_at = t.vdso_syscall or t.find_syscall_in_vdso()
     t.checked("munmap", t.scratch, SCRATCH_PAGES * PAGE, what="scratch page")
     for tracee in tracees:
         th = by_tid[tracee.pid]
@@ -183,42 +208,41 @@ def _untouched_signals(pid: int) -> set[int]:
         for line in f:
             if line.startswith(("SigCgt:", "SigIgn:")):
                 caught |= int(line.split()[1], 16)
-    out = set()
-    old = (ctypes.c_uint64 * 4)()
-    for sig in range(1, 65):
-        if caught >> (sig - 1) & 1 or sig == 17:
-            continue
-        if b.raw_syscall(b.SYS["rt_sigaction"], sig, 0, old, 8) == 0 and not any(old):
-            out.add(sig)
-    return out
+    return {sig for sig in engine_zero_actions() if not caught >> (sig - 1) & 1}
 
 
-def _set_creds(tr: Tracee, c: m.Creds, data: int) -> None:
+def _creds_now(pid: int) -> m.Creds:
+    """The task's credentials; securebits are the engine's (it inherited them)."""
+    from engine.tracer.dump import _creds
+    return _creds(pid, b.libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0))
+
+
+def _set_creds(tb, c: m.Creds) -> None:
     """Credentials last, as criu/pie/restorer.c restore_creds does: keep
     capabilities across the uid change (SECBIT_NO_SETUID_FIXUP), shrink the
     bounding set, groups, gids, uids, then securebits and capabilities."""
-    tr.checked("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, what="securebits")
+    tb.call("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, what="securebits")
     bnd = c.cap_bnd[0] | c.cap_bnd[1] << 32
     for cap in range(_cap_last() + 1):
         if not bnd >> cap & 1:
-            tr.checked("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop cap {cap}")
-    tr.write(data, struct.pack(f"<{len(c.groups)}I", *c.groups))
-    tr.checked("setgroups", len(c.groups), data, what="restore")
-    tr.checked("setresgid", c.gid, c.egid, c.sgid)
-    tr.syscall("setfsgid", c.fsgid)
-    tr.checked("setresuid", c.uid, c.euid, c.suid)
-    tr.syscall("setfsuid", c.fsuid)
-    tr.checked("prctl", PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
+            tb.call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop cap {cap}")
+    tb.call("setgroups", len(c.groups), struct.pack(f"<{len(c.groups)}I", *c.groups) or 0,
+            what="restore")
+    tb.call("setresgid", c.gid, c.egid, c.sgid)
+    tb.call("setfsgid", c.fsgid, check=False)
+    tb.call("setresuid", c.uid, c.euid, c.suid)
+    tb.call("setfsuid", c.fsuid, check=False)
+    tb.call("prctl", PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
     # struct __user_cap_header_struct (version 3, this thread), then two
     # __user_cap_data_struct {effective, permitted, inheritable}
-    tr.write(data, struct.pack("<Ii6I", 0x20080522, 0, c.cap_eff[0], c.cap_prm[0], c.cap_inh[0],
-                               c.cap_eff[1], c.cap_prm[1], c.cap_inh[1]))
-    tr.checked("capset", data, data + 8, what="restore")
+    tb.call("capset", struct.pack("<Ii6I", 0x20080522, 0, c.cap_eff[0], c.cap_prm[0],
+                                  c.cap_inh[0], c.cap_eff[1], c.cap_prm[1], c.cap_inh[1]),
+            At(8), what="restore")
     amb = c.cap_amb[0] | c.cap_amb[1] << 32
     for cap in range(_cap_last() + 1):
         if amb >> cap & 1:
-            tr.checked("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0,
-                       what=f"ambient cap {cap}")
+            tb.call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0,
+                    what=f"ambient cap {cap}")
 
 
 def _cap_last() -> int:
@@ -226,42 +250,36 @@ def _cap_last() -> int:
         return int(f.read())
 
 
-def _clone_thread(t: Tracee, tid: int, data: int) -> Tracee:
-    """A new thread with the dumped tid, by clone3 injected in the leader.
+def _clone_thread(bt, tid: int) -> None:
+    """Queue a clone3 in the leader for a new thread with the dumped tid.
 
     PTRACE_O_TRACECLONE attaches it stopped before it runs a single
     instruction; its registers are set later like the leader's.
     """
-    set_tid = data + 128
-    t.write(set_tid, struct.pack("<i", tid))
-    t.write(data, struct.pack("<11Q", CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, set_tid, 1, 0))
-    t.checked("clone3", data, 88, what=f"thread {tid}")
-    b.wait_stop(tid)
-    new = Tracee(tid)
-    new.saved, new.syscall_at = b.get_regs(tid), t.syscall_at
-    return new
+    args = struct.pack("<11Q", CLONE_THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0)
+    bt.call("clone3", lambda at: args[:64] + struct.pack("<Q", at + 88) + args[72:]
+            + struct.pack("<i", tid), 88, what=f"thread {tid}")
 
 
-def _thread_signal_state(tr: Tracee, tgid: int, th: m.ThreadState, data: int) -> None:
+def _thread_signal_state(tb, tgid: int, th: m.ThreadState) -> None:
     """What each thread holds for itself, set from inside that thread."""
-    tr.write(data, struct.pack("<Qi4xQ", th.ss_sp, th.ss_flags, th.ss_size))
-    tr.checked("sigaltstack", data, 0, what="restore")
-    tr.checked("set_tid_address", th.clear_tid_addr)
-    if th.comm:
-        tr.write(data, th.comm.encode()[:15] + b"\0")
-        tr.checked("prctl", PR_SET_NAME, data, 0, 0, 0, what="PR_SET_NAME")
-    if th.futex_rla_len:
-        tr.checked("set_robust_list", th.futex_rla, th.futex_rla_len)
-    if th.rseq_abi_pointer:
-        tr.checked("rseq", th.rseq_abi_pointer, th.rseq_abi_size, 0, th.rseq_signature,
-                   what="register")
     # Mask first, so queued signals stay pending instead of being delivered
-    # while we step (the kernel lets a thread queue any siginfo to itself).
-    b.set_sigmask(tr.pid, th.blk_sigset)
+    # while the batch runs (the kernel lets a thread queue any siginfo to itself).
+    b.set_sigmask(tb.t.pid, th.blk_sigset)
+    tb.call("sigaltstack", struct.pack("<Qi4xQ", th.ss_sp, th.ss_flags, th.ss_size), 0,
+            what="restore")
+    tb.call("set_tid_address", th.clear_tid_addr)
+    if th.comm:
+        tb.call("prctl", PR_SET_NAME, th.comm.encode()[:15] + b"\0", 0, 0, 0,
+                what="PR_SET_NAME")
+    if th.futex_rla_len:
+        tb.call("set_robust_list", th.futex_rla, th.futex_rla_len)
+    if th.rseq_abi_pointer:
+        tb.call("rseq", th.rseq_abi_pointer, th.rseq_abi_size, 0, th.rseq_signature,
+                what="register")
     for info in th.signals_p:
-        tr.write(data, info)
         sig = struct.unpack_from("<i", info)[0]
-        tr.checked("rt_tgsigqueueinfo", tgid, tr.pid, sig, data, what=f"signal {sig}")
+        tb.call("rt_tgsigqueueinfo", tgid, tb.t.pid, sig, info, what=f"signal {sig}")
 
 
 def restore_task(pid: int, task: m.TaskState, pages, file_fds=None,
@@ -314,66 +332,43 @@ def release(tracees, leave_stopped: bool = False) -> None:
 
 # --- steps -------------------------------------------------------------------
 
-def _maps(pid: int) -> list[tuple[int, int, str]]:
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append((lo, hi, parts[5] if len(parts) > 5 else ""))
-    return out
-
-
-def _free_spot(taken, size: int) -> int:
-    for k in range(1, 256):
-        lo = 0x7E0000000000 - k * 0x40000000
-        if all(hi <= lo or lo + size <= s for s, hi in taken):
-            return lo
-    raise b.TracerError(12, 0, "no free address for the scratch page")
-
-
-def _setup_scratch(t: Tracee, vmas, maps) -> int:
-    taken = [(lo, hi) for lo, hi, _ in maps] + [(v.start, v.end) for v in vmas]
-    want = _free_spot(taken, SCRATCH_PAGES * PAGE)
-    addr = t.checked("mmap", want, SCRATCH_PAGES * PAGE, 7,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0, what="scratch")
-    t.write(addr, b"\x0f\x05\xcc")
-    t.syscall_at = addr
-    return addr
-
-
-def _move_vdso(t: Tracee, vmas, maps, avoid) -> tuple[int, int]:
-    """Move [vvar]..[vdso] where the dump had them; return the block kept."""
-    ours = {name: (lo, hi) for lo, hi, name in maps
-            if name in ("[vvar]", "[vvar_vclock]", "[vdso]")}
+def _move_vdso(bt, vmas, specials, avoid) -> int | None:
+    """Move [vvar]..[vdso] where the dump had them, once nothing else but
+    the scratch page is mapped; return the address of a `syscall` in the
+    moved vdso, if known (_engine_vdso)."""
+    ours = {name: (lo, hi) for lo, hi, name in specials}
     theirs = [v for v in vmas if v.status & (m.VMA_AREA_VVAR | m.VMA_AREA_VDSO)]
-    if not ours or not theirs:
-        raise b.TracerError(0, t.pid, "restore without a vdso is not supported")
+    if "[vdso]" not in ours or not theirs:
+        raise b.TracerError(0, bt.t.pid, "restore without a vdso is not supported")
     lo, hi = min(s for s, _ in ours.values()), max(e for _, e in ours.values())
     dlo, dhi = min(v.start for v in theirs), max(v.end for v in theirs)
     dvdso = next((v.start for v in theirs if v.status & m.VMA_AREA_VDSO), None)
     if dhi - dlo != hi - lo or dvdso - dlo != ours["[vdso]"][0] - lo:
-        raise b.TracerError(0, t.pid, f"vdso layout differs from the dump "
-                                      f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
-                                      f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
+        raise b.TracerError(0, bt.t.pid, f"vdso layout differs from the dump "
+                                         f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
+                                         f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
+    engine = engine_vdso()
+    at = None
+    if engine is not None and engine[0] == ours["[vdso]"][0]:
+        at = dvdso + engine[1]         # the same vdso as the engine's, moved
     if dlo == lo:
-        return lo, hi
+        return at
     parts = sorted(ours.values())
     if not (dhi <= lo or hi <= dlo):
         # Overlapping move: go through a free spot first.
-        via = _free_spot([(s, e) for s, e, _ in maps] + [avoid, (dlo, dhi)], hi - lo)
-        parts = _mremap_all(t, parts, lo, via)
+        via = free_spot([avoid, (lo, hi), (dlo, dhi)], hi - lo)
+        parts = _mremap_all(bt, parts, lo, via)
         lo = via
-    _mremap_all(t, parts, lo, dlo)
-    return dlo, dhi
+    _mremap_all(bt, parts, lo, dlo)
+    return at
 
 
-def _mremap_all(t: Tracee, parts, old_base: int, new_base: int):
+def _mremap_all(bt, parts, old_base: int, new_base: int):
     moved = []
     for s, e in parts:
         dest = new_base + (s - old_base)
-        t.checked("mremap", s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, dest,
-                  what=f"special mapping {s:#x} -> {dest:#x}")
+        bt.call("mremap", s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, dest,
+                what=f"special mapping {s:#x} -> {dest:#x}")
         moved.append((dest, dest + e - s))
     return moved
 
@@ -398,79 +393,68 @@ def _write_pages(pid: int, pairs) -> None:
             f.result()
 
 
-def _gaps(keep):
-    lo = MMAP_MIN
-    for s, e in sorted(keep):
-        if s > lo:
-            yield lo, s
-        lo = max(lo, e)
-    if lo < TASK_SIZE:
-        yield lo, TASK_SIZE
-
-
 def _map_prot(v: m.Vma) -> int:
     """Mapped writable first so the pages can be written in, unless it is a
     shared file mapping (its content is the file, never written by us)."""
     return v.prot if v.status & m.VMA_FILE_SHARED else v.prot | PROT_WRITE
 
 
-def _madvise(t: Tracee, v: m.Vma) -> None:
-    """CRIU's madv is a mask of 1 << MADV_* (criu/pie/restorer.c applies each)."""
-    for advice in range(64):
-        if v.madv >> advice & 1:
-            r = t.syscall("madvise", v.start, v.end - v.start, advice)
-            # EINVAL for KSM/THP advice: that kernel feature is not built in
-            if r < 0 and not (r == -22 and advice in (12, 14, 15)):
-                raise b.TracerError(-r, t.pid, f"madvise {advice} vma {v.start:#x}-{v.end:#x}")
+def _madvise(bt, v: m.Vma) -> list:
+    """CRIU's madv is a mask of 1 << MADV_* (criu/pie/restorer.c applies
+    each); returns (batch index, advice, vma) to check once run."""
+    return [(bt.call("madvise", v.start, v.end - v.start, advice, check=False), advice, v)
+            for advice in range(64) if v.madv >> advice & 1]
 
 
-def _map_vma(t: Tracee, v: m.Vma, fds, data: int, shared_anon) -> None:
+def _file_of(v: m.Vma, shared_anon):
+    """(path, open mode) a VMA is mapped from, or None (anonymous)."""
+    if v.path is not None and v.status & (m.VMA_FILE_PRIVATE | m.VMA_FILE_SHARED):
+        mode = O_RDWR if v.status & m.VMA_FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
+        return v.path, mode
+    first = shared_anon.get(v.shmid) if v.status & m.VMA_ANON_SHARED else None
+    if first is not None:
+        pid, start, end, _ = first
+        return f"/proc/{pid}/map_files/{start:x}-{end:x}", O_RDWR
+    return None
+
+
+def _map_vma(bt, v: m.Vma, given, fds, shared_anon) -> None:
     flags = MAP_FIXED | (MAP_SHARED if v.flags & MAP_SHARED else MAP_PRIVATE)
     flags |= v.flags & (MAP_GROWSDOWN | MAP_LOCKED | MAP_NORESERVE)
     fd, off = -1, 0
-    first = shared_anon.get(v.shmid) if v.status & m.VMA_ANON_SHARED else None
-    if v.path is not None and v.status & (m.VMA_FILE_PRIVATE | m.VMA_FILE_SHARED):
-        mode = O_RDWR if v.status & m.VMA_FILE_SHARED and v.prot & PROT_WRITE else O_RDONLY
-        fd, off = _open(t, v.path, mode, fds, data), v.pgoff
-    elif first is not None:
-        pid, start, end, pgoff = first
-        fd = _open(t, f"/proc/{pid}/map_files/{start:x}-{end:x}", O_RDWR, fds, data)
-        off = v.pgoff - pgoff
+    key = _file_of(v, shared_anon)
+    if key is not None:
+        if given is None and key not in fds:
+            # A region this task mapped first, a moment ago: map it again
+            # through its map_files link, so that mapping must exist now.
+            bt.run()
+            fds[key] = _open(bt, key)
+        fd = given if given is not None else Result(fds[key])
+        first = shared_anon.get(v.shmid) if v.status & m.VMA_ANON_SHARED else None
+        off = v.pgoff - first[3] if key[0].startswith("/proc/") and first else v.pgoff
     else:
         flags |= MAP_ANONYMOUS
         if v.status & m.VMA_ANON_SHARED:
-            shared_anon[v.shmid] = (t.pid, v.start, v.end, v.pgoff)
-    got = t.checked("mmap", v.start, v.end - v.start, _map_prot(v), flags, fd, off,
-                    what=f"vma {v.start:#x}-{v.end:#x}{' ' + v.path if v.path else ''}")
-    if got != v.start:
-        raise b.TracerError(0, t.pid, f"mmap vma {v.start:#x} landed at {got:#x}")
+            shared_anon[v.shmid] = (bt.t.pid, v.start, v.end, v.pgoff)
+    # MAP_FIXED lands at v.start or fails: the result needs no other check.
+    bt.call("mmap", v.start, v.end - v.start, _map_prot(v), flags, fd, off,
+            what=f"vma {v.start:#x}-{v.end:#x}{' ' + v.path if v.path else ''}")
 
 
-def _open(t: Tracee, path: str, mode: int, fds, data: int) -> int:
-    """An fd on `path` in the task: the one the task pre-opened for this
-    mapping (fds["given"]) or one opened here by an injected openat."""
-    if fds.get("given") is not None:
-        return fds["given"]
-    key = (path, mode)
-    if key not in fds:
-        t.write(data, path.encode() + b"\0")
-        fds[key] = t.checked("openat", AT_FDCWD, data, mode, 0, what=path)
-    return fds[key]
+def _open(bt, key) -> int:
+    """Queue an openat of `key` = (path, mode); returns its batch index."""
+    path, mode = key
+    return bt.call("openat", AT_FDCWD, path.encode() + b"\0", mode, 0, what=path)
 
 
-def _set_mm_map(t: Tracee, mm: m.MmState, fds, data: int) -> None:
-    exe_fd = _open(t, mm.exe, O_RDONLY, fds, data) if mm.exe else -1
+def _set_mm_map(bt, mm: m.MmState, exe_fd: int) -> int:
+    """Queue PR_SET_MM_MAP (unchecked: EBUSY is retried); its batch index."""
     auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
-    auxv_at = data + 256
-    head = struct.pack("<11QQII", mm.mm_start_code, mm.mm_end_code, mm.mm_start_data,
-                       mm.mm_end_data, mm.mm_start_brk, mm.mm_brk, mm.mm_start_stack,
-                       mm.mm_arg_start, mm.mm_arg_end, mm.mm_env_start, mm.mm_env_end,
-                       auxv_at, len(auxv), exe_fd & 0xFFFFFFFF)
-    t.write(data, head)
-    t.write(auxv_at, auxv)
-    r = t.syscall("prctl", PR_SET_MM, PR_SET_MM_MAP, data, len(head), 0)
-    if r == -16 and exe_fd != -1:          # EBUSY: the old exe is still mapped
-        t.write(data, head[:-4] + struct.pack("<I", 0xFFFFFFFF))
-        r = t.syscall("prctl", PR_SET_MM, PR_SET_MM_MAP, data, len(head), 0)
-    if r < 0:
-        raise b.TracerError(-r, t.pid, "prctl PR_SET_MM_MAP")
+    size = struct.calcsize("<11QQII")
+
+    def head(at: int) -> bytes:
+        return struct.pack("<11QQII", mm.mm_start_code, mm.mm_end_code, mm.mm_start_data,
+                           mm.mm_end_data, mm.mm_start_brk, mm.mm_brk, mm.mm_start_stack,
+                           mm.mm_arg_start, mm.mm_arg_end, mm.mm_env_start, mm.mm_env_end,
+                           at + size, len(auxv), exe_fd & 0xFFFFFFFF) + auxv
+    return bt.call("prctl", PR_SET_MM, PR_SET_MM_MAP, head, size, 0, check=False)

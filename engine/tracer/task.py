@@ -27,6 +27,7 @@ class Tracee:
         self.release_signal = 0                  # sent on the final detach (SIGSTOP)
         self.detached = False
         self.scratch: int | None = None          # restore: the scratch page, until unmapped
+        self.vdso_syscall: int | None = None     # restore: a `syscall` in the moved vdso
 
     # --- attaching ---------------------------------------------------------
 
@@ -121,6 +122,28 @@ class Tracee:
         self.set_regs(regs)
         self._step(self.syscall_at + len(SYSCALL_INSN))
         return ctypes.c_int64(self.regs().ax).value
+
+    def run_code(self, ip: int) -> int:
+        """Run the task from `ip` (the saved registers otherwise) until it
+        hits an int3; return rip there. Signals that arrive meanwhile are
+        kept for detach, events (a clone) passed over."""
+        regs = b.UserRegs.from_buffer_copy(self.saved or self.regs())
+        regs.orig_ax = ctypes.c_uint64(-1).value
+        regs.ip = ip
+        self.set_regs(regs)
+        while True:
+            b.ptrace(b.PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")
+            status = b.wait_stop(self.pid)
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if sig == signal.SIGTRAP and event == 0:
+                return self.regs().ip
+            if event == 0:
+                self.pending_signals.append(sig)
+
+    def batch(self, code_at: int, code_size: int, data_at: int, data_size: int):
+        """A Batch of syscalls run from code written at `code_at`."""
+        from engine.tracer.batch import Batch
+        return Batch(self, code_at, code_size, data_at, data_size)
 
     def checked(self, name: int | str, *args: int, what: str = "") -> int:
         """syscall(), raising TracerError(errno, pid, "NAME what") on failure."""
