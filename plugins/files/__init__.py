@@ -165,7 +165,7 @@ def engine_restore_file(ctx, entry):
         now = os.stat(reg.name)
     except OSError as e:
         raise ValueError(f"{where}: {e.strerror}") from None
-    if reg.HasField("mode") and st.S_IFMT(now.st_mode) != st.S_IFMT(reg.mode):
+    if reg.HasField("mode") and now.st_mode != reg.mode:
         raise ValueError(f"{where}: mode changed: {reg.mode:o} -> {now.st_mode:o}")
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
         raise ValueError(f"{where}: size changed: {reg.size} -> {now.st_size}")

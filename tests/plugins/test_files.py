@@ -1,4 +1,6 @@
 """files and fs: fd table, offsets, O_APPEND, cloexec, /dev/null, cwd."""
+from pathlib import Path
+
 import pytest
 
 
@@ -77,3 +79,41 @@ def test_named_fifo_with_reader_writer_and_bytes(build_target, target_runner, du
 def test_o_path_and_directory_fds(build_target, target_runner, dump_restore, tmp_path, variant):
     target = target_runner.start(build_target("opath", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_file_and_its_directory_renamed_after_open(build_target, target_runner, dump_restore,
+                                                   tmp_path, variant):
+    """/proc shows the new names; the dump takes them (as CRIU does) and the
+    restore opens the file at its new name, at its offset."""
+    target = target_runner.start(build_target("renamed", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("change", ["gone", "renamed again", "directory renamed",
+                                    "mode changed"])
+def test_renamed_file_missing_or_changed_at_restore(build_target, target_runner, engine_cli,
+                                                    tmp_path, change):
+    """The dumped (new) path gone or changed at restore: one line naming
+    files.img, the file id and the path; non-zero exit; nothing left running."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("renamed"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    top, inner = Path(target.info["top"]), Path(target.info["inner"])
+    if change == "gone":
+        top.unlink()
+        want = f"({top}): No such file or directory"
+    elif change == "renamed again":
+        top.rename(top.with_name("newer.txt"))
+        want = f"({top}): No such file or directory"
+    elif change == "directory renamed":
+        inner.parent.rename(inner.parent.with_name("dir_c"))
+        want = f"({inner}): No such file or directory"
+    else:
+        top.chmod(0o600)
+        want = f"({top}): mode changed: 100640 -> 100600"
+    line = engine_fails("restore", "-D", img)
+    assert "error: files.img: file id " in line and line.endswith(want), line
+    assert task_gone(target.pid), "a failed restore left the task behind"
