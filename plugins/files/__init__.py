@@ -41,6 +41,7 @@ KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
 OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
 O_PATH = getattr(os, "O_PATH", 0o10000000)
+MAX_OFF = (1 << 63) - 1
 
 
 # --- dump ----------------------------------------------------------------
@@ -112,16 +113,29 @@ def engine_restore_collect(ctx, graph):
                                  "is not supported")
             remaps[r.orig_id] = r.remap_id
         ctx.stash[REMAPS] = remaps
+    for file_id, entry in ctx.files.items():
+        if entry.HasField("reg"):
+            _check_reg(file_id, entry.reg)
+    import resource
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []
         needs = set()
+        fds: set[int] = set()
         for i, fi in enumerate(fdinfos):
+            where = f"fdinfo-{files_id}.img: entry {i}: fd {fi.fd}"
             entry = ctx.files.get(fi.id)
             if entry is None:
-                raise ValueError(f"fdinfo-{files_id}.img: entry {i}: fd {fi.fd}: "
-                                 f"file id {fi.id} is not in files.img")
+                raise ValueError(f"{where}: file id {fi.id} is not in files.img")
+            if fi.type != entry.type:
+                raise ValueError(f"{where}: type {fi.type} but file id {fi.id} in "
+                                 f"files.img is {_type_name(entry)}")
+            if fi.fd >= fd_limit or fi.fd in fds:
+                raise ValueError(f"{where}: " + ("used twice" if fi.fd in fds else
+                                 f"over the open files limit ({fd_limit})"))
+            fds.add(fi.fd)
             needs.add(f"file:{_type_name(entry)}")
         graph.add(Node(key=f"files:table:{task.pid}", plugin="files", where="task",
                        pid=task.pid, data=fdinfos, needs=sorted(needs),
@@ -169,13 +183,26 @@ def engine_restore_file(ctx, entry):
         raise ValueError(f"{where}: mode changed: {reg.mode:o} -> {now.st_mode:o}")
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
         raise ValueError(f"{where}: size changed: {reg.size} -> {now.st_size}")
-    fd = os.open(reg.name, reg.flags & ~OPEN_ONLY & ~os.O_CLOEXEC)
+    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC)
     if reg.pos and not reg.flags & O_PATH:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     return fd
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _check_reg(file_id: int, reg) -> None:
+    """A REG entry's flags go to open(2) and its pos to lseek(2) as they are:
+    refuse what no open file has (the kernel drops O_CREAT, O_EXCL, O_TRUNC
+    and O_NOCTTY after open, so an image with them is not a dump) and an
+    offset lseek cannot take."""
+    where = f"files.img: file id {file_id} ({reg.name})"
+    if reg.flags & OPEN_ONLY:
+        raise ValueError(f"{where}: flags {reg.flags:#o} hold open-time flags "
+                         f"{reg.flags & OPEN_ONLY:#o}, which no open file keeps")
+    if reg.pos > MAX_OFF:
+        raise ValueError(f"{where}: pos {reg.pos} is over the largest offset ({MAX_OFF})")
+
 
 def _dump_ghost(ctx, pid: int, fd: int, file_id: int, stat) -> None:
     from engine.images.proto import files_pb2
@@ -203,19 +230,28 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
         raise ValueError(f"{image}: want one entry with the content after it "
                          "(chunked ghosts are not supported)")
     g, data = found[0]
+    if not st.S_ISREG(g.mode):
+        raise ValueError(f"{image}: mode {g.mode:o} is not a regular file's")
     tmp = f"{reg.name}.engine-ghost.{entry.id}"
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, st.S_IMODE(g.mode))
+        # Private (0600, no set-id bits) while it has a name; its owner and
+        # mode are given only once it is unlinked, so nobody can open or
+        # exec the image's content through the path meanwhile.
+        rw = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         raise ValueError(f"{image}: cannot recreate {reg.name}: {e.strerror}") from None
     try:
-        os.write(fd, data)
-        os.fchown(fd, g.uid, g.gid)
-        os.fchmod(fd, st.S_IMODE(g.mode))
-        os.close(fd)
-        fd = os.open(tmp, reg.flags & ~OPEN_ONLY & ~os.O_CLOEXEC)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(rw, view):]
+        fd = os.open(tmp, reg.flags & ~os.O_CLOEXEC)
     finally:
         os.unlink(tmp)
+    try:
+        os.fchown(rw, g.uid, g.gid)
+        os.fchmod(rw, st.S_IMODE(g.mode))
+    finally:
+        os.close(rw)
     if reg.pos:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     return fd

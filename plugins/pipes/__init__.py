@@ -31,6 +31,7 @@ log = logging.getLogger("engine.plugins.pipes")
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 SPLICE_F_NONBLOCK = 2
+DEFAULT_PIPE_SIZE = 16 * os.sysconf("SC_PAGE_SIZE")    # PIPE_DEF_BUFFERS pages
 # pipe inode -> (pid, fd) of a read end, and the pids using it
 READ_ENDS = StashKey()
 USERS = StashKey()
@@ -91,8 +92,7 @@ def engine_dump_finish(ctx):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     if ctx.images.exists("fifo-data"):
-        ctx.stash[FIFO_DATA] = {e.pipe_id: (payload, e.size if e.HasField("size") else 0)
-                                for e, payload in ctx.images.read("fifo-data")}
+        ctx.stash[FIFO_DATA] = _read_data(ctx, "fifo-data")
     for file_id, entry in ctx.files.items():
         if entry.HasField("fifo"):
             reg = ctx.files.get(entry.fifo.regf_id)
@@ -100,8 +100,7 @@ def engine_restore_collect(ctx, graph):
                 raise ValueError(f"files.img: FIFO id {file_id}: regf_id "
                                  f"{entry.fifo.regf_id} is not a REG entry")
     if ctx.images.exists("pipes-data"):
-        ctx.stash[DATA] = {e.pipe_id: (payload, e.size if e.HasField("size") else 0)
-                           for e, payload in ctx.images.read("pipes-data")}
+        ctx.stash[DATA] = _read_data(ctx, "pipes-data")
 
 
 @hookimpl
@@ -123,6 +122,31 @@ def engine_restore_file(ctx, entry):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _read_data(ctx, kind: str) -> dict[int, tuple[bytes, int]]:
+    """pipe_id -> (bytes, buffer size) of pipes-data.img or fifo-data.img,
+    refusing what the kernel would refuse an unprivileged task: a buffer over
+    /proc/sys/fs/pipe-max-size (root's CAP_SYS_RESOURCE would let F_SETPIPE_SZ
+    pass it: no bypass through an image), or more bytes than the buffer holds
+    (writing them back would block the restore forever)."""
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        max_size = int(f.read())
+    out = {}
+    for i, (e, payload) in enumerate(ctx.images.read(kind)):
+        where = f"{kind}.img: entry {i} (pipe {e.pipe_id})"
+        size = e.size if e.HasField("size") else 0
+        if size > max_size:
+            raise ValueError(f"{where}: size {size} is over /proc/sys/fs/pipe-max-size "
+                             f"({max_size})")
+        room = size or DEFAULT_PIPE_SIZE
+        if len(payload) > room:
+            raise ValueError(f"{where}: bytes {len(payload)} do not fit in a pipe of "
+                             f"{room} bytes (size {size})")
+        if e.pipe_id in out:
+            raise ValueError(f"{where}: a second entry for the same pipe")
+        out[e.pipe_id] = (payload, size)
+    return out
+
 
 def _dump_fifo(ctx, task, fd, link, stat):
     from engine.images.entries import regular_file

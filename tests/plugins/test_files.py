@@ -117,3 +117,51 @@ def test_renamed_file_missing_or_changed_at_restore(build_target, target_runner,
     line = engine_fails("restore", "-D", img)
     assert "error: files.img: file id " in line and line.endswith(want), line
     assert task_gone(target.pid), "a failed restore left the task behind"
+
+
+def _edit(images, how):
+    fdinfo_id = next(int(p.name[7:-4]) for p in Path(images.dir).glob("fdinfo-*.img"))
+    fds = images.read("fdinfo", id=fdinfo_id)
+    files = images.read("files")
+    data = next(e for e in files if e.HasField("reg") and e.reg.name.endswith("/new.txt"))
+    if how == "fd used twice":
+        fds.append(fds[-1])
+    elif how == "fd over the limit":
+        fds[-1].fd = 0x7FFFFFFF
+    elif how == "type changed":
+        fds[-1].type = 2                    # PIPE
+    elif how == "O_TRUNC":
+        data.reg.flags |= 0o1000
+    elif how == "offset past 2^63":
+        data.reg.pos = (1 << 64) - 1
+    images.write("fdinfo", fds, id=fdinfo_id)
+    images.write("files", files)
+
+
+@pytest.mark.parametrize("how, want", [
+    ("fd used twice", r"fdinfo-\d+\.img: entry \d+: fd \d+: used twice"),
+    ("fd over the limit", r"fdinfo-\d+\.img: entry \d+: fd 2147483647: over the open files"),
+    ("type changed", r"fdinfo-\d+\.img: entry \d+: fd \d+: type 2 but file id \d+ in "
+                     r"files\.img is REG"),
+    ("O_TRUNC", r"files\.img: file id \d+ \(.*/new\.txt\): flags 0o\d+ hold open-time "
+                r"flags 0o1000"),
+    ("offset past 2^63", r"files\.img: file id \d+ \(.*/new\.txt\): pos 18446744073709551615 "
+                         r"is over the largest offset"),
+])
+def test_hostile_fd_images_are_refused(build_target, target_runner, engine_cli, tmp_path,
+                                       how, want):
+    """files.img / fdinfo edited with the protobuf classes: one line naming the
+    image, the entry and the field, before any task exists; the file an
+    O_TRUNC would have emptied is untouched."""
+    import re
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("renamed"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    _edit(ImageDir(str(img)), how)
+    line = engine_fails("restore", "-D", img)
+    assert re.search(want, line), line
+    assert task_gone(target.pid)
+    assert Path(target.info["top"]).stat().st_size == 20

@@ -8,3 +8,44 @@ def test_pipe_ends_gone_and_buffer_sizes(build_target, target_runner, dump_resto
     """Writer gone: bytes then EOF; reader gone: EPIPE; F_SETPIPE_SZ kept."""
     target = target_runner.start(build_target("pipeends", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def _edit_pipes_data(entries, how):
+    big = max(entries, key=lambda e: len(e[1]))[0]
+    if how == "size over pipe-max-size":
+        big.size = 2 * int(open("/proc/sys/fs/pipe-max-size").read())
+    elif how == "size -1":
+        big.size = 0xFFFFFFFF
+    elif how == "more bytes than the size":
+        big.size = 4096
+    elif how == "bytes past the end":
+        big.bytes = 0xFFFFFFFF
+    else:
+        entries.append(entries[0])
+
+
+@pytest.mark.parametrize("how, want", [
+    ("size over pipe-max-size", "size 2097152 is over /proc/sys/fs/pipe-max-size (1048576)"),
+    ("size -1", "size 4294967295 is over /proc/sys/fs/pipe-max-size"),
+    ("more bytes than the size", "bytes 204800 do not fit in a pipe of 4096 bytes"),
+    ("bytes past the end", "bytes=4294967295: payload truncated"),
+    ("two entries for one pipe", "a second entry for the same pipe"),
+])
+def test_hostile_pipes_data_is_refused(build_target, target_runner, engine_cli, tmp_path,
+                                       how, want):
+    """pipes-data.img edited with the protobuf classes: one line naming the
+    image, the entry and the field; no task left. (As root, F_SETPIPE_SZ would
+    pass pipe-max-size: the image must not get around it.)"""
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("pipeends"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    images = ImageDir(str(img))
+    entries = images.read("pipes-data")
+    _edit_pipes_data(entries, how)
+    images.write("pipes-data", entries)
+    line = engine_fails("restore", "-D", img)
+    assert "pipes-data.img: entry " in line and want in line, line
+    assert task_gone(target.pid)
