@@ -25,13 +25,15 @@ import os
 import stat as st
 
 from engine import hookimpl
-from engine.fds import fdinfo
+from engine.fds import FD_FLOOR, fdinfo
 from engine.graph import Node
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.files")
 
-SEEN = StashKey()           # dump: (dev, ino) -> fds already given a file id
+# dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
+SEEN = StashKey()
+FDINFO = StashKey()         # dump: (pid, fd, fdinfo) of the fd being claimed
 REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
 GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
@@ -53,15 +55,20 @@ def engine_dump_task(ctx, task):
     from engine.images.proto import files_pb2
     pid = task.pid
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
-    # (st_dev, st_ino) -> [(pid, fd, file id, type)], across the whole tree:
-    # kcmp only fds on one inode
+    # (st_dev, st_ino, pos, flags) -> [(pid, fd, file id, type)], across the
+    # whole tree
     seen = ctx.stash.setdefault(SEEN, {})
     entries = []
     for fd in fds:
         link = os.readlink(f"/proc/{pid}/fd/{fd}")
         stat = os.stat(f"/proc/{pid}/fd/{fd}")
-        same_inode = seen.setdefault((stat.st_dev, stat.st_ino), [])
-        file_id, ftype, index = _shared_with(pid, fd, same_inode)
+        info = fdinfo(pid, fd)
+        ctx.stash[FDINFO] = (pid, fd, info)        # for engine_dump_fd below
+        # fds on one open file have one inode, one offset and one f_flags
+        # (O_CLOEXEC aside, it is the fd's): only those need kcmp.
+        same_file = seen.setdefault((stat.st_dev, stat.st_ino, info["pos"],
+                                     info["flags"] & ~os.O_CLOEXEC), [])
+        file_id, ftype, index = _shared_with(pid, fd, same_file)
         if file_id is None:
             entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
             if entry is None:
@@ -69,8 +76,8 @@ def engine_dump_task(ctx, task):
             file_id, ftype = ctx.add_file(entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
                 _dump_ghost(ctx, pid, fd, file_id, stat)
-            same_inode.insert(index, (pid, fd, file_id, ftype))
-        cloexec = fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
+            same_file.insert(index, (pid, fd, file_id, ftype))
+        cloexec = info["flags"] & os.O_CLOEXEC
         entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
                                                flags=fcntl.FD_CLOEXEC if cloexec else 0))
     ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
@@ -86,7 +93,8 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
     link = link[:-len(DELETED)] if link.endswith(DELETED) else link
-    info = fdinfo(task.pid, fd)
+    cached = ctx.stash.get(FDINFO, None)
+    info = cached[2] if cached and cached[:2] == (task.pid, fd) else fdinfo(task.pid, fd)
     from engine.images.entries import regular_file
     return regular_file(link, stat, flags=info["flags"] & ~os.O_CLOEXEC, pos=info["pos"])
 
@@ -147,6 +155,8 @@ def engine_restore_node(ctx, node):
     if node.plugin != "files":
         return None
     opened: dict[int, int] = {}                    # file id -> fd number installed
+    # Helpers kept open while the table is made (pipe ends) go above it.
+    ctx.stash[FD_FLOOR] = max((fi.fd for fi in node.data), default=-1) + 1
     for fi in node.data:
         if fi.id in opened:
             fd = os.dup(opened[fi.id])

@@ -7,7 +7,8 @@ is taken with pidfd_getfd and tee(2)'d into a pipe of the engine's, as CRIU
 does with its own pipes; they go to pipes-data.img with the buffer size.
 Restore: in the first task that needs it, one pipe(2) per pipe_id, its
 buffer size set with F_SETPIPE_SZ and its bytes written back in order; each
-fd gets the end it had. Both ends are published, so the other tasks holding
+fd gets the end it had. The pipe's own two fds are parked above the task's
+image fds (engine.fds.park), so no fd of the image is later put over them. Both ends are published, so the other tasks holding
 the pipe take copies of the same ends (pidfd_getfd) instead of a new pipe.
 
 A FIFO is a FIFO entry naming a REG entry (its path and flags); its bytes go
@@ -24,7 +25,7 @@ import os
 import stat as st
 
 from engine import hookimpl
-from engine.fds import fdinfo, pidfd_getfd
+from engine.fds import fdinfo, park, pidfd_getfd
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.pipes")
@@ -38,6 +39,7 @@ USERS = StashKey()
 # pipe_id -> (data, size) at restore; pipe_id -> (read fd, write fd) in a task
 DATA = StashKey()
 OPEN_PIPES = StashKey()
+PIPE_FILES = StashKey()     # restore: pipe_id -> [(file id, is the read end)]
 FIFO_DATA = StashKey()      # restore: pipe_id -> (bytes, size)
 FIFO_READERS = StashKey()   # dump: fifo inode -> (pid, fd) of a read end
 FIFO_HOLDERS = StashKey()   # restore, in a task: pipe_id -> helper O_RDWR fd
@@ -101,6 +103,11 @@ def engine_restore_collect(ctx, graph):
                                  f"{entry.fifo.regf_id} is not a REG entry")
     if ctx.images.exists("pipes-data"):
         ctx.stash[DATA] = _read_data(ctx, "pipes-data")
+    ends = ctx.stash[PIPE_FILES] = {}
+    for file_id, entry in ctx.files.items():
+        if entry.HasField("pipe"):
+            ends.setdefault(entry.pipe.pipe_id, []).append(
+                (file_id, entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY))
 
 
 @hookimpl
@@ -167,7 +174,7 @@ def _open_fifo(ctx, entry) -> int:
     where = f"files.img: FIFO id {entry.id} ({reg.name})"
     try:
         if pipe_id not in holders:
-            holder = os.open(reg.name, os.O_RDWR | os.O_NONBLOCK)
+            holder = park(ctx, os.open(reg.name, os.O_RDWR | os.O_NONBLOCK))
             if not st.S_ISFIFO(os.fstat(holder).st_mode):
                 os.close(holder)
                 raise ValueError(f"{where}: is no longer a FIFO")
@@ -186,11 +193,9 @@ def _open_fifo(ctx, entry) -> int:
 
 def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     data, size = ctx.stash.get(DATA, {}).get(pipe_id, (b"", 0))
-    rfd, wfd = os.pipe()
-    for file_id, entry in ctx.files.items():
-        if entry.HasField("pipe") and entry.pipe.pipe_id == pipe_id:
-            reader = entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY
-            ctx.publish_fd(file_id, rfd if reader else wfd)
+    rfd, wfd = (park(ctx, end) for end in os.pipe())
+    for file_id, reader in ctx.stash[PIPE_FILES].get(pipe_id, ()):
+        ctx.publish_fd(file_id, rfd if reader else wfd)
     if size:
         fcntl.fcntl(wfd, F_SETPIPE_SZ, size)
     view = memoryview(data)

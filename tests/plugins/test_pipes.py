@@ -49,3 +49,12 @@ def test_hostile_pipes_data_is_refused(build_target, target_runner, engine_cli, 
     line = engine_fails("restore", "-D", img)
     assert "pipes-data.img: entry " in line and want in line, line
     assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_dense_fd_table_of_pipes_and_files(build_target, target_runner, dump_restore, tmp_path,
+                                           variant):
+    """Pipe ends and files interleaved with no free fd between them, shared
+    with a child: each fd comes back as itself, each end joined to its own."""
+    target = target_runner.start(build_target("fdlayout", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
