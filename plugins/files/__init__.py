@@ -34,6 +34,7 @@ log = logging.getLogger("engine.plugins.files")
 # dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
 SEEN = StashKey()
 FDINFO = StashKey()         # dump: (pid, fd, fdinfo) of the fd being claimed
+SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
 REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
 GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
@@ -126,6 +127,8 @@ def engine_restore_collect(ctx, graph):
             _check_reg(file_id, entry.reg)
     import resource
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    first_user: dict[int, int] = {}
+    shared = ctx.stash[SHARED] = set()
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
@@ -144,6 +147,8 @@ def engine_restore_collect(ctx, graph):
                 raise ValueError(f"{where}: " + ("used twice" if fi.fd in fds else
                                  f"over the open files limit ({fd_limit})"))
             fds.add(fi.fd)
+            if first_user.setdefault(fi.id, task.pid) != task.pid:
+                shared.add(fi.id)
             needs.add(f"file:{_type_name(entry)}")
         graph.add(Node(key=f"files:table:{task.pid}", plugin="files", where="task",
                        pid=task.pid, data=fdinfos, needs=sorted(needs),
@@ -157,6 +162,7 @@ def engine_restore_node(ctx, node):
     opened: dict[int, int] = {}                    # file id -> fd number installed
     # Helpers kept open while the table is made (pipe ends) go above it.
     ctx.stash[FD_FLOOR] = max((fi.fd for fi in node.data), default=-1) + 1
+    shared = ctx.stash[SHARED]
     for fi in node.data:
         if fi.id in opened:
             fd = os.dup(opened[fi.id])
@@ -171,7 +177,8 @@ def engine_restore_node(ctx, node):
         ctx.install_fd(fd, fi.fd)
         if fi.id not in opened:
             opened[fi.id] = fi.fd
-            ctx.publish_fd(fi.id, fi.fd)
+            if fi.id in shared:
+                ctx.publish_fd(fi.id, fi.fd)
         fcntl.fcntl(fi.fd, fcntl.F_SETFD, fi.flags & fcntl.FD_CLOEXEC)
     return True
 
@@ -184,15 +191,16 @@ def engine_restore_file(ctx, entry):
     ghost = ctx.stash.get(REMAPS, {}).get(entry.id)
     if ghost is not None:
         return _open_ghost(ctx, entry, ghost)
-    where = f"files.img: file id {entry.id} ({reg.name})"
     try:
         now = os.stat(reg.name)
     except OSError as e:
-        raise ValueError(f"{where}: {e.strerror}") from None
+        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): {e.strerror}") from None
     if reg.HasField("mode") and now.st_mode != reg.mode:
-        raise ValueError(f"{where}: mode changed: {reg.mode:o} -> {now.st_mode:o}")
+        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): mode changed: "
+                         f"{reg.mode:o} -> {now.st_mode:o}")
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
-        raise ValueError(f"{where}: size changed: {reg.size} -> {now.st_size}")
+        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): size changed: "
+                         f"{reg.size} -> {now.st_size}")
     fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC)
     if reg.pos and not reg.flags & O_PATH:
         os.lseek(fd, reg.pos, os.SEEK_SET)
