@@ -6,9 +6,14 @@ regular files, directories, devices such as /dev/null). fds sharing one open
 file description (dup, fork) get one file id, found with kcmp(KCMP_FILE) as
 CRIU does (criu/files.c), so they share one offset after restore.
 
+Each open file's owner for SIGIO (F_GETOWN_EX, F_GETSIG, F_GETOWNER_UIDS on a
+copy of the fd) goes in its body's fown, whatever plugin claimed it.
+
 Restore: one node per task opens its whole fd table in the task itself: each
 file id is opened once through ``engine_restore_file`` and dup'ed to every fd
-that shares it. A regular file whose size or mode changed since the dump is
+that shares it. Every value goes back through the syscall that checks it
+(open, lseek, F_SETFL, F_SETSIG, F_SETOWN_EX under the owner's own uids, as
+criu/files.c restore_fown), never around it. A regular file whose size or mode changed since the dump is
 refused (criu/files-reg.c checks the same), never silently reopened.
 
 A regular file deleted while open is saved whole in ghost-file-N.img (up to
@@ -23,6 +28,7 @@ import fcntl
 import logging
 import os
 import stat as st
+import struct
 
 from engine import hookimpl
 from engine.fds import FD_FLOOR, fdinfo
@@ -40,6 +46,9 @@ GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
 
 SYS_KCMP = 312
+SYS_PIDFD_GETFD = 438
+F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
 OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
@@ -53,35 +62,48 @@ MAX_OFF = (1 << 63) - 1
 def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return           # a zombie has no fds, fs or memory
-    from engine.images.proto import files_pb2
     pid = task.pid
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     # (st_dev, st_ino, pos, flags) -> [(pid, fd, file id, type)], across the
     # whole tree
     seen = ctx.stash.setdefault(SEEN, {})
     entries = []
-    for fd in fds:
-        link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        stat = os.stat(f"/proc/{pid}/fd/{fd}")
-        info = fdinfo(pid, fd)
-        ctx.stash[FDINFO] = (pid, fd, info)        # for engine_dump_fd below
-        # fds on one open file have one inode, one offset and one f_flags
-        # (O_CLOEXEC aside, it is the fd's): only those need kcmp.
-        same_file = seen.setdefault((stat.st_dev, stat.st_ino, info["pos"],
-                                     info["flags"] & ~os.O_CLOEXEC), [])
-        file_id, ftype, index = _shared_with(pid, fd, same_file)
-        if file_id is None:
-            entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
-            if entry is None:
-                raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
-            file_id, ftype = ctx.add_file(entry), entry.type
-            if link.endswith(DELETED) and entry.HasField("reg"):
-                _dump_ghost(ctx, pid, fd, file_id, stat)
-            same_file.insert(index, (pid, fd, file_id, ftype))
-        cloexec = info["flags"] & os.O_CLOEXEC
-        entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
-                                               flags=fcntl.FD_CLOEXEC if cloexec else 0))
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in fds:
+            entries.append(_dump_one(ctx, task, pidfd, fd, seen))
+    finally:
+        os.close(pidfd)
     ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
+
+
+def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
+    """The fdinfo entry of one fd, claiming its open file if it is new."""
+    from engine.images.proto import files_pb2
+    pid = task.pid
+    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    stat = os.stat(f"/proc/{pid}/fd/{fd}")
+    info = fdinfo(pid, fd)
+    ctx.stash[FDINFO] = (pid, fd, info)        # for engine_dump_fd below
+    # fds on one open file have one inode, one offset and one f_flags
+    # (O_CLOEXEC aside, it is the fd's): only those need kcmp.
+    same_file = seen.setdefault((stat.st_dev, stat.st_ino, info["pos"],
+                                 info["flags"] & ~os.O_CLOEXEC), [])
+    file_id, ftype, index = _shared_with(pid, fd, same_file)
+    if file_id is None:
+        entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
+        if entry is None:
+            raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
+        file_id, ftype = ctx.add_file(entry), entry.type
+        if link.endswith(DELETED) and entry.HasField("reg"):
+            _dump_ghost(ctx, pid, fd, file_id, stat)
+        fown = _fown_of(entry)
+        if fown is not None and not info["flags"] & O_PATH:
+            _dump_owner(pidfd, fd, fown)
+        same_file.insert(index, (pid, fd, file_id, ftype))
+    cloexec = info["flags"] & os.O_CLOEXEC
+    return files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
+                                  flags=fcntl.FD_CLOEXEC if cloexec else 0)
 
 
 @hookimpl(trylast=True)
@@ -179,6 +201,9 @@ def engine_restore_node(ctx, node):
             opened[fi.id] = fi.fd
             if fi.id in shared:
                 ctx.publish_fd(fi.id, fi.fd)
+            fown = _fown_of(ctx.files[fi.id])
+            if fown is not None and (fown.pid or fown.signum):
+                _restore_owner(fi.fd, fown, fi.id)
         fcntl.fcntl(fi.fd, fcntl.F_SETFD, fi.flags & fcntl.FD_CLOEXEC)
     return True
 
@@ -201,13 +226,77 @@ def engine_restore_file(ctx, entry):
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
         raise ValueError(f"files.img: file id {entry.id} ({reg.name}): size changed: "
                          f"{reg.size} -> {now.st_size}")
-    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC)
+    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC)
+    if reg.flags & fcntl.FASYNC:
+        # open(2) keeps O_ASYNC without arming SIGIO; F_SETFL arms it.
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | fcntl.FASYNC)
     if reg.pos and not reg.flags & O_PATH:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     return fd
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _fown_of(entry):
+    """The fown_entry of a file_entry's typed body (reg, pipe, usk...), or None."""
+    for field, body in entry.ListFields():
+        if field.message_type is not None and "fown" in field.message_type.fields_by_name:
+            return body.fown
+    return None
+
+
+def _dump_owner(pidfd: int, fd: int, fown) -> None:
+    """F_GETOWN_EX, F_GETSIG and F_GETOWNER_UIDS on a copy of the fd (one open
+    file: one owner), as CRIU's parasite asks them in the task."""
+    copy = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    if copy < 0:
+        raise OSError(ctypes.get_errno(), f"pidfd_getfd of fd {fd}")
+    try:
+        fown.pid_type, fown.pid = struct.unpack("ii", fcntl.fcntl(copy, F_GETOWN_EX, bytes(8)))
+        fown.signum = fcntl.fcntl(copy, F_GETSIG)
+        if fown.pid:
+            fown.uid, fown.euid = struct.unpack("II", fcntl.fcntl(copy, F_GETOWNER_UIDS,
+                                                                   bytes(8)))
+    finally:
+        os.close(copy)
+
+
+def _restore_owner(fd: int, fown, file_id: int) -> None:
+    """F_SETSIG and F_SETOWN_EX, the latter under the dumped owner's uid and
+    euid (criu/files.c restore_fown): the kernel records the caller's ids and
+    checks them before each signal, so setting the owner as root would let
+    its SIGIO reach processes the owner could not signal."""
+    try:
+        if fown.signum:
+            fcntl.fcntl(fd, F_SETSIG, fown.signum)
+        if fown.pid:
+            saved = os.getresuid()
+            dumpable = _prctl(PR_GET_DUMPABLE, 0)
+            os.setresuid(fown.uid, fown.euid, -1)
+            try:
+                fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("ii", fown.pid_type, fown.pid))
+            finally:
+                os.setresuid(*saved)
+                _prctl(PR_SET_DUMPABLE, dumpable)   # a uid change clears it
+    except OSError as e:
+        raise ValueError(f"files.img: file id {file_id}: fown (pid_type {fown.pid_type}, "
+                         f"pid {fown.pid}, signum {fown.signum}, uid {fown.uid}, euid "
+                         f"{fown.euid}): {e.strerror}") from None
+
+
+def _syscall(*args) -> int:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.syscall(*args)
+
+
+def _prctl(option: int, arg: int) -> int:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.prctl(option, arg, 0, 0, 0)
+
 
 def _check_reg(file_id: int, reg) -> None:
     """A REG entry's flags go to open(2) and its pos to lseek(2) as they are:

@@ -1,7 +1,8 @@
 """pipes: anonymous pipes, FIFOs, and the bytes sitting in them (criu/pipes.c, fifo.c).
 
 Dump: an fd whose link is ``pipe:[INODE]`` becomes a PIPE file entry
-(pipe_id = the inode, flags = its access mode and O_NONBLOCK). The unread
+(pipe_id = the inode, flags = its f_flags; O_NONBLOCK and O_ASYNC are set
+back with F_SETFL). The unread
 bytes of each pipe are copied without being consumed: a copy of a read end
 is taken with pidfd_getfd and tee(2)'d into a pipe of the engine's, as CRIU
 does with its own pipes; they go to pipes-data.img with the buffer size.
@@ -32,6 +33,7 @@ log = logging.getLogger("engine.plugins.pipes")
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 SPLICE_F_NONBLOCK = 2
+SETFL = os.O_NONBLOCK | fcntl.FASYNC      # the pipe status flags a restore sets
 DEFAULT_PIPE_SIZE = 16 * os.sysconf("SC_PAGE_SIZE")    # PIPE_DEF_BUFFERS pages
 # pipe inode -> (pid, fd) of a read end, and the pids using it
 READ_ENDS = StashKey()
@@ -61,7 +63,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         ctx.stash.setdefault(READ_ENDS, {}).setdefault(inode, (task.pid, fd))
     entry = files_pb2.file_entry(type=files_pb2.PIPE, id=0)
     entry.pipe.id, entry.pipe.pipe_id = 0, inode
-    entry.pipe.flags = flags & (os.O_ACCMODE | os.O_NONBLOCK)
+    entry.pipe.flags = flags & ~os.O_CLOEXEC          # f_flags, as CRIU keeps them
     entry.pipe.fown.uid = entry.pipe.fown.euid = entry.pipe.fown.signum = 0
     entry.pipe.fown.pid_type = entry.pipe.fown.pid = 0
     return entry
@@ -123,8 +125,9 @@ def engine_restore_file(ctx, entry):
     rfd, wfd = pipes[pipe_id]
     end = rfd if entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY else wfd
     fd = os.dup(end)
+    # Status flags through F_SETFL (O_ASYNC needs it to arm SIGIO).
     status = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, (status & ~os.O_NONBLOCK) | (entry.pipe.flags & os.O_NONBLOCK))
+    fcntl.fcntl(fd, fcntl.F_SETFL, (status & ~SETFL) | (entry.pipe.flags & SETFL))
     return fd
 
 

@@ -134,6 +134,10 @@ def _edit(images, how):
         data.reg.flags |= 0o1000
     elif how == "offset past 2^63":
         data.reg.pos = (1 << 64) - 1
+    elif how == "fown pid_type 7":
+        data.reg.fown.pid_type, data.reg.fown.pid = 7, 1
+    elif how == "fown pid nobody has":
+        data.reg.fown.pid_type, data.reg.fown.pid = 1, 0x3FFFFFFF
     images.write("fdinfo", fds, id=fdinfo_id)
     images.write("files", files)
 
@@ -147,12 +151,17 @@ def _edit(images, how):
                 r"flags 0o1000"),
     ("offset past 2^63", r"files\.img: file id \d+ \(.*/new\.txt\): pos 18446744073709551615 "
                          r"is over the largest offset"),
+    ("fown pid_type 7", r"files\.img: file id \d+: fown \(pid_type 7, pid 1, .*\): "
+                        r"Invalid argument"),
+    ("fown pid nobody has", r"files\.img: file id \d+: fown \(pid_type 1, pid 1073741823, "
+                            r".*\): No such process"),
 ])
 def test_hostile_fd_images_are_refused(build_target, target_runner, engine_cli, tmp_path,
                                        how, want):
     """files.img / fdinfo edited with the protobuf classes: one line naming the
-    image, the entry and the field, before any task exists; the file an
-    O_TRUNC would have emptied is untouched."""
+    image, the entry and the field (before any task exists, or from the
+    fcntl that refused the value); the file an O_TRUNC would have emptied is
+    untouched; no task is left."""
     import re
     from engine.images import ImageDir
     from engine.testing import engine_fails, task_gone
@@ -165,3 +174,12 @@ def test_hostile_fd_images_are_refused(build_target, target_runner, engine_cli, 
     assert re.search(want, line), line
     assert task_gone(target.pid)
     assert Path(target.info["top"]).stat().st_size == 20
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_file_owners_for_sigio(build_target, target_runner, dump_restore, tmp_path, variant):
+    """F_SETOWN_EX / F_SETSIG / O_ASYNC come back through fcntl, and the
+    owner's uids are set as the dumped ones (setresuid around F_SETOWN_EX, as
+    criu/files.c restore_fown), not the restoring root's."""
+    target = target_runner.start(build_target("fown", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
