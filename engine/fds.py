@@ -13,6 +13,7 @@ import os
 from engine.stash import StashKey
 
 SYS_PIDFD_GETFD = 438
+_libc = None
 
 
 def fdinfo(pid: int, fd: int) -> dict[str, int]:
@@ -37,13 +38,27 @@ def fdinfo(pid: int, fd: int) -> dict[str, int]:
 
 _FIELDS = {b"pos": "pos", b"flags": "flags", b"mnt_id": "mnt_id"}
 
+# Dump: (pid, fd, fdinfo) of the fd being offered to engine_dump_fd, read
+# once by the files plugin for the plugins that claim it.
+CLAIMING = StashKey()
+
+
+def claiming_fdinfo(ctx, pid: int, fd: int) -> dict[str, int]:
+    """fdinfo(pid, fd), without reading it again while the fd is being claimed."""
+    last = ctx.stash.get(CLAIMING, None)
+    if last is not None and last[0] == pid and last[1] == fd:
+        return last[2]
+    return fdinfo(pid, fd)
+
 
 def pidfd_getfd(pid: int, fd: int) -> int:
     """A copy of fd `fd` of task `pid` (the same open file), ours to close."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
     pidfd = os.pidfd_open(pid)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        copy = _libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
         if copy < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"pidfd_getfd of fd {fd} of {pid}: {os.strerror(err)}")

@@ -31,7 +31,7 @@ import stat as st
 import struct
 
 from engine import hookimpl
-from engine.fds import FD_FLOOR, fdinfo
+from engine.fds import CLAIMING, FD_FLOOR, claiming_fdinfo, fdinfo
 from engine.graph import Node
 from engine.stash import StashKey
 
@@ -39,7 +39,6 @@ log = logging.getLogger("engine.plugins.files")
 
 # dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
 SEEN = StashKey()
-FDINFO = StashKey()         # dump: (pid, fd, fdinfo) of the fd being claimed
 SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
 REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
 GHOST_LIMIT = 16 << 20
@@ -84,7 +83,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
     link = os.readlink(f"/proc/{pid}/fd/{fd}")
     stat = os.stat(f"/proc/{pid}/fd/{fd}")
     info = fdinfo(pid, fd)
-    ctx.stash[FDINFO] = (pid, fd, info)        # for engine_dump_fd below
+    ctx.stash[CLAIMING] = (pid, fd, info)      # for engine_dump_fd below
     # fds on one open file have one inode, one offset and one f_flags
     # (O_CLOEXEC aside, it is the fd's): only those need kcmp.
     same_file = seen.setdefault((stat.st_dev, stat.st_ino, info["pos"],
@@ -116,8 +115,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
     link = link[:-len(DELETED)] if link.endswith(DELETED) else link
-    cached = ctx.stash.get(FDINFO, None)
-    info = cached[2] if cached and cached[:2] == (task.pid, fd) else fdinfo(task.pid, fd)
+    info = claiming_fdinfo(ctx, task.pid, fd)
     from engine.images.entries import regular_file
     return regular_file(link, stat, flags=info["flags"] & ~os.O_CLOEXEC, pos=info["pos"])
 

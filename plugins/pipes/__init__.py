@@ -26,7 +26,7 @@ import os
 import stat as st
 
 from engine import hookimpl
-from engine.fds import fdinfo, park, pidfd_getfd
+from engine.fds import claiming_fdinfo, park, pidfd_getfd
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.pipes")
@@ -56,7 +56,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("pipe:["):
         return None
     from engine.images.proto import files_pb2
-    flags = fdinfo(task.pid, fd)["flags"]
+    flags = claiming_fdinfo(ctx, task.pid, fd)["flags"]
     inode = stat.st_ino
     ctx.stash.setdefault(USERS, {}).setdefault(inode, set()).add(task.pid)
     if flags & os.O_ACCMODE == os.O_RDONLY:
@@ -161,7 +161,7 @@ def _read_data(ctx, kind: str) -> dict[int, tuple[bytes, int]]:
 def _dump_fifo(ctx, task, fd, link, stat):
     from engine.images.entries import regular_file
     from engine.images.proto import files_pb2
-    flags = fdinfo(task.pid, fd)["flags"]
+    flags = claiming_fdinfo(ctx, task.pid, fd)["flags"]
     if flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR):
         ctx.stash.setdefault(FIFO_READERS, {}).setdefault(stat.st_ino, (task.pid, fd))
     reg_id = ctx.add_file(regular_file(link, stat, flags=flags & ~os.O_CLOEXEC, pos=0))
@@ -209,9 +209,15 @@ def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     return rfd, wfd
 
 
+_libc = None
+
+
 def _peek(pid: int, fd: int) -> tuple[bytes, int]:
     """The unread bytes of the pipe whose read end is `fd` of `pid`, unconsumed."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
+    libc = _libc
     ours = pidfd_getfd(pid, fd)
     try:
         size = fcntl.fcntl(ours, F_GETPIPE_SZ)
