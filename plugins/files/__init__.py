@@ -153,26 +153,35 @@ def engine_restore_collect(ctx, graph):
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []
-        needs = set()
+        table = []                 # (fd, file id, FD_CLOEXEC), in image order
+        kinds: dict = {}           # fd type -> one entry of it
         fds: set[int] = set()
         for i, fi in enumerate(fdinfos):
-            where = f"fdinfo-{files_id}.img: entry {i}: fd {fi.fd}"
-            entry = ctx.files.get(fi.id)
-            if entry is None:
-                raise ValueError(f"{where}: file id {fi.id} is not in files.img")
-            if fi.type != entry.type:
-                raise ValueError(f"{where}: type {fi.type} but file id {fi.id} in "
-                                 f"files.img is {_type_name(entry)}")
-            if fi.fd >= fd_limit or fi.fd in fds:
-                raise ValueError(f"{where}: " + ("used twice" if fi.fd in fds else
-                                 f"over the open files limit ({fd_limit})"))
-            fds.add(fi.fd)
-            if first_user.setdefault(fi.id, task.pid) != task.pid:
-                shared.add(fi.id)
-            needs.add(f"file:{_type_name(entry)}")
+            fd, file_id, ftype = fi.fd, fi.id, fi.type
+            entry = ctx.files.get(file_id)
+            if entry is None or entry.type != ftype or fd >= fd_limit or fd in fds:
+                _refuse_fdinfo(ctx, f"fdinfo-{files_id}.img: entry {i}: fd {fd}", fi,
+                               fds, fd_limit)
+            fds.add(fd)
+            if first_user.setdefault(file_id, task.pid) != task.pid:
+                shared.add(file_id)
+            kinds.setdefault(ftype, entry)
+            table.append((fd, file_id, fi.flags & fcntl.FD_CLOEXEC))
+        needs = sorted(f"file:{_type_name(entry)}" for entry in kinds.values())
         graph.add(Node(key=f"files:table:{task.pid}", plugin="files", where="task",
-                       pid=task.pid, data=fdinfos, needs=sorted(needs),
-                       label=f"fd table of {task.pid} ({len(fdinfos)} fds)"))
+                       pid=task.pid, data=table, needs=needs,
+                       label=f"fd table of {task.pid} ({len(table)} fds)"))
+
+
+def _refuse_fdinfo(ctx, where: str, fi, fds: set, fd_limit: int):
+    entry = ctx.files.get(fi.id)
+    if entry is None:
+        raise ValueError(f"{where}: file id {fi.id} is not in files.img")
+    if fi.type != entry.type:
+        raise ValueError(f"{where}: type {fi.type} but file id {fi.id} in "
+                         f"files.img is {_type_name(entry)}")
+    raise ValueError(f"{where}: " + ("used twice" if fi.fd in fds else
+                                     f"over the open files limit ({fd_limit})"))
 
 
 @hookimpl
@@ -181,28 +190,29 @@ def engine_restore_node(ctx, node):
         return None
     opened: dict[int, int] = {}                    # file id -> fd number installed
     # Helpers kept open while the table is made (pipe ends) go above it.
-    ctx.stash[FD_FLOOR] = max((fi.fd for fi in node.data), default=-1) + 1
+    ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
     shared = ctx.stash[SHARED]
-    for fi in node.data:
-        if fi.id in opened:
-            fd = os.dup(opened[fi.id])
-        elif fi.id in ctx.shared_fds:
+    for number, file_id, cloexec in node.data:
+        if file_id in opened:
+            fd = os.dup(opened[file_id])
+        elif file_id in ctx.shared_fds:
             # Another task made this open file first: take a copy of it.
-            fd = ctx.take_fd(fi.id)
+            fd = ctx.take_fd(file_id)
         else:
-            fd = ctx.hook.engine_restore_file(ctx=ctx, entry=ctx.files[fi.id])
+            entry = ctx.files[file_id]
+            fd = ctx.hook.engine_restore_file(ctx=ctx, entry=entry)
             if fd is None:
-                raise ValueError(f"files.img: file id {fi.id}: no plugin opens "
-                                 f"type {_type_name(ctx.files[fi.id])}")
-        ctx.install_fd(fd, fi.fd)
-        if fi.id not in opened:
-            opened[fi.id] = fi.fd
-            if fi.id in shared:
-                ctx.publish_fd(fi.id, fi.fd)
-            fown = _fown_of(ctx.files[fi.id])
+                raise ValueError(f"files.img: file id {file_id}: no plugin opens "
+                                 f"type {_type_name(entry)}")
+        ctx.install_fd(fd, number)
+        if file_id not in opened:
+            opened[file_id] = number
+            if file_id in shared:
+                ctx.publish_fd(file_id, number)
+            fown = _fown_of(ctx.files[file_id])
             if fown is not None and (fown.pid or fown.signum):
-                _restore_owner(fi.fd, fown, fi.id)
-        fcntl.fcntl(fi.fd, fcntl.F_SETFD, fi.flags & fcntl.FD_CLOEXEC)
+                _restore_owner(number, fown, file_id)
+        fcntl.fcntl(number, fcntl.F_SETFD, cloexec)
     return True
 
 
