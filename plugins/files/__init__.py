@@ -190,7 +190,8 @@ def engine_restore_node(ctx, node):
         return None
     opened: dict[int, int] = {}                    # file id -> fd number installed
     # Helpers kept open while the table is made (pipe ends) go above it.
-    ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
+    floor = ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
+    _room_for(floor + len(node.data) + 64)
     shared = ctx.stash[SHARED]
     for number, file_id, cloexec in node.data:
         if file_id in opened:
@@ -244,6 +245,16 @@ def engine_restore_file(ctx, entry):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _room_for(fds: int) -> None:
+    """Raise this task's soft RLIMIT_NOFILE (never past the hard one, checked
+    at collect) so its image's fds and the parked helpers above them fit, as
+    CRIU raises its own before prepare_fds."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < fds and soft != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(fds, hard), hard))
+
 
 def _fown_of(entry):
     """The fown_entry of a file_entry's typed body (reg, pipe, usk...), or None."""

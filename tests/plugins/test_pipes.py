@@ -58,3 +58,26 @@ def test_dense_fd_table_of_pipes_and_files(build_target, target_runner, dump_res
     with a child: each fd comes back as itself, each end joined to its own."""
     target = target_runner.start(build_target("fdlayout", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def test_fd_above_the_restoring_soft_limit(build_target, target_runner, engine_cli, tmp_path):
+    """An fd at 5000 restored by an engine whose soft RLIMIT_NOFILE is 1024:
+    the task raises its soft limit (within the hard one) before making its
+    table, instead of failing in dup2."""
+    import os
+    import resource
+    from engine.testing import reap_dumped_tree
+    target = target_runner.start(build_target("fdlayout"), "--high", "5000")
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))   # inherited by engine
+    try:
+        engine_cli("restore", "-D", img)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+    assert os.path.exists(f"/proc/{target.pid}/fd/5000")
+    assert target.verdict() == "PASS"

@@ -4,7 +4,7 @@
  *       shared with a child; after restore every fd is what it was (each
  *       pipe end joined to its own other end, each file its own content),
  *       so the restore's helper fds never land on (or get overwritten by) an
- *       fd of the image */
+ *       fd of the image; with --high N one more fd at N (a dup of fd 4) */
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include "target.h"
@@ -67,6 +67,7 @@ static int check_table(const char *who)
 int main(int argc, char **argv)
 {
 	int i, fd, p[NPIPES][2], status, go[2];
+	int high;
 	char path[PATH_MAX + 32], buf[16];
 	pid_t kid;
 
@@ -99,6 +100,11 @@ int main(int argc, char **argv)
 		tgt_die("go pipe: %m");
 	close(go[0]), close(go[1]);
 
+	/* --high N: one more fd far up (file 00 again), for a restore whose
+	 * soft RLIMIT_NOFILE is below it. */
+	high = (int)tgt_arg_long("high", 0);
+	if (high && dup2(FIRST + 1, high) != high)
+		tgt_die("dup2 to %d: %m", high);
 	kid = fork();
 	if (kid == 0) {
 		char c;
@@ -113,6 +119,13 @@ int main(int argc, char **argv)
 	tgt_wait_stop();
 
 	check_table("parent");
+	if (high) {
+		tgt_check(pread(high, buf, 7, 0) == 7 && !memcmp(buf, "file 00", 7),
+			  "fd %d is not \"file 00\"", high);
+		tgt_check(lseek(high, 0, SEEK_CUR) == lseek(FIRST + 1, 0, SEEK_CUR) &&
+			  lseek(high, 3, SEEK_SET) == 3 && lseek(FIRST + 1, 0, SEEK_CUR) == 3,
+			  "fd %d no longer shares its open file with fd %d", high, FIRST + 1);
+	}
 	tgt_check(write(61, "g", 1) == 1, "go: %m");
 	tgt_check(waitpid(kid, &status, 0) == kid && WIFEXITED(status) &&
 		  WEXITSTATUS(status) == 0, "child found its table wrong (status %#x)",
