@@ -81,25 +81,33 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
     from engine.images.proto import files_pb2
     pid = task.pid
     link = os.readlink(f"/proc/{pid}/fd/{fd}")
-    stat = os.stat(f"/proc/{pid}/fd/{fd}")
-    info = fdinfo(pid, fd)
-    ctx.stash[CLAIMING] = (pid, fd, info)      # for engine_dump_fd below
-    # fds on one open file have one inode, one offset and one f_flags
-    # (O_CLOEXEC aside, it is the fd's): only those need kcmp.
-    same_file = seen.setdefault((stat.st_dev, stat.st_ino, info["pos"],
-                                 info["flags"] & ~os.O_CLOEXEC), [])
-    file_id, ftype, index = _shared_with(pid, fd, same_file)
-    if file_id is None:
-        entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
-        if entry is None:
-            raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
-        file_id, ftype = ctx.add_file(entry), entry.type
-        if link.endswith(DELETED) and entry.HasField("reg"):
-            _dump_ghost(ctx, pid, fd, file_id, stat)
-        fown = _fown_of(entry)
-        if fown is not None and not info["flags"] & O_PATH:
-            _dump_owner(pidfd, fd, fown)
-        same_file.insert(index, (pid, fd, file_id, ftype))
+    # A copy of the fd (the same open file): fstat it rather than walk
+    # /proc/PID/fd/N again, and ask it for its owner.
+    copy = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    if copy < 0:
+        raise OSError(ctypes.get_errno(), f"task {pid}: pidfd_getfd of fd {fd}")
+    try:
+        stat = os.fstat(copy)
+        info = fdinfo(pid, fd)
+        ctx.stash[CLAIMING] = (pid, fd, info)      # for engine_dump_fd below
+        # fds on one open file have one inode, one offset and one f_flags
+        # (O_CLOEXEC aside, it is the fd's): only those need kcmp.
+        same_file = seen.setdefault((stat.st_dev, stat.st_ino, info["pos"],
+                                     info["flags"] & ~os.O_CLOEXEC), [])
+        file_id, ftype, index = _shared_with(pid, fd, same_file)
+        if file_id is None:
+            entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
+            if entry is None:
+                raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
+            file_id, ftype = ctx.add_file(entry), entry.type
+            if link.endswith(DELETED) and entry.HasField("reg"):
+                _dump_ghost(ctx, pid, fd, file_id, stat)
+            fown = _fown_of(entry)
+            if fown is not None and not info["flags"] & O_PATH:
+                _dump_owner(copy, fown)
+            same_file.insert(index, (pid, fd, file_id, ftype))
+    finally:
+        os.close(copy)
     cloexec = info["flags"] & os.O_CLOEXEC
     return files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
                                   flags=fcntl.FD_CLOEXEC if cloexec else 0)
@@ -264,20 +272,13 @@ def _fown_of(entry):
     return None
 
 
-def _dump_owner(pidfd: int, fd: int, fown) -> None:
-    """F_GETOWN_EX, F_GETSIG and F_GETOWNER_UIDS on a copy of the fd (one open
-    file: one owner), as CRIU's parasite asks them in the task."""
-    copy = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
-    if copy < 0:
-        raise OSError(ctypes.get_errno(), f"pidfd_getfd of fd {fd}")
-    try:
-        fown.pid_type, fown.pid = struct.unpack("ii", fcntl.fcntl(copy, F_GETOWN_EX, bytes(8)))
-        fown.signum = fcntl.fcntl(copy, F_GETSIG)
-        if fown.pid:
-            fown.uid, fown.euid = struct.unpack("II", fcntl.fcntl(copy, F_GETOWNER_UIDS,
-                                                                   bytes(8)))
-    finally:
-        os.close(copy)
+def _dump_owner(copy: int, fown) -> None:
+    """F_GETOWN_EX, F_GETSIG and F_GETOWNER_UIDS on our copy of the fd (one
+    open file: one owner), as CRIU's parasite asks them in the task."""
+    fown.pid_type, fown.pid = struct.unpack("ii", fcntl.fcntl(copy, F_GETOWN_EX, bytes(8)))
+    fown.signum = fcntl.fcntl(copy, F_GETSIG)
+    if fown.pid:
+        fown.uid, fown.euid = struct.unpack("II", fcntl.fcntl(copy, F_GETOWNER_UIDS, bytes(8)))
 
 
 def _restore_owner(fd: int, fown, file_id: int) -> None:
