@@ -9,12 +9,19 @@ CRIU does (criu/files.c), so they share one offset after restore.
 Each open file's owner for SIGIO (F_GETOWN_EX, F_GETSIG, F_GETOWNER_UIDS on a
 copy of the fd) goes in its body's fown, whatever plugin claimed it.
 
+A file renamed after it was opened is dumped under its current name, the one
+/proc shows (as CRIU does).
+
 Restore: one node per task opens its whole fd table in the task itself: each
 file id is opened once through ``engine_restore_file`` and dup'ed to every fd
 that shares it. Every value goes back through the syscall that checks it
 (open, lseek, F_SETFL, F_SETSIG, F_SETOWN_EX under the owner's own uids, as
-criu/files.c restore_fown), never around it. A regular file whose size or mode changed since the dump is
-refused (criu/files-reg.c checks the same), never silently reopened.
+criu/files.c restore_fown), never around it; what no dump can hold (open-time
+flags, an fd twice, an offset past 2^63) is refused at collect, naming the
+image and entry. A regular file that is gone, or whose size or mode changed
+since the dump, is refused (criu/files-reg.c checks the same), never silently
+reopened. Helpers kept open meanwhile (pipe ends) are parked above the
+table's fds (engine.fds.park), the soft RLIMIT_NOFILE raised if they need it.
 
 A regular file deleted while open is saved whole in ghost-file-N.img (up to
 GHOST_LIMIT, as CRIU's --ghost-limit) and named in remap-fpath.img; restore
@@ -48,6 +55,7 @@ SYS_KCMP = 312
 SYS_PIDFD_GETFD = 438
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+_libc = None                # one ctypes handle: each CDLL builds classes
 KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
 OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
@@ -304,18 +312,19 @@ def _restore_owner(fd: int, fown, file_id: int) -> None:
                          f"{fown.euid}): {e.strerror}") from None
 
 
-def _syscall(*args) -> int:
+def _libc_():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.syscall(*args)
+    return _libc
+
+
+def _syscall(*args) -> int:
+    return _libc_().syscall(*args)
 
 
 def _prctl(option: int, arg: int) -> int:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.prctl(option, arg, 0, 0, 0)
+    return _libc_().prctl(option, arg, 0, 0, 0)
 
 
 def _check_reg(file_id: int, reg) -> None:
@@ -383,15 +392,9 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     return fd
 
-_libc = None
-
-
 def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     """kcmp(KCMP_FILE): 0 the same open file, 1 or 2 an order between them."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    r = _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
+    r = _syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
     if r < 0:
         raise OSError(ctypes.get_errno(), f"kcmp of fd {fd1} of {pid1} and fd {fd2} of {pid2}")
     return r
