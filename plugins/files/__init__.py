@@ -56,6 +56,7 @@ SYS_PIDFD_GETFD = 438
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 _libc = None                # one ctypes handle: each CDLL builds classes
+_FOWN_BODY: dict[int, str] = {}     # file type -> its body field holding a fown
 KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
 OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
@@ -274,10 +275,14 @@ def _room_for(fds: int) -> None:
 
 def _fown_of(entry):
     """The fown_entry of a file_entry's typed body (reg, pipe, usk...), or None."""
-    for field, body in entry.ListFields():
-        if field.message_type is not None and "fown" in field.message_type.fields_by_name:
-            return body.fown
-    return None
+    name = _FOWN_BODY.get(entry.type)
+    if name is None:
+        name = next((f.name for f, _ in entry.ListFields() if f.message_type is not None
+                     and "fown" in f.message_type.fields_by_name), None)
+        if name is None:
+            return None
+        _FOWN_BODY[entry.type] = name
+    return getattr(entry, name).fown if entry.HasField(name) else None
 
 
 def _dump_owner(copy: int, fown) -> None:

@@ -81,3 +81,26 @@ def test_fd_above_the_restoring_soft_limit(build_target, target_runner, engine_c
         resource.setrlimit(resource.RLIMIT_NOFILE, old)
     assert os.path.exists(f"/proc/{target.pid}/fd/5000")
     assert target.verdict() == "PASS"
+
+
+@pytest.mark.parametrize("how, want", [
+    ("size", "fifo-data.img: entry 0 (pipe {}): size 4294967295 is over "
+             "/proc/sys/fs/pipe-max-size"),
+    ("bytes", "fifo-data.img: entry 0 (pipe {}): bytes 16 do not fit in a pipe of 8 bytes"),
+])
+def test_hostile_fifo_data_is_refused(build_target, target_runner, engine_cli, tmp_path,
+                                      how, want):
+    """fifo-data.img goes through the same checks as pipes-data.img."""
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("fifo"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    images = ImageDir(str(img))
+    entries = images.read("fifo-data")
+    entries[0][0].size = 0xFFFFFFFF if how == "size" else 8
+    images.write("fifo-data", entries)
+    line = engine_fails("restore", "-D", img)
+    assert want.format(entries[0][0].pipe_id) in line, line
+    assert task_gone(target.pid)
