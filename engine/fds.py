@@ -1,35 +1,90 @@
-"""Reading another task's fds: /proc/PID/fdinfo and pidfd_getfd.
+"""Reading another task's fds (/proc/PID/fdinfo, pidfd_getfd) and keeping
+a restoring task's helper fds out of its image's way (park).
 
-Shared by every plugin that dumps an fd and by the restore's fd sharing.
+Shared by every plugin that dumps or restores an fd and by the restore's fd
+sharing.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 
+from engine.stash import StashKey
+
 SYS_PIDFD_GETFD = 438
+_libc = None
 
 
 def fdinfo(pid: int, fd: int) -> dict[str, int]:
-    """pos, flags (octal in the file) and mnt_id of one fd."""
+    """pos, flags (octal in the file) and mnt_id of one fd.
+
+    One open, read and close of the raw bytes: a dump reads this for every
+    fd, and a Python text file costs several times the syscalls.
+    """
+    h = os.open(f"/proc/{pid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = os.read(h, 4096)
+    finally:
+        os.close(h)
+    # The first three lines are pos, flags and mnt_id in every kernel since 3.15.
     out = {}
-    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("pos", "flags", "mnt_id"):
-                out[key] = int(value.strip(), 8 if key == "flags" else 10)
+    for line in text.split(b"\n", 3)[:3]:
+        key, _, value = line.partition(b":")
+        if key in _FIELDS:
+            out[_FIELDS[key]] = int(value, 8 if key == b"flags" else 10)
     return out
+
+
+_FIELDS = {b"pos": "pos", b"flags": "flags", b"mnt_id": "mnt_id"}
+
+# Dump: (pid, fd, fdinfo) of the fd being offered to engine_dump_fd, read
+# once by the files plugin for the plugins that claim it.
+CLAIMING = StashKey()
+
+
+def claiming_fdinfo(ctx, pid: int, fd: int) -> dict[str, int]:
+    """fdinfo(pid, fd), without reading it again while the fd is being claimed."""
+    last = ctx.stash.get(CLAIMING, None)
+    if last is not None and last[0] == pid and last[1] == fd:
+        return last[2]
+    return fdinfo(pid, fd)
 
 
 def pidfd_getfd(pid: int, fd: int) -> int:
     """A copy of fd `fd` of task `pid` (the same open file), ours to close."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
     pidfd = os.pidfd_open(pid)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        copy = _libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
         if copy < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"pidfd_getfd of fd {fd} of {pid}: {os.strerror(err)}")
         return copy
     finally:
         os.close(pidfd)
+
+
+# Inside a restored task: the first fd number above every fd of its image.
+FD_FLOOR = StashKey()
+
+
+def park(ctx, fd: int) -> int:
+    """Move `fd`, a helper a restoring task keeps open (a pipe's other end,
+    a FIFO holder), above every fd of the task's image, so that installing
+    the image's fds never closes it; returns its new number (close-on-exec).
+
+    Without this, a pipe made while fds 5 and 6 are free holds them, and the
+    image's own fd 6 is later dup2'd over the pipe's write end.
+    """
+    floor = ctx.stash.get(FD_FLOOR, None)
+    if floor is None:
+        files_id = ctx.ids(ctx.self_pid).files_id
+        fds = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
+            "fdinfo", id=files_id) else []
+        floor = ctx.stash[FD_FLOOR] = max((fi.fd for fi in fds), default=-1) + 1
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    os.close(fd)
+    return high

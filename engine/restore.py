@@ -10,6 +10,7 @@ from the engine. Any failure kills and reaps every task started.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pickle
@@ -100,8 +101,10 @@ class RestoreContext:
         """Put open `fd` at `number` in this task (closing `fd`)."""
         own = self.task_ends[self.self_pid]
         if own.fileno() == number:
-            # Our channel sits where the image wants a file: move it away.
-            moved = os.dup(own.fileno())
+            # Our channel sits where the image wants a file: move it away,
+            # above the image's fds (else the next one wants it again).
+            from engine.fds import FD_FLOOR
+            moved = fcntl.fcntl(number, fcntl.F_DUPFD_CLOEXEC, self.stash.get(FD_FLOOR, 0))
             os.dup2(moved, number)
             self.task_ends[self.self_pid] = socket.socket(fileno=moved)
             own.detach()

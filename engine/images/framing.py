@@ -32,6 +32,7 @@ def read_entries(path, kind: ImageKind) -> list:
         raise ImageError(name, e.strerror) from None
     pos = _check_magic(name, data, kind)
     entries = []
+    head, rest = kind.message_class(first=True), kind.message_class()
     while pos < len(data):
         i = len(entries)
         if pos + 4 > len(data):
@@ -41,7 +42,7 @@ def read_entries(path, kind: ImageKind) -> list:
         if pos + size > len(data):
             raise ImageError(name, f"entry {i}: truncated (need {size} bytes, "
                                    f"have {len(data) - pos})")
-        msg = kind.message_class(first=i == 0)()
+        msg = head() if i == 0 else rest()
         try:
             msg.ParseFromString(data[pos:pos + size])
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends

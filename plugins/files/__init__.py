@@ -6,10 +6,22 @@ regular files, directories, devices such as /dev/null). fds sharing one open
 file description (dup, fork) get one file id, found with kcmp(KCMP_FILE) as
 CRIU does (criu/files.c), so they share one offset after restore.
 
+Each open file's owner for SIGIO (F_GETOWN_EX, F_GETSIG, F_GETOWNER_UIDS on a
+copy of the fd) goes in its body's fown, whatever plugin claimed it.
+
+A file renamed after it was opened is dumped under its current name, the one
+/proc shows (as CRIU does).
+
 Restore: one node per task opens its whole fd table in the task itself: each
 file id is opened once through ``engine_restore_file`` and dup'ed to every fd
-that shares it. A regular file whose size or mode changed since the dump is
-refused (criu/files-reg.c checks the same), never silently reopened.
+that shares it. Every value goes back through the syscall that checks it
+(open, lseek, F_SETFL, F_SETSIG, F_SETOWN_EX under the owner's own uids, as
+criu/files.c restore_fown), never around it; what no dump can hold (open-time
+flags, an fd twice, an offset past 2^63) is refused at collect, naming the
+image and entry. A regular file that is gone, or whose size or mode changed
+since the dump, is refused (criu/files-reg.c checks the same), never silently
+reopened. Helpers kept open meanwhile (pipe ends) are parked above the
+table's fds (engine.fds.park), the soft RLIMIT_NOFILE raised if they need it.
 
 A regular file deleted while open is saved whole in ghost-file-N.img (up to
 GHOST_LIMIT, as CRIU's --ghost-limit) and named in remap-fpath.img; restore
@@ -23,24 +35,33 @@ import fcntl
 import logging
 import os
 import stat as st
+import struct
 
 from engine import hookimpl
-from engine.fds import fdinfo
+from engine.fds import CLAIMING, FD_FLOOR, claiming_fdinfo, fdinfo
 from engine.graph import Node
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.files")
 
-SEEN = StashKey()           # dump: (dev, ino) -> fds already given a file id
+# dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
+SEEN = StashKey()
+SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
 REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
 GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
 
 SYS_KCMP = 312
+SYS_PIDFD_GETFD = 438
+F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+_libc = None                # one ctypes handle: each CDLL builds classes
+_FOWN_BODY: dict[int, str] = {}     # file type -> its body field holding a fown
 KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
 OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
 O_PATH = getattr(os, "O_PATH", 0o10000000)
+MAX_OFF = (1 << 63) - 1
 
 
 # --- dump ----------------------------------------------------------------
@@ -49,18 +70,40 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return           # a zombie has no fds, fs or memory
-    from engine.images.proto import files_pb2
     pid = task.pid
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
-    # (st_dev, st_ino) -> [(pid, fd, file id, type)], across the whole tree:
-    # kcmp only fds on one inode
+    # (st_dev, st_ino, pos, flags) -> [(pid, fd, file id, type)], across the
+    # whole tree
     seen = ctx.stash.setdefault(SEEN, {})
     entries = []
-    for fd in fds:
-        link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        stat = os.stat(f"/proc/{pid}/fd/{fd}")
-        same_inode = seen.setdefault((stat.st_dev, stat.st_ino), [])
-        file_id, ftype, index = _shared_with(pid, fd, same_inode)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in fds:
+            entries.append(_dump_one(ctx, task, pidfd, fd, seen))
+    finally:
+        os.close(pidfd)
+    ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
+
+
+def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
+    """The fdinfo entry of one fd, claiming its open file if it is new."""
+    from engine.images.proto import files_pb2
+    pid = task.pid
+    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    # A copy of the fd (the same open file): fstat it rather than walk
+    # /proc/PID/fd/N again, and ask it for its owner.
+    copy = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    if copy < 0:
+        raise OSError(ctypes.get_errno(), f"task {pid}: pidfd_getfd of fd {fd}")
+    try:
+        stat = os.fstat(copy)
+        info = fdinfo(pid, fd)
+        ctx.stash[CLAIMING] = (pid, fd, info)      # for engine_dump_fd below
+        # fds on one open file have one inode, one offset and one f_flags
+        # (O_CLOEXEC aside, it is the fd's): only those need kcmp.
+        same_file = seen.setdefault((stat.st_dev, stat.st_ino, info["pos"],
+                                     info["flags"] & ~os.O_CLOEXEC), [])
+        file_id, ftype, index = _shared_with(pid, fd, same_file)
         if file_id is None:
             entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
             if entry is None:
@@ -68,11 +111,15 @@ def engine_dump_task(ctx, task):
             file_id, ftype = ctx.add_file(entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
                 _dump_ghost(ctx, pid, fd, file_id, stat)
-            same_inode.insert(index, (pid, fd, file_id, ftype))
-        cloexec = fdinfo(pid, fd)["flags"] & os.O_CLOEXEC
-        entries.append(files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
-                                               flags=fcntl.FD_CLOEXEC if cloexec else 0))
-    ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
+            fown = _fown_of(entry)
+            if fown is not None and not info["flags"] & O_PATH:
+                _dump_owner(copy, fown)
+            same_file.insert(index, (pid, fd, file_id, ftype))
+    finally:
+        os.close(copy)
+    cloexec = info["flags"] & os.O_CLOEXEC
+    return files_pb2.fdinfo_entry(id=file_id, fd=fd, type=ftype,
+                                  flags=fcntl.FD_CLOEXEC if cloexec else 0)
 
 
 @hookimpl(trylast=True)
@@ -85,7 +132,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
     link = link[:-len(DELETED)] if link.endswith(DELETED) else link
-    info = fdinfo(task.pid, fd)
+    info = claiming_fdinfo(ctx, task.pid, fd)
     from engine.images.entries import regular_file
     return regular_file(link, stat, flags=info["flags"] & ~os.O_CLOEXEC, pos=info["pos"])
 
@@ -112,20 +159,46 @@ def engine_restore_collect(ctx, graph):
                                  "is not supported")
             remaps[r.orig_id] = r.remap_id
         ctx.stash[REMAPS] = remaps
+    for file_id, entry in ctx.files.items():
+        if entry.HasField("reg"):
+            _check_reg(file_id, entry.reg)
+    import resource
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    first_user: dict[int, int] = {}
+    shared = ctx.stash[SHARED] = set()
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []
-        needs = set()
+        table = []                 # (fd, file id, FD_CLOEXEC), in image order
+        kinds: dict = {}           # fd type -> one entry of it
+        fds: set[int] = set()
         for i, fi in enumerate(fdinfos):
-            entry = ctx.files.get(fi.id)
-            if entry is None:
-                raise ValueError(f"fdinfo-{files_id}.img: entry {i}: fd {fi.fd}: "
-                                 f"file id {fi.id} is not in files.img")
-            needs.add(f"file:{_type_name(entry)}")
+            fd, file_id, ftype = fi.fd, fi.id, fi.type
+            entry = ctx.files.get(file_id)
+            if entry is None or entry.type != ftype or fd >= fd_limit or fd in fds:
+                _refuse_fdinfo(ctx, f"fdinfo-{files_id}.img: entry {i}: fd {fd}", fi,
+                               fds, fd_limit)
+            fds.add(fd)
+            if first_user.setdefault(file_id, task.pid) != task.pid:
+                shared.add(file_id)
+            kinds.setdefault(ftype, entry)
+            table.append((fd, file_id, fi.flags & fcntl.FD_CLOEXEC))
+        needs = sorted(f"file:{_type_name(entry)}" for entry in kinds.values())
         graph.add(Node(key=f"files:table:{task.pid}", plugin="files", where="task",
-                       pid=task.pid, data=fdinfos, needs=sorted(needs),
-                       label=f"fd table of {task.pid} ({len(fdinfos)} fds)"))
+                       pid=task.pid, data=table, needs=needs,
+                       label=f"fd table of {task.pid} ({len(table)} fds)"))
+
+
+def _refuse_fdinfo(ctx, where: str, fi, fds: set, fd_limit: int):
+    entry = ctx.files.get(fi.id)
+    if entry is None:
+        raise ValueError(f"{where}: file id {fi.id} is not in files.img")
+    if fi.type != entry.type:
+        raise ValueError(f"{where}: type {fi.type} but file id {fi.id} in "
+                         f"files.img is {_type_name(entry)}")
+    raise ValueError(f"{where}: " + ("used twice" if fi.fd in fds else
+                                     f"over the open files limit ({fd_limit})"))
 
 
 @hookimpl
@@ -133,22 +206,31 @@ def engine_restore_node(ctx, node):
     if node.plugin != "files":
         return None
     opened: dict[int, int] = {}                    # file id -> fd number installed
-    for fi in node.data:
-        if fi.id in opened:
-            fd = os.dup(opened[fi.id])
-        elif fi.id in ctx.shared_fds:
+    # Helpers kept open while the table is made (pipe ends) go above it.
+    floor = ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
+    _room_for(floor + len(node.data) + 64)
+    shared = ctx.stash[SHARED]
+    for number, file_id, cloexec in node.data:
+        if file_id in opened:
+            fd = os.dup(opened[file_id])
+        elif file_id in ctx.shared_fds:
             # Another task made this open file first: take a copy of it.
-            fd = ctx.take_fd(fi.id)
+            fd = ctx.take_fd(file_id)
         else:
-            fd = ctx.hook.engine_restore_file(ctx=ctx, entry=ctx.files[fi.id])
+            entry = ctx.files[file_id]
+            fd = ctx.hook.engine_restore_file(ctx=ctx, entry=entry)
             if fd is None:
-                raise ValueError(f"files.img: file id {fi.id}: no plugin opens "
-                                 f"type {_type_name(ctx.files[fi.id])}")
-        ctx.install_fd(fd, fi.fd)
-        if fi.id not in opened:
-            opened[fi.id] = fi.fd
-            ctx.publish_fd(fi.id, fi.fd)
-        fcntl.fcntl(fi.fd, fcntl.F_SETFD, fi.flags & fcntl.FD_CLOEXEC)
+                raise ValueError(f"files.img: file id {file_id}: no plugin opens "
+                                 f"type {_type_name(entry)}")
+        ctx.install_fd(fd, number)
+        if file_id not in opened:
+            opened[file_id] = number
+            if file_id in shared:
+                ctx.publish_fd(file_id, number)
+            fown = _fown_of(ctx.files[file_id])
+            if fown is not None and (fown.pid or fown.signum):
+                _restore_owner(number, fown, file_id)
+        fcntl.fcntl(number, fcntl.F_SETFD, cloexec)
     return True
 
 
@@ -160,22 +242,108 @@ def engine_restore_file(ctx, entry):
     ghost = ctx.stash.get(REMAPS, {}).get(entry.id)
     if ghost is not None:
         return _open_ghost(ctx, entry, ghost)
-    where = f"files.img: file id {entry.id} ({reg.name})"
     try:
         now = os.stat(reg.name)
     except OSError as e:
-        raise ValueError(f"{where}: {e.strerror}") from None
-    if reg.HasField("mode") and st.S_IFMT(now.st_mode) != st.S_IFMT(reg.mode):
-        raise ValueError(f"{where}: mode changed: {reg.mode:o} -> {now.st_mode:o}")
+        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): {e.strerror}") from None
+    if reg.HasField("mode") and now.st_mode != reg.mode:
+        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): mode changed: "
+                         f"{reg.mode:o} -> {now.st_mode:o}")
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
-        raise ValueError(f"{where}: size changed: {reg.size} -> {now.st_size}")
-    fd = os.open(reg.name, reg.flags & ~OPEN_ONLY & ~os.O_CLOEXEC)
+        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): size changed: "
+                         f"{reg.size} -> {now.st_size}")
+    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC)
+    if reg.flags & fcntl.FASYNC:
+        # open(2) keeps O_ASYNC without arming SIGIO; F_SETFL arms it.
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | fcntl.FASYNC)
     if reg.pos and not reg.flags & O_PATH:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     return fd
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _room_for(fds: int) -> None:
+    """Raise this task's soft RLIMIT_NOFILE (never past the hard one, checked
+    at collect) so its image's fds and the parked helpers above them fit, as
+    CRIU raises its own before prepare_fds."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < fds and soft != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(fds, hard), hard))
+
+
+def _fown_of(entry):
+    """The fown_entry of a file_entry's typed body (reg, pipe, usk...), or None."""
+    name = _FOWN_BODY.get(entry.type)
+    if name is None:
+        name = next((f.name for f, _ in entry.ListFields() if f.message_type is not None
+                     and "fown" in f.message_type.fields_by_name), None)
+        if name is None:
+            return None
+        _FOWN_BODY[entry.type] = name
+    return getattr(entry, name).fown if entry.HasField(name) else None
+
+
+def _dump_owner(copy: int, fown) -> None:
+    """F_GETOWN_EX, F_GETSIG and F_GETOWNER_UIDS on our copy of the fd (one
+    open file: one owner), as CRIU's parasite asks them in the task."""
+    fown.pid_type, fown.pid = struct.unpack("ii", fcntl.fcntl(copy, F_GETOWN_EX, bytes(8)))
+    fown.signum = fcntl.fcntl(copy, F_GETSIG)
+    if fown.pid:
+        fown.uid, fown.euid = struct.unpack("II", fcntl.fcntl(copy, F_GETOWNER_UIDS, bytes(8)))
+
+
+def _restore_owner(fd: int, fown, file_id: int) -> None:
+    """F_SETSIG and F_SETOWN_EX, the latter under the dumped owner's uid and
+    euid (criu/files.c restore_fown): the kernel records the caller's ids and
+    checks them before each signal, so setting the owner as root would let
+    its SIGIO reach processes the owner could not signal."""
+    try:
+        if fown.signum:
+            fcntl.fcntl(fd, F_SETSIG, fown.signum)
+        if fown.pid:
+            saved = os.getresuid()
+            dumpable = _prctl(PR_GET_DUMPABLE, 0)
+            os.setresuid(fown.uid, fown.euid, -1)
+            try:
+                fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("ii", fown.pid_type, fown.pid))
+            finally:
+                os.setresuid(*saved)
+                _prctl(PR_SET_DUMPABLE, dumpable)   # a uid change clears it
+    except OSError as e:
+        raise ValueError(f"files.img: file id {file_id}: fown (pid_type {fown.pid_type}, "
+                         f"pid {fown.pid}, signum {fown.signum}, uid {fown.uid}, euid "
+                         f"{fown.euid}): {e.strerror}") from None
+
+
+def _libc_():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _syscall(*args) -> int:
+    return _libc_().syscall(*args)
+
+
+def _prctl(option: int, arg: int) -> int:
+    return _libc_().prctl(option, arg, 0, 0, 0)
+
+
+def _check_reg(file_id: int, reg) -> None:
+    """A REG entry's flags go to open(2) and its pos to lseek(2) as they are:
+    refuse what no open file has (the kernel drops O_CREAT, O_EXCL, O_TRUNC
+    and O_NOCTTY after open, so an image with them is not a dump) and an
+    offset lseek cannot take."""
+    where = f"files.img: file id {file_id} ({reg.name})"
+    if reg.flags & OPEN_ONLY:
+        raise ValueError(f"{where}: flags {reg.flags:#o} hold open-time flags "
+                         f"{reg.flags & OPEN_ONLY:#o}, which no open file keeps")
+    if reg.pos > MAX_OFF:
+        raise ValueError(f"{where}: pos {reg.pos} is over the largest offset ({MAX_OFF})")
+
 
 def _dump_ghost(ctx, pid: int, fd: int, file_id: int, stat) -> None:
     from engine.images.proto import files_pb2
@@ -203,32 +371,35 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
         raise ValueError(f"{image}: want one entry with the content after it "
                          "(chunked ghosts are not supported)")
     g, data = found[0]
+    if not st.S_ISREG(g.mode):
+        raise ValueError(f"{image}: mode {g.mode:o} is not a regular file's")
     tmp = f"{reg.name}.engine-ghost.{entry.id}"
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, st.S_IMODE(g.mode))
+        # Private (0600, no set-id bits) while it has a name; its owner and
+        # mode are given only once it is unlinked, so nobody can open or
+        # exec the image's content through the path meanwhile.
+        rw = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         raise ValueError(f"{image}: cannot recreate {reg.name}: {e.strerror}") from None
     try:
-        os.write(fd, data)
-        os.fchown(fd, g.uid, g.gid)
-        os.fchmod(fd, st.S_IMODE(g.mode))
-        os.close(fd)
-        fd = os.open(tmp, reg.flags & ~OPEN_ONLY & ~os.O_CLOEXEC)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(rw, view):]
+        fd = os.open(tmp, reg.flags & ~os.O_CLOEXEC)
     finally:
         os.unlink(tmp)
+    try:
+        os.fchown(rw, g.uid, g.gid)
+        os.fchmod(rw, st.S_IMODE(g.mode))
+    finally:
+        os.close(rw)
     if reg.pos:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     return fd
 
-_libc = None
-
-
 def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     """kcmp(KCMP_FILE): 0 the same open file, 1 or 2 an order between them."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    r = _libc.syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
+    r = _syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
     if r < 0:
         raise OSError(ctypes.get_errno(), f"kcmp of fd {fd1} of {pid1} and fd {fd2} of {pid2}")
     return r

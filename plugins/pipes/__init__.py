@@ -1,13 +1,15 @@
 """pipes: anonymous pipes, FIFOs, and the bytes sitting in them (criu/pipes.c, fifo.c).
 
 Dump: an fd whose link is ``pipe:[INODE]`` becomes a PIPE file entry
-(pipe_id = the inode, flags = its access mode and O_NONBLOCK). The unread
+(pipe_id = the inode, flags = its f_flags; O_NONBLOCK and O_ASYNC are set
+back with F_SETFL). The unread
 bytes of each pipe are copied without being consumed: a copy of a read end
 is taken with pidfd_getfd and tee(2)'d into a pipe of the engine's, as CRIU
 does with its own pipes; they go to pipes-data.img with the buffer size.
 Restore: in the first task that needs it, one pipe(2) per pipe_id, its
 buffer size set with F_SETPIPE_SZ and its bytes written back in order; each
-fd gets the end it had. Both ends are published, so the other tasks holding
+fd gets the end it had. The pipe's own two fds are parked above the task's
+image fds (engine.fds.park), so no fd of the image is later put over them. Both ends are published, so the other tasks holding
 the pipe take copies of the same ends (pidfd_getfd) instead of a new pipe.
 
 A FIFO is a FIFO entry naming a REG entry (its path and flags); its bytes go
@@ -24,19 +26,22 @@ import os
 import stat as st
 
 from engine import hookimpl
-from engine.fds import fdinfo, pidfd_getfd
+from engine.fds import claiming_fdinfo, park, pidfd_getfd
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.pipes")
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 SPLICE_F_NONBLOCK = 2
+SETFL = os.O_NONBLOCK | fcntl.FASYNC      # the pipe status flags a restore sets
+DEFAULT_PIPE_SIZE = 16 * os.sysconf("SC_PAGE_SIZE")    # PIPE_DEF_BUFFERS pages
 # pipe inode -> (pid, fd) of a read end, and the pids using it
 READ_ENDS = StashKey()
 USERS = StashKey()
 # pipe_id -> (data, size) at restore; pipe_id -> (read fd, write fd) in a task
 DATA = StashKey()
 OPEN_PIPES = StashKey()
+PIPE_FILES = StashKey()     # restore: pipe_id -> [(file id, is the read end)]
 FIFO_DATA = StashKey()      # restore: pipe_id -> (bytes, size)
 FIFO_READERS = StashKey()   # dump: fifo inode -> (pid, fd) of a read end
 FIFO_HOLDERS = StashKey()   # restore, in a task: pipe_id -> helper O_RDWR fd
@@ -51,14 +56,14 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("pipe:["):
         return None
     from engine.images.proto import files_pb2
-    flags = fdinfo(task.pid, fd)["flags"]
+    flags = claiming_fdinfo(ctx, task.pid, fd)["flags"]
     inode = stat.st_ino
     ctx.stash.setdefault(USERS, {}).setdefault(inode, set()).add(task.pid)
     if flags & os.O_ACCMODE == os.O_RDONLY:
         ctx.stash.setdefault(READ_ENDS, {}).setdefault(inode, (task.pid, fd))
     entry = files_pb2.file_entry(type=files_pb2.PIPE, id=0)
     entry.pipe.id, entry.pipe.pipe_id = 0, inode
-    entry.pipe.flags = flags & (os.O_ACCMODE | os.O_NONBLOCK)
+    entry.pipe.flags = flags & ~os.O_CLOEXEC          # f_flags, as CRIU keeps them
     entry.pipe.fown.uid = entry.pipe.fown.euid = entry.pipe.fown.signum = 0
     entry.pipe.fown.pid_type = entry.pipe.fown.pid = 0
     return entry
@@ -91,8 +96,7 @@ def engine_dump_finish(ctx):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     if ctx.images.exists("fifo-data"):
-        ctx.stash[FIFO_DATA] = {e.pipe_id: (payload, e.size if e.HasField("size") else 0)
-                                for e, payload in ctx.images.read("fifo-data")}
+        ctx.stash[FIFO_DATA] = _read_data(ctx, "fifo-data")
     for file_id, entry in ctx.files.items():
         if entry.HasField("fifo"):
             reg = ctx.files.get(entry.fifo.regf_id)
@@ -100,8 +104,12 @@ def engine_restore_collect(ctx, graph):
                 raise ValueError(f"files.img: FIFO id {file_id}: regf_id "
                                  f"{entry.fifo.regf_id} is not a REG entry")
     if ctx.images.exists("pipes-data"):
-        ctx.stash[DATA] = {e.pipe_id: (payload, e.size if e.HasField("size") else 0)
-                           for e, payload in ctx.images.read("pipes-data")}
+        ctx.stash[DATA] = _read_data(ctx, "pipes-data")
+    ends = ctx.stash[PIPE_FILES] = {}
+    for file_id, entry in ctx.files.items():
+        if entry.HasField("pipe"):
+            ends.setdefault(entry.pipe.pipe_id, []).append(
+                (file_id, entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY))
 
 
 @hookimpl
@@ -117,17 +125,43 @@ def engine_restore_file(ctx, entry):
     rfd, wfd = pipes[pipe_id]
     end = rfd if entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY else wfd
     fd = os.dup(end)
+    # Status flags through F_SETFL (O_ASYNC needs it to arm SIGIO).
     status = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, (status & ~os.O_NONBLOCK) | (entry.pipe.flags & os.O_NONBLOCK))
+    fcntl.fcntl(fd, fcntl.F_SETFL, (status & ~SETFL) | (entry.pipe.flags & SETFL))
     return fd
 
 
 # --- helpers -----------------------------------------------------------------
 
+def _read_data(ctx, kind: str) -> dict[int, tuple[bytes, int]]:
+    """pipe_id -> (bytes, buffer size) of pipes-data.img or fifo-data.img,
+    refusing what the kernel would refuse an unprivileged task: a buffer over
+    /proc/sys/fs/pipe-max-size (root's CAP_SYS_RESOURCE would let F_SETPIPE_SZ
+    pass it: no bypass through an image), or more bytes than the buffer holds
+    (writing them back would block the restore forever)."""
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        max_size = int(f.read())
+    out = {}
+    for i, (e, payload) in enumerate(ctx.images.read(kind)):
+        where = f"{kind}.img: entry {i} (pipe {e.pipe_id})"
+        size = e.size if e.HasField("size") else 0
+        if size > max_size:
+            raise ValueError(f"{where}: size {size} is over /proc/sys/fs/pipe-max-size "
+                             f"({max_size})")
+        room = size or DEFAULT_PIPE_SIZE
+        if len(payload) > room:
+            raise ValueError(f"{where}: bytes {len(payload)} do not fit in a pipe of "
+                             f"{room} bytes (size {size})")
+        if e.pipe_id in out:
+            raise ValueError(f"{where}: a second entry for the same pipe")
+        out[e.pipe_id] = (payload, size)
+    return out
+
+
 def _dump_fifo(ctx, task, fd, link, stat):
     from engine.images.entries import regular_file
     from engine.images.proto import files_pb2
-    flags = fdinfo(task.pid, fd)["flags"]
+    flags = claiming_fdinfo(ctx, task.pid, fd)["flags"]
     if flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR):
         ctx.stash.setdefault(FIFO_READERS, {}).setdefault(stat.st_ino, (task.pid, fd))
     reg_id = ctx.add_file(regular_file(link, stat, flags=flags & ~os.O_CLOEXEC, pos=0))
@@ -143,7 +177,7 @@ def _open_fifo(ctx, entry) -> int:
     where = f"files.img: FIFO id {entry.id} ({reg.name})"
     try:
         if pipe_id not in holders:
-            holder = os.open(reg.name, os.O_RDWR | os.O_NONBLOCK)
+            holder = park(ctx, os.open(reg.name, os.O_RDWR | os.O_NONBLOCK))
             if not st.S_ISFIFO(os.fstat(holder).st_mode):
                 os.close(holder)
                 raise ValueError(f"{where}: is no longer a FIFO")
@@ -162,11 +196,9 @@ def _open_fifo(ctx, entry) -> int:
 
 def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     data, size = ctx.stash.get(DATA, {}).get(pipe_id, (b"", 0))
-    rfd, wfd = os.pipe()
-    for file_id, entry in ctx.files.items():
-        if entry.HasField("pipe") and entry.pipe.pipe_id == pipe_id:
-            reader = entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY
-            ctx.publish_fd(file_id, rfd if reader else wfd)
+    rfd, wfd = (park(ctx, end) for end in os.pipe())
+    for file_id, reader in ctx.stash[PIPE_FILES].get(pipe_id, ()):
+        ctx.publish_fd(file_id, rfd if reader else wfd)
     if size:
         fcntl.fcntl(wfd, F_SETPIPE_SZ, size)
     view = memoryview(data)
@@ -177,9 +209,15 @@ def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     return rfd, wfd
 
 
+_libc = None
+
+
 def _peek(pid: int, fd: int) -> tuple[bytes, int]:
     """The unread bytes of the pipe whose read end is `fd` of `pid`, unconsumed."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
+    libc = _libc
     ours = pidfd_getfd(pid, fd)
     try:
         size = fcntl.fcntl(ours, F_GETPIPE_SZ)

@@ -1,4 +1,6 @@
 """files and fs: fd table, offsets, O_APPEND, cloexec, /dev/null, cwd."""
+from pathlib import Path
+
 import pytest
 
 
@@ -76,4 +78,108 @@ def test_named_fifo_with_reader_writer_and_bytes(build_target, target_runner, du
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_o_path_and_directory_fds(build_target, target_runner, dump_restore, tmp_path, variant):
     target = target_runner.start(build_target("opath", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_file_and_its_directory_renamed_after_open(build_target, target_runner, dump_restore,
+                                                   tmp_path, variant):
+    """/proc shows the new names; the dump takes them (as CRIU does) and the
+    restore opens the file at its new name, at its offset."""
+    target = target_runner.start(build_target("renamed", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("change", ["gone", "renamed again", "directory renamed",
+                                    "mode changed"])
+def test_renamed_file_missing_or_changed_at_restore(build_target, target_runner, engine_cli,
+                                                    tmp_path, change):
+    """The dumped (new) path gone or changed at restore: one line naming
+    files.img, the file id and the path; non-zero exit; nothing left running."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("renamed"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    top, inner = Path(target.info["top"]), Path(target.info["inner"])
+    if change == "gone":
+        top.unlink()
+        want = f"({top}): No such file or directory"
+    elif change == "renamed again":
+        top.rename(top.with_name("newer.txt"))
+        want = f"({top}): No such file or directory"
+    elif change == "directory renamed":
+        inner.parent.rename(inner.parent.with_name("dir_c"))
+        want = f"({inner}): No such file or directory"
+    else:
+        top.chmod(0o600)
+        want = f"({top}): mode changed: 100640 -> 100600"
+    line = engine_fails("restore", "-D", img)
+    assert "error: files.img: file id " in line and line.endswith(want), line
+    assert task_gone(target.pid), "a failed restore left the task behind"
+
+
+def _edit(images, how):
+    fdinfo_id = next(int(p.name[7:-4]) for p in Path(images.dir).glob("fdinfo-*.img"))
+    fds = images.read("fdinfo", id=fdinfo_id)
+    files = images.read("files")
+    data = next(e for e in files if e.HasField("reg") and e.reg.name.endswith("/new.txt"))
+    if how == "fd used twice":
+        fds.append(fds[-1])
+    elif how == "fd over the limit":
+        fds[-1].fd = 0x7FFFFFFF
+    elif how == "type changed":
+        fds[-1].type = 2                    # PIPE
+    elif how == "O_TRUNC":
+        data.reg.flags |= 0o1000
+    elif how == "offset past 2^63":
+        data.reg.pos = (1 << 64) - 1
+    elif how == "fown pid_type 7":
+        data.reg.fown.pid_type, data.reg.fown.pid = 7, 1
+    elif how == "fown pid nobody has":
+        data.reg.fown.pid_type, data.reg.fown.pid = 1, 0x3FFFFFFF
+    images.write("fdinfo", fds, id=fdinfo_id)
+    images.write("files", files)
+
+
+@pytest.mark.parametrize("how, want", [
+    ("fd used twice", r"fdinfo-\d+\.img: entry \d+: fd \d+: used twice"),
+    ("fd over the limit", r"fdinfo-\d+\.img: entry \d+: fd 2147483647: over the open files"),
+    ("type changed", r"fdinfo-\d+\.img: entry \d+: fd \d+: type 2 but file id \d+ in "
+                     r"files\.img is REG"),
+    ("O_TRUNC", r"files\.img: file id \d+ \(.*/new\.txt\): flags 0o\d+ hold open-time "
+                r"flags 0o1000"),
+    ("offset past 2^63", r"files\.img: file id \d+ \(.*/new\.txt\): pos 18446744073709551615 "
+                         r"is over the largest offset"),
+    ("fown pid_type 7", r"files\.img: file id \d+: fown \(pid_type 7, pid 1, .*\): "
+                        r"Invalid argument"),
+    ("fown pid nobody has", r"files\.img: file id \d+: fown \(pid_type 1, pid 1073741823, "
+                            r".*\): No such process"),
+])
+def test_hostile_fd_images_are_refused(build_target, target_runner, engine_cli, tmp_path,
+                                       how, want):
+    """files.img / fdinfo edited with the protobuf classes: one line naming the
+    image, the entry and the field (before any task exists, or from the
+    fcntl that refused the value); the file an O_TRUNC would have emptied is
+    untouched; no task is left."""
+    import re
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("renamed"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    _edit(ImageDir(str(img)), how)
+    line = engine_fails("restore", "-D", img)
+    assert re.search(want, line), line
+    assert task_gone(target.pid)
+    assert Path(target.info["top"]).stat().st_size == 20
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_file_owners_for_sigio(build_target, target_runner, dump_restore, tmp_path, variant):
+    """F_SETOWN_EX / F_SETSIG / O_ASYNC come back through fcntl, and the
+    owner's uids are set as the dumped ones (setresuid around F_SETOWN_EX, as
+    criu/files.c restore_fown), not the restoring root's."""
+    target = target_runner.start(build_target("fown", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
