@@ -34,6 +34,7 @@ ENDS = StashKey()        # in a task: file id -> fd made here
 BOUND = StashKey()       # in a task: file id -> inode of the file its bind made
 OPENED = StashKey()      # in a task: file id -> fd of an in-flight file opened here
 SOCKS = StashKey()       # file id -> unix_sk_entry
+FD_BASE = StashKey()     # pid -> first fd number above its dumped fd table
 
 
 @attrs.define(eq=False)
@@ -44,6 +45,8 @@ class Unit:
     accepted: int | None = None        # pair: the end accept() returns
     after: set[str] = attrs.field(factory=set)
     pid: int | None = None
+    fd_base: int = 0                   # made fds go from here up: the fd table
+                                       # is installed at the dumped numbers later
 
 
 # --- collect ------------------------------------------------------------------
@@ -256,6 +259,10 @@ def _owners(ctx, socks, units, unit_of, queues) -> None:
                     if f in carried and carried[f].pid is not None:
                         unit.pid, changed = carried[f].pid, True
                         break
+    top = {pid: max(fds, default=0) for pid, fds in _fd_tables(ctx, numbers=True).items()}
+    for unit in units.values():
+        unit.fd_base = max(top.get(unit.pid, 0) + 1, 64)
+    ctx.stash[FD_BASE] = {pid: max(n + 1, 64) for pid, n in top.items()}
     for unit in units.values():
         if unit.pid is None:
             raise ValueError(f"files.img: unix socket id {unit.ids[0]} is held by no task, "
@@ -272,12 +279,14 @@ def _owners(ctx, socks, units, unit_of, queues) -> None:
             raise ValueError(f"{where}: messages for an unnamed socket with no peer")
 
 
-def _fd_tables(ctx) -> dict[int, list[int]]:
+def _fd_tables(ctx, numbers: bool = False) -> dict[int, list[int]]:
+    """pid -> file ids of its fd table (or the fd numbers)."""
     out = {}
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         if ctx.images.exists("fdinfo", id=files_id):
-            out[task.pid] = [fi.id for fi in ctx.images.read("fdinfo", id=files_id)]
+            out[task.pid] = [fi.fd if numbers else fi.id
+                             for fi in ctx.images.read("fdinfo", id=files_id)]
     return out
 
 
@@ -314,7 +323,7 @@ def run(ctx, node) -> None:
     for fid, sock in made.items():
         _finish(sock, socks[fid])
     for fid, sock in made.items():
-        ends[fid] = sock.detach()
+        ends[fid] = _high(sock.detach(), unit.fd_base)
         ctx.publish_fd(fid, ends[fid])
 
 
@@ -482,9 +491,17 @@ def _open_inflight(ctx, fid) -> int:
     fd = ctx.hook.engine_restore_file(ctx=ctx, entry=entry)
     if fd is None:
         raise ValueError(f"files.img: in-flight file id {fid}: no plugin opens it")
-    opened[fid] = fd
+    fd = opened[fid] = _high(fd, ctx.stash[FD_BASE].get(ctx.self_pid, 64))
     ctx.publish_fd(fid, fd)
     return os.dup(fd)
+
+
+def _high(fd: int, base: int) -> int:
+    """Move `fd` above every dumped fd number, so installing the fd table
+    cannot overwrite it before it is taken."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, base)
+    os.close(fd)
+    return moved
 
 
 def _finish(sock, u) -> None:

@@ -39,3 +39,10 @@ def test_queue_for_a_non_socket_is_refused(build_target, target_runner, engine_c
     images.write("sk-queues", packets)
     line = engine_fails("restore", "-D", img)
     assert "sk-queues.img: entry 0: id_for 1" in line
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_named_listening_and_connected_sockets(build_target, target_runner, dump_restore,
+                                               tmp_path, variant):
+    target = target_runner.start(build_target("unixbound", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
