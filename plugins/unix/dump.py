@@ -331,6 +331,9 @@ def _check_peers(ctx, seen: dict[int, Seen], ids: dict[int, int]) -> None:
         if u.type != socket.SOCK_DGRAM or not s.peername or u.state != TCP_ESTABLISHED:
             raise ValueError(f"{where}: its peer {u.peer} is outside the dumped tree and "
                              "only a datagram socket's named peer can be external")
+        if s.peername[:1] not in (b"/", b"\0"):
+            raise ValueError(f"{where}: its external peer's name {s.peername!r} is "
+                             "relative to a directory we cannot know")
         if table[ino].rqueue:
             raise ValueError(f"{where}: messages from an external peer cannot be queued "
                              "again at restore")

@@ -156,6 +156,14 @@ def _check(fid: int, u, socks, by_ino, limits) -> None:
         raise ValueError(f"{where}: peer {u.peer} has no name to connect to")
     if p.uflags & USK_EXTERN and u.type != socket.SOCK_DGRAM:
         raise ValueError(f"{where}: only a dgram socket may have an external peer")
+    if p.uflags & USK_EXTERN and p.name[:1] != b"\0":
+        try:
+            there = os.stat(_path(p)).st_mode
+        except OSError:
+            there = 0
+        if not st.S_ISSOCK(there):
+            raise ValueError(f"{where}: its external peer {_printable(_path(p))} is not "
+                             "there to connect to")
 
 
 def _read_queues(ctx, socks, limits) -> dict[int, list]:
