@@ -86,3 +86,84 @@ def test_external_peer_gone_at_restore_is_refused(build_target, target_runner, e
     line = engine_fails("restore", "-D", tmp_path / "img")
     assert "external peer" in line and "ext.sock" in line
     assert task_gone(target.pid)
+
+
+def _sysctl(name):
+    with open(f"/proc/sys/net/core/{name}") as f:
+        return int(f.read())
+
+
+def _first(files, **want):
+    return next(e.usk for e in files if e.HasField("usk")
+                and all(getattr(e.usk, k) == v for k, v in want.items()))
+
+
+def _listening_dgram(files, packets):
+    _first(files, type=2).state = 10
+    return "files.img: unix socket id", "a dgram socket cannot be listening"
+
+
+def _connecting_stream(files, packets):
+    u = _first(files, type=1, state=1)
+    u.state, u.peer = 2, 0
+    return "files.img: unix socket id", "a stream socket connecting"
+
+
+def _rcvbuf_beyond_max(files, packets):
+    _first(files, type=2).opts.so_rcvbuf = 2 * _sysctl("rmem_max") + 2
+    return "files.img: unix socket id", "opts.so_rcvbuf"
+
+
+def _negative_peek_off(files, packets):
+    _first(files, type=2).opts.so_peek_off = -5
+    return "files.img: unix socket id", "opts.so_peek_off = -5"
+
+
+def _absurd_queue(files, packets):
+    cap = 2 * max(_sysctl("wmem_max"), _sysctl("rmem_max"))
+    p, _ = packets[0]
+    p.length = cap + 1
+    packets[0] = (p, b"x" * (cap + 1))
+    return "sk-queues.img: entry 0: length", "beyond any buffer"
+
+
+def _listener_with_peer(files, packets):
+    _first(files, state=10).peer = _first(files, type=2).ino
+    return "files.img: unix socket id", "a listening socket has no peer"
+
+
+@pytest.mark.parametrize("spoil", [_listening_dgram, _connecting_stream, _rcvbuf_beyond_max,
+                                   _negative_peek_off, _absurd_queue, _listener_with_peer])
+def test_hostile_image_is_refused_before_anything_starts(build_target, target_runner,
+                                                         engine_cli, tmp_path, spoil):
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("unixbound"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    images = ImageDir(str(img))
+    files, packets = images.read("files"), images.read("sk-queues")
+    image, what = spoil(files, packets)
+    images.write("files", files)
+    images.write("sk-queues", packets)
+    line = engine_fails("restore", "-D", img)
+    assert image in line and what in line
+    assert task_gone(target.pid)
+
+
+def test_right_that_is_no_file_is_refused(build_target, target_runner, engine_cli, tmp_path):
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("unixscm"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    images = ImageDir(str(img))
+    packets = images.read("sk-queues")
+    i, (p, _) = next((i, q) for i, q in enumerate(packets) if q[0].scm)
+    p.scm[0].rights[0] = 99999
+    images.write("sk-queues", packets)
+    line = engine_fails("restore", "-D", img)
+    assert f"sk-queues.img: entry {i}: right 99999 is not a file" in line
+    assert task_gone(target.pid)
