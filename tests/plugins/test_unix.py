@@ -46,12 +46,27 @@ def test_named_listening_and_connected_sockets(build_target, target_runner, dump
                                                tmp_path, variant):
     target = target_runner.start(build_target("unixbound", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+    usk = [e["usk"] for e in _crit(tmp_path / "img" / "files.img") if "usk" in e]
+    assert len([u for u in usk if u.get("deleted")]) == 1
+    assert {u.get("name_dir") for u in usk} == {None, str(target.workdir)}
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_fds_in_flight(build_target, target_runner, dump_restore, tmp_path, variant):
     target = target_runner.start(build_target("unixscm", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+    queues = _crit(tmp_path / "img" / "sk-queues.img")
+    rights = [r for e in queues for scm in e.get("scm", ()) for r in scm["rights"]]
+    assert len(rights) == 5
+
+
+def _crit(path):
+    """Entries as Debian's crit (CRIU's own decoder) reads them."""
+    import json
+    import subprocess
+    out = subprocess.run(["crit", "decode", "-i", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["entries"]
 
 
 def _outside_socket(path):
