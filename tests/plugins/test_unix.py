@@ -182,3 +182,9 @@ def test_right_that_is_no_file_is_refused(build_target, target_runner, engine_cl
     line = engine_fails("restore", "-D", img)
     assert f"sk-queues.img: entry {i}: right 99999 is not a file" in line
     assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_sockets_across_tasks(build_target, target_runner, dump_restore, tmp_path, variant):
+    target = target_runner.start(build_target("unixtree", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
