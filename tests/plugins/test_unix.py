@@ -188,3 +188,9 @@ def test_right_that_is_no_file_is_refused(build_target, target_runner, engine_cl
 def test_sockets_across_tasks(build_target, target_runner, dump_restore, tmp_path, variant):
     target = target_runner.start(build_target("unixtree", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("kind", [(), ("--dgram",)], ids=["stream", "dgram"])
+def test_a_megabyte_queue(build_target, target_runner, dump_restore, tmp_path, kind):
+    target = target_runner.start(build_target("unixqueue"), "--kib", "1024", *kind)
+    assert dump_restore(target, tmp_path / "img") == "PASS"
