@@ -42,6 +42,7 @@ import socket
 from engine import hookimpl
 
 from . import dump as _dump
+from . import collect as _collect
 from . import restore as _restore
 
 log = logging.getLogger("engine.plugins.unix")
@@ -83,7 +84,7 @@ def engine_dump_finish(ctx):
 @hookimpl(trylast=True)
 def engine_restore_collect(ctx, graph):
     # Last: the fd tables' nodes exist, and are made to wait for the sockets.
-    _restore.collect(ctx, graph)
+    _collect.collect(ctx, graph)
 
 
 @hookimpl

@@ -11,7 +11,6 @@ import array
 import logging
 import os
 import socket
-import stat as st
 import struct
 
 import attrs
