@@ -194,3 +194,20 @@ def test_sockets_across_tasks(build_target, target_runner, dump_restore, tmp_pat
 def test_a_megabyte_queue(build_target, target_runner, dump_restore, tmp_path, kind):
     target = target_runner.start(build_target("unixqueue"), "--kib", "1024", *kind)
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+# --- the targets' checks can fail: a message taken from a queue is noticed ---
+
+@pytest.mark.parametrize("name,key,args,want", [
+    ("unixbound", "srv", (), "dgram 1"),
+    ("unixscm", "receiver", (), "stream:"),
+    ("unixqueue", "receiver", ("--kib", "64"), "queue ends"),
+])
+def test_target_detects_a_lost_message(build_target, target_runner, name, key, args, want):
+    import socket
+    from engine.fds import pidfd_getfd
+    target = target_runner.start(build_target(name), *args)
+    with socket.socket(fileno=pidfd_getfd(target.pid, target.addr(key))) as sock:
+        sock.recv(1 << 20, socket.MSG_DONTWAIT)
+    verdict = target.verdict()
+    assert verdict.startswith("FAIL") and want in verdict, verdict

@@ -150,6 +150,7 @@ int main(int argc, char **argv)
 	if (send(pk[0], "abc", 3, 0) != 3 || send(pk[0], "defg", 4, 0) != 4 ||
 	    recv(pk[1], buf, sizeof(buf), MSG_PEEK) != 3)
 		tgt_die("peek: %m");
+	tgt_info("srv=%d", srv);
 	tgt_ready();
 
 	tgt_wait_stop();

@@ -35,6 +35,7 @@ int main(int argc, char **argv)
 			tgt_die("send at %ld: %d: %m", done, n);
 		done += n;
 	}
+	tgt_info("receiver=%d", s[1]);
 	tgt_ready();
 
 	tgt_wait_stop();

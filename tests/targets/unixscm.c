@@ -77,6 +77,7 @@ int main(int argc, char **argv)
 	close(other[1]);
 	close(pr[0]);
 	close(pr[1]);
+	tgt_info("receiver=%d", st[1]);
 	tgt_ready();
 
 	tgt_wait_stop();
