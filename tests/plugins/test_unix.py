@@ -211,3 +211,35 @@ def test_target_detects_a_lost_message(build_target, target_runner, name, key, a
         sock.recv(1 << 20, socket.MSG_DONTWAIT)
     verdict = target.verdict()
     assert verdict.startswith("FAIL") and want in verdict, verdict
+
+
+# --- refused at dump, the target left running ---
+
+def _still_running(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] in "RS"
+
+
+def test_bytes_written_to_a_pending_connection_are_refused(build_target, target_runner,
+                                                           tmp_path):
+    import socket
+    from engine.fds import pidfd_getfd
+    from engine.testing import engine_fails
+    target = target_runner.start(build_target("unixbound"))
+    with socket.socket(fileno=pidfd_getfd(target.pid, target.addr("pending"))) as sock:
+        sock.send(b"early")
+    line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "img")
+    assert "written to a connection not yet accepted" in line
+    assert _still_running(target.pid)
+
+
+def test_a_pending_connection_from_outside_is_refused(build_target, target_runner,
+                                                      tmp_path):
+    import socket
+    from engine.testing import engine_fails
+    target = target_runner.start(build_target("unixbound"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as outside:
+        outside.connect(str(target.workdir / "listen.sock"))
+        line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "img")
+    assert "connections from outside the dumped tree" in line
+    assert _still_running(target.pid)

@@ -151,6 +151,7 @@ int main(int argc, char **argv)
 	    recv(pk[1], buf, sizeof(buf), MSG_PEEK) != 3)
 		tgt_die("peek: %m");
 	tgt_info("srv=%d", srv);
+	tgt_info("pending=%d", c2);
 	tgt_ready();
 
 	tgt_wait_stop();
