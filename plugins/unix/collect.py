@@ -113,6 +113,13 @@ def _check(fid: int, u, socks, by_ino, limits) -> None:
         raise ValueError(f"{where}: name_dir {u.name_dir!r} is not absolute")
     if u.name[:1] not in (b"", b"\0", b"/") and not u.name_dir:
         raise ValueError(f"{where}: name {u.name!r} is relative and has no name_dir")
+    if u.name[:1] not in (b"", b"\0") and not u.uflags & USK_EXTERN:
+        path = _path(u)
+        if not os.path.isdir(os.path.dirname(path) or b"/"):
+            raise ValueError(f"{where}: name: no directory {_printable(os.path.dirname(path))} "
+                             "to bind in")
+        if os.path.lexists(path) and not st.S_ISSOCK(os.lstat(path).st_mode):
+            raise ValueError(f"{where}: name: {_printable(path)} exists and is not a socket")
     if u.type == socket.SOCK_STREAM or u.type == socket.SOCK_SEQPACKET:
         if u.state == TCP_ESTABLISHED and u.uflags & USK_EXTERN:
             raise ValueError(f"{where}: a connected {kind} socket cannot be external")

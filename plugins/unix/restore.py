@@ -116,6 +116,14 @@ def _bind(ctx, sock, fid, u) -> None:
     its directory so getsockname() gives it back as it was."""
     if not u.name:
         return
+    try:
+        _bind_name(ctx, sock, fid, u)
+    except OSError as e:
+        raise ValueError(f"unix socket id {fid}: bind to {_printable(u.name)}: "
+                         f"{e.strerror}") from None
+
+
+def _bind_name(ctx, sock, fid, u) -> None:
     if u.name[:1] == b"\0":
         sock.bind(u.name)
         return

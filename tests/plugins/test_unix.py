@@ -243,3 +243,16 @@ def test_a_pending_connection_from_outside_is_refused(build_target, target_runne
         line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "img")
     assert "connections from outside the dumped tree" in line
     assert _still_running(target.pid)
+
+
+def test_a_name_taken_by_a_file_is_refused_before_anything_starts(build_target, target_runner,
+                                                                  engine_cli, tmp_path):
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("unixbound"))
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img")
+    target.reap()
+    (target.workdir / "dgram.sock").unlink()
+    (target.workdir / "dgram.sock").write_text("not a socket")
+    line = engine_fails("restore", "-D", tmp_path / "img")
+    assert "files.img: unix socket id" in line and "dgram.sock exists and is not a socket" in line
+    assert task_gone(target.pid)
