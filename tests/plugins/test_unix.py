@@ -256,3 +256,11 @@ def test_a_name_taken_by_a_file_is_refused_before_anything_starts(build_target, 
     line = engine_fails("restore", "-D", tmp_path / "img")
     assert "files.img: unix socket id" in line and "dgram.sock exists and is not a socket" in line
     assert task_gone(target.pid)
+
+
+def test_show_prints_the_queues(build_target, target_runner, engine_cli, tmp_path):
+    import json
+    target = target_runner.start(build_target("unixpair"))
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img")
+    shown = json.loads(engine_cli("show", tmp_path / "img").stdout)
+    assert sorted(e["payload_bytes"] for e in shown["sk-queues.img"]["entries"]) == [2, 4, 4, 4, 5, 5, 6]
