@@ -3,7 +3,8 @@
  *       accepted connection (data queued both ways) and a connection not yet
  *       accepted; a seqpacket listener on an abstract name with a pending
  *       connection; a dgram server (SO_PASSCRED, bigger SO_RCVBUF) with a
- *       connected client and an unconnected one queueing to it; a dgram socket
+ *       connected client and an unconnected one queueing to it, and a named
+ *       client holding the server's reply; a dgram socket
  *       whose path was deleted after bind, with a queued message; a stream
  *       pair shut down for writing one way; a pair whose peer was closed with
  *       bytes left; a dgram pair with SO_PEEK_OFF moved. After restore names,
@@ -92,7 +93,7 @@ static void talk(int a, int b, const char *what)
 int main(int argc, char **argv)
 {
 	char abstract[64], dgram_path[PATH_MAX], gone_path[PATH_MAX], buf[64];
-	int lst, c1, a1, c2, alst, c3, srv, d1, d2, gone, g2, sh[2], dead[2], pk[2];
+	int lst, c1, a1, c2, alst, c3, srv, d1, d2, cli, gone, g2, sh[2], dead[2], pk[2];
 	int one = 1, rcvbuf = 123456, zero = 0;
 	struct sockaddr_un a;
 
@@ -131,6 +132,12 @@ int main(int argc, char **argv)
 	if (send(d1, "d1-a", 4, 0) != 4 || send(d1, "d1-bb", 5, 0) != 5 ||
 	    sendto(d2, "d2", 2, 0, (struct sockaddr *)&a, mkaddr(&a, dgram_path, 0)) != 2)
 		tgt_die("dgram send: %m");
+
+	/* a named client the server answered: its queue is refilled by the server */
+	cli = sock(SOCK_DGRAM, "cli.sock", 0);
+	conn(cli, dgram_path, 0);
+	if (sendto(srv, "reply", 5, 0, (struct sockaddr *)&a, mkaddr(&a, "cli.sock", 0)) != 5)
+		tgt_die("reply: %m");
 
 	gone = sock(SOCK_DGRAM, gone_path, 0);
 	g2 = sock(SOCK_DGRAM, NULL, 0);
@@ -174,6 +181,8 @@ int main(int argc, char **argv)
 	check_recv(srv, "d1-bb", "dgram 2");
 	check_recv(srv, "d2", "dgram 3");
 	talk(d1, srv, "dgram client");
+	check_recv(cli, "reply", "named client queue");
+	check_name(cli, 1, dgram_path, 0, "named client peer name");
 	check_recv(gone, "ghost", "deleted socket queue");
 	talk(g2, gone, "deleted socket");
 	/* pending connections, accepted now */
