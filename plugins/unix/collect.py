@@ -57,8 +57,10 @@ def collect(ctx, graph) -> None:
     _owners(ctx, socks, units, unit_of, queues)
     for unit in units.values():
         names = ", ".join(f"{i}{_show(socks[i])}" for i in unit.ids)
+        what = "pair" if len(unit.ids) == 2 else "socket"
         graph.add(Node(key=unit.key, plugin="unix", where="task", pid=unit.pid, data=unit,
-                       after=sorted(unit.after), label=f"unix socket {names}"))
+                       after=sorted(unit.after),
+                       label=f"unix {TYPES[socks[unit.ids[0]].type]} {what} {names}"))
     for fid, u in socks.items():
         if u.deleted and fid in unit_of:
             users = {unit_of[fid].key} | {un.key for un in units.values()
