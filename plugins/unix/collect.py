@@ -101,8 +101,9 @@ def _check(fid: int, u, socks, by_ino, limits) -> None:
     if u.state == TCP_LISTEN and u.backlog > limits["somaxconn"]:
         raise ValueError(f"{where}: backlog {u.backlog} is not a listen queue "
                          f"(net.core.somaxconn is {limits['somaxconn']})")
-    if u.state == TCP_CLOSE and u.peer:
-        raise ValueError(f"{where}: peer: a closed socket has peer {u.peer}")
+    # A connected dgram socket shows TCP_CLOSE on kernels before 5.15 (CRIU images).
+    if u.state == TCP_CLOSE and u.peer and u.type != socket.SOCK_DGRAM:
+        raise ValueError(f"{where}: peer: a closed {kind} socket has peer {u.peer}")
     if u.uflags & ~USK_EXTERN:
         raise ValueError(f"{where}: uflags {u.uflags:#x} are not supported")
     if u.shutdown and u.uflags & USK_EXTERN:
@@ -274,16 +275,31 @@ def _owners(ctx, socks, units, unit_of, queues) -> None:
         if unit.pid is None:
             raise ValueError(f"files.img: unix socket id {unit.ids[0]} is held by no task, "
                              "not even in flight in a queue a task holds")
+    by_ino = {u.ino: f for f, u in socks.items()}
     for fid, u in socks.items():
-        if not queues.get(fid):
-            continue
-        where = f"sk-queues.img: socket id {fid}"
-        pfid = next((f for f, p in socks.items() if p.ino == u.peer), None) if u.peer else None
-        mutual = pfid is not None and socks[pfid].peer == u.ino
-        if pfid is not None and socks[pfid].state == TCP_LISTEN:
-            raise ValueError(f"{where}: a connection not yet accepted has no messages")
-        if not mutual and not u.name and not (u.state == TCP_ESTABLISHED and not u.peer):
-            raise ValueError(f"{where}: messages for an unnamed socket with no peer")
+        if queues.get(fid):
+            _check_refill(fid, u, socks, by_ino)
+
+
+def _check_refill(fid, u, socks, by_ino) -> None:
+    """Someone can send the queued messages again (restore.py does it so):
+    the pair's other end, the dead peer we make up, the connected-to peer
+    (to our name), or a temporary sender (to our name)."""
+    where = f"sk-queues.img: socket id {fid}"
+    p = socks.get(by_ino.get(u.peer)) if u.peer else None
+    if p is not None and p.peer == u.ino and p.state != TCP_LISTEN:
+        return                                          # a pair
+    if u.state == TCP_ESTABLISHED and not u.peer and (u.type != socket.SOCK_DGRAM
+                                                      or not u.name):
+        return                                          # its peer was closed
+    if p is not None and p.state == TCP_LISTEN:
+        raise ValueError(f"{where}: a connection not yet accepted has no messages")
+    if u.type != socket.SOCK_DGRAM:
+        raise ValueError(f"{where}: a {TYPES[u.type]} socket with no peer has no messages")
+    if p is not None and p.uflags & USK_EXTERN:
+        raise ValueError(f"{where}: messages from an external peer cannot be sent again")
+    if not u.name:
+        raise ValueError(f"{where}: messages for an unnamed socket with no peer")
 
 
 def _fd_tables(ctx, numbers: bool = False) -> dict[int, list[int]]:

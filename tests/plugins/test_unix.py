@@ -147,8 +147,16 @@ def _listener_with_peer(files, packets):
     return "files.img: unix socket id", "a listening socket has no peer"
 
 
+def _queue_for_pending(files, packets):
+    listener = _first(files, state=10, type=1)
+    pending = next(e for e in files if e.HasField("usk") and e.usk.peer == listener.ino)
+    packets[0][0].id_for = pending.id
+    return f"sk-queues.img: socket id {pending.id}", "not yet accepted has no messages"
+
+
 @pytest.mark.parametrize("spoil", [_listening_dgram, _connecting_stream, _rcvbuf_beyond_max,
-                                   _negative_peek_off, _absurd_queue, _listener_with_peer])
+                                   _negative_peek_off, _absurd_queue, _listener_with_peer,
+                                   _queue_for_pending])
 def test_hostile_image_is_refused_before_anything_starts(build_target, target_runner,
                                                          engine_cli, tmp_path, spoil):
     from engine.images import ImageDir
