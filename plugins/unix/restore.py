@@ -60,7 +60,8 @@ def _pair(ctx, unit, socks):
         _bind(ctx, csock, client, socks[client])
         lsock = _get(ctx, unit.listener)
         try:
-            csock.connect(_address(socks[unit.listener]))
+            with _reach(socks[unit.listener]) as address:
+                csock.connect(address)
             asock, _ = lsock.accept()
         finally:
             lsock.close()
@@ -89,7 +90,8 @@ def _single(ctx, fid, socks):
     peer = by_ino.get(u.peer) if u.peer else None
     if peer is not None:
         try:
-            sock.connect(_address(socks[peer]))
+            with _reach(socks[peer]) as address:
+                sock.connect(address)
         except OSError as e:
             what = "external peer" if socks[peer].uflags & USK_EXTERN else "peer"
             raise ValueError(f"unix socket id {fid}: connect to its {what} "
@@ -97,12 +99,13 @@ def _single(ctx, fid, socks):
         if ctx.stash[QUEUES].get(fid):
             sender = _get(ctx, peer)
             try:
-                _fill(ctx, fid, sender, socks, to=_address(u))
+                with _reach(u) as address:
+                    _fill(ctx, fid, sender, socks, to=address)
             finally:
                 sender.close()
     elif ctx.stash[QUEUES].get(fid):
-        with socket.socket(socket.AF_UNIX, u.type) as temp:
-            _fill(ctx, fid, temp, socks, to=_address(u))
+        with socket.socket(socket.AF_UNIX, u.type) as temp, _reach(u) as address:
+            _fill(ctx, fid, temp, socks, to=address)
     return sock
 
 
@@ -160,8 +163,12 @@ def _in_dir(directory):
         os.close(back)
 
 
-def _address(u) -> bytes:
-    return u.name if u.name[:1] == b"\0" else _path(u)
+@contextlib.contextmanager
+def _reach(u):
+    """The address to connect or send to `u` at: a relative name from its
+    directory (its absolute path may not fit in sun_path)."""
+    with _in_dir(u.name_dir if u.name[:1] not in (b"\0", b"/") else None):
+        yield u.name
 
 
 def _get(ctx, fid) -> socket.socket:
