@@ -89,7 +89,8 @@ def describe(ctx, pid: int, fd: int, ino: int, where: str):
         except OSError:
             peername = b""
         so = sock.getsockopt
-        sndbuf, rcvbuf = so(socket.SOL_SOCKET, socket.SO_SNDBUF), so(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        sndbuf = so(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        rcvbuf = so(socket.SOL_SOCKET, socket.SO_RCVBUF)
         passcred = so(socket.SOL_SOCKET, SO_PASSCRED)
         peek_off = so(socket.SOL_SOCKET, SO_PEEK_OFF)
         snd = struct.unpack("ll", so(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
@@ -117,7 +118,8 @@ def describe(ctx, pid: int, fd: int, ino: int, where: str):
     u.shutdown = d.shutdown & 3
     u.fown.uid = u.fown.euid = u.fown.signum = u.fown.pid_type = u.fown.pid = 0
     o = u.opts
-    o.so_sndbuf, o.so_rcvbuf, o.so_passcred, o.so_peek_off = sndbuf, rcvbuf, bool(passcred), peek_off
+    o.so_sndbuf, o.so_rcvbuf = sndbuf, rcvbuf
+    o.so_passcred, o.so_peek_off = bool(passcred), peek_off
     o.so_snd_tmo_sec, o.so_snd_tmo_usec = snd
     o.so_rcv_tmo_sec, o.so_rcv_tmo_usec = rcv
     if name and name[0] != 0:
