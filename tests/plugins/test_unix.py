@@ -57,7 +57,7 @@ def test_fds_in_flight(build_target, target_runner, dump_restore, tmp_path, vari
     assert dump_restore(target, tmp_path / "img") == "PASS"
     queues = _crit(tmp_path / "img" / "sk-queues.img")
     rights = [r for e in queues for scm in e.get("scm", ()) for r in scm["rights"]]
-    assert len(rights) == 5
+    assert len(rights) == 6
 
 
 def _crit(path):

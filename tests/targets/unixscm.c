@@ -4,7 +4,7 @@
  *       one end of another socketpair (itself holding a queued message) on a
  *       stream pair, after plain bytes; a pipe's read end with bytes in it on
  *       a dgram pair; an fd the task still holds (the same open file comes
- *       back). After restore the receiver gets every fd and each one works. */
+ *       back); a socket in its own queue. After restore the receiver gets every fd and each one works. */
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include "target.h"
@@ -49,13 +49,14 @@ static int recv_fds(int sock, char *buf, int size, int *fds, int max, int *len)
 
 int main(int argc, char **argv)
 {
-	int st[2], dg[2], pw[2], pr[2], other[2], file, kept, fds[4], n, len;
+	int st[2], dg[2], pw[2], pr[2], other[2], me[2], file, kept, fds[4], n, len;
 	char buf[64];
 	struct stat a, b;
 
 	tgt_init(argc, argv);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, st) || socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) ||
-	    socketpair(AF_UNIX, SOCK_STREAM, 0, other) || pipe(pw) || pipe(pr))
+	    socketpair(AF_UNIX, SOCK_STREAM, 0, other) || pipe(pw) || pipe(pr) ||
+	    socketpair(AF_UNIX, SOCK_SEQPACKET, 0, me))
 		tgt_die("setup: %m");
 	file = open("data", O_RDWR | O_CREAT | O_TRUNC, 0600);
 	kept = open("kept", O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -72,6 +73,7 @@ int main(int argc, char **argv)
 	send_fds(st[0], "three-fds", fds, 3);
 	send_fds(st[0], "kept-fd", &kept, 1);
 	send_fds(dg[0], "pipe-read-end", &pr[0], 1);
+	send_fds(me[0], "yourself", &me[1], 1);         /* a socket in its own queue */
 	close(pw[1]);
 	close(file);
 	close(other[1]);
@@ -112,5 +114,12 @@ int main(int argc, char **argv)
 	if (n == 1)
 		tgt_check(read(fds[0], buf, sizeof(buf)) == 11 && !memcmp(buf, "in-the-pipe", 11),
 			  "in-flight pipe read end: its bytes");
+	n = recv_fds(me[1], buf, sizeof(buf), fds, 4, &len);
+	tgt_check(n == 1 && len == 8, "own queue: %d fds, %d bytes", n, len);
+	if (n == 1) {
+		fstat(fds[0], &a);
+		fstat(me[1], &b);
+		tgt_check(a.st_ino == b.st_ino, "a socket in its own queue came back as another");
+	}
 	tgt_finish();
 }
