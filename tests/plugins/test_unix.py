@@ -273,3 +273,11 @@ def test_show_prints_the_queues(build_target, target_runner, engine_cli, tmp_pat
     shown = json.loads(engine_cli("show", tmp_path / "img").stdout)
     sizes = sorted(e["payload_bytes"] for e in shown["sk-queues.img"]["entries"])
     assert sizes == [2, 4, 4, 4, 5, 5, 6]
+
+
+@pytest.mark.parametrize("name", ["unixbound", "unixscm"])
+def test_dump_leaves_queues_and_peek_offsets_as_they_were(build_target, target_runner,
+                                                          engine_cli, tmp_path, name):
+    target = target_runner.start(build_target(name))
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img", "--leave-running")
+    assert target.verdict() == "PASS"
