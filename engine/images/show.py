@@ -27,15 +27,13 @@ def image_dir_to_json(path, registry=None) -> dict:
             out[fname] = {"error": str(e)}
             continue
         out[fname] = {"magic": kind.magic_name or kind.name.upper(),
-                      "entries": [_entry(m) for m in entries]}
+                      "entries": [_entry(kind, e, MessageToDict) for e in entries]}
     return out
 
 
-def _entry(item) -> dict:
-    """An entry as a dict; the raw bytes after it (queues, pipe data) as their size."""
-    from google.protobuf.json_format import MessageToDict
-    msg, payload = item if isinstance(item, tuple) else (item, None)
-    out = MessageToDict(msg, preserving_proto_field_name=True)
-    if payload is not None:
-        out["payload_bytes"] = len(payload)
-    return out
+def _entry(kind, item, to_dict) -> dict:
+    """One entry as a dict; raw bytes after it (queues, pipe data) are counted."""
+    if not kind.payload:
+        return to_dict(item, preserving_proto_field_name=True)
+    msg, data = item
+    return {**to_dict(msg, preserving_proto_field_name=True), "payload_bytes": len(data)}
