@@ -65,7 +65,7 @@ TASK_LOCKED = StashKey()  # restore, in a task: the lock is in place
 @hookimpl
 def engine_register_images(registry):
     from engine.images.kinds import ImageKind
-    registry.register(ImageKind("tcp-stream", "tcp-stream-{id:x}.img", 0x58727116,
+    registry.register(ImageKind("tcp-stream", "tcp-stream-{id:x}.img", 0x51465506,
                                 "engine.images.proto.tcp_stream_pb2", "tcp_stream_entry",
                                 magic_name="TCP_STREAM", resource="file:INETSK",
                                 payload=("inq_len", "outq_len")))
