@@ -141,15 +141,13 @@ def engine_restore_collect(ctx, graph):
     socks = {fid: e.isk for fid, e in ctx.files.items() if e.HasField("isk")}
     if not socks:
         return
-    data, conns, established = {}, [], set()
+    data, established = {}, set()
     for fid, i in socks.items():
         _check_entry(ctx, fid, i)
         if i.proto == socket.IPPROTO_TCP and i.state == TCP_ESTABLISHED:
             data[i.ino] = _read_stream(ctx, i)
-            conns.append((_addr(i.family, i.src_addr), i.src_port,
-                          _addr(i.family, i.dst_addr), i.dst_port))
             established.add(fid)
-    ctx.stash[TCP_DATA], ctx.stash[CONNS] = data, conns
+    ctx.stash[TCP_DATA], ctx.stash[CONNS] = data, connections(ctx.files.values())
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         if not ctx.images.exists("fdinfo", id=files_id):
@@ -299,10 +297,18 @@ def _let_go(ctx) -> None:
                 repair.resume(sock)
         except OSError as e:
             log.warning("task %d: fd %d: repair mode not turned off: %s", pid, fd, e)
-    netlock.unlock(ctx.stash.pop(LOCKED, []))
+    conns, ctx.stash[LOCKED] = ctx.stash.get(LOCKED, []), []
+    netlock.unlock(conns)
 
 
 # --- helpers: restore --------------------------------------------------------
+
+def connections(entries) -> list:
+    """The established TCP connections among files.img entries (lock tuples)."""
+    return [(_addr(i.family, i.src_addr), i.src_port, _addr(i.family, i.dst_addr), i.dst_port)
+            for i in (e.isk for e in entries if e.HasField("isk"))
+            if i.proto == socket.IPPROTO_TCP and i.state == TCP_ESTABLISHED]
+
 
 def _check_entry(ctx, fid: int, i) -> None:
     where = f"files.img: inet socket id {fid}"

@@ -8,14 +8,16 @@ keep working), nothing can reach it and it reaches nothing, and on TCP a
 read or write fails (ENOTCONN, EPIPE) as on a reset connection, which a
 service already handles; on /dev/null writes would succeed silently (the
 service would believe its data delivered) and socket calls would fail with
-ENOTSOCK. Queues and tcp-stream images are not read; no network lock is
-taken or removed.
+ENOTSOCK. Queues and tcp-stream images are not read. The connections are
+given up, so once the restore succeeded their network lock (left by the
+dump) is removed: a later connection on the same ports must not be dropped.
 """
 from __future__ import annotations
 
 import socket
 
 from engine import hookimpl
+from plugins.sk_inet import connections, netlock
 
 
 @hookimpl
@@ -24,3 +26,8 @@ def engine_restore_file(ctx, entry):
         return None
     i = entry.isk
     return socket.socket(i.family, i.type, i.proto).detach()
+
+
+@hookimpl
+def engine_restore_finish(ctx):
+    netlock.unlock(connections(ctx.files.values()))

@@ -6,13 +6,11 @@ import pytest
 def _conns(img):
     """The connections of an image set, as the network lock names them."""
     from engine.images import ImageDir
-    from plugins.sk_inet import _addr
+    from plugins.sk_inet import connections, netlock
     out = set()
-    for e in ImageDir(str(img)).read("files"):
-        i = e.isk
-        if e.HasField("isk") and i.state == 1 and i.proto == 6:
-            out.add((_addr(i.family, i.src_addr), i.src_port, _addr(i.family, i.dst_addr),
-                     i.dst_port))
+    for a, ap, b, bp in connections(ImageDir(str(img)).read("files")):
+        _, a, b = netlock._family(a, b)          # v4-mapped ones are locked as v4
+        out.add((a, ap, b, bp))
     return out
 
 
@@ -41,3 +39,39 @@ def test_full_send_queues_come_back(build_target, target_runner, dump_restore, t
     assert dump_restore(target, tmp_path / "img") == "PASS"
     streams = _streams(tmp_path / "img")
     assert any(s.outq_len for s in streams) and any(s.unsq_len for s in streams)
+
+
+def test_hook_engine_dump_abort(build_target, target_runner, tmp_path):
+    """A dump failing after the connection was locked and put in repair mode
+    (files.img cannot be written) lets it go: repair off, lock removed, the
+    target runs on with its data."""
+    from engine.testing import engine_fails
+    from plugins.sk_inet import netlock
+    target = target_runner.start(build_target("tcppair"))
+    img = tmp_path / "img"
+    (img / "files.img").mkdir(parents=True)
+    line = engine_fails("dump", "-t", target.pid, "-D", img)
+    assert "files.img" in line
+    port = target.addr("port")
+    assert not [c for c in netlock.locked() if port in (c[1], c[3])]
+    assert target.verdict() == "PASS"
+
+
+def test_leave_running_lets_the_connection_go(build_target, target_runner, engine_cli,
+                                              tmp_path):
+    from plugins.sk_inet import netlock
+    target = target_runner.start(build_target("tcppair"))
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img", "--leave-running")
+    assert not _conns(tmp_path / "img") & netlock.locked()
+    assert target.verdict() == "PASS"
+
+
+def test_disabled_sk_inet_restores_sockets_closed(build_target, target_runner, dump_restore,
+                                                   tmp_path):
+    """--disable sk_inet: the fallback gives never-connected sockets of the
+    same family and type; the rest of the process comes back."""
+    target = target_runner.start(build_target("tcppair"), "--expect-closed")
+    img = tmp_path / "img"
+    assert dump_restore(target, img, restore_args=("--disable", "sk_inet")) == "PASS"
+    from plugins.sk_inet import netlock
+    assert _conns(img) and not _conns(img) & netlock.locked()

@@ -1,11 +1,13 @@
 /* engine-target: variants=dynamic-pie,static-nopie ; flags=-O2 ;
- * args: [--v6 | --mapped] [--bytes N] ;
+ * args: [--v6 | --mapped] [--bytes N] [--expect-closed] ;
  * what: a loopback TCP listener and one established connection (both ends
  *       in the task) with data queued both ways, options set (NODELAY,
  *       keepalive knobs, linger, TOS/TTL, buffer sizes, a non-blocking
  *       end), an unbound TCP socket and a bound + a connected UDP socket;
  *       after restore every byte arrives once, in order, the options are
- *       as set, the pair still talks and the listener still accepts */
+ *       as set, the pair still talks and the listener still accepts.
+ *       --expect-closed (restored with --disable sk_inet): every inet fd is
+ *       a socket of its type that is connected to nothing, the rest intact */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -115,7 +117,7 @@ static void fill(char *buf, int n, int seed)
 
 int main(int argc, char **argv)
 {
-	int bytes = 5000;
+	int bytes = 5000, expect_closed = 0;
 	struct linger lg = {.l_onoff = 1, .l_linger = 7};
 
 	tgt_init(argc, argv);
@@ -124,6 +126,8 @@ int main(int argc, char **argv)
 			family = AF_INET6;
 		else if (!strcmp(tgt_argv[i], "--mapped"))
 			family = AF_INET6, mapped = 1;
+		else if (!strcmp(tgt_argv[i], "--expect-closed"))
+			expect_closed = 1;
 		else if (!strcmp(tgt_argv[i], "--bytes") && i + 1 < tgt_argc)
 			bytes = atoi(tgt_argv[++i]);
 	}
@@ -171,12 +175,31 @@ int main(int argc, char **argv)
 	if (connect(uc, (void *)&udst, alen))
 		tgt_die("udp connect: %m");
 	int ub_port = port_of(ub), uc_port = port_of(uc), l_port = port_of(l);
+	tgt_info("port=%d", l_port);
 	tgt_info("c2s=%d", n_c2s);
 	tgt_info("s2c=%d", n_s2c);
 	tgt_ready();
 
 	while (!tgt_stop)
 		tgt_msleep(5);
+	if (expect_closed) {
+		struct sockaddr_storage peer;
+		socklen_t pl = sizeof(peer);
+		int fds[] = {l, c, s, unbound, ub, uc};
+
+		signal(SIGPIPE, SIG_IGN);
+		for (int i = 0; i < 6; i++)
+			tgt_check(getint(fds[i], SOL_SOCKET, SO_DOMAIN) == family &&
+				  getint(fds[i], SOL_SOCKET, SO_TYPE) == (i < 4 ? SOCK_STREAM : SOCK_DGRAM),
+				  "fd %d is not a socket of its family and type", fds[i]);
+		tgt_check(getpeername(c, (void *)&peer, &pl) < 0 && errno == ENOTCONN,
+			  "client still connected");
+		tgt_check(write(c, "x", 1) < 0 && read(s, buf, 1) < 0, "closed sockets carry data");
+		tgt_check(port_of(l) == 0 && port_of(ub) == 0, "sockets bound again");
+		fill(buf, bytes, 1);
+		tgt_check(!memcmp(buf, c2s, bytes), "memory changed");
+		tgt_finish();
+	}
 	tgt_check(read_all(s, buf, n_c2s) == n_c2s && !memcmp(buf, c2s, n_c2s),
 		  "client->server data lost or changed (%d bytes sent)", n_c2s);
 	tgt_check(read_all(c, buf, n_s2c) == n_s2c && !memcmp(buf, s2c, n_s2c),
