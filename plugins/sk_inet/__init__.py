@@ -165,9 +165,12 @@ def engine_restore_file(ctx, entry):
     if not entry.HasField("isk"):
         return None
     i = entry.isk
-    sock = _owned_socket(i.family, i.type, i.proto, _uid_for(ctx, i))
+    uid = _uid_for(ctx, i)
+    sock = _owned_socket(i.family, i.type, i.proto, uid)
     try:
         _restore_socket(ctx, sock, i)
+        if uid != os.geteuid():
+            _check_owner(sock, i, uid)
     except BaseException:
         sock.close()
         raise
@@ -508,6 +511,22 @@ def _owned_socket(family: int, stype: int, proto: int, uid: int) -> socket.socke
         sock.close()
         raise PermissionError(f"socket owner is uid {got}, not {uid}")
     return sock
+
+
+def _check_owner(sock: socket.socket, i, uid: int) -> None:
+    """sk_uid as the kernel shows it (/proc/net/*'s uid column), once the
+    socket is hashed there; an unbound one has only its inode's owner."""
+    ino = os.fstat(sock.fileno()).st_ino
+    name = ("tcp" if i.proto == socket.IPPROTO_TCP else "udp") + (
+        "6" if i.family == socket.AF_INET6 else "")
+    with open(f"/proc/net/{name}") as f:
+        for line in f:
+            cols = line.split()
+            if len(cols) > 9 and cols[9] == str(ino):
+                if int(cols[7]) != uid:
+                    raise PermissionError(f"inet socket {i.ino}: owner is uid {cols[7]} "
+                                          f"in /proc/net/{name}, not {uid}")
+                return
 
 
 def _effective_caps() -> int:

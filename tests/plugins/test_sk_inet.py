@@ -1,5 +1,7 @@
 """sk_inet: TCP and UDP sockets, established connections through TCP_REPAIR,
 the network lock, the socket owner uid, and --disable sk_inet."""
+import os
+
 import pytest
 
 
@@ -75,3 +77,92 @@ def test_disabled_sk_inet_restores_sockets_closed(build_target, target_runner, d
     assert dump_restore(target, img, restore_args=("--disable", "sk_inet")) == "PASS"
     from plugins.sk_inet import netlock
     assert _conns(img) and not _conns(img) & netlock.locked()
+
+
+# --- the socket owner uid (sk_uid) -----------------------------------------
+
+@pytest.fixture
+def netns():
+    """A network namespace of our own, lo up, counting uid 1337's packets."""
+    import subprocess
+    name = f"engine-skuid-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "nft", "-f", "-"], check=True, text=True,
+                       input="table inet owner {\n chain out {\n  type filter hook output "
+                             "priority 0;\n  meta skuid 1337 counter\n }\n}\n")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _in_netns(ns, *args, check=True):
+    """`engine ARGS` run inside network namespace `ns` (sock_diag sees its sockets)."""
+    import subprocess
+    import sys
+    from engine.testing import AUTOLOAD_ENV, REPO_ROOT
+    env = dict(os.environ, **{AUTOLOAD_ENV: "1", "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "engine",
+                           *map(str, args)], capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _skuid_packets(ns) -> int:
+    import re
+    import subprocess
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "owner",
+                          "out"], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"counter packets (\d+)", out).group(1))
+
+
+def test_socket_owner_uid_survives(build_target, target_runner, netns, tmp_path):
+    """The client socket was made under fsuid 1337: after restore the owner
+    match still counts its packets, and /proc/net/tcp shows uid 1337."""
+    from engine.images import ImageDir
+    from engine.testing import reap_dumped_tree
+    exe = build_target("tcpuid")
+    wrapper = tmp_path / "in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {exe} "$@"\n')
+    wrapper.chmod(0o755)
+    target = target_runner.start(wrapper)
+    img = tmp_path / "img"
+    before = _skuid_packets(netns)
+    assert before > 0                         # the handshake and "before"
+    _in_netns(netns, "dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    uids = sorted(e.isk.uid for e in ImageDir(str(img)).read("files") if e.HasField("isk"))
+    assert uids == [0, 0, 1337]
+    _in_netns(netns, "restore", "-D", img)
+    restored = _skuid_packets(netns)
+    assert target.verdict() == "PASS"
+    assert _skuid_packets(netns) > restored   # "after" went out of uid 1337's socket
+
+
+def test_uid_without_mapping_is_refused(build_target, netns, target_runner, tmp_path):
+    """Restoring where uid 1337 has no mapping (a user namespace mapping only
+    root) fails before anything starts, naming the entry and the uid."""
+    import subprocess
+    import sys
+    from engine.testing import AUTOLOAD_ENV, REPO_ROOT, reap_dumped_tree
+    exe = build_target("tcpuid")
+    wrapper = tmp_path / "in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {exe} "$@"\n')
+    wrapper.chmod(0o755)
+    target = target_runner.start(wrapper)
+    img = tmp_path / "img"
+    _in_netns(netns, "dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    env = dict(os.environ, **{AUTOLOAD_ENV: "1", "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-m",
+                           "engine", "restore", "-D", str(img)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "files.img: inet socket id" in lines[0], proc.stderr
+    assert "uid 1337 has no mapping" in lines[0]
+    assert target.pid not in [int(p) for p in os.listdir("/proc") if p.isdigit()]
