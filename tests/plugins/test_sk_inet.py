@@ -166,3 +166,27 @@ def test_uid_without_mapping_is_refused(build_target, netns, target_runner, tmp_
     assert len(lines) == 1 and "files.img: inet socket id" in lines[0], proc.stderr
     assert "uid 1337 has no mapping" in lines[0]
     assert target.pid not in [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+@pytest.mark.parametrize("drop", ["", "cap_setuid"], ids=["setfsuid", "fchown"])
+def test_owned_socket_by_privilege(tmp_path, drop):
+    """With CAP_SETUID the socket is made under setfsuid; without it (capsh
+    drops it) it is fchown'ed; either way the kernel's sk_uid is 1337."""
+    import subprocess
+    import sys
+    from engine.testing import REPO_ROOT
+    script = tmp_path / "owned.py"
+    script.write_text(
+        "import os, socket\n"
+        "from plugins.sk_inet import _owned_socket, _effective_caps\n"
+        "s = _owned_socket(socket.AF_INET, socket.SOCK_STREAM, 6, 1337)\n"
+        "s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "ino = str(os.fstat(s.fileno()).st_ino)\n"
+        "print(_effective_caps() >> 7 & 1, [l.split()[7] for l in open('/proc/net/tcp')\n"
+        "                                   if l.split()[9] == ino])\n")
+    cmd = [sys.executable, str(script)]
+    if drop:
+        cmd = ["capsh", f"--drop={drop}", "--", "-c", " ".join(cmd)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT))).stdout
+    assert out.split(None, 1) == ["0" if drop else "1", "['1337']\n"]
