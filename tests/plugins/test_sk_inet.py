@@ -190,3 +190,56 @@ def test_owned_socket_by_privilege(tmp_path, drop):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT))).stdout
     assert out.split(None, 1) == ["0" if drop else "1", "['1337']\n"]
+
+
+# --- bad images: refused before anything starts ------------------------------
+
+def _dumped(build_target, target_runner, engine_cli, tmp_path):
+    from engine.images import ImageDir
+    from plugins.sk_inet import engine_register_images
+    target = target_runner.start(build_target("tcppair"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    images = ImageDir(str(img))
+    engine_register_images(images.kinds)
+    return target, img, images
+
+
+@pytest.mark.parametrize("what", ["family", "state", "src_addr", "sndbuf", "unsq_len",
+                                  "missing", "truncated"])
+def test_bad_image_is_refused(build_target, target_runner, engine_cli, tmp_path, what):
+    from engine.testing import engine_fails, task_gone
+    from plugins.sk_inet import netlock
+    target, img, images = _dumped(build_target, target_runner, engine_cli, tmp_path)
+    conns = _conns(img)
+    files = images.read("files")
+    isk = next(e for e in files if e.HasField("isk") and e.isk.state == 1)
+    stream = img / f"tcp-stream-{isk.isk.ino:x}.img"
+    want = {"family": "files.img: inet socket id", "state": "files.img: inet socket id",
+            "src_addr": "src_addr has 3 words", "sndbuf": "opts.so_sndbuf",
+            "unsq_len": f"{stream.name}: unsq_len", "missing": f"{stream.name}: missing",
+            "truncated": f"{stream.name}: entry 0"}[what]
+    if what == "family":
+        isk.isk.family = 99
+    elif what == "state":
+        isk.isk.state = 6                 # TIME_WAIT
+    elif what == "src_addr":
+        isk.isk.src_addr.extend([1, 2])
+    elif what == "sndbuf":
+        isk.isk.opts.so_sndbuf = 0
+    elif what == "unsq_len":
+        (entry, data), = images.read("tcp-stream", id=isk.isk.ino)
+        entry.unsq_len = entry.outq_len + 1
+        images.write("tcp-stream", [(entry, data)], id=isk.isk.ino)
+    elif what == "truncated":
+        stream.write_bytes(stream.read_bytes()[:-1])      # the queue, one byte short
+    elif what == "missing":
+        stream.unlink()
+    images.write("files", files)
+    line = engine_fails("restore", "-D", img)
+    assert line.startswith("engine: error: ") and want in line, line
+    assert task_gone(target.pid)
+    assert conns <= netlock.locked()           # still locked, as the dump left it
+    netlock.unlock(list(conns))
+
