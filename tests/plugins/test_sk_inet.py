@@ -243,3 +243,9 @@ def test_bad_image_is_refused(build_target, target_runner, engine_cli, tmp_path,
     assert conns <= netlock.locked()           # still locked, as the dump left it
     netlock.unlock(list(conns))
 
+
+
+def test_many_connections(build_target, target_runner, dump_restore, tmp_path):
+    """The bench's target, smaller: 20 connections with 64 KiB queued each."""
+    target = target_runner.start(build_target("tcpmany"), "--conns", "20")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
