@@ -4,9 +4,9 @@ Dump: a ``socket:[INODE]`` fd that sock_diag (pyroute2) lists as AF_INET or
 AF_INET6 TCP or UDP becomes an INETSK entry of files.img: family, type,
 state, addresses and ports (getsockname/getpeername of a pidfd_getfd copy),
 backlog, socket, TCP and IP options, and the owner uid (sock_diag's
-idiag_uid). TCP sockets may be unbound, bound, listening (with no
-connection waiting to be accepted) or established; UDP ones unbound, bound
-or connected (their queued datagrams are not kept, as CRIU). An established
+idiag_uid). TCP sockets may be unbound, bound, listening (connections
+waiting to be accepted: see pending) or established; UDP ones unbound,
+bound or connected (their queued datagrams are not kept, as CRIU). An established
 connection is locked first (netlock), then read through TCP_REPAIR (repair)
 into tcp-stream-INO.img, both queues after the entry. Any other TCP state is
 refused with the fd named, and the tree is left running.
@@ -38,7 +38,7 @@ from engine.fds import fdinfo, pidfd_getfd
 from engine.graph import Node
 from engine.stash import StashKey
 
-from plugins.sk_inet import netlock, repair
+from plugins.sk_inet import netlock, pending, repair
 
 log = logging.getLogger("engine.plugins.sk_inet")
 
@@ -60,6 +60,8 @@ TCP_DATA = StashKey()    # restore: inode -> (tcp_stream_entry, inq, outq)
 CONNS = StashKey()       # restore: connections to lock, then unlock
 UNSENT = StashKey()      # restore, in a task: inode -> bytes to send after repair
 TASK_LOCKED = StashKey()  # restore, in a task: the lock is in place
+RECONNECT = StashKey()   # restore: client inode -> bytes, of connections never accepted
+RECONNECTING = StashKey()  # restore, in a task: inode -> (peer, conn, bytes)
 
 
 @hookimpl
@@ -97,8 +99,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         raise ValueError(f"{where}: {'TCP' if tcp else 'UDP'} state "
                          f"{STATES.get(state, state)} is not supported")
     if tcp and state == TCP_LISTEN and info["rqueue"]:
-        raise ValueError(f"{where}: listening socket with {info['rqueue']} connection(s) "
-                         "not yet accepted is not supported yet")
+        pending.check_listener(ctx, task.pid, fd, info, where)
     sock = socket.socket(fileno=pidfd_getfd(task.pid, fd))
     try:
         entry = _describe(sock, info, fdinfo(task.pid, fd)["flags"] & ~os.O_CLOEXEC)
@@ -115,8 +116,9 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 @hookimpl
 def engine_dump_finish(ctx):
     streams = ctx.stash.get(STREAMS, {})
-    if not streams:
+    if not streams and not ctx.stash.get(pending.LISTENERS, None):
         return
+    pending.check_clients(ctx, ctx.stash[DIAG], streams)
     conns = [conn for _, _, conn in streams.values()]
     netlock.lock(conns)
     ctx.stash[LOCKED] = conns
@@ -124,12 +126,14 @@ def engine_dump_finish(ctx):
         with socket.socket(fileno=pidfd_getfd(pid, fd)) as sock:
             entry, inq, outq = repair.dump(sock)
         ctx.images.write("tcp-stream", [(entry, inq + outq)], id=ino)
+    pending.take(ctx, _describe)
     if getattr(ctx.options, "leave_running", False):
         _let_go(ctx)
 
 
 @hookimpl
 def engine_dump_abort(ctx, error):
+    pending.abort(ctx)
     if ctx.stash.get(LOCKED, None):
         _let_go(ctx)
 
@@ -148,16 +152,19 @@ def engine_restore_collect(ctx, graph):
             data[i.ino] = _read_stream(ctx, i)
             established.add(fid)
     ctx.stash[TCP_DATA], ctx.stash[CONNS] = data, connections(ctx.files.values())
+    tables = {}
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
-        if not ctx.images.exists("fdinfo", id=files_id):
-            continue
-        fds = [(fi.fd, socks[fi.id].ino) for fi in ctx.images.read("fdinfo", id=files_id)
-               if fi.id in established]
+        if ctx.images.exists("fdinfo", id=files_id):
+            tables[task.pid] = ctx.images.read("fdinfo", id=files_id)
+    referenced = {fi.id for fdinfos in tables.values() for fi in fdinfos}
+    ctx.stash[RECONNECT] = pending.plan(socks, referenced, data)
+    for pid, fdinfos in tables.items():
+        fds = [(fi.fd, socks[fi.id].ino) for fi in fdinfos if fi.id in established]
         if fds:
-            graph.add(Node(key=f"sk_inet:resume:{task.pid}", plugin="sk_inet", where="task",
-                           pid=task.pid, data=fds,
-                           label=f"TCP repair off in {task.pid} ({len(fds)} connections)"))
+            graph.add(Node(key=f"sk_inet:resume:{pid}", plugin="sk_inet", where="task",
+                           pid=pid, data=fds,
+                           label=f"TCP connections of {pid} live ({len(fds)})"))
 
 
 @hookimpl
@@ -182,13 +189,21 @@ def engine_restore_node(ctx, node):
     if node.plugin != "sk_inet":
         return None
     unsent = ctx.stash.get(UNSENT, {})
+    waiting = ctx.stash.get(RECONNECTING, {})
     for fd, ino in node.data:
-        if ino in unsent:                 # made here (a shared one: by its maker)
-            sock = socket.socket(fileno=fd)
-            try:
+        # Only in the task that made the socket (a shared one is done once).
+        if ino not in unsent and ino not in waiting:
+            continue
+        sock = socket.socket(fileno=fd)
+        try:
+            if ino in unsent:
                 repair.resume(sock, unsent.pop(ino))
-            finally:
-                sock.detach()
+            else:
+                remote, conn, data = waiting.pop(ino)
+                netlock.unlock([conn])
+                pending.reconnect(sock, remote, data)
+        finally:
+            sock.detach()
     return True
 
 
@@ -215,10 +230,16 @@ def _inet_sockets() -> dict[int, dict]:
         for family in (socket.AF_INET, socket.AF_INET6):
             for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
                 for m in ds.get_sock_stats(family=family, protocol=proto):
-                    out[m["idiag_inode"]] = {
-                        "family": family, "proto": proto, "state": m["idiag_state"],
-                        "uid": m["idiag_uid"], "rqueue": m["idiag_rqueue"],
-                        "wqueue": m["idiag_wqueue"], "ino": m["idiag_inode"]}
+                    info = {"family": family, "proto": proto, "state": m["idiag_state"],
+                            "uid": m["idiag_uid"], "rqueue": m["idiag_rqueue"],
+                            "wqueue": m["idiag_wqueue"], "ino": m["idiag_inode"],
+                            "local": (m["idiag_src"], m["idiag_sport"]),
+                            "remote": (m["idiag_dst"], m["idiag_dport"])}
+                    if info["ino"]:
+                        out[info["ino"]] = info
+                    elif proto == socket.IPPROTO_TCP and info["state"] == TCP_ESTABLISHED:
+                        # No file yet: waiting in a listener's accept queue.
+                        out.setdefault(0, []).append(info)
     return out
 
 
@@ -377,7 +398,12 @@ def _restore_socket(ctx, sock: socket.socket, i) -> None:
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
     local = _sockaddr(i, i.src_addr, i.src_port)
     remote = _sockaddr(i, i.dst_addr, i.dst_port)
-    if i.proto == T and i.state == TCP_ESTABLISHED:
+    if i.proto == T and i.state == TCP_ESTABLISHED and i.ino in ctx.stash.get(RECONNECT, {}):
+        sock.bind(local)                  # connects once its listener listens
+        conn = (local[0], local[1], remote[0], remote[1])
+        ctx.stash.setdefault(RECONNECTING, {})[i.ino] = (remote, conn,
+                                                         ctx.stash[RECONNECT][i.ino])
+    elif i.proto == T and i.state == TCP_ESTABLISHED:
         if not ctx.stash.get(TASK_LOCKED, False):
             netlock.lock(ctx.stash[CONNS])
             ctx.stash[TASK_LOCKED] = True

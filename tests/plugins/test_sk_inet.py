@@ -1,8 +1,14 @@
 """sk_inet: TCP and UDP sockets, established connections through TCP_REPAIR,
 the network lock, the socket owner uid, and --disable sk_inet."""
 import os
+import socket
 
 import pytest
+
+
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _conns(img):
@@ -249,3 +255,34 @@ def test_many_connections(build_target, target_runner, dump_restore, tmp_path):
     """The bench's target, smaller: 20 connections with 64 KiB queued each."""
     target = target_runner.start(build_target("tcpmany"), "--conns", "20")
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("args", [(), ("--v6",)], ids=["v4", "v6"])
+def test_connections_not_yet_accepted(build_target, target_runner, dump_restore, tmp_path,
+                                      args):
+    """A listener's accept queue (both clients in the tree) comes back: the
+    clients reconnect and resend what the server had not read."""
+    from plugins.sk_inet import netlock
+    target = target_runner.start(build_target("tcppending"), *args)
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+    assert not _conns(tmp_path / "img") & netlock.locked()
+    # The two clients, and the two server ends taken from the queue.
+    assert sorted(s.inq_len for s in _streams(tmp_path / "img")) == [0, 0, 0, 3000]
+
+
+def test_waiting_connections_refused_when_they_cannot_come_back(build_target, target_runner,
+                                                                 tmp_path):
+    """--leave-running would have to accept them away; a client outside the
+    tree cannot reconnect: both refused in one line, the target runs on."""
+    from engine.testing import engine_fails
+    target = target_runner.start(build_target("tcppending"))
+    line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "a", "--leave-running")
+    assert "not yet accepted cannot be dumped with --leave-running" in line
+    outsider = socket.create_connection(("127.0.0.1", target.addr("port")))
+    try:
+        line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "b")
+        assert "a client outside the dumped tree" in line
+        assert f"127.0.0.1:{outsider.getsockname()[1]}" in line
+    finally:
+        outsider.close()
+    assert _state(target.pid) in ("S", "R")
