@@ -286,3 +286,20 @@ def test_waiting_connections_refused_when_they_cannot_come_back(build_target, ta
     finally:
         outsider.close()
     assert _state(target.pid) in ("S", "R")
+
+
+def test_uid_fallback_restores_as_ours_and_warns(tmp_path):
+    """--sk-inet-uid-fallback: an unmapped owner becomes the restorer's uid,
+    with a warning (checked where uid 1337 has no mapping)."""
+    import subprocess
+    import sys
+    from engine.testing import REPO_ROOT
+    code = ("import logging; logging.basicConfig()\n"
+            "from engine.images.proto import sk_inet_pb2\n"
+            "from plugins.sk_inet import _uid_for\n"
+            "print(_uid_for(None, sk_inet_pb2.inet_sk_entry(ino=7, uid=1337)))\n")
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code],
+                          capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert proc.stdout.strip() == "0"
+    assert "uid 1337 has no mapping here: restored as uid 0" in proc.stderr
