@@ -17,7 +17,8 @@ from __future__ import annotations
 import socket
 
 from engine import hookimpl
-from plugins.sk_inet import connections, netlock
+from plugins.sk_inet import netlock
+from plugins.sk_inet.inet import connections
 
 
 @hookimpl

@@ -53,7 +53,7 @@ def check_listener(ctx, pid: int, fd: int, info: dict, where: str) -> None:
 
 def check_clients(ctx, diag: dict, streams: dict) -> None:
     """Every waiting connection's client is a dumped fd (nothing changed yet)."""
-    clients = {_key(*conn) for _, _, conn in streams.values()}
+    clients = {_key(*s[2]) for s in streams.values()}
     for pid, fd, info, where in ctx.stash.get(LISTENERS, {}).values():
         waiting = [e for e in diag.get(0, []) if _on(info, e)]
         if len(waiting) != info["rqueue"]:
@@ -115,7 +115,7 @@ def _key(a, ap, b, bp):
 def plan(socks: dict, referenced: set, data: dict) -> dict[int, bytes]:
     """client inode -> the bytes it sends once reconnected, for every
     established entry that no fd holds (a connection not yet accepted)."""
-    from plugins.sk_inet import _addr
+    from plugins.sk_inet.inet import addr as _addr
     est = {fid: i for fid, i in socks.items()
            if i.proto == socket.IPPROTO_TCP and i.state == TCP_ESTABLISHED}
     ports = {i.src_port for i in socks.values()

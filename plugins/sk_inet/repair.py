@@ -94,9 +94,16 @@ def restore(sock: socket.socket, e, inq: bytes, outq: bytes, local, remote) -> b
     return outq[len(outq) - unsent:]
 
 
-def resume(sock: socket.socket, unsent: bytes = b"") -> None:
-    """Repair mode off (the kernel sends a window probe), then the unsent bytes."""
+def resume(sock: socket.socket, unsent: bytes = b"", reuse: bool | None = None) -> None:
+    """Repair mode off (the kernel sends a window probe), then the unsent bytes.
+
+    Leaving repair mode clears SO_REUSEADDR (sk_reuse = SK_NO_REUSE): `reuse`
+    puts the socket's own value back, or the TIME_WAIT it leaves when it
+    closes would keep its listener's port from being bound again.
+    """
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
+    if reuse is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
     if unsent:
         _send_all(sock, unsent)
 

@@ -14,7 +14,8 @@ def _state(pid):
 def _conns(img):
     """The connections of an image set, as the network lock names them."""
     from engine.images import ImageDir
-    from plugins.sk_inet import connections, netlock
+    from plugins.sk_inet import netlock
+    from plugins.sk_inet.inet import connections
     out = set()
     for a, ap, b, bp in connections(ImageDir(str(img)).read("files")):
         _, a, b = netlock._family(a, b)          # v4-mapped ones are locked as v4
@@ -25,7 +26,6 @@ def _conns(img):
 def _streams(img):
     from engine.images import ImageDir
     images = ImageDir(str(img))
-    from engine.images.kinds import ImageKind  # noqa: F401 - registered below
     from plugins.sk_inet import engine_register_images
     engine_register_images(images.kinds)
     return [images.read("tcp-stream", id=e.isk.ino)[0][0] for e in images.read("files")
@@ -184,11 +184,11 @@ def test_owned_socket_by_privilege(tmp_path, drop):
     script = tmp_path / "owned.py"
     script.write_text(
         "import os, socket\n"
-        "from plugins.sk_inet import _owned_socket, _effective_caps\n"
-        "s = _owned_socket(socket.AF_INET, socket.SOCK_STREAM, 6, 1337)\n"
+        "from plugins.sk_inet.owner import owned_socket, effective_caps\n"
+        "s = owned_socket(socket.AF_INET, socket.SOCK_STREAM, 6, 1337)\n"
         "s.bind(('127.0.0.1', 0)); s.listen()\n"
         "ino = str(os.fstat(s.fileno()).st_ino)\n"
-        "print(_effective_caps() >> 7 & 1, [l.split()[7] for l in open('/proc/net/tcp')\n"
+        "print(effective_caps() >> 7 & 1, [l.split()[7] for l in open('/proc/net/tcp')\n"
         "                                   if l.split()[9] == ino])\n")
     cmd = [sys.executable, str(script)]
     if drop:
@@ -296,8 +296,8 @@ def test_uid_fallback_restores_as_ours_and_warns(tmp_path):
     from engine.testing import REPO_ROOT
     code = ("import logging; logging.basicConfig()\n"
             "from engine.images.proto import sk_inet_pb2\n"
-            "from plugins.sk_inet import _uid_for\n"
-            "print(_uid_for(None, sk_inet_pb2.inet_sk_entry(ino=7, uid=1337)))\n")
+            "from plugins.sk_inet.owner import uid_for\n"
+            "print(uid_for(None, sk_inet_pb2.inet_sk_entry(ino=7, uid=1337)))\n")
     proc = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code],
                           capture_output=True, text=True, check=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))

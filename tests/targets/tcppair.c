@@ -216,6 +216,9 @@ int main(int argc, char **argv)
 	tgt_check(getint(s, IPPROTO_TCP, TCP_KEEPINTVL) == 11, "TCP_KEEPINTVL lost");
 	tgt_check(getint(s, IPPROTO_TCP, TCP_KEEPCNT) == 4, "TCP_KEEPCNT lost");
 	tgt_check(getint(l, SOL_SOCKET, SO_REUSEADDR) == 1, "SO_REUSEADDR lost");
+	/* Inherited from the listener; leaving repair mode must not clear it. */
+	tgt_check(getint(s, SOL_SOCKET, SO_REUSEADDR) == 1, "accepted socket's SO_REUSEADDR lost");
+	tgt_check(getint(c, SOL_SOCKET, SO_REUSEADDR) == 0, "client's SO_REUSEADDR appeared");
 	tgt_check(getint(c, SOL_SOCKET, SO_SNDBUF) == 2 << 20, "SO_SNDBUF %d", getint(c, SOL_SOCKET, SO_SNDBUF));
 	tgt_check(fcntl(s, F_GETFL) & O_NONBLOCK, "O_NONBLOCK lost");
 	tgt_check(!(fcntl(c, F_GETFL) & O_NONBLOCK), "O_NONBLOCK appeared");
