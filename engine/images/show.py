@@ -27,6 +27,13 @@ def image_dir_to_json(path, registry=None) -> dict:
             out[fname] = {"error": str(e)}
             continue
         out[fname] = {"magic": kind.magic_name or kind.name.upper(),
-                      "entries": [MessageToDict(m, preserving_proto_field_name=True)
-                                  for m in entries]}
+                      "entries": [_entry(kind, e, MessageToDict) for e in entries]}
     return out
+
+
+def _entry(kind, item, to_dict) -> dict:
+    """One entry as a dict; raw bytes after it (queues, pipe data) are counted."""
+    if not kind.payload:
+        return to_dict(item, preserving_proto_field_name=True)
+    msg, data = item
+    return {**to_dict(msg, preserving_proto_field_name=True), "payload_bytes": len(data)}

@@ -303,3 +303,16 @@ def test_uid_fallback_restores_as_ours_and_warns(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert proc.stdout.strip() == "0"
     assert "uid 1337 has no mapping here: restored as uid 0" in proc.stderr
+
+
+def test_engine_show_decodes_tcp_streams(build_target, target_runner, engine_cli, tmp_path):
+    import json
+    target = target_runner.start(build_target("tcppair"))
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img")
+    target.reap()
+    shown = json.loads(engine_cli("show", tmp_path / "img").stdout)
+    streams = [v["entries"][0] for k, v in shown.items() if k.startswith("tcp-stream-")]
+    assert sorted(s["inq_len"] for s in streams) == [5000, 5000]
+    assert all(s["payload_bytes"] == s["inq_len"] + s["outq_len"] for s in streams)
+    isks = [e["isk"] for e in shown["files.img"]["entries"] if "isk" in e]
+    assert {i["state"] for i in isks} == {1, 7, 10}
