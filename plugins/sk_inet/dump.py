@@ -11,6 +11,11 @@ from plugins.sk_inet.inet import (IP_FREEBIND, SO_BUF_LOCK, TCP_CLOSE, TCP_ESTAB
                                   TCP_LISTEN, WORDS, words)
 
 
+# Every TCP state but TIME_WAIT (6) and NEW_SYN_RECV (12): those are never
+# an fd's, and a busy machine holds thousands of them.
+STATES_HELD = 0xFFF & ~(1 << 6) & ~(1 << 12)
+
+
 def inet_sockets() -> dict[int, dict]:
     from pyroute2 import DiagSocket          # heavy: only when a socket is seen
     out = {}
@@ -18,7 +23,7 @@ def inet_sockets() -> dict[int, dict]:
         ds.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
             for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
-                for m in ds.get_sock_stats(family=family, protocol=proto):
+                for m in ds.get_sock_stats(family=family, protocol=proto, states=STATES_HELD):
                     info = {"family": family, "proto": proto, "state": m["idiag_state"],
                             "uid": m["idiag_uid"], "rqueue": m["idiag_rqueue"],
                             "wqueue": m["idiag_wqueue"], "ino": m["idiag_inode"],
