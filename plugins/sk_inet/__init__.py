@@ -240,8 +240,8 @@ def _place(ctx, sock: socket.socket, i) -> None:
         ctx.stash.setdefault(UNSENT, {})[i.ino] = (unsent, i.opts.reuseaddr)
     else:
         if i.src_port or any(i.src_addr):
-            sock.bind(local)
+            restore.on_port(sock.bind, local, local, tcp)
         if i.state == TCP_LISTEN:
-            sock.listen(i.backlog)
+            restore.on_port(sock.listen, i.backlog, local, tcp)
         elif i.state == TCP_ESTABLISHED:          # UDP
             sock.connect(remote)

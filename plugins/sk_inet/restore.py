@@ -1,14 +1,19 @@
 """sk_inet, restore side: checking entries and streams, setting options."""
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
+import subprocess
 
 from plugins.sk_inet.inet import (IP_FREEBIND, KINDS, MAX_BUF, SO_BUF_LOCK, SO_RCVBUFFORCE,
                                   SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED, WORDS, addr)
 from plugins.sk_inet.owner import uid_mapped
+
+log = logging.getLogger("engine.plugins.sk_inet")
 
 
 def check_entry(ctx, fid: int, i) -> None:
@@ -133,3 +138,33 @@ def sockaddr(i, words, port):
         return (addr(i.family, words), port)
     scope = socket.if_nametoindex(i.ifname) if i.ifname else 0
     return (addr(i.family, words), port, 0, scope)
+
+
+def on_port(step, arg, local, tcp: bool) -> None:
+    """bind or listen; a TCP port held only by TIME_WAIT remnants is reclaimed.
+
+    SO_REUSEADDR lets a listener bind over the TIME_WAITs of its own old
+    connections, not over those of a client that had the port as its
+    ephemeral one (their sk_reuse is 0): on a busy machine (a thousand
+    TIME_WAITs) a dumped port is taken that way now and then. Those dead
+    connections are destroyed (sock_diag SOCK_DESTROY, through iproute2's
+    `ss -K`) and the step tried once more; anything else holding the port
+    is an error.
+    """
+    try:
+        step(arg)
+        return
+    except OSError as e:
+        if not tcp or e.errno != errno.EADDRINUSE:
+            raise
+        err = e
+    host, where = local[0], []
+    if host not in ("0.0.0.0", "::"):
+        where = ["src", f"[{host}]" if ":" in host else host]
+    cmd = ["ss", "-K", "-tnH", "state", "time-wait", *where, "sport", "=", f":{local[1]}"]
+    killed = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    if not killed:
+        raise err
+    log.warning("port %d: %d TIME_WAIT socket(s) destroyed to restore a socket on it",
+                local[1], len(killed.splitlines()))
+    step(arg)

@@ -316,3 +316,37 @@ def test_engine_show_decodes_tcp_streams(build_target, target_runner, engine_cli
     assert all(s["payload_bytes"] == s["inq_len"] + s["outq_len"] for s in streams)
     isks = [e["isk"] for e in shown["files.img"]["entries"] if "isk" in e]
     assert {i["state"] for i in isks} == {1, 7, 10}
+
+
+def test_listener_port_held_by_time_wait_is_reclaimed(build_target, target_runner,
+                                                      engine_cli, tmp_path):
+    """Between dump and restore a client used the listener's port as its
+    ephemeral one and left a TIME_WAIT there (which SO_REUSEADDR does not
+    pass): the restore destroys it and the listener comes back."""
+    import time
+    from engine.testing import reap_dumped_tree
+    target = target_runner.start(build_target("tcppair"))
+    port = target.addr("port")
+    engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img")
+    target.reap()
+    reap_dumped_tree(tmp_path / "img")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = socket.socket()
+        client.bind(("127.0.0.1", port))
+        client.connect(server.getsockname())
+        peer, _ = server.accept()
+        client.close()                      # closes first: the TIME_WAIT is its
+        time.sleep(0.05)
+        peer.close()
+    assert _time_waits(port)                 # what SO_REUSEADDR alone cannot bind over
+    engine_cli("restore", "-D", tmp_path / "img")
+    assert not _time_waits(port)
+    assert target.verdict() == "PASS"
+
+
+def _time_waits(port):
+    import subprocess
+    return subprocess.run(["ss", "-tnH", "state", "time-wait", "sport", "=", f":{port}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
