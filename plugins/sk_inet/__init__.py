@@ -69,7 +69,8 @@ def engine_addoption(parser):
 
 # --- dump ----------------------------------------------------------------
 
-@hookimpl
+# trylast: unix sockets are claimed first (no sock_diag inet query for them).
+@hookimpl(trylast=True)
 def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("socket:["):
         return None
