@@ -1,14 +1,16 @@
 """sk_inet: TCP and UDP sockets, IPv4 and IPv6 (criu/sk-inet.c, criu/sk-tcp.c).
 
 Dump: a ``socket:[INODE]`` fd that sock_diag (pyroute2) lists as AF_INET or
-AF_INET6 TCP or UDP becomes an INETSK entry of files.img: family, type,
-state, addresses and ports (getsockname/getpeername of a pidfd_getfd copy),
-backlog, socket, TCP and IP options, and the owner uid (sock_diag's
-idiag_uid). TCP sockets may be unbound, bound, listening (connections
-waiting to be accepted: see pending) or established; UDP ones unbound,
-bound or connected (their queued datagrams are not kept, as CRIU). An established
-connection is locked first (netlock), then read through TCP_REPAIR (repair)
-into tcp-stream-INO.img, both queues after the entry. Any other TCP state is
+AF_INET6 TCP or UDP (or that is one and was never bound) becomes an INETSK
+entry of files.img: family, type, state, addresses and ports
+(getsockname/getpeername of a pidfd_getfd copy), backlog, socket, TCP and IP
+options, and the owner uid (sock_diag's idiag_uid, in inet_sk_entry's
+``uid``, field 21 as the CRIU fork that added it). TCP sockets may be
+unbound, bound, listening (with connections waiting to be accepted: see
+pending.py) or established; UDP ones unbound, bound or connected (their
+queued datagrams are not kept, as CRIU). An established connection is
+locked first (netlock.py), then read through TCP_REPAIR (repair.py) into
+tcp-stream-INO.img, both queues after the entry. Any other TCP state is
 refused with the fd named, and the tree is left running.
 
 The lock stays until the restore has put the connection back (like CRIU):
@@ -19,10 +21,12 @@ lock removed.
 Restore: each socket is made by the task that holds it (engine_restore_file),
 owned by the dumped uid (owner.py), given its options, then bound,
 listened, connected, or rebuilt in repair mode behind the lock. One node per
-task (after every fd table) turns repair off, and the lock is removed when
-the restore finishes or fails. Images are checked before anything starts:
-an impossible family/type/state, a malformed address, a missing or
-inconsistent tcp-stream image is refused naming the image and field.
+task, after every fd table (so every listener listens), turns repair mode
+off and reconnects the clients of connections never accepted; the lock is
+removed when the restore finishes or fails. Images are checked before
+anything starts: an impossible family/type/state, a malformed address, an
+unmapped owner uid, a missing or inconsistent tcp-stream image is refused
+naming the image and field.
 """
 from __future__ import annotations
 
