@@ -86,6 +86,8 @@ BUILTIN = [
               magic_name="SECCOMP"),
     ImageKind("timens", "timens-{id}.img", 0x43114433, P + "tree_pb2", "timens_entry",
               magic_name="TIMENS"),
+    ImageKind("cpuinfo", "cpuinfo.img", 0x61404013, P + "cpuinfo_pb2", "cpuinfo_entry",
+              magic_name="CPUINFO"),
 ]
 
 
