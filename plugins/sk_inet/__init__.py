@@ -5,8 +5,8 @@ AF_INET6 TCP or UDP (or that is one and was never bound) becomes an INETSK
 entry of files.img: family, type, state, addresses and ports
 (getsockname/getpeername of a pidfd_getfd copy), backlog, socket, TCP and IP
 options, and the owner uid (sock_diag's idiag_uid, in inet_sk_entry's
-``uid``, field 21 as the CRIU fork that added it). TCP sockets may be
-unbound, bound, listening (with connections waiting to be accepted: see
+``uid``: field 21, upstream CRIU's and the fork's alike). TCP sockets may
+be unbound, bound, listening (with connections waiting to be accepted: see
 pending.py) or established; UDP ones unbound, bound or connected (their
 queued datagrams are not kept, as CRIU). An established connection is
 locked first (netlock.py), then read through TCP_REPAIR (repair.py) into

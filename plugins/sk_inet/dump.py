@@ -7,8 +7,8 @@ import struct
 
 from engine.fds import pidfd_getfd
 
-from plugins.sk_inet.inet import (IP_FREEBIND, SO_BUF_LOCK, TCP_CLOSE, TCP_ESTABLISHED,
-                                  TCP_LISTEN, WORDS, words)
+from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, SO_BUF_LOCK, TCP_CLOSE,
+                                  TCP_ESTABLISHED, TCP_LISTEN, WORDS, words)
 
 
 # Every TCP state but TIME_WAIT (6) and NEW_SYN_RECV (12): those are never
@@ -103,5 +103,6 @@ def _dump_opts(sock: socket.socket, i) -> None:
     if i.family == socket.AF_INET:
         i.ip_opts.tos = get(socket.IPPROTO_IP, socket.IP_TOS)
         i.ip_opts.ttl = get(socket.IPPROTO_IP, socket.IP_TTL)
+        i.ip_opts.pktinfo = bool(get(socket.IPPROTO_IP, IP_PKTINFO))
     else:
         i.v6only = bool(get(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))

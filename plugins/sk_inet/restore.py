@@ -9,8 +9,9 @@ import socket
 import struct
 import subprocess
 
-from plugins.sk_inet.inet import (IP_FREEBIND, KINDS, MAX_BUF, SO_BUF_LOCK, SO_RCVBUFFORCE,
-                                  SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED, WORDS, addr)
+from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, KINDS, MAX_BUF, SO_BUF_LOCK,
+                                  SO_RCVBUFFORCE, SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED,
+                                  WORDS, addr)
 from plugins.sk_inet.owner import uid_mapped
 
 log = logging.getLogger("engine.plugins.sk_inet")
@@ -107,6 +108,8 @@ def after_bind(sock: socket.socket, i) -> None:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, i.ip_opts.tos)
         if i.ip_opts.HasField("ttl"):
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, i.ip_opts.ttl)
+        if i.ip_opts.pktinfo:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     fl = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
     fcntl.fcntl(sock.fileno(), fcntl.F_SETFL,
                 (fl & ~os.O_NONBLOCK) | (i.flags & os.O_NONBLOCK))

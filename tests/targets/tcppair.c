@@ -170,6 +170,8 @@ int main(int argc, char **argv)
 	int ub = socket(family, SOCK_DGRAM, 0), uc = socket(family, SOCK_DGRAM, 0);
 	if (bind(ub, (void *)&lo, alen))
 		tgt_die("udp bind: %m");
+	if (family == AF_INET)
+		setint(ub, IPPROTO_IP, IP_PKTINFO, 1);
 	struct sockaddr_storage udst = lo;
 	set_port(&udst, port_of(ub));
 	if (connect(uc, (void *)&udst, alen))
@@ -229,6 +231,7 @@ int main(int argc, char **argv)
 	if (family == AF_INET) {
 		tgt_check(getint(c, IPPROTO_IP, IP_TOS) == 0x10, "IP_TOS lost");
 		tgt_check(getint(c, IPPROTO_IP, IP_TTL) == 33, "IP_TTL lost");
+		tgt_check(getint(ub, IPPROTO_IP, IP_PKTINFO) == 1, "IP_PKTINFO lost");
 	}
 	tgt_check(port_of(l) == l_port && port_of(ub) == ub_port && port_of(uc) == uc_port,
 		  "ports changed");
