@@ -350,3 +350,12 @@ def _time_waits(port):
     import subprocess
     return subprocess.run(["ss", "-tnH", "state", "time-wait", "sport", "=", f":{port}"],
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("args", [(), ("--shared",)], ids=["split", "shared"])
+def test_connection_between_two_tasks(build_target, target_runner, dump_restore, tmp_path,
+                                      args):
+    """Each end restored in its own task (each locks, rebuilds, leaves repair);
+    shared: the server end is in both tasks, made once and passed."""
+    target = target_runner.start(build_target("tcpfork"), *args)
+    assert dump_restore(target, tmp_path / "img") == "PASS"
