@@ -27,6 +27,7 @@ SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 TCPOPT_MAXSEG, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 WINDOW = struct.Struct("<5I")     # struct tcp_repair_window
+MAX_USER_MSS = 32767              # MAX_TCP_WINDOW, TCP_MAXSEG's upper bound
 
 
 def dump(sock: socket.socket):
@@ -70,7 +71,14 @@ def restore(sock: socket.socket, e, inq: bytes, outq: bytes, local, remote) -> b
         sock.setsockopt(tcp, TCP_QUEUE_SEQ, struct.pack("<I", seq & 0xFFFFFFFF))
     sock.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
     sock.bind(local)
+    # The MSS in use (mss_cache) is computed at connect from the clamp then in
+    # force, and TCP_REPAIR_OPTIONS' MSS below does not recompute it: without
+    # this the connection would run on the default 536 bytes. TCP_MAXSEG
+    # takes at most 32767 (loopback's 65495 is cut there; an Ethernet path's
+    # 1460 is exact); user_mss goes back to 0 (unset) once connected.
+    sock.setsockopt(tcp, TCP_MAXSEG, min(e.mss_clamp, MAX_USER_MSS))
     sock.connect(remote)              # in repair mode: ESTABLISHED, no SYN
+    sock.setsockopt(tcp, TCP_MAXSEG, 0)
     opts = []
     if e.opt_mask & TCPI_OPT_SACK:
         opts.append((TCPOPT_SACK_PERM, 0))

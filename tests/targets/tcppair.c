@@ -168,6 +168,7 @@ int main(int argc, char **argv)
 
 	int unbound = socket(family, SOCK_STREAM, 0);
 	int ub = socket(family, SOCK_DGRAM, 0), uc = socket(family, SOCK_DGRAM, 0);
+	setint(ub, SOL_SOCKET, SO_REUSEPORT, 1);
 	if (bind(ub, (void *)&lo, alen))
 		tgt_die("udp bind: %m");
 	if (family == AF_INET)
@@ -177,6 +178,13 @@ int main(int argc, char **argv)
 	if (connect(uc, (void *)&udst, alen))
 		tgt_die("udp connect: %m");
 	int ub_port = port_of(ub), uc_port = port_of(uc), l_port = port_of(l);
+	/* What the handshake negotiated: TCP_REPAIR_OPTIONS must give it back. */
+	struct tcp_info ti_c, ti_s;
+	socklen_t til = sizeof(ti_c);
+	getsockopt(c, IPPROTO_TCP, TCP_INFO, &ti_c, &til);
+	til = sizeof(ti_s);
+	getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti_s, &til);
+	int mss_c = getint(c, IPPROTO_TCP, TCP_MAXSEG);
 	tgt_info("port=%d", l_port);
 	tgt_info("c2s=%d", n_c2s);
 	tgt_info("s2c=%d", n_s2c);
@@ -235,6 +243,25 @@ int main(int argc, char **argv)
 	}
 	tgt_check(port_of(l) == l_port && port_of(ub) == ub_port && port_of(uc) == uc_port,
 		  "ports changed");
+	tgt_check(getint(ub, SOL_SOCKET, SO_REUSEPORT) == 1, "SO_REUSEPORT lost");
+	struct tcp_info now;
+	socklen_t nl = sizeof(now);
+	getsockopt(c, IPPROTO_TCP, TCP_INFO, &now, &nl);
+	tgt_check(now.tcpi_options == ti_c.tcpi_options && now.tcpi_snd_wscale == ti_c.tcpi_snd_wscale &&
+		  now.tcpi_rcv_wscale == ti_c.tcpi_rcv_wscale,
+		  "client options %#x wscale %d/%d, were %#x %d/%d", now.tcpi_options,
+		  now.tcpi_snd_wscale, now.tcpi_rcv_wscale, ti_c.tcpi_options,
+		  ti_c.tcpi_snd_wscale, ti_c.tcpi_rcv_wscale);
+	tgt_check((ti_c.tcpi_options & (TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE)) ==
+		  (TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE), "loopback negotiated less");
+	nl = sizeof(now);
+	getsockopt(s, IPPROTO_TCP, TCP_INFO, &now, &nl);
+	tgt_check(now.tcpi_options == ti_s.tcpi_options, "server options changed");
+	/* Not the 536-byte default: what it was, or what TCP_MAXSEG can give
+	 * (at most 32767, less the timestamp option) on loopback. */
+	int mss_want = mss_c < 32767 - 12 ? mss_c : 32767 - 12;
+	tgt_check(getint(c, IPPROTO_TCP, TCP_MAXSEG) >= mss_want, "MSS %d, was %d",
+		  getint(c, IPPROTO_TCP, TCP_MAXSEG), mss_c);
 	tgt_check(getint(unbound, SOL_SOCKET, SO_TYPE) == SOCK_STREAM && port_of(unbound) == 0,
 		  "unbound socket");
 	/* The listener accepts a new connection. */
