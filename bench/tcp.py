@@ -1,6 +1,7 @@
 """Dump and restore of a process with 100 established loopback TCP
-connections, each with 64 KiB queued, then the same with empty queues
-(median of N), so the cost per connection and per queued byte can be read.
+connections, each with 64 KiB queued, then the same with empty queues, then
+the listener alone (median of N each), so the cost per connection and per
+queued byte can be read.
 
 Run as root from the repo: `.venv/bin/python bench/tcp.py [-n 5] [--conns 100]`.
 """
@@ -26,9 +27,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         exe = build("tcpmany", work)
-        for label, queued in ((f"{opts.conns} conns x 64 KiB queued", 65536),
-                              (f"{opts.conns} conns, empty queues ", 0)):
-            runs = [one_run(exe, ["--conns", str(opts.conns), "--bytes", str(queued)], work)
+        for label, conns, queued in ((f"{opts.conns} conns x 64 KiB queued", opts.conns, 65536),
+                                     (f"{opts.conns} conns, empty queues ", opts.conns, 0),
+                                     ("listener only (baseline)  ", 0, 0)):
+            runs = [one_run(exe, ["--conns", str(conns), "--bytes", str(queued)], work)
                     for _ in range(opts.n)]
             dump = statistics.median(r[0] for r in runs)
             restore = statistics.median(r[1] for r in runs)
