@@ -359,3 +359,24 @@ def test_connection_between_two_tasks(build_target, target_runner, dump_restore,
     shared: the server end is in both tasks, made once and passed."""
     target = target_runner.start(build_target("tcpfork"), *args)
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def test_crit_decodes_our_inet_images(build_target, target_runner, engine_cli, tmp_path):
+    """Debian's crit (CRIU 3.17) reads files.img with INETSK entries and our
+    tcp-stream images, queues included, as CRIU's own."""
+    import json
+    import subprocess
+    target = target_runner.start(build_target("tcppending"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    files = json.loads(subprocess.run(["crit", "decode", "-i", str(img / "files.img")],
+                                      capture_output=True, text=True, check=True).stdout)
+    isks = [e["isk"] for e in files["entries"] if e["type"] == "INETSK"]
+    assert sorted(i["state"] for i in isks) == [1, 1, 1, 1, 10]     # ESTABLISHED, LISTEN
+    for path in img.glob("tcp-stream-*.img"):
+        out = json.loads(subprocess.run(["crit", "decode", "-i", str(path)],
+                                        capture_output=True, text=True, check=True).stdout)
+        entry = out["entries"][0]
+        assert out["magic"] == "TCP_STREAM" and "extra" in entry
+        assert int(path.stem.split("-")[-1], 16) in {i["ino"] for i in isks}
