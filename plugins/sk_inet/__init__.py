@@ -125,7 +125,10 @@ def engine_dump_finish(ctx):
 def engine_dump_abort(ctx, error):
     pending.abort(ctx)
     if ctx.stash.get(LOCKED, None):
-        _let_go(ctx)
+        try:
+            _let_go(ctx)
+        except Exception as e:  # noqa: BLE001 - must not raise; say so
+            log.warning("%s", e)
 
 
 # --- restore ---------------------------------------------------------------
