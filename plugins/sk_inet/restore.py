@@ -27,6 +27,11 @@ def check_entry(ctx, fid: int, i) -> None:
     if i.state not in states:
         raise ValueError(f"{where}: state {STATES.get(i.state, i.state)} is not supported "
                          f"for {'TCP' if i.proto == socket.IPPROTO_TCP else 'UDP'}")
+    if i.ifname:
+        try:
+            socket.if_nametoindex(i.ifname)
+        except OSError:
+            raise ValueError(f"{where}: ifname {i.ifname!r}: no such interface") from None
     for field in ("src_addr", "dst_addr"):
         n = len(getattr(i, field))
         if n not in (0, WORDS[i.family]):

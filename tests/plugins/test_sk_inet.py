@@ -212,8 +212,8 @@ def _dumped(build_target, target_runner, engine_cli, tmp_path):
     return target, img, images
 
 
-@pytest.mark.parametrize("what", ["family", "state", "src_addr", "sndbuf", "unsq_len",
-                                  "missing", "truncated"])
+@pytest.mark.parametrize("what", ["family", "state", "src_addr", "sndbuf", "ifname",
+                                  "unsq_len", "missing", "truncated"])
 def test_bad_image_is_refused(build_target, target_runner, engine_cli, tmp_path, what):
     from engine.testing import engine_fails, task_gone
     from plugins.sk_inet import netlock
@@ -224,6 +224,7 @@ def test_bad_image_is_refused(build_target, target_runner, engine_cli, tmp_path,
     stream = img / f"tcp-stream-{isk.isk.ino:x}.img"
     want = {"family": "files.img: inet socket id", "state": "files.img: inet socket id",
             "src_addr": "src_addr has 3 words", "sndbuf": "opts.so_sndbuf",
+            "ifname": "ifname 'nosuch0': no such interface",
             "unsq_len": f"{stream.name}: unsq_len", "missing": f"{stream.name}: missing",
             "truncated": f"{stream.name}: entry 0"}[what]
     if what == "family":
@@ -234,6 +235,8 @@ def test_bad_image_is_refused(build_target, target_runner, engine_cli, tmp_path,
         isk.isk.src_addr.extend([1, 2])
     elif what == "sndbuf":
         isk.isk.opts.so_sndbuf = 0
+    elif what == "ifname":
+        isk.isk.ifname = "nosuch0"
     elif what == "unsq_len":
         (entry, data), = images.read("tcp-stream", id=isk.isk.ino)
         entry.unsq_len = entry.outq_len + 1
