@@ -7,11 +7,13 @@ entry of files.img: family, type, state, addresses and ports
 options, and the owner uid (sock_diag's idiag_uid, in inet_sk_entry's
 ``uid``: field 21, upstream CRIU's and the fork's alike). TCP sockets may
 be unbound, bound, listening (with connections waiting to be accepted: see
-pending.py) or established; UDP ones unbound, bound or connected (their
-queued datagrams are not kept, as CRIU). An established connection is
-locked first (netlock.py), then read through TCP_REPAIR (repair.py) into
-tcp-stream-INO.img, both queues after the entry. Any other TCP state is
-refused with the fd named, and the tree is left running.
+pending.py), established or half-closed (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
+CLOSING: a FIN received must come from a peer in the tree, which sends it
+again); UDP ones unbound, bound or connected (their queued datagrams are
+not kept, as CRIU). A connection is locked first (netlock.py), then read
+through TCP_REPAIR (repair.py) into tcp-stream-INO.img, both queues after
+the entry. Any other TCP state (SYN_SENT, SYN_RECV) is refused with the fd
+named, and the tree is left running.
 
 The lock stays until the restore has put the connection back (like CRIU):
 with the default kill the dumped sockets die silently in repair mode; with
@@ -40,7 +42,8 @@ from engine.graph import Node
 from engine.stash import StashKey
 
 from plugins.sk_inet import dump, netlock, owner, pending, repair, restore
-from plugins.sk_inet.inet import KINDS, STATES, TCP_ESTABLISHED, TCP_LISTEN, connections
+from plugins.sk_inet.inet import (GOT_FIN, KINDS, SENT_FIN, STATES, TCP_ESTABLISHED,
+                                  TCP_LISTEN, conn, connected, connections)
 
 log = logging.getLogger("engine.plugins.sk_inet")
 
@@ -97,9 +100,9 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         entry = dump.describe(sock, info, fdinfo(task.pid, fd)["flags"] & ~os.O_CLOEXEC)
     finally:
         sock.close()
-    if tcp and state == TCP_ESTABLISHED:
+    if connected(entry.isk):
         ctx.stash.setdefault(STREAMS, {})[stat.st_ino] = (
-            task.pid, fd, connections([entry])[0], entry.isk.opts.reuseaddr)
+            task.pid, fd, connections([entry])[0], entry.isk.opts.reuseaddr, state)
     return entry
 
 
@@ -109,12 +112,13 @@ def engine_dump_finish(ctx):
     if not streams and not ctx.stash.get(pending.LISTENERS, None):
         return
     pending.check_clients(ctx, ctx.stash[DIAG], streams)
+    _check_fins({s[2]: s[4] for s in streams.values()}, "dumped tree")
     conns = [s[2] for s in streams.values()]
     netlock.lock(conns)
     ctx.stash[LOCKED] = conns
-    for ino, (pid, fd, _, _) in sorted(streams.items()):
+    for ino, (pid, fd, _, _, state) in sorted(streams.items()):
         with socket.socket(fileno=pidfd_getfd(pid, fd)) as sock:
-            entry, inq, outq = repair.dump(sock)
+            entry, inq, outq = repair.dump(sock, state in SENT_FIN)
         ctx.images.write("tcp-stream", [(entry, inq + outq)], id=ino)
     pending.take(ctx, dump.describe)
     if getattr(ctx.options, "leave_running", False):
@@ -141,10 +145,11 @@ def engine_restore_collect(ctx, graph):
     data, established = {}, set()
     for fid, i in socks.items():
         restore.check_entry(ctx, fid, i)
-        if i.proto == socket.IPPROTO_TCP and i.state == TCP_ESTABLISHED:
+        if connected(i):
             data[i.ino] = restore.read_stream(ctx, i)
             established.add(fid)
     ctx.stash[TCP_DATA], ctx.stash[CONNS] = data, connections(ctx.files.values())
+    _check_fins({conn(i): i.state for i in socks.values() if connected(i)}, "images")
     tables = {}
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
@@ -192,7 +197,7 @@ def engine_restore_node(ctx, node):
         sock = socket.socket(fileno=fd)
         try:
             if ino in unsent:
-                repair.resume(sock, *unsent.pop(ino))
+                repair.resume(sock, *unsent.pop(ino))           # FIN re-sent if it was
             else:
                 remote, conn, data = waiting.pop(ino)
                 netlock.unlock([conn])
@@ -219,7 +224,7 @@ def engine_restore_abort(ctx, error):
 
 def _let_go(ctx) -> None:
     """Repair mode off on every dumped connection, then the lock removed."""
-    for pid, fd, _, reuse in ctx.stash.get(STREAMS, {}).values():
+    for pid, fd, _, reuse, _ in ctx.stash.get(STREAMS, {}).values():
         try:
             with socket.socket(fileno=pidfd_getfd(pid, fd)) as sock:
                 repair.resume(sock, reuse=reuse)
@@ -227,6 +232,16 @@ def _let_go(ctx) -> None:
             log.warning("task %d: fd %d: repair mode not turned off: %s", pid, fd, e)
     conns, ctx.stash[LOCKED] = ctx.stash.get(LOCKED, []), []
     netlock.unlock(conns)
+
+
+def _check_fins(states: dict, where: str) -> None:
+    """A FIN received cannot be replayed from here: the peer that sent it
+    must come back too, and send it again (soccr injects a raw packet
+    instead; the lock would drop it anyway)."""
+    for (a, ap, b, bp), state in states.items():
+        if state in GOT_FIN and states.get((b, bp, a, ap)) not in SENT_FIN:
+            raise ValueError(f"TCP connection {a}:{ap} -> {b}:{bp} in {STATES[state]}: "
+                             f"the peer that closed it is not in the {where}")
 
 
 def _place(ctx, sock: socket.socket, i) -> None:
@@ -239,13 +254,15 @@ def _place(ctx, sock: socket.socket, i) -> None:
         conn = (local[0], local[1], remote[0], remote[1])
         ctx.stash.setdefault(RECONNECTING, {})[i.ino] = (remote, conn,
                                                          ctx.stash[RECONNECT][i.ino])
-    elif tcp and i.state == TCP_ESTABLISHED:
+    elif connected(i):
         if not ctx.stash.get(TASK_LOCKED, False):
             netlock.lock(ctx.stash[CONNS])
             ctx.stash[TASK_LOCKED] = True
         e, inq, outq = ctx.stash[TCP_DATA][i.ino]
-        unsent = repair.restore(sock, e, inq, outq, local, remote)
-        ctx.stash.setdefault(UNSENT, {})[i.ino] = (unsent, i.opts.reuseaddr)
+        unsent = repair.restore(sock, e, inq, outq, local, remote,
+                                sent_fin=i.state in SENT_FIN, got_fin=i.state in GOT_FIN)
+        ctx.stash.setdefault(UNSENT, {})[i.ino] = (unsent, i.opts.reuseaddr,
+                                                   i.state in SENT_FIN)
     else:
         if i.src_port or any(i.src_addr):
             restore.on_port(sock.bind, local, local, tcp)

@@ -7,7 +7,7 @@ import struct
 
 from engine.fds import pidfd_getfd
 
-from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, SO_BUF_LOCK, TCP_CLOSE,
+from plugins.sk_inet.inet import (CONNECTED, IP_FREEBIND, IP_PKTINFO, SO_BUF_LOCK, TCP_CLOSE,
                                   TCP_ESTABLISHED, TCP_LISTEN, WORDS, words)
 
 
@@ -58,7 +58,8 @@ def describe(sock: socket.socket, info: dict, flags: int):
     local = sock.getsockname()
     i.src_port = local[1]
     i.src_addr.extend(words(family, local[0]))
-    if info["state"] == TCP_ESTABLISHED:
+    if info["state"] == TCP_ESTABLISHED or (info["proto"] == socket.IPPROTO_TCP
+                                            and info["state"] in CONNECTED):
         remote = sock.getpeername()
         i.dst_port = remote[1]
         i.dst_addr.extend(words(family, remote[0]))

@@ -53,7 +53,7 @@ def check_listener(ctx, pid: int, fd: int, info: dict, where: str) -> None:
 
 def check_clients(ctx, diag: dict, streams: dict) -> None:
     """Every waiting connection's client is a dumped fd (nothing changed yet)."""
-    clients = {_key(*s[2]) for s in streams.values()}
+    clients = {_key(*s[2]) for s in streams.values() if s[4] == TCP_ESTABLISHED}
     for pid, fd, info, where in ctx.stash.get(LISTENERS, {}).values():
         waiting = [e for e in diag.get(0, []) if _on(info, e)]
         if len(waiting) != info["rqueue"]:

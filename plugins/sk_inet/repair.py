@@ -30,8 +30,13 @@ WINDOW = struct.Struct("<5I")     # struct tcp_repair_window
 MAX_USER_MSS = 32767              # MAX_TCP_WINDOW, TCP_MAXSEG's upper bound
 
 
-def dump(sock: socket.socket):
-    """(tcp_stream_entry, receive queue, send queue) of a locked connection."""
+def dump(sock: socket.socket, sent_fin: bool = False):
+    """(tcp_stream_entry, receive queue, send queue) of a locked connection.
+
+    After a FIN was sent the queue lengths count it: it is no data, so it
+    is taken off them (soccr does the same); the sequence numbers are kept
+    raw, and restore takes it off them.
+    """
     from engine.images.proto import tcp_stream_pb2
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
     info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)
@@ -39,6 +44,8 @@ def dump(sock: socket.socket):
                                         opt_mask=0, snd_wscale=0, mss_clamp=0)
     e.inq_len, e.outq_len, e.unsq_len = (_ioctl(sock, r) for r in (SIOCINQ, SIOCOUTQ,
                                                                      SIOCOUTQNSD))
+    if sent_fin:
+        e.outq_len, e.unsq_len = max(e.outq_len - 1, 0), max(e.unsq_len - 1, 0)
     e.opt_mask = info[5]
     if e.opt_mask & TCPI_OPT_WSCALE:
         e.snd_wscale, e.rcv_wscale = info[6] & 0xF, info[6] >> 4
@@ -60,13 +67,20 @@ def dump(sock: socket.socket):
     return e, queues[0], queues[1]
 
 
-def restore(sock: socket.socket, e, inq: bytes, outq: bytes, local, remote) -> bytes:
+def restore(sock: socket.socket, e, inq: bytes, outq: bytes, local, remote,
+            sent_fin: bool = False, got_fin: bool = False) -> bytes:
     """Make `sock` the dumped connection, in repair mode; returns the
-    never-sent bytes, to write once repair mode is off."""
+    never-sent bytes, to write once repair mode is off.
+
+    A FIN is restored as not yet exchanged, one sequence number back: the
+    one sent is sent again by `resume`, the one received comes again from
+    the peer's (soccr takes the same number off).
+    """
     tcp = socket.IPPROTO_TCP
     sock.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_ON)
-    for queue, seq in ((TCP_RECV_QUEUE, e.inq_seq - e.inq_len),
-                       (TCP_SEND_QUEUE, e.outq_seq - e.outq_len)):
+    inq_seq, outq_seq = e.inq_seq - int(got_fin), e.outq_seq - int(sent_fin)
+    for queue, seq in ((TCP_RECV_QUEUE, inq_seq - e.inq_len),
+                       (TCP_SEND_QUEUE, outq_seq - e.outq_len)):
         sock.setsockopt(tcp, TCP_REPAIR_QUEUE, queue)
         sock.setsockopt(tcp, TCP_QUEUE_SEQ, struct.pack("<I", seq & 0xFFFFFFFF))
     sock.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
@@ -97,13 +111,20 @@ def restore(sock: socket.socket, e, inq: bytes, outq: bytes, local, remote) -> b
             _send_all(sock, data)
     sock.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
     if e.HasField("snd_wl1"):
+        # The kernel refuses a window update point past rcv_nxt: with the
+        # received FIN taken off, it may be one past.
+        rcv_wup = e.rcv_wup
+        if 0 < (rcv_wup - inq_seq) & 0xFFFFFFFF < 1 << 31:
+            rcv_wup = inq_seq & 0xFFFFFFFF
         sock.setsockopt(tcp, TCP_REPAIR_WINDOW, WINDOW.pack(
-            e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, e.rcv_wup))
+            e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, rcv_wup))
     return outq[len(outq) - unsent:]
 
 
-def resume(sock: socket.socket, unsent: bytes = b"", reuse: bool | None = None) -> None:
-    """Repair mode off (the kernel sends a window probe), then the unsent bytes.
+def resume(sock: socket.socket, unsent: bytes = b"", reuse: bool | None = None,
+           sent_fin: bool = False) -> None:
+    """Repair mode off (the kernel sends a window probe), the unsent bytes,
+    then the FIN again if one was sent.
 
     Leaving repair mode clears SO_REUSEADDR (sk_reuse = SK_NO_REUSE): `reuse`
     puts the socket's own value back, or the TIME_WAIT it leaves when it
@@ -114,6 +135,8 @@ def resume(sock: socket.socket, unsent: bytes = b"", reuse: bool | None = None) 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
     if unsent:
         _send_all(sock, unsent)
+    if sent_fin:
+        sock.shutdown(socket.SHUT_WR)
 
 
 def _ioctl(sock: socket.socket, request: int) -> int:

@@ -11,7 +11,7 @@ import subprocess
 
 from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, KINDS, MAX_BUF, SO_BUF_LOCK,
                                   SO_RCVBUFFORCE, SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED,
-                                  WORDS, addr)
+                                  WORDS, addr, connected)
 from plugins.sk_inet.owner import uid_mapped
 
 log = logging.getLogger("engine.plugins.sk_inet")
@@ -39,7 +39,7 @@ def check_entry(ctx, fid: int, i) -> None:
     for field in ("src_port", "dst_port"):
         if getattr(i, field) > 0xFFFF:
             raise ValueError(f"{where}: {field} = {getattr(i, field)} is not a port")
-    if i.state == TCP_ESTABLISHED and not (i.dst_port and len(i.dst_addr)):
+    if (i.state == TCP_ESTABLISHED or connected(i)) and not (i.dst_port and len(i.dst_addr)):
         raise ValueError(f"{where}: dst_port: a connected socket needs its peer")
     for field in ("so_sndbuf", "so_rcvbuf"):
         value = getattr(i.opts, field)

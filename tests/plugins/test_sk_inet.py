@@ -28,8 +28,9 @@ def _streams(img):
     images = ImageDir(str(img))
     from plugins.sk_inet import engine_register_images
     engine_register_images(images.kinds)
+    from plugins.sk_inet.inet import connected
     return [images.read("tcp-stream", id=e.isk.ino)[0][0] for e in images.read("files")
-            if e.HasField("isk") and e.isk.state == 1 and e.isk.proto == 6]
+            if e.HasField("isk") and connected(e.isk)]
 
 
 @pytest.mark.parametrize("args", [(), ("--v6",), ("--mapped",)], ids=["v4", "v6", "mapped"])
@@ -383,3 +384,32 @@ def test_crit_decodes_our_inet_images(build_target, target_runner, engine_cli, t
         entry = out["entries"][0]
         assert out["magic"] == "TCP_STREAM" and "extra" in entry
         assert int(path.stem.split("-")[-1], 16) in {i["ino"] for i in isks}
+
+
+@pytest.mark.parametrize("args", [(), ("--fill",)], ids=["fin-wait2", "fin-wait1"])
+def test_half_closed_connection(build_target, target_runner, dump_restore, tmp_path, args):
+    """FIN_WAIT2 and CLOSE_WAIT ends: the FIN comes back in its place, after
+    the unread bytes, once; the open direction still carries data. fin-wait1:
+    the FIN waits behind never-sent bytes."""
+    target = target_runner.start(build_target("tcphalf"), *args)
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+    if args:
+        assert target.info["state"] == "4"              # FIN_WAIT1
+        assert any(s.unsq_len for s in _streams(tmp_path / "img"))
+
+
+def test_fin_from_outside_is_refused(build_target, target_runner, tmp_path):
+    """A FIN received from a peer outside the tree cannot be sent again: the
+    dump is refused in one line and the target runs on."""
+    from engine.testing import engine_fails
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        target = target_runner.start(build_target("tcphalf"), "--connect",
+                                     str(server.getsockname()[1]))
+        peer, _ = server.accept()
+        with peer:
+            peer.shutdown(socket.SHUT_WR)      # the target's end: CLOSE_WAIT
+            line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "img")
+            assert "in CLOSE_WAIT: the peer that closed it is not in the dumped tree" in line
+            assert target.verdict() == "PASS"
