@@ -23,6 +23,12 @@ def _conns(img):
     return out
 
 
+def _give_up(img):
+    """A dump never restored: lift the lock it left (as a restore would)."""
+    from plugins.sk_inet import netlock
+    netlock.unlock(list(_conns(img)))
+
+
 def _streams(img):
     from engine.images import ImageDir
     images = ImageDir(str(img))
@@ -252,6 +258,7 @@ def test_bad_image_is_refused(build_target, target_runner, engine_cli, tmp_path,
     assert task_gone(target.pid)
     assert conns <= netlock.locked()           # still locked, as the dump left it
     netlock.unlock(list(conns))
+    assert not conns & netlock.locked()
 
 
 
@@ -315,6 +322,7 @@ def test_engine_show_decodes_tcp_streams(build_target, target_runner, engine_cli
     engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img")
     target.reap()
     shown = json.loads(engine_cli("show", tmp_path / "img").stdout)
+    _give_up(tmp_path / "img")
     streams = [v["entries"][0] for k, v in shown.items() if k.startswith("tcp-stream-")]
     assert sorted(s["inq_len"] for s in streams) == [5000, 5000]
     assert all(s["payload_bytes"] == s["inq_len"] + s["outq_len"] for s in streams)
@@ -374,6 +382,7 @@ def test_crit_decodes_our_inet_images(build_target, target_runner, engine_cli, t
     img = tmp_path / "img"
     engine_cli("dump", "-t", target.pid, "-D", img)
     target.reap()
+    _give_up(img)
     files = json.loads(subprocess.run(["crit", "decode", "-i", str(img / "files.img")],
                                       capture_output=True, text=True, check=True).stdout)
     isks = [e["isk"] for e in files["entries"] if e["type"] == "INETSK"]
