@@ -88,7 +88,11 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
             ctx.hook.engine_dump_task(ctx=ctx, task=ctx.tasks[pid])
         ctx.hook.engine_dump_finish(ctx=ctx)
         ctx.images.write("files", ctx.files)
-    except BaseException:
+    except BaseException as e:
+        try:
+            ctx.hook.engine_dump_abort(ctx=ctx, error=e)
+        except Exception as e2:  # noqa: BLE001 - the first error is the one to report
+            log.warning("engine_dump_abort: %s", e2)
         for tracee in reversed(frozen):
             _quietly(tracee.detach)
         raise

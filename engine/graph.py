@@ -68,7 +68,7 @@ class Graph:
                 provider = reg.provider_of(resource)
                 if provider is None:
                     raise GraphError(f"{node}: needs {resource}, which no plugin provides")
-                if not reg.is_enabled(provider.name):
+                if not reg.is_enabled(provider.name) and provider.fallback is None:
                     raise GraphError(f"{node}: needs {resource}, provided by plugin "
                                      f"{provider.name}, which is disabled")
 

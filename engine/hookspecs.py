@@ -10,7 +10,7 @@ Dump, as `engine dump -t PID -D DIR` runs it (engine/dump.py):
    that recognises the fd claims it and describes it for files.img.
 4. ``engine_dump_finish`` writes images about the whole tree (pstree, inventory).
 5. The core kills the tree, or resumes it with ``--leave-running``; on any
-   failure it resumes the tree untouched.
+   failure it resumes the tree untouched, after ``engine_dump_abort``.
 
 Restore, as `engine restore -D DIR` runs it (engine/restore.py):
 
@@ -122,6 +122,20 @@ def engine_dump_finish(ctx):
 
     Runs in: engine (the tree is still frozen)
     May touch: ``ctx.images`` (tree-wide image kinds), ``ctx.stash``.
+    Returns: nothing.
+    """
+
+
+@hookspec
+def engine_dump_abort(ctx, error):
+    """Called once when a dump failed, before the frozen tree is let go.
+
+    :param ctx: the ``engine.dump.DumpContext``.
+    :param error: the exception that stopped the dump.
+
+    Runs in: engine (the tree is still frozen)
+    May touch: what the plugin changed outside the images during this dump
+        (e.g. a network lock, TCP repair mode), to put it back; must not raise.
     Returns: nothing.
     """
 

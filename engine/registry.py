@@ -42,8 +42,10 @@ class PluginSpec:
     runs_in: str = attrs.field(default="engine", validator=attrs.validators.in_(RUNS_IN))
     default: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     essential: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    # What a disabled plugin's resources become, documented by the plugin
-    # (e.g. "closed": sockets restored as closed fds). None: no fallback.
+    # The module registered in a disabled plugin's place (as NAME.fallback),
+    # whose docstring documents what the plugin's resources become (e.g.
+    # sockets restored closed). None: no fallback, disabling it refuses
+    # images that need its resources.
     fallback: str | None = None
     description: str = ""
     origin: str = "hooks.toml"
@@ -146,12 +148,10 @@ def build(plugins: str = "default", disable: tuple[str, ...] = (),
     for name, spec in specs.items():
         if name not in chosen:
             pm.set_blocked(name)
+            if spec.fallback:
+                _register(pm, f"{name}.fallback", spec.fallback)
             continue
-        try:
-            module = importlib.import_module(spec.module)
-        except ImportError as e:
-            raise PluginError(f"plugin {name}: cannot import {spec.module}: {e}") from None
-        pm.register(module, name=name)
+        _register(pm, name, spec.module)
         enabled.append(name)
 
     for ep in eps:
@@ -197,6 +197,14 @@ def _may_have_entry_points() -> bool:
                 except OSError:
                     pass
     return False
+
+
+def _register(pm: pluggy.PluginManager, name: str, module_name: str) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PluginError(f"plugin {name}: cannot import {module_name}: {e}") from None
+    pm.register(module, name=name)
 
 
 def _trace_hooks(pm: pluggy.PluginManager) -> None:

@@ -16,7 +16,8 @@ CANDIDATES = [os.environ.get("ENGINE_FIXTURES"),
               "/work/shared/fixtures"]
 FIXTURES = next((Path(c) / "criu-4.2" for c in CANDIDATES
                  if c and (Path(c) / "criu-4.2").is_dir()), Path("/nonexistent"))
-PIDS = {"counter": 30001, "files": 30011, "pipe": 30031, "threads": 30061, "tree": 30021, "unix": 30041}
+PIDS = {"counter": 30001, "files": 30011, "pipe": 30031, "tcp": 30051, "threads": 30061,
+        "tree": 30021, "unix": 30041}
 
 
 @pytest.mark.parametrize("mode", sorted(PIDS))

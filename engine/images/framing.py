@@ -53,9 +53,10 @@ def read_entries(path, kind: ImageKind) -> list:
             raise ImageError(name, f"entry {i}: required field missing: {missing}")
         pos += size
         if kind.payload:
-            length = getattr(msg, kind.payload)
+            fields = (kind.payload,) if isinstance(kind.payload, str) else kind.payload
+            length = sum(getattr(msg, f) for f in fields)
             if pos + length > len(data):
-                raise ImageError(name, f"entry {i}: {kind.payload}={length}: payload "
+                raise ImageError(name, f"entry {i}: {'+'.join(fields)}={length}: payload "
                                        f"truncated (have {len(data) - pos})")
             entries.append((msg, data[pos:pos + length]))
             pos += length

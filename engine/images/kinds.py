@@ -30,8 +30,9 @@ class ImageKind:
     # `provides`); None for images every restore reads.
     resource: str | None = None
     # Name of the entry field giving the length of raw bytes that follow
-    # each entry (pipes-data.img: `bytes`), or None.
-    payload: str | None = None
+    # each entry (pipes-data.img: `bytes`), a tuple of them when several
+    # buffers follow back to back (tcp-stream: inq_len, outq_len), or None.
+    payload: str | tuple[str, ...] | None = None
 
     def message_class(self, first: bool = False):
         mod = importlib.import_module(self.module)
@@ -42,7 +43,13 @@ class ImageKind:
 
     @property
     def regex(self) -> re.Pattern:
-        return re.compile("^" + re.escape(self.pattern).replace(r"\{id\}", r"(\d+)") + "$")
+        # {id:x}: CRIU names some images by a hex id (tcp-stream-%x.img).
+        body = re.escape(self.pattern).replace(r"\{id\}", r"(\d+)")
+        return re.compile("^" + body.replace(r"\{id:x\}", r"([0-9a-f]+)") + "$")
+
+    @property
+    def id_base(self) -> int:
+        return 16 if "{id:x}" in self.pattern else 10
 
 
 P = "engine.images.proto."
@@ -105,7 +112,7 @@ class KindRegistry:
         for kind in self._kinds.values():
             m = kind.regex.match(fname)
             if m:
-                return kind, (int(m.group(1)) if m.groups() else None)
+                return kind, (int(m.group(1), kind.id_base) if m.groups() else None)
         return None
 
 
