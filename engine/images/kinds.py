@@ -81,6 +81,10 @@ BUILTIN = [
               magic_name="TIMENS"),
     ImageKind("cpuinfo", "cpuinfo.img", 0x61404013, P + "cpuinfo_pb2", "cpuinfo_entry",
               magic_name="CPUINFO"),
+    ImageKind("userns", "userns-{id}.img", 0x55474906, P + "userns_pb2", "userns_entry",
+              magic_name="USERNS", resource="userns"),
+    ImageKind("utsns", "utsns-{id}.img", 0x54473203, P + "utsns_pb2", "utsns_entry",
+              magic_name="UTSNS", resource="utsns"),
 ]
 
 

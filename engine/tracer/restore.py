@@ -202,8 +202,9 @@ def _set_creds(tr: Tracee, c: m.Creds, data: int) -> None:
     for cap in range(_cap_last() + 1):
         if not bnd >> cap & 1:
             tr.checked("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop cap {cap}")
-    tr.write(data, struct.pack(f"<{len(c.groups)}I", *c.groups))
-    tr.checked("setgroups", len(c.groups), data, what="restore")
+    if c.groups is not None:            # None: setgroups is denied (user namespace)
+        tr.write(data, struct.pack(f"<{len(c.groups)}I", *c.groups))
+        tr.checked("setgroups", len(c.groups), data, what="restore")
     tr.checked("setresgid", c.gid, c.egid, c.sgid)
     tr.syscall("setfsgid", c.fsgid)
     tr.checked("setresuid", c.uid, c.euid, c.suid)
