@@ -77,3 +77,148 @@ def dumped_ids(ctx, kind: str) -> dict[int, tuple[int, list[int]]]:
         ns_id = getattr(ctx.images.read_one("ids", id=pid), f"{kind}_ns_id")
         out.setdefault(ns_id, (ino, []))[1].append(pid)
     return out
+
+
+def run_in(pid: int, kinds: tuple[str, ...], fn):
+    """fn() run in a child of ours that joined task `pid`'s namespaces of
+    `kinds` (a dump reads what only the inside shows: hostname, ipc sysctls,
+    links); its result, pickled back, or its error raised here."""
+    import pickle
+    fds = [os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds]
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            for fd, kind in zip(fds, kinds):
+                setns(fd, kind)
+            out = (True, fn())
+        except BaseException as e:  # noqa: BLE001 - sent to the parent
+            out = (False, f"{type(e).__name__}: {e}")
+        try:
+            os.write(w, pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(w)
+    for fd in fds:
+        os.close(fd)
+    chunks = []
+    while chunk := os.read(r, 1 << 16):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(child, 0)
+    if not chunks:
+        raise OSError(f"task {pid}: the helper reading its {'/'.join(kinds)} namespace died")
+    ok, value = pickle.loads(b"".join(chunks))
+    if not ok:
+        raise OSError(f"task {pid}: in its {'/'.join(kinds)} namespace: {value}")
+    return value
+
+
+# --- restore: one creator per namespace, everyone else joins ---------------
+
+def owner_id(ctx, pid: int, kind: str, user_ids: dict[int, int]) -> int:
+    """At dump: the id of the user namespace owning task `pid`'s namespace
+    of `kind` (0: the engine's own); `user_ids` maps userns inodes to ids."""
+    owner = related(pid, kind, NS_GET_USERNS)
+    if owner == inode("self", "user"):
+        return 0
+    if owner not in user_ids:
+        raise ValueError(f"task {pid}: its {kind} namespace is owned by a user namespace "
+                         "outside the tree")
+    return user_ids[owner]
+
+
+def user_ids(ctx) -> dict[int, int]:
+    """At dump: userns inode -> id, for the tree's user namespaces."""
+    return {ino: ns_id for ns_id, (ino, _) in dumped_ids(ctx, "user").items()}
+
+
+def collect(ctx, graph, plugin: str, kind: str, image: str) -> list:
+    """Nodes restoring the tree's namespaces of `kind`, whose images are
+    IMAGE-ID.img. The first task of a namespace (parents first) makes it,
+    in graph order after the user namespace owning it; every other task in
+    it joins it (setns through the maker's /proc/PID/ns), as does a task
+    back in the engine's own namespace under a parent that is not. Returns
+    the (ns id, entry) made, for the plugin to check."""
+    from engine.graph import Node
+    ns_of, made, out = {}, {}, []
+    for e in ctx.alive:
+        ns_id = getattr(ctx.ids(e.pid), f"{kind}_ns_id")
+        ns_of[e.pid] = ns_id if ns_id and ctx.images.exists(image, id=ns_id) else 0
+    for e in ctx.alive:
+        ns_id, fork = ns_of[e.pid], f"pstree:fork:{e.pid}"
+        if ns_id and ns_id not in made:
+            entry = ctx.images.read_one(image, id=ns_id)
+            made[ns_id] = e.pid
+            owner = getattr(entry, "owner_id", 0)
+            after = [fork] + ([f"userns:make:{owner}"] if owner else [])
+            graph.add(Node(key=f"{plugin}:make:{ns_id}", plugin=plugin, pid=e.pid,
+                           data=("make", ns_id, entry), after=after,
+                           label=f"task {e.pid} makes {kind} namespace {ns_id}"))
+            out.append((ns_id, entry))
+        elif ns_id:
+            graph.add(Node(key=f"{plugin}:join:{e.pid}", plugin=plugin, pid=e.pid,
+                           data=("join", made[ns_id]),
+                           after=[fork, f"{plugin}:make:{ns_id}"],
+                           label=f"task {e.pid} joins {kind} namespace {ns_id}"))
+        elif ns_of.get(e.ppid):
+            graph.add(Node(key=f"{plugin}:join:{e.pid}", plugin=plugin, pid=e.pid,
+                           data=("join", os.getpid()), after=[fork],
+                           label=f"task {e.pid} back in the engine's {kind} namespace"))
+    return out
+
+
+def restore(ctx, node, kind: str, setup) -> None:
+    """Run a node `collect` made, in its task. A maker unshares the
+    namespace itself, or, when a user namespace of the tree owns it, has a
+    helper child join that one, unshare it and set it up, then joins the
+    helper's: the task keeps the engine's privileges until it joins its own
+    user namespace, last (plugins/userns). `setup(entry)` fills the new
+    namespace (hostname, links...) from inside it."""
+    if node.data[0] == "join":
+        fd = os.open(f"/proc/{node.data[1]}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd, kind)
+        finally:
+            os.close(fd)
+        return
+    _, ns_id, entry = node.data
+    owner = getattr(entry, "owner_id", 0)
+    if not owner:
+        unshare(FLAGS[kind])
+        setup(entry)
+        return
+    user_fd = ctx.take_fd(f"userns:{owner}")
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            setns(user_fd, "user")
+            unshare(FLAGS[kind])
+            setup(entry)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+        except BaseException as e:  # noqa: BLE001 - reported to the task
+            os.write(ready_w, str(e).encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(user_fd)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        msg = os.read(ready_r, 4096)
+        if msg != b"1":
+            raise OSError(f"{kind} namespace {ns_id}: {msg.decode() or 'its helper died'}")
+        fd = os.open(f"/proc/{helper}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd, kind)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+        os.waitpid(helper, 0)

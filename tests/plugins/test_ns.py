@@ -1,0 +1,16 @@
+"""Namespaces a task made (uts, ipc, net, mnt), alone or owned by a user
+namespace of the tree: made again by the task that owned them, joined by its
+child, their contents back (tests/targets/nsmix.c checks from inside)."""
+import pytest
+
+from engine.images import ImageDir
+from engine.testing import engine_fails, reap_dumped_tree, task_gone
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["owned-by-init", "owned-by-userns"])
+@pytest.mark.parametrize("kinds", ["uts"])
+def test_namespaces_made_by_their_task(build_target, target_runner, dump_restore, tmp_path,
+                                       kinds, user):
+    args = ["--kinds", kinds] + (["--user", "1"] if user else [])
+    target = target_runner.start(build_target("nsmix"), *args)
+    assert dump_restore(target, tmp_path / "img") == "PASS", target.log()
