@@ -85,6 +85,8 @@ BUILTIN = [
               magic_name="USERNS", resource="userns"),
     ImageKind("utsns", "utsns-{id}.img", 0x54473203, P + "utsns_pb2", "utsns_entry",
               magic_name="UTSNS", resource="utsns"),
+    ImageKind("ipcns-var", "ipcns-var-{id}.img", 0x53115007, P + "ipc_var_pb2", "ipc_var_entry",
+              magic_name="IPC_VAR", resource="ipcns"),
 ]
 
 
