@@ -87,6 +87,10 @@ BUILTIN = [
               magic_name="UTSNS", resource="utsns"),
     ImageKind("ipcns-var", "ipcns-var-{id}.img", 0x53115007, P + "ipc_var_pb2", "ipc_var_entry",
               magic_name="IPC_VAR", resource="ipcns"),
+    ImageKind("netns", "netns-{id}.img", 0x55933752, P + "netdev_pb2", "netns_entry",
+              magic_name="NETNS", resource="netns"),
+    ImageKind("netdev", "netdev-{id}.img", 0x57373951, P + "netdev_pb2", "net_device_entry",
+              magic_name="NETDEV", resource="netns"),
 ]
 
 

@@ -8,7 +8,7 @@ from engine.testing import engine_fails, reap_dumped_tree, task_gone
 
 
 @pytest.mark.parametrize("user", [False, True], ids=["owned-by-init", "owned-by-userns"])
-@pytest.mark.parametrize("kinds", ["uts", "ipc"])
+@pytest.mark.parametrize("kinds", ["uts", "ipc", "net"])
 def test_namespaces_made_by_their_task(build_target, target_runner, dump_restore, tmp_path,
                                        kinds, user):
     args = ["--kinds", kinds] + (["--user", "1"] if user else [])
