@@ -149,7 +149,10 @@ def collect(ctx, graph, plugin: str, kind: str, image: str) -> list:
     for e in ctx.alive:
         ns_id, fork = ns_of[e.pid], f"pstree:fork:{e.pid}"
         if ns_id and ns_id not in made:
-            entry = ctx.images.read_one(image, id=ns_id)
+            entries = ctx.images.read(image, id=ns_id)
+            if not entries:
+                raise ValueError(f"{ctx.images.kinds.get(image).filename(ns_id)}: no entry")
+            entry = entries[0]              # the first says who owns it
             made[ns_id] = e.pid
             owner = getattr(entry, "owner_id", 0)
             after = [fork] + ([f"userns:make:{owner}"] if owner else [])
@@ -198,7 +201,9 @@ def restore(ctx, node, kind: str, setup) -> None:
             os.close(ready_r)
             os.close(go_w)
             setns(user_fd, "user")
-            _become_root()
+            if kind != "mnt":
+                # Mounts are made as the engine's uid: it owns the paths.
+                _become_root()
             unshare(FLAGS[kind])
             setup(entry)
             os.write(ready_w, b"1")

@@ -91,6 +91,8 @@ BUILTIN = [
               magic_name="NETNS", resource="netns"),
     ImageKind("netdev", "netdev-{id}.img", 0x57373951, P + "netdev_pb2", "net_device_entry",
               magic_name="NETDEV", resource="netns"),
+    ImageKind("mountpoints", "mountpoints-{id}.img", 0x55563928, P + "mnt_pb2", "mnt_entry",
+              magic_name="MNTS", resource="mntns"),
 ]
 
 
