@@ -192,7 +192,7 @@ def restore(ctx, node, kind: str, setup) -> None:
         unshare(FLAGS[kind])
         setup(entry)
         return
-    user_fd = ctx.take_fd(f"userns:{owner}")
+    user_fd = open_published(ctx, f"userns:{owner}")
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     helper = os.fork()
@@ -206,7 +206,8 @@ def restore(ctx, node, kind: str, setup) -> None:
                 _become_root()
             unshare(FLAGS[kind])
             setup(entry)
-            os.write(ready_w, b"1")
+            # Its pid as /proc names it: fork's is wrong in a nested pid ns.
+            os.write(ready_w, b"1" + os.readlink("/proc/self").encode())
             os.read(go_r, 1)
         except BaseException as e:  # noqa: BLE001 - reported to the task
             os.write(ready_w, str(e).encode()[:4000])
@@ -217,9 +218,9 @@ def restore(ctx, node, kind: str, setup) -> None:
     os.close(go_r)
     try:
         msg = os.read(ready_r, 4096)
-        if msg != b"1":
+        if not msg.startswith(b"1"):
             raise OSError(f"{kind} namespace {ns_id}: {msg.decode() or 'its helper died'}")
-        fd = os.open(f"/proc/{helper}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"/proc/{int(msg[1:])}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             setns(fd, kind)
         finally:
@@ -228,6 +229,15 @@ def restore(ctx, node, kind: str, setup) -> None:
         os.close(ready_r)
         os.close(go_w)
         os.waitpid(helper, 0)
+
+
+def open_published(ctx, key: str) -> int:
+    """A namespace fd the engine published (ctx.shared_fds), reopened
+    through /proc/PID/fd: unlike pidfd_getfd, this works from inside a
+    nested pid namespace (/proc is the engine's) and gives the same
+    namespace."""
+    pid, fd = ctx.shared_fds[key]
+    return os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _become_root() -> None:

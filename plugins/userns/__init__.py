@@ -115,14 +115,14 @@ def engine_restore_node(ctx, node):
             if entry.parent_id else None
         fd = _make(entry, fds.get(entry.parent_id), parent)
         fds[ns_id] = fd
-        # Tasks take it with pidfd_getfd, as they take shared files.
+        # Tasks reopen it through /proc/ENGINE/fd (engine/ns.py open_published).
         ctx.shared_fds[f"userns:{ns_id}"] = (os.getpid(), fd)
         return True
     ns_id, groups, deny = node.data
     if deny:
         # setgroups(2) is refused inside for good: take the groups now.
         os.setgroups(groups)
-    fd = ctx.take_fd(f"userns:{ns_id}")
+    fd = ns.open_published(ctx, f"userns:{ns_id}")
     try:
         ns.setns(fd, "user")
     finally:
