@@ -87,7 +87,7 @@ class RestoreContext:
         child = clone_with_pid(pid, flags=flags, tids=tids)
         if child == 0:
             _serve(self, pid)          # never returns
-        self.started.append(child)
+        self.started.append(pid)        # the engine's name for it (child: the caller's)
         return child
 
     def publish_fd(self, file_id: int, fd: int) -> None:
@@ -124,7 +124,8 @@ def _pid_here(pid: int) -> int:
     depth = len(nspid("self")) - 1
     levels = nspid(pid) if depth else [pid]
     if len(levels) <= depth:
-        raise OSError(f"task {pid} is outside the pid namespace of task {nspid('self')[0]}")
+        raise OSError(f"task {nspid('self')[0]} takes a file from task {pid}, outside its pid "
+                      "namespace: not supported (pidfd_open cannot name it)")
     return int(levels[depth])
 
 

@@ -93,6 +93,8 @@ BUILTIN = [
               magic_name="NETDEV", resource="netns"),
     ImageKind("mountpoints", "mountpoints-{id}.img", 0x55563928, P + "mnt_pb2", "mnt_entry",
               magic_name="MNTS", resource="mntns"),
+    ImageKind("pidns", "pidns-{id}.img", 0x61157326, P + "pidns_pb2", "pidns_entry",
+              magic_name="PIDNS", resource="pidns"),
 ]
 
 
