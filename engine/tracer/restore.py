@@ -197,19 +197,24 @@ def _set_creds(tr: Tracee, c: m.Creds, data: int) -> None:
     """Credentials last, as criu/pie/restorer.c restore_creds does: keep
     capabilities across the uid change (SECBIT_NO_SETUID_FIXUP), shrink the
     bounding set, groups, gids, uids, then securebits and capabilities."""
-    tr.checked("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, what="securebits")
+    # What is already as dumped is left alone: an unprivileged engine (no
+    # CAP_SETPCAP, CAP_SETGID) may not even set a value to what it is.
+    now = _status(tr.pid)
+    fixup = tr.syscall("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) == 0
     bnd = c.cap_bnd[0] | c.cap_bnd[1] << 32
     for cap in range(_cap_last() + 1):
-        if not bnd >> cap & 1:
+        if not bnd >> cap & 1 and int(now["CapBnd"][0], 16) >> cap & 1:
             tr.checked("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop cap {cap}")
-    if c.groups is not None:            # None: setgroups is denied (user namespace)
+    # None: setgroups is denied (user namespace)
+    if c.groups is not None and sorted(c.groups) != sorted(map(int, now["Groups"])):
         tr.write(data, struct.pack(f"<{len(c.groups)}I", *c.groups))
         tr.checked("setgroups", len(c.groups), data, what="restore")
     tr.checked("setresgid", c.gid, c.egid, c.sgid)
     tr.syscall("setfsgid", c.fsgid)
     tr.checked("setresuid", c.uid, c.euid, c.suid)
     tr.syscall("setfsuid", c.fsuid)
-    tr.checked("prctl", PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
+    if fixup or c.secbits:
+        tr.checked("prctl", PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
     # struct __user_cap_header_struct (version 3, this thread), then two
     # __user_cap_data_struct {effective, permitted, inheritable}
     tr.write(data, struct.pack("<Ii6I", 0x20080522, 0, c.cap_eff[0], c.cap_prm[0], c.cap_inh[0],
@@ -220,6 +225,11 @@ def _set_creds(tr: Tracee, c: m.Creds, data: int) -> None:
         if amb >> cap & 1:
             tr.checked("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0,
                        what=f"ambient cap {cap}")
+
+
+def _status(pid: int) -> dict[str, list[str]]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.split() for k, _, v in (line.partition(":") for line in f)}
 
 
 def _cap_last() -> int:
