@@ -90,3 +90,45 @@ def test_user_restores_own_tree_with_two_ambient_caps(build_target, user_dir):
 def _creds(pid):
     with open(f"/proc/{pid}/status") as f:
         return [line for line in f if line.startswith(("Uid", "Gid", "Groups", "Cap"))]
+
+
+def test_rootless_restore_inside_new_user_and_pid_namespace(build_target, user_dir,
+                                                             engine_cli):
+    exe = shutil.copy(build_target("tree"), user_dir / "tree")
+    target = start_as_user(exe, user_dir)
+    img = user_dir / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    pidfile = user_dir / "root.pid"
+    proc = engine_as_user("restore", "-D", img, "--rootless", "--pidfile", pidfile, caps=False)
+    assert proc.returncode == 0
+    outer = int(pidfile.read_text())
+    with open(f"/proc/{outer}/status") as f:
+        nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+    # The dumped pid, inside the new pid namespace; the user's uid outside.
+    assert nspid == [str(outer), str(target.pid)]
+    assert os.stat(f"/proc/{outer}").st_uid == UID
+    target.pid = outer
+    assert target.verdict() == "PASS", target.log()
+
+
+def test_rootless_refuses_maps_granting_ids_the_user_does_not_hold(build_target,
+                                                                  target_runner, engine_cli,
+                                                                  tmp_path, user_dir):
+    """userns.c maps 0-65535 to 200000-265535: uid 1000 holds only itself."""
+    from engine.testing import task_gone
+    target = target_runner.start(build_target("userns"))
+    img = user_dir / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    proc = engine_as_user("restore", "-D", img, "--rootless", caps=False, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "userns-" in lines[0] and "does not hold" in lines[0], lines[0]
+    assert all(task_gone(target.addr(k)) for k in ("a", "a1", "a2", "b"))
