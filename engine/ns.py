@@ -85,11 +85,17 @@ def run_in(pid: int, kinds: tuple[str, ...], fn):
     links); its result, pickled back, or its error raised here."""
     import pickle
     fds = [os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds]
+    # setns wants CAP_SYS_ADMIN where we are too: an engine without it (a
+    # user dumping its own tree) first joins the owning user namespace,
+    # where, as its owner, it has it.
+    owner = fcntl.ioctl(fds[0], NS_GET_USERNS)
     r, w = os.pipe()
     child = os.fork()
     if child == 0:
         try:
             os.close(r)
+            if os.fstat(owner).st_ino != inode("self", "user") and not _has_sys_admin():
+                setns(owner, "user")
             for fd, kind in zip(fds, kinds):
                 setns(fd, kind)
             out = (True, fn())
@@ -100,7 +106,7 @@ def run_in(pid: int, kinds: tuple[str, ...], fn):
         finally:
             os._exit(0)
     os.close(w)
-    for fd in fds:
+    for fd in fds + [owner]:
         os.close(fd)
     chunks = []
     while chunk := os.read(r, 1 << 16):
@@ -229,6 +235,12 @@ def restore(ctx, node, kind: str, setup) -> None:
         os.close(ready_r)
         os.close(go_w)
         os.waitpid(helper, 0)
+
+
+def _has_sys_admin() -> bool:
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    return bool(caps >> 21 & 1)                     # CAP_SYS_ADMIN
 
 
 def open_published(ctx, key: str) -> int:

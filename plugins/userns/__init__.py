@@ -119,7 +119,7 @@ def engine_restore_node(ctx, node):
         ctx.shared_fds[f"userns:{ns_id}"] = (os.getpid(), fd)
         return True
     ns_id, groups, deny = node.data
-    if deny:
+    if deny and sorted(os.getgroups()) != sorted(groups):
         # setgroups(2) is refused inside for good: take the groups now.
         os.setgroups(groups)
     fd = ns.open_published(ctx, f"userns:{ns_id}")

@@ -131,3 +131,19 @@ def test_rootless_refuses_maps_granting_ids_the_user_does_not_hold(build_target,
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "userns-" in lines[0] and "does not hold" in lines[0], lines[0]
     assert all(task_gone(target.addr(k)) for k in ("a", "a1", "a2", "b"))
+
+
+def test_user_namespaces_of_a_user_tree_made_again_rootless(build_target, user_dir):
+    """A user's task in its own user namespace (its uid as root there) with
+    uts, ipc, net and mnt namespaces of it: dumped by the user with
+    CAP_CHECKPOINT_RESTORE, restored with --rootless and no capability."""
+    exe = shutil.copy(build_target("nsmix"), user_dir / "nsmix")
+    target = start_as_user(exe, user_dir, "--user", "1", "--self-map", "1")
+    img = user_dir / "img"
+    engine_as_user("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    pidfile = user_dir / "root.pid"
+    engine_as_user("restore", "-D", img, "--rootless", "--pidfile", pidfile, caps=False)
+    target.pid = int(pidfile.read_text())
+    assert target.verdict() == "PASS", target.log()

@@ -1,6 +1,8 @@
 /* engine-target: needs=root ;
  * args: --kinds uts,ipc,net,mnt (which namespaces C makes), --user 1 (C
- *       first makes a user namespace owning them, maps 0 100000 65536) ;
+ *       first makes a user namespace owning them, maps 0 100000 65536),
+ *       --self-map 1 (with --user: maps only the caller's own uid and gid to
+ *       0, setgroups denied, as an ordinary user may) ;
  * what: namespaces made by a task: child C unshares the kinds asked, sets
  *       hostname/domainname (uts), kernel.msgmax (ipc), brings lo up with
  *       10.7.7.1/24 as lo:1 and a route to 10.8.0.0/16 (net), mounts a
@@ -257,8 +259,18 @@ int main(int argc, char **argv)
 	if (user) {
 		if (read(done[0], &ch, 1) != 1)
 			tgt_die("C died before its user namespace");
-		write_file(c, "uid_map", "0 100000 65536\n");
-		write_file(c, "gid_map", "0 100000 65536\n");
+		if (tgt_arg("self-map", NULL)) {
+			char map[64];
+
+			snprintf(map, sizeof(map), "0 %d 1\n", getuid());
+			write_file(c, "uid_map", map);
+			write_file(c, "setgroups", "deny");
+			snprintf(map, sizeof(map), "0 %d 1\n", getgid());
+			write_file(c, "gid_map", map);
+		} else {
+			write_file(c, "uid_map", "0 100000 65536\n");
+			write_file(c, "gid_map", "0 100000 65536\n");
+		}
 		if (write(go[1], "g", 1) != 1)
 			tgt_die("sync: %m");
 	}
