@@ -12,10 +12,12 @@ left mounted (logged); propagation is not kept: the restored namespace is
 made private throughout, so nothing leaks into the engine's.
 
 Restore: the first task in it (parents first) makes it, makes "/" private
-recursively, mounts each tmpfs (parents first) with its flags and options,
-then fills it from its archive as the engine's root, so owners are kept;
+recursively, makes each tmpfs detached with its flags and options, fills
+it from its archive (owners kept) and moves it onto its directory;
 the others join it (engine/ns.py). A mount point that is not absolute or
-climbs with "..", or an archive missing, is refused before anything starts.
+climbs with "..", one inside another of the tree's tmpfs mounts (its
+directory would be the one under that mount), or an archive missing, is
+refused before anything starts.
 """
 from __future__ import annotations
 
@@ -94,7 +96,12 @@ def engine_restore_collect(ctx, graph):
                                  "absolute path")
             if not os.path.exists(_tar(ctx, m.mnt_id)):
                 raise ValueError(f"{where}: no tmpfs-dev-{m.mnt_id}.tar.gz.img")
-        mounts[ns_id] = sorted(entries, key=lambda m: m.mountpoint.count("/"))
+        for m in entries:
+            for other in entries:
+                if m is not other and m.mountpoint.startswith(other.mountpoint.rstrip("/") + "/"):
+                    raise ValueError(f"mountpoints-{ns_id}.img: {m.mountpoint} lies in the "
+                                     f"tmpfs at {other.mountpoint}: not supported yet")
+        mounts[ns_id] = entries
 
 
 @hookimpl
