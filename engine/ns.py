@@ -62,6 +62,8 @@ def related(pid: int | str, kind: str, request: int) -> int | None:
         os.close(fd)
 
 
+# --- dump: which namespaces, what is inside ---------------------------------
+
 def dumped_ids(ctx, kind: str) -> dict[int, tuple[int, list[int]]]:
     """At dump, after plugins/core wrote ids-PID.img: ns id -> (inode, pids),
     for the namespaces of `kind` the live tasks of the tree are in, except
@@ -121,8 +123,6 @@ def run_in(pid: int, kinds: tuple[str, ...], fn):
     return value
 
 
-# --- restore: one creator per namespace, everyone else joins ---------------
-
 def owner_id(ctx, pid: int, kind: str, user_ids: dict[int, int]) -> int:
     """At dump: the id of the user namespace owning task `pid`'s namespace
     of `kind` (0: the engine's own); `user_ids` maps userns inodes to ids."""
@@ -139,6 +139,8 @@ def user_ids(ctx) -> dict[int, int]:
     """At dump: userns inode -> id, for the tree's user namespaces."""
     return {ino: ns_id for ns_id, (ino, _) in dumped_ids(ctx, "user").items()}
 
+
+# --- restore: one maker per namespace, everyone else joins ------------------
 
 def collect(ctx, graph, plugin: str, kind: str, image: str) -> list:
     """Nodes restoring the tree's namespaces of `kind`, whose images are
