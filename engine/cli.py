@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--leave-stopped", action="store_true",
                    help="leave every task stopped (SIGSTOP) after restore")
     r.add_argument("--pidfile", metavar="FILE", help="write the root pid here")
+    r.add_argument("--rootless", action="store_true",
+                   help="restore as an ordinary user, inside a new user and pid namespace")
     _common(r)
 
     s = sub.add_parser("show", help="print an image set as JSON")
@@ -124,6 +126,9 @@ def cmd_dump(args, reg) -> int:
 
 def cmd_restore(args, reg) -> int:
     from engine.restore import RestoreContext, restore
+    if args.rootless:
+        from engine.rootless import enter
+        enter(args.pidfile)             # returns in a worker inside the new namespaces
     ctx = RestoreContext(images=_open_images(args.images_dir, reg), registry=reg, options=args)
     pids = restore(ctx)
     if args.pidfile and pids:

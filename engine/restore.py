@@ -60,6 +60,9 @@ class RestoreContext:
     # theirs in node replies and get the engine's map with every node.
     shared_fds: dict[int, tuple[int, int]] = attrs.field(factory=dict)
     _published: dict[int, tuple[int, int]] = attrs.field(factory=dict)
+    # pid -> (clone flags, its pid at every level, innermost first), for a
+    # task in a nested pid namespace (filled at collect by a plugin).
+    clone_args: dict[int, tuple[int, list[int]]] = attrs.field(factory=dict)
 
     @property
     def hook(self):
@@ -81,10 +84,11 @@ class RestoreContext:
     def spawn(self, pid: int) -> int:
         """Fork task `pid` from the calling process (engine or a task)."""
         from engine.tracer.clone import clone_with_pid
-        child = clone_with_pid(pid)
+        flags, tids = self.clone_args.get(pid, (0, None))
+        child = clone_with_pid(pid, flags=flags, tids=tids)
         if child == 0:
             _serve(self, pid)          # never returns
-        self.started.append(child)
+        self.started.append(pid)        # the engine's name for it (child: the caller's)
         return child
 
     def publish_fd(self, file_id: int, fd: int) -> None:
@@ -95,7 +99,7 @@ class RestoreContext:
         """A copy of an open file another task published (pidfd_getfd)."""
         from engine.fds import pidfd_getfd
         pid, fd = self.shared_fds[file_id]
-        return pidfd_getfd(pid, fd)
+        return pidfd_getfd(_pid_here(pid), fd)
 
     def install_fd(self, fd: int, number: int) -> None:
         """Put open `fd` at `number` in this task (closing `fd`)."""
@@ -112,6 +116,20 @@ class RestoreContext:
             os.dup2(fd, number, inheritable=True)
             os.close(fd)
         self.kept_fds.add(number)
+
+
+def _pid_here(pid: int) -> int:
+    """`pid` (as /proc, the engine's, names it) as the calling task's own
+    pid namespace names it: /proc/PID/status NSpid lists it at every level."""
+    def nspid(who):
+        with open(f"/proc/{who}/status") as f:
+            return next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+    depth = len(nspid("self")) - 1
+    levels = nspid(pid) if depth else [pid]
+    if len(levels) <= depth:
+        raise OSError(f"task {nspid('self')[0]} takes a file from task {pid}, outside its pid "
+                      "namespace: not supported (pidfd_open cannot name it)")
+    return int(levels[depth])
 
 
 # --- the wire between engine and tasks --------------------------------------

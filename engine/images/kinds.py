@@ -88,6 +88,20 @@ BUILTIN = [
               magic_name="TIMENS"),
     ImageKind("cpuinfo", "cpuinfo.img", 0x61404013, P + "cpuinfo_pb2", "cpuinfo_entry",
               magic_name="CPUINFO"),
+    ImageKind("userns", "userns-{id}.img", 0x55474906, P + "userns_pb2", "userns_entry",
+              magic_name="USERNS", resource="userns"),
+    ImageKind("utsns", "utsns-{id}.img", 0x54473203, P + "utsns_pb2", "utsns_entry",
+              magic_name="UTSNS", resource="utsns"),
+    ImageKind("ipcns-var", "ipcns-var-{id}.img", 0x53115007, P + "ipc_var_pb2", "ipc_var_entry",
+              magic_name="IPC_VAR", resource="ipcns"),
+    ImageKind("netns", "netns-{id}.img", 0x55933752, P + "netdev_pb2", "netns_entry",
+              magic_name="NETNS", resource="netns"),
+    ImageKind("netdev", "netdev-{id}.img", 0x57373951, P + "netdev_pb2", "net_device_entry",
+              magic_name="NETDEV", resource="netns"),
+    ImageKind("mountpoints", "mountpoints-{id}.img", 0x55563928, P + "mnt_pb2", "mnt_entry",
+              magic_name="MNTS", resource="mntns"),
+    ImageKind("pidns", "pidns-{id}.img", 0x61157326, P + "pidns_pb2", "pidns_entry",
+              magic_name="PIDNS", resource="pidns"),
 ]
 
 

@@ -24,16 +24,21 @@ _libc = ctypes.PyDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def clone_with_pid(pid: int, python_hooks: bool = True) -> int:
+def clone_with_pid(pid: int, python_hooks: bool = True, flags: int = 0,
+                   tids: list[int] | None = None) -> int:
     """fork() with the child at `pid` (in this pid namespace): returns the
     pid in the parent, 0 in the child; TracerError (EEXIST: pid taken).
+    `tids`: the child's pid at every level, innermost first (clone3's
+    set_tid; its last is `pid`); `flags`: clone flags (CLONE_NEWPID).
 
     With `python_hooks` the interpreter is told, as os.fork does
     (PyOS_BeforeFork / AfterFork_Child / AfterFork_Parent): locks and
     threading state are reset in the child, os.register_at_fork hooks run.
     """
-    tids = (ctypes.c_int32 * 1)(pid)
-    args = CloneArgs(exit_signal=signal.SIGCHLD, set_tid=ctypes.addressof(tids), set_tid_size=1)
+    tids = tids or [pid]
+    arr = (ctypes.c_int32 * len(tids))(*tids)
+    args = CloneArgs(flags=flags, exit_signal=signal.SIGCHLD, set_tid=ctypes.addressof(arr),
+                     set_tid_size=len(tids))
     api = ctypes.pythonapi
     if python_hooks:
         api.PyOS_BeforeFork()

@@ -13,6 +13,7 @@ once.
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 import time
 
@@ -169,7 +170,9 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
         t.others.append(new)
     # Threads inherit the credentials of the leader, still the engine's:
     # nothing to do when the dumped ones are those.
-    if creds is not None and creds == _creds_now(t.pid):
+    # Only comparable in our own user namespace: inside another, the image
+    # holds ids as that namespace sees them, /proc shows them as we do.
+    if creds is not None and _same_userns(t.pid) and creds == _creds_now(t.pid):
         creds = None
     for tracee in t.others + [t]:
         tb = bt if tracee is t else scratch_batch(tracee, t.scratch)
@@ -211,6 +214,10 @@ def _untouched_signals(pid: int) -> set[int]:
     return {sig for sig in engine_zero_actions() if not caught >> (sig - 1) & 1}
 
 
+def _same_userns(pid: int) -> bool:
+    return os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
+
+
 def _creds_now(pid: int) -> m.Creds:
     """The task's credentials; securebits are the engine's (it inherited them)."""
     from engine.tracer.dump import _creds
@@ -221,18 +228,27 @@ def _set_creds(tb, c: m.Creds) -> None:
     """Credentials last, as criu/pie/restorer.c restore_creds does: keep
     capabilities across the uid change (SECBIT_NO_SETUID_FIXUP), shrink the
     bounding set, groups, gids, uids, then securebits and capabilities."""
-    tb.call("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, what="securebits")
+    # What is already as dumped is left alone: an unprivileged engine (no
+    # CAP_SETPCAP, CAP_SETGID) may not even set a value to what it is.
+    now = _status(tb.t.pid)
+    fix = tb.call("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, check=False)
+    fixup = tb.run()[fix] == 0
     bnd = c.cap_bnd[0] | c.cap_bnd[1] << 32
     for cap in range(_cap_last() + 1):
-        if not bnd >> cap & 1:
+        if not bnd >> cap & 1 and int(now["CapBnd"][0], 16) >> cap & 1:
             tb.call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0, what=f"drop cap {cap}")
-    tb.call("setgroups", len(c.groups), struct.pack(f"<{len(c.groups)}I", *c.groups) or 0,
-            what="restore")
+    if c.groups is not None:            # None: setgroups is denied (user namespace)
+        # EPERM for the very groups it has (in our view: the same unless in
+        # another user namespace, where the call is allowed) is no failure.
+        same = sorted(c.groups) == sorted(map(int, now["Groups"]))
+        tb.call("setgroups", len(c.groups), struct.pack(f"<{len(c.groups)}I", *c.groups) or 0,
+                what="restore", check=not same)
     tb.call("setresgid", c.gid, c.egid, c.sgid)
     tb.call("setfsgid", c.fsgid, check=False)
     tb.call("setresuid", c.uid, c.euid, c.suid)
     tb.call("setfsuid", c.fsuid, check=False)
-    tb.call("prctl", PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
+    if fixup or c.secbits:
+        tb.call("prctl", PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
     # struct __user_cap_header_struct (version 3, this thread), then two
     # __user_cap_data_struct {effective, permitted, inheritable}
     tb.call("capset", struct.pack("<Ii6I", 0x20080522, 0, c.cap_eff[0], c.cap_prm[0],
@@ -243,6 +259,11 @@ def _set_creds(tb, c: m.Creds) -> None:
         if amb >> cap & 1:
             tb.call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0,
                     what=f"ambient cap {cap}")
+
+
+def _status(pid: int) -> dict[str, list[str]]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.split() for k, _, v in (line.partition(":") for line in f)}
 
 
 def _cap_last() -> int:

@@ -89,8 +89,11 @@ def engine_restore_node(ctx, node):
     if node.plugin != "core":
         return None
     from engine.tracer import restore_threads
+    from plugins.core import convert
     sigactions, threads, shared, stopped, creds = node.data
     tracee = ctx.tracees[node.pid]
+    if creds is not None:
+        creds = convert.creds_in_userns(creds, node.pid, f"core-{node.pid}.img")
     restore_threads(tracee, sigactions, threads, shared, creds)
     # A task stopped when dumped is released into a stop again (SIGSTOP).
     tracee.release_signal = 19 if stopped else 0

@@ -77,6 +77,36 @@ def creds(core, image: str) -> m.Creds | None:
     return out
 
 
+def creds_in_userns(c: m.Creds, pid: int, image: str) -> m.Creds:
+    """Images hold ids as the dumping engine saw them; a task in another user
+    namespace sets them as that namespace sees them (its maps, read from
+    here, go from its ids to ours). Where setgroups is denied the groups
+    were set before the task entered it (plugins/userns): None, not set."""
+    import os
+
+    import attrs
+    if os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino:
+        return c
+    maps = {}
+    for kind in ("uid", "gid"):
+        with open(f"/proc/{pid}/{kind}_map") as f:
+            maps[kind] = [tuple(map(int, line.split())) for line in f if line.strip()]
+
+    def inside(kind, name, value):
+        for first, lower, count in maps[kind]:
+            if lower <= value < lower + count:
+                return first + value - lower
+        raise ValueError(f"{image}: thread_core.creds.{name} {value} is not mapped "
+                         f"in the user namespace of task {pid}")
+    out = attrs.evolve(c, **{n: inside("gid" if "gid" in n else "uid", n, getattr(c, n))
+                             for n in ("uid", "gid", "euid", "egid", "suid", "sgid",
+                                       "fsuid", "fsgid")})
+    with open(f"/proc/{pid}/setgroups") as f:
+        deny = f.read().strip() == "deny"
+    out.groups = None if deny else [inside("gid", "groups", g) for g in c.groups]
+    return out
+
+
 def zombie_core(pid: int, status: int):
     """A dead task: only its exit status (CRIU writes the same for zombies)."""
     from engine.images.proto import core_pb2

@@ -1,0 +1,257 @@
+"""mntns: the tree's mount namespaces and its own tmpfs mounts (criu/mount.c).
+
+Dump: every mount namespace a live task is in, other than the engine's own,
+into mountpoints-ID.img (ID: ids-PID.img mnt_ns_id): first its root "/"
+(carrying the owning user namespace's id), then the mounts the tree added
+to its copy of the engine's (those whose mount point, type, source and root
+the engine has not), read from /proc/PID/mountinfo. Only tmpfs is
+supported among them; any other is refused at dump, naming the task and the
+mount. Each tmpfs's files go, as CRIU does, into tmpfs-dev-MNTID.tar.gz.img
+(read through /proc/PID/root). Mounts of the engine the tree unmounted are
+left mounted (logged); propagation is not kept: the restored namespace is
+made private throughout, so nothing leaks into the engine's.
+
+Restore: the first task in it (parents first) makes it, makes "/" private
+recursively, makes each tmpfs detached with its flags and options, fills
+it from its archive (owners kept) and moves it onto its directory;
+the others join it (engine/ns.py). A mount point that is not absolute or
+climbs with "..", one inside another of the tree's tmpfs mounts (its
+directory would be the one under that mount), or an archive missing, is
+refused before anything starts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+
+from engine import hookimpl
+from engine.stash import StashKey
+
+log = logging.getLogger("engine.plugins.mntns")
+
+FSTYPE_TMPFS = 5
+MOUNTS = StashKey()                 # ns id -> mnt_entry list (tmpfs only)
+# per-mount options of /proc/PID/mountinfo -> MS_* flags
+MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128,
+      "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21, "strictatime": 1 << 24}
+MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
+# The new mount API: a tmpfs is made detached, filled, then moved in place.
+SYS_MOVE_MOUNT, SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT, SYS_MOUNT_SETATTR = 429, 430, 431, 432, 442
+SYSCALL_NAMES = {429: "move_mount", 430: "fsopen", 431: "fsconfig", 432: "fsmount",
+                 442: "mount_setattr"}
+FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 1, 6
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTRS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "noatime": 0x10,
+               "strictatime": 0x20, "nodiratime": 0x80}
+
+
+# --- dump ----------------------------------------------------------------
+
+@hookimpl
+def engine_dump_finish(ctx):
+    from engine import ns
+    from engine.images.proto import mnt_pb2
+    users = ns.user_ids(ctx)
+    own = _mountinfo("self")
+    known = {_key(m) for m in own}
+    for ns_id, (_, pids) in sorted(ns.dumped_ids(ctx, "mnt").items()):
+        pid = pids[0]
+        mounts = _mountinfo(pid)
+        root = next(m for m in mounts if m["mountpoint"] == "/")
+        entries = [_entry(mnt_pb2, root, owner_id=ns.owner_id(ctx, pid, "mnt", users))]
+        gone = known - {_key(m) for m in mounts}
+        if gone:
+            log.warning("task %d: its mount namespace lacks %d of the engine's mounts; "
+                        "a restore leaves them mounted", pid, len(gone))
+        for m in mounts:
+            if _key(m) in known:
+                continue
+            if m["fstype"] != "tmpfs":
+                raise ValueError(f"task {pid}: mount {m['mountpoint']} ({m['fstype']}) in its "
+                                 "mount namespace: only tmpfs is supported")
+            entries.append(_entry(mnt_pb2, m))
+            _archive(ctx, pid, m)
+        ctx.images.write("mountpoints", entries, id=ns_id)
+
+
+# --- restore ---------------------------------------------------------------
+
+@hookimpl
+def engine_restore_collect(ctx, graph):
+    from engine import ns
+    made = ns.collect(ctx, graph, "mntns", "mnt", "mountpoints")
+    mounts = ctx.stash.setdefault(MOUNTS, {})
+    for ns_id, _ in made:
+        entries = ctx.images.read("mountpoints", id=ns_id)[1:]
+        for i, m in enumerate(entries, 1):
+            where = f"mountpoints-{ns_id}.img: entry {i}"
+            if m.fstype != FSTYPE_TMPFS:
+                raise ValueError(f"{where}: fstype {m.fstype}: only tmpfs is supported")
+            if not m.mountpoint.startswith("/") or ".." in m.mountpoint.split("/"):
+                raise ValueError(f"{where}: mountpoint {m.mountpoint!r} is not a clean "
+                                 "absolute path")
+            if not os.path.exists(_tar(ctx, m.mnt_id)):
+                raise ValueError(f"{where}: no tmpfs-dev-{m.mnt_id}.tar.gz.img")
+        for m in entries:
+            for other in entries:
+                if m is not other and m.mountpoint.startswith(other.mountpoint.rstrip("/") + "/"):
+                    raise ValueError(f"mountpoints-{ns_id}.img: {m.mountpoint} lies in the "
+                                     f"tmpfs at {other.mountpoint}: not supported yet")
+        mounts[ns_id] = entries
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    if node.plugin != "mntns":
+        return None
+    from engine import ns
+    if node.data[0] != "make":
+        ns.restore(ctx, node, "mnt", None)
+        return True
+    mounts = ctx.stash[MOUNTS][node.data[1]]
+    # Imported here: a helper inside a user namespace may not read them.
+    import gzip  # noqa: F401
+    import tarfile  # noqa: F401
+    ns.restore(ctx, node, "mnt", lambda entry: _setup(ctx, mounts, entry.owner_id))
+    return True
+
+
+# --- helpers -----------------------------------------------------------------
+
+def _mountinfo(pid) -> list[dict]:
+    out = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            fields, (fstype, source, sb) = left.split(), right.split()[:3]
+            out.append({"mnt_id": int(fields[0]), "parent": int(fields[1]),
+                        "dev": fields[2], "root": _unescape(fields[3]),
+                        "mountpoint": _unescape(fields[4]), "options": fields[5],
+                        "fstype": fstype, "source": _unescape(source), "sb": sb})
+    return out
+
+
+def _unescape(s: str) -> str:
+    import re
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def _key(m) -> tuple:
+    return m["mountpoint"], m["fstype"], m["source"], m["root"]
+
+
+def _entry(mnt_pb2, m, owner_id=None):
+    major, minor = map(int, m["dev"].split(":"))
+    flags = 0
+    for opt in m["options"].split(","):
+        flags |= MS.get(opt, 0)
+    e = mnt_pb2.mnt_entry(fstype=FSTYPE_TMPFS if m["fstype"] == "tmpfs" else 0,
+                          mnt_id=m["mnt_id"], root_dev=(major << 20) | minor,
+                          parent_mnt_id=m["parent"], flags=flags, root=m["root"],
+                          mountpoint=m["mountpoint"], source=m["source"], options=m["sb"],
+                          fsname=m["fstype"])
+    if owner_id is not None:
+        e.owner_id = owner_id
+    return e
+
+
+def _tar(ctx, mnt_id: int) -> str:
+    """CRIU's name for a tmpfs's files (a raw tar.gz, no image header)."""
+    return os.path.join(ctx.images.dir, f"tmpfs-dev-{mnt_id}.tar.gz.img")
+
+
+def _archive(ctx, pid, m) -> None:
+    import tarfile
+    with tarfile.open(_tar(ctx, m["mnt_id"]), "w:gz") as tar:
+        tar.add(f"/proc/{pid}/root{m['mountpoint']}", arcname=".")
+
+
+def _setup(ctx, mounts, owned: bool) -> None:
+    """In the new namespace: "/" private throughout, then each tmpfs made
+    detached (fsopen/fsmount), filled and only then moved onto its
+    directory. Owned by the engine's user namespace, the task does it all
+    as the engine's root. Owned by one of the tree's, a helper inside it
+    does, as that namespace's root (a tmpfs takes only owners it can map),
+    with the files' owners translated to its view; the directories and
+    archives are opened first, as the engine's uid, which owns the paths."""
+    from engine import ns
+    dirfds, tars = [], []
+    for m in mounts:
+        os.makedirs(m.mountpoint, exist_ok=True)
+        dirfds.append(os.open(m.mountpoint, os.O_RDONLY | os.O_DIRECTORY))
+        tars.append(open(_tar(ctx, m.mnt_id), "rb"))
+    if owned:
+        ns._become_root()
+    _sys("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
+    maps = (_read_map("/proc/self/uid_map"), _read_map("/proc/self/gid_map")) if owned else None
+    for m, dirfd, f in zip(mounts, dirfds, tars):
+        fs = _sys("syscall", SYS_FSOPEN, b"tmpfs", FSOPEN_CLOEXEC)
+        _sys("syscall", SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, b"source", m.source.encode(), 0)
+        for opt in m.options.split(","):
+            key, _, value = opt.partition("=")
+            # uid=/gid= are in the engine's view, taken in the mounter's: the
+            # root directory's owner comes back with its files instead.
+            if key in ("rw", "ro", "uid", "gid", "seclabel"):
+                continue
+            _sys("syscall", SYS_FSCONFIG, fs, FSCONFIG_SET_STRING if value else 0,
+                 key.encode(), value.encode() if value else None, 0)
+        _sys("syscall", SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0)
+        attrs = sum(bit for opt, bit in MOUNT_ATTRS.items() if m.flags & MS[opt])
+        mnt = _sys("syscall", SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC, attrs & ~MOUNT_ATTR_RDONLY)
+        os.close(fs)
+        os.fchdir(mnt)
+        _unpack(f, maps)
+        if m.flags & MS["ro"]:
+            attr = struct.pack("<4Q", MOUNT_ATTR_RDONLY, 0, 0, 0)
+            _sys("syscall", SYS_MOUNT_SETATTR, mnt, b"", AT_EMPTY_PATH, attr, len(attr))
+        _sys("syscall", SYS_MOVE_MOUNT, mnt, b"", dirfd, b"",
+             MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)
+        os.close(mnt)
+        os.close(dirfd)
+    os.chdir("/")
+
+
+def _sys(name, *args) -> int:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    r = getattr(libc, name)(*args)
+    if r < 0:
+        err = ctypes.get_errno()
+        what = name if name != "syscall" else SYSCALL_NAMES.get(args[0], args[0])
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return r
+
+
+def _read_map(path):
+    with open(path) as f:
+        return [tuple(map(int, line.split())) for line in f if line.strip()]
+
+
+def _inside(value: int, extents, what: str) -> int:
+    for first, lower, count in extents:
+        if lower <= value < lower + count:
+            return first + value - lower
+    raise ValueError(f"{what} {value} is not mapped in the namespace owning the mount")
+
+
+def _unpack(f, maps) -> None:
+    import tarfile
+    with f, tarfile.open(fileobj=f, mode="r:gz") as tar:
+        members = tar.getmembers()
+        if maps is not None:
+            for member in members:
+                member.uid = _inside(member.uid, maps[0], f"{member.name}: uid")
+                member.gid = _inside(member.gid, maps[1], f"{member.name}: gid")
+        for member in members:
+            # The detached mount has no path for tarfile's own filters.
+            parts = member.name.split("/")
+            if member.name.startswith("/") or ".." in parts or (
+                    member.islnk() and (member.linkname.startswith("/")
+                                        or ".." in member.linkname.split("/"))):
+                raise ValueError(f"tmpfs archive: {member.name!r} points outside the mount")
+        kw = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+        tar.extractall(".", members, numeric_owner=True, **kw)

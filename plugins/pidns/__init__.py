@@ -1,0 +1,210 @@
+"""pidns: nested pid namespaces, with every task's pid at every level.
+
+Dump: every pid namespace a task of the tree is in, other than the engine's
+own, into pidns-ID.img (ID: ids-PID.img pid_ns_id): its parent (0: the
+engine's), the user namespace owning it (0: the engine's) and, for each task
+whose own namespace it is, its pid at every level (/proc/PID/status NSpid).
+Refused at dump: a multi-threaded task or a zombie in a nested namespace
+(their threads and exit would need the same set_tid treatment), a parent or
+owner outside the tree.
+
+Restore: every task of a nested namespace is forked by its parent with
+clone3 and a full set_tid array (its pid at every level, innermost first:
+ctx.clone_args, read by ctx.spawn). The first task of a namespace, its init
+(pid 1 there), is forked with CLONE_NEWPID when the engine's own user
+namespace owns it. When one of the tree's owns it, the kernel wants the
+namespace made from inside that user namespace, but set_tid at the outer
+levels from outside it, which no single task can do (CRIU cannot): a helper
+of the parent joins the user namespace and unshares CLONE_NEWPID, the
+parent, still privileged, joins the helper's pid_for_children, forks the
+init with the full array, and goes back to its own; the init joins its user
+namespace last (plugins/userns). Any other task must be forked by a parent
+inside its namespace. Levels that disagree with the namespace's depth, a
+pid at a level that is not the engine's first, an init whose parent is not
+in the parent namespace: refused before anything starts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from engine import hookimpl
+from engine.graph import Node
+
+log = logging.getLogger("engine.plugins.pidns")
+
+PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE = 0xFF06      # _IO(PIDFS_IOCTL_MAGIC, 6)
+
+
+# --- dump ----------------------------------------------------------------
+
+@hookimpl
+def engine_dump_finish(ctx):
+    from engine import ns
+    from engine.images.proto import pidns_pb2
+    found = ns.dumped_ids(ctx, "pid")
+    if not found:
+        return
+    users = ns.user_ids(ctx)
+    by_inode = {ino: ns_id for ns_id, (ino, _) in found.items()}
+    own = ns.inode("self", "pid")
+    depth = len(_nspid("self")) - 1
+    for pid, task in ctx.tasks.items():
+        if task.zombie is not None and len(_nspid(pid)) - 1 > depth:
+            raise ValueError(f"task {pid}: a zombie in a nested pid namespace is not supported")
+    for ns_id, (ino, pids) in sorted(found.items()):
+        parent = ns.related(pids[0], "pid", ns.NS_GET_PARENT)
+        if parent != own and parent not in by_inode:
+            raise ValueError(f"task {pids[0]}: the parent of its pid namespace is neither in "
+                             "the tree nor the engine's")
+        entry = pidns_pb2.pidns_entry(owner_id=ns.owner_id(ctx, pids[0], "pid", users),
+                                      parent_id=0 if parent == own else by_inode[parent])
+        for pid in pids:
+            state = ctx.tasks[pid].state
+            if state is not None and len(state.threads) > 1:
+                raise ValueError(f"task {pid}: threads in a nested pid namespace are not "
+                                 "supported")
+            entry.tasks.add(pid=pid, ns_pid=[int(p) for p in _nspid(pid)[depth:]])
+        ctx.images.write("pidns", [entry], id=ns_id)
+
+
+# --- restore ---------------------------------------------------------------
+
+@hookimpl
+def engine_restore_collect(ctx, graph):
+    from engine import ns
+    entries = {i: ctx.images.read_one("pidns", id=i) for i in _images(ctx)}
+    if not entries:
+        return
+    levels, ns_of = {}, {}
+    for ns_id, entry in entries.items():
+        image, depth = f"pidns-{ns_id}.img", _depth(ns_id, entries)
+        for i, t in enumerate(entry.tasks):
+            where = f"{image}: tasks {i}"
+            if len(t.ns_pid) != depth + 1:
+                raise ValueError(f"{where}: {len(t.ns_pid)} levels, the namespace is at "
+                                 f"depth {depth}")
+            if t.ns_pid[0] != t.pid or not all(0 < p for p in t.ns_pid):
+                raise ValueError(f"{where}: ns_pid {list(t.ns_pid)} does not start with "
+                                 f"pid {t.pid}")
+            levels[t.pid], ns_of[t.pid] = list(reversed(t.ns_pid)), ns_id
+    by_pid = {e.pid: e for e in ctx.pstree}
+    for pid, tids in levels.items():
+        if pid not in by_pid:
+            raise ValueError(f"pidns-{ns_of[pid]}.img: task {pid} is not in pstree.img")
+        entry, ppid = entries[ns_of[pid]], by_pid[pid].ppid
+        where = f"pidns-{ns_of[pid]}.img: task {pid}"
+        if tids[0] != 1:
+            if ns_of.get(ppid) != ns_of[pid]:
+                raise ValueError(f"{where}: forked into its pid namespace from outside it "
+                                 "(not supported)")
+            ctx.clone_args[pid] = (0, tids)
+            continue
+        if ns_of.get(ppid, 0) != entry.parent_id or ppid == 0:
+            raise ValueError(f"{where}: the init of its pid namespace, but its parent is "
+                             "not in the parent namespace")
+        if not entry.owner_id:
+            ctx.clone_args[pid] = (ns.CLONE_NEWPID, tids)
+            continue
+        ctx.clone_args[pid] = (0, tids)
+        p_id, make, leave = ns_of[pid], f"pidns:make:{ns_of[pid]}", f"pidns:leave:{ns_of[pid]}"
+        graph.add(Node(key=make, plugin="pidns", pid=ppid, data=("make", p_id, entry),
+                       after=[f"pstree:fork:{ppid}", f"userns:make:{entry.owner_id}"],
+                       label=f"task {ppid} joins a new pid namespace {p_id} made inside "
+                             f"user namespace {entry.owner_id}, for its children"))
+        graph.add(Node(key=leave, plugin="pidns", pid=ppid, data=("leave",),
+                       after=[f"pstree:fork:{pid}"],
+                       label=f"task {ppid} forks into its own pid namespace again"))
+        # The fork in between is the init's alone (node-level edges on
+        # pstree's fork nodes of this parent).
+        graph.nodes[f"pstree:fork:{pid}"].after.append(make)
+        for e in ctx.pstree:
+            if e.ppid == ppid and e.pid != pid:
+                graph.nodes[f"pstree:fork:{e.pid}"].after.append(leave)
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    if node.plugin != "pidns":
+        return None
+    from engine import ns
+    if node.data[0] == "make":
+        _make(ctx, node.data[1], node.data[2])
+    else:
+        fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ns.setns(fd, "pid")
+        finally:
+            os.close(fd)
+    return True
+
+
+# --- helpers -----------------------------------------------------------------
+
+def _make(ctx, ns_id, entry) -> None:
+    """Join, for our children, a new pid namespace owned by user namespace
+    entry.owner_id. A helper child makes it from inside that one; we take
+    it through the helper's pidfd (PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE):
+    /proc/HELPER/ns/pid_for_children gives ENOENT while the namespace has
+    no init yet (the kernel's pidns_for_children_get)."""
+    import fcntl
+
+    from engine import ns
+    user_fd = ns.open_published(ctx, f"userns:{entry.owner_id}")
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            ns.setns(user_fd, "user")
+            ns.unshare(ns.CLONE_NEWPID)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+        except BaseException as e:  # noqa: BLE001 - reported to the task
+            os.write(ready_w, str(e).encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(user_fd)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        msg = os.read(ready_r, 4096)
+        if msg != b"1":
+            raise OSError(f"pid namespace {ns_id}: {msg.decode() or 'its helper died'}")
+        pidfd = os.pidfd_open(helper)
+        try:
+            fd = fcntl.ioctl(pidfd, PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE)
+        finally:
+            os.close(pidfd)
+        try:
+            ns.setns(fd, "pid")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+        os.waitpid(helper, 0)
+
+
+def _nspid(pid) -> list[str]:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+
+
+def _images(ctx) -> list[int]:
+    kind = ctx.images.kinds.get("pidns")
+    return sorted(int(m.group(1)) for m in map(kind.regex.match, os.listdir(ctx.images.dir))
+                  if m)
+
+
+def _depth(ns_id, entries) -> int:
+    depth, seen = 0, set()
+    while ns_id:
+        if ns_id in seen or ns_id not in entries:
+            raise ValueError(f"pidns-{ns_id}.img: parent_id: missing, or the parents "
+                             "form a cycle")
+        seen.add(ns_id)
+        depth, ns_id = depth + 1, entries[ns_id].parent_id
+    return depth
