@@ -26,10 +26,12 @@ def _clone3() -> str | None:
 
 
 def _ptrace_seize() -> str | None:
+    import signal
     pid = os.fork()
     if pid == 0:
-        os.pause() if hasattr(os, "pause") else None
-        os._exit(0)
+        # It must still live when seized: an exiting task gives EPERM.
+        while True:
+            signal.pause()
     try:
         libc = _libc()
         if libc.ptrace(PTRACE_SEIZE, pid, 0, 0) != 0:
