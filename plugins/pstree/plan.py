@@ -13,9 +13,10 @@ unless it leads one, so:
   the parent's setsid when the parent is in S; before it, when the parent was
   born in S (that need climbs the tree: `born`); otherwise its dumped parent
   must be a child subreaper (orphans are only found in a dumped tree under
-  one) and a helper forks it: a helper with pid S that calls setsid, when no
-  task of the tree has that pid, or a helper with a free pid forked by a task
-  of S whose nearest subreaper is that parent. The helper exits once its
+  one) and someone else forks it and dies: a zombie of S whose orphans go to
+  that parent, a helper with pid S that calls setsid, when no task of the
+  tree has that pid, or a helper with a free pid forked by a task of S whose
+  nearest subreaper is that parent. The helper exits once its
   children are forked and their reaper has its subreaper flag back, and the
   task that forked it reaps it: no helper is left at release.
 * A group G is made by the task with pid G (setsid or setpgid(0, 0)); its
@@ -56,7 +57,7 @@ class Proc:
     leads: bool = False             # makes group `pid` (setsid or setpgid(0, 0))
     joins: bool = False             # joins group `pgid` (setpgid(0, pgid))
     keeper: int | None = None       # a leader that left: the member it waits for
-    reaper: int | None = None       # helpers: who inherits their children
+    reaper: int | None = None       # who inherits the children it forks and leaves
 
     @property
     def exits(self) -> bool:
@@ -161,13 +162,24 @@ class _Planner:
                     self.procs[helper.pid] = helper
                     if helper.helper == "session":
                         used_sessions.add(helper.pid)
+                # The parent must be a subreaper again before the forker dies.
+                helper.reaper = e.pid
                 self.procs[c.pid].forker = helper.pid
 
     def _helper_for(self, parent, session: int, kids, used_sessions) -> Proc | None:
-        """A helper that can fork `kids` into `session` and leave them to
-        `parent` when it exits, or None."""
+        """Who can fork `kids` into `session` and leave them to `parent` when
+        it exits: a zombie-to-be of that session (it forks them, then dies,
+        as it most likely did), a helper with the session's pid, or a helper
+        forked by a task of the session; None when nobody can."""
         if parent.pid not in self.procs or not self.procs[parent.pid].subreaper:
             return None
+        for e in self.entries:
+            proc = self.procs[e.pid]
+            # A dying task's orphans go to a subreaper above it, never itself.
+            if (e.sid == session and proc.zombie is not None
+                    and self._reaper_of(e.ppid) == parent.pid
+                    and not any(self._descends(e.pid, k.pid) for k in kids)):
+                return proc
         if session not in self.by_pid and session not in used_sessions:
             if not self.pid_free(session):
                 return None

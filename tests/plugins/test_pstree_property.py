@@ -1,6 +1,7 @@
-"""pstree, property-based: random programs of fork / setsid / setpgid steps
-(up to 12 tasks) run, are dumped and restored, and every task's (pid, ppid,
-pgid, sid) must be what it was. Shrunk failures become regular tests below.
+"""pstree, property-based: random programs of fork / setsid / setpgid /
+subreaper / exit / reap steps (up to 12 tasks) run, are dumped and restored,
+and every task's (pid, ppid, pgid, sid) must be what it was. Shrunk failures
+become regular tests below.
 """
 import itertools
 import os
@@ -15,37 +16,86 @@ MAX_TASKS = 12
 
 @st.composite
 def programs(draw):
-    """Steps the kernel accepts, in the space the planner covers today: a
-    task changes its group only before it forks (setsid may come after),
-    and never leaves a group it leads while others are in it."""
-    tasks = [{"sid": 0, "pgid": 0, "kids": 0}]         # task index -> ids as indexes
+    """Steps the kernel accepts, modelled as the kernel applies them: fork,
+    setsid (not by a group leader), setpgid to its own or an existing group
+    of its session (not by a session leader), becoming a child subreaper,
+    exit (the root never; a task with children only when a subreaper above
+    takes them, the nearest one: kernel/exit.c find_new_reaper), and reaping
+    exited children. Exits and reaps make what needs helper tasks: sessions
+    and groups whose leader is gone, orphans in another session than their
+    reaper's; leaders leave their groups."""
+    # task index -> ppid, sid, pgid (as indexes), state, subreaper flag
+    tasks = [{"ppid": None, "sid": 0, "pgid": 0, "state": "alive", "sub": False}]
     steps = []
-    for _ in range(draw(st.integers(1, 16))):
-        op = draw(st.sampled_from("ffsgj"))
-        who = draw(st.integers(0, len(tasks) - 1))
+    if draw(st.booleans()):
+        tasks[0]["sub"] = True
+        steps.append("r0")
+
+    def present(i):             # alive or a zombie: its pid, group, session exist
+        return tasks[i]["state"] != "reaped"
+
+    def reaper_of(i):           # nearest subreaper above i
+        up = tasks[i]["ppid"]
+        while up is not None and not tasks[up]["sub"]:
+            up = tasks[up]["ppid"]
+        return up
+
+    def groups_to_join(i):
+        me = tasks[i]
+        return [j for j, t in enumerate(tasks) if present(j) and t["sid"] == me["sid"]
+                and t["pgid"] != me["pgid"]] if me["sid"] != i else []
+
+    def kids(i, state=("alive", "zombie")):
+        return [t for t in tasks if t["ppid"] == i and t["state"] in state]
+
+    can = {
+        "f": lambda i: len(tasks) < MAX_TASKS,
+        "s": lambda i: not any(present(j) and t["pgid"] == i for j, t in enumerate(tasks)),
+        "g": lambda i: tasks[i]["sid"] != i and tasks[i]["pgid"] != i,
+        "j": lambda i: bool(groups_to_join(i)),
+        "r": lambda i: not tasks[i]["sub"],
+        "x": lambda i: i != 0 and (reaper_of(i) is not None or not kids(i)),
+        "w": lambda i: bool(kids(i, ("zombie",))),
+    }
+    # Each step picks among the tasks it is valid for, so few are wasted.
+    for op, pick, pick2 in draw(st.lists(st.tuples(st.sampled_from("fffssggjjrxxww"),
+                                                   st.integers(0, 63), st.integers(0, 63)),
+                                         min_size=4, max_size=24)):
+        cands = [i for i, t in enumerate(tasks) if t["state"] == "alive" and can[op](i)]
+        if not cands:                   # nothing to do it to yet: grow the tree
+            op = "f"
+            cands = [i for i, t in enumerate(tasks) if t["state"] == "alive" and can[op](i)]
+            if not cands:
+                continue
+        who = cands[pick % len(cands)]
         me = tasks[who]
         if op == "f":
-            if len(tasks) < MAX_TASKS:
-                tasks.append({"sid": me["sid"], "pgid": me["pgid"], "kids": 0})
-                me["kids"] += 1
-                steps.append(f"f{who}")
-            continue
-        led = [t for i, t in enumerate(tasks) if t["pgid"] == me["pgid"] and i != who]
-        if (me["kids"] and op != "s") or (me["pgid"] == who and led):
-            continue
-        if op == "s" and me["pgid"] != who:
+            tasks.append({"ppid": who, "sid": me["sid"], "pgid": me["pgid"],
+                          "state": "alive", "sub": False})
+            steps.append(f"f{who}")
+        elif op == "s":
             me["sid"] = me["pgid"] = who
             steps.append(f"s{who}")
-        elif op == "g" and me["sid"] != who:
+        elif op == "g":
             me["pgid"] = who
             steps.append(f"g{who}")
-        elif op == "j" and me["sid"] != who:
-            other = draw(st.integers(0, len(tasks) - 1))
-            group = tasks[other]["pgid"]
-            leader = tasks[group]
-            if tasks[other]["sid"] == me["sid"] and leader["pgid"] == group:
-                me["pgid"] = group
-                steps.append(f"j{who}:{other}")
+        elif op == "j":
+            others = groups_to_join(who)
+            other = others[pick2 % len(others)]
+            me["pgid"] = tasks[other]["pgid"]
+            steps.append(f"j{who}:{other}")
+        elif op == "r":
+            me["sub"] = True
+            steps.append(f"r{who}")
+        elif op == "x":
+            for t in kids(who):
+                t["ppid"] = reaper_of(who)
+            me["state"] = "zombie"
+            steps.append(f"x{who}")
+        elif op == "w":
+            for t in kids(who, ("zombie",)):
+                t["state"] = "reaped"
+            steps.append(f"w{who}")
     return ",".join(steps) or "f0"
 
 
@@ -103,7 +153,7 @@ def check_program(steps, build_target, target_runner, tmp_path):
                 pass
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=programs())
 def test_random_session_and_group_programs(steps, build_target, target_runner, tmp_path):
