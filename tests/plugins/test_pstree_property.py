@@ -175,23 +175,88 @@ def test_parent_moving_to_a_new_session_after_forking(build_target, target_runne
     check_program("f0,f1,s1", build_target, target_runner, tmp_path)
 
 
-def test_session_nobody_can_be_born_in_is_refused(dumped_counter, tmp_path):
+@pytest.mark.parametrize("steps", [
+    # The leader of task 2's session exited and was reaped; task 2 went to
+    # the subreaper root: a helper with pid 1 makes session 1, forks task 2
+    # and exits; root reaps it.
+    "r0,f0,s1,f1,x1,w0",
+    # The same under a subreaper in the tree (task 1), not the root.
+    "r0,f0,r1,f1,s2,f2,x2,w1",
+    # The leader is a zombie: it forks the orphan, then dies as dumped.
+    "r0,f0,s1,f1,x1",
+    # The leader lives, in another branch: a helper with a free pid forked
+    # by the leader forks the orphan (task 3) and exits; root inherits it.
+    "r0,f0,s1,f1,f2,x2,w1",
+    # Group 1's leader is gone: a helper with pid 1, forked by task 2,
+    # makes the group, task 2 joins it, the helper exits and is reaped.
+    "f0,f0,g1,j2:1,x1,w0",
+    # The leader of group 1 left it: it makes the group, task 2 joins,
+    # then it goes back to group 0.
+    "f0,f0,g1,j2:1,j1:0",
+    # Two leaders swap groups, each kept by another member (no cycle).
+    "f0,f0,f0,f0,g1,g2,j3:1,j4:2,j1:4,j2:3",
+    # Task 3 joins a group led in another branch (by its cousin).
+    "f0,f1,g2,f0,j3:2",
+], ids=["session-helper", "session-helper-nested-subreaper", "zombie-leader-forks",
+        "fresh-helper-from-leader", "group-helper", "leader-left-group",
+        "leaders-swap-groups", "group-in-other-branch"])
+def test_sessions_and_groups_needing_helpers(steps, build_target, target_runner, tmp_path):
+    check_program(steps, build_target, target_runner, tmp_path)
+
+
+def _spoiled(img, edit):
+    """pstree.img of a dumped counter with `edit(tree, free_pid)` applied."""
+    from engine.images import ImageDir
+    images = ImageDir(str(img))
+    tree = images.read("pstree")
+    # Below the tree's pids, which the kernel's pid counter has passed: the
+    # engine's own processes never take them meanwhile.
+    free = min(e.pid for e in tree) - 3
+    while any(os.path.exists(f"/proc/{p}") for p in range(free, free + 3)):
+        free -= 3
+    edit(tree, free)
+    images.write("pstree", tree)
+    return free
+
+
+@pytest.mark.parametrize("edit,entry,words", [
+    # A session leader whose group is another one.
+    (lambda tree, free: setattr(tree[0], "pgid", free), 0, "a session leader cannot leave"),
+    # A group with members in two sessions.
+    (lambda tree, free: tree.extend([
+        _entry(free, tree[0].pid, sid=free, pgid=free),
+        _entry(free + 1, tree[0].pid, sid=tree[0].sid, pgid=free)]), 2, "but in session"),
+    # Two leaders each in the other's group, nobody else to keep either.
+    (lambda tree, free: tree.extend([
+        _entry(free, tree[0].pid, sid=tree[0].sid, pgid=free + 1),
+        _entry(free + 1, tree[0].pid, sid=tree[0].sid, pgid=free)]), 1,
+     "cannot be made in any order"),
+], ids=["session-leader-outside-its-group", "group-across-sessions", "cycle"])
+def test_inconsistent_tree_is_refused(dumped_counter, edit, entry, words):
+    """ids that no history of fork/setsid/setpgid/exit gives: refused
+    before any fork, in one line naming pstree.img and the entry."""
+    from engine.testing import engine_fails, task_gone
+    target, img = dumped_counter
+    free = _spoiled(img, edit)
+    line = engine_fails("restore", "-D", img)
+    assert f"pstree.img: entry {entry}:" in line and words in line, line
+    assert task_gone(target.pid) and task_gone(free) and task_gone(free + 1)
+
+
+def _entry(pid, ppid, sid, pgid):
+    from engine.images.proto import tree_pb2
+    return tree_pb2.pstree_entry(pid=pid, ppid=ppid, pgid=pgid, sid=sid, threads=[pid])
+
+
+def test_session_nobody_can_be_born_in_is_refused(dumped_counter):
     """A child in a session that neither its parent nor the parent's birth
     can give (the leader is gone), under a parent that is no child subreaper:
     no history makes that (an orphan only comes to a subreaper), and no
     helper could leave the child to that parent. Refused before any fork."""
-    from engine.images import ImageDir
-    from engine.images.proto import tree_pb2
     from engine.testing import engine_fails, task_gone
     target, img = dumped_counter
-    images = ImageDir(str(img))
-    tree = images.read("pstree")
-    free = max(e.pid for e in tree) + 1
-    while os.path.exists(f"/proc/{free}"):
-        free += 1
-    tree.append(tree_pb2.pstree_entry(pid=free, ppid=target.pid, pgid=free,
-                                      sid=free + 1, threads=[free]))
-    images.write("pstree", tree)
+    free = _spoiled(img, lambda tree, free: tree.append(
+        _entry(free, tree[0].pid, sid=free + 1, pgid=free)))
     line = engine_fails("restore", "-D", img)
     assert "pstree.img: entry 0" in line and "no helper task can give them" in line
-    assert task_gone(target.pid) and task_gone(free)
+    assert task_gone(target.pid) and task_gone(free) and task_gone(free + 1)
