@@ -141,16 +141,24 @@ def check_program(steps, build_target, target_runner, tmp_path):
         assert after == before, f"program {steps}"
         assert target.verdict() == "PASS", f"program {steps}"
     finally:
-        for pid in set(before) - {target.pid}:
+        _kill_and_reap(set(before) - {target.pid})
+
+
+def _kill_and_reap(pids):
+    """Kill the tree's tasks and reap them: they come to us (the subreaper)
+    once their parents are gone, zombies too, so wait until every pid is."""
+    import time
+    for _ in range(10000):
+        left = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+        if not left:
+            return
+        for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                os.waitpid(pid, os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):
                 pass
-        for pid in set(before) - {target.pid}:
-            try:
-                os.waitpid(pid, 0)       # we are the subreaper once the root goes
-            except ChildProcessError:
-                pass
+        time.sleep(0.001)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True,
