@@ -90,7 +90,7 @@ class _Planner:
                       for i, e in enumerate(entries)}
         self.pid_free = pid_free
         self.taken = set(self.by_pid) | {e.sid for e in entries} | {e.pgid for e in entries}
-        self.next_free = min(self.taken) - 1
+        self.next_free = min(self.by_pid) - 1
 
     def refuse(self, pid: int, why: str):
         proc = self.procs[pid]
@@ -277,7 +277,7 @@ class _Planner:
                 what.append(f"session {proc.pid}" if proc.sid == proc.pid
                             else f"group {proc.pid}")
             add("ids", proc, proc.pid, [f"pstree:fork:{proc.pid}"] + early,
-                f"{', '.join(what) or 'nothing to set'} in {proc}")
+                f"{', '.join(what) or 'session ' + str(proc.sid) + ' from birth'} in {proc}")
         for proc in procs:
             if proc.joins:
                 after = [f"pstree:ids:{proc.pid}"]

@@ -268,3 +268,27 @@ def test_session_nobody_can_be_born_in_is_refused(dumped_counter):
     line = engine_fails("restore", "-D", img)
     assert "pstree.img: entry 0" in line and "no helper task can give them" in line
     assert task_gone(target.pid) and task_gone(free) and task_gone(free + 1)
+
+
+def test_orphans_of_one_session_under_two_reapers_are_refused(build_target, target_runner,
+                                                               tmp_path):
+    """Still refused, as by CRIU: session 2 lives (its leader, task 2, under
+    task 1); task 4 of it was orphaned to the root before task 1 became a
+    subreaper, task 6 after. Only a task of session 2 can fork them, and
+    every one now leaves its orphans to task 1, never the root. The real
+    dump is refused before any fork, naming pstree.img and the root's entry."""
+    from engine.images import ImageDir
+    from engine.testing import engine_cli, engine_fails, reap_dumped_tree, task_gone
+    steps = "r0,f0,f1,s2,f2,f3,x3,w2,r1,f2,f5,x5,w2"
+    target = target_runner.start(build_target("sessions"), "--steps", steps)
+    img = tmp_path / "img"
+    img.mkdir()
+    engine_cli("dump", "-t", str(target.pid), "-D", str(img))
+    target.reap()
+    target.assert_gone()
+    reap_dumped_tree(img)
+    pids = [e.pid for e in ImageDir(str(img)).read("pstree")]
+    assert len(pids) == 5
+    line = engine_fails("restore", "-D", img)
+    assert "pstree.img: entry 0:" in line and "no helper task can give them" in line, line
+    assert all(task_gone(pid) for pid in pids)
