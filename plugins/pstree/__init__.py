@@ -85,9 +85,11 @@ def engine_restore_node(ctx, node):
     proc, kind = node.data, node.key.split(":")[1]
     if kind == "fork":
         ctx.spawn(proc.pid)
+    elif kind == "reaper":
+        for pid in proc.after_deaths:
+            _wait_dead(pid)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
     elif kind == "ids":
-        if proc.subreaper:
-            _prctl(PR_SET_CHILD_SUBREAPER, 1)
         if proc.leads:
             if proc.sid == proc.pid:
                 os.setsid()
@@ -186,6 +188,24 @@ def _prctl(option: int, arg: int) -> None:
     if libc.prctl(option, arg, 0, 0, 0):
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def _wait_dead(pid: int) -> None:
+    """Until `pid` is a zombie or gone: its orphans are reparented by then
+    (kernel/exit.c: exit_notify before the zombie state shows)."""
+    import time
+    while True:
+        try:
+            if _stat_state(pid) in "ZX":
+                return
+        except OSError:
+            return
+        time.sleep(0.0005)
+
+
+def _stat_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _join_group(proc) -> None:

@@ -13,19 +13,22 @@ unless it leads one, so:
   the parent's setsid when the parent is in S; before it, when the parent was
   born in S (that need climbs the tree: `born`); otherwise its dumped parent
   must be a child subreaper (orphans are only found in a dumped tree under
-  one) and someone else forks it and dies: a zombie of S whose orphans go to
-  that parent, a helper with pid S that calls setsid, when no task of the
-  tree has that pid, or a helper with a free pid forked by a task of S whose
-  nearest subreaper is that parent. The helper exits once its
-  children are forked and their reaper has its subreaper flag back, and the
-  task that forked it reaps it: no helper is left at release.
+  one) and someone else forks it and dies: a helper with pid S that calls
+  setsid, when no task of the tree has that pid, a zombie of S whose orphans
+  go to that parent, or a helper with a free pid forked by a task of S whose
+  nearest subreaper is that parent. A subreaper met on the way up may get
+  its flag (a node of its own) only after that death: it became one after
+  the orphaning. The helper exits once its children are forked and their
+  reaper has its flag back, and the task that forked it reaps it: no helper
+  is left at release.
 * A group G is made by the task with pid G (setsid or setpgid(0, 0)); its
   members join it. A leader that left its group makes it first and leaves
-  once one member (the keeper) is in. A group whose leader is gone is made
+  once one member (the keeper) is in, or a helper born in the group when
+  every member left a group too. A group whose leader is gone is made
   by a helper with pid G, forked by a member, which exits after every
   member joined.
-Anything else (a session needed under two reapers, a helper pid in use, a
-cycle) is refused here, before any fork, naming pstree.img and the entry.
+Anything else (orphans of a session no task of it can leave to their reaper,
+a helper pid in use, a cycle) is refused here, before any fork, naming pstree.img and the entry.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ class Proc:
     pgid: int | None
     forker: int | None              # the process that forks it; None: the engine
     index: int | None = None        # pstree.img entry; None for helpers
-    helper: str = ""                # "", "session", "group" or "fresh"
+    helper: str = ""                # "", "session", "group", "fresh" or "keeper"
     early: bool = False             # forked before its forker's setsid
     zombie: int | None = None       # wait status of a dumped zombie
     subreaper: bool = False         # PR_SET_CHILD_SUBREAPER
@@ -58,6 +61,8 @@ class Proc:
     joins: bool = False             # joins group `pgid` (setpgid(0, pgid))
     keeper: int | None = None       # a leader that left: the member it waits for
     reaper: int | None = None       # who inherits the children it forks and leaves
+    bypass: list[int] = attrs.Factory(list)   # subreapers flagged only after it exits
+    after_deaths: list[int] = attrs.Factory(list)   # a subreaper: who dies before its flag
 
     @property
     def exits(self) -> bool:
@@ -170,35 +175,45 @@ class _Planner:
         """Who can fork `kids` into `session` and leave them to `parent` when
         it exits: a zombie-to-be of that session (it forks them, then dies,
         as it most likely did), a helper with the session's pid, or a helper
-        forked by a task of the session; None when nobody can."""
+        forked by a task of the session; None when nobody can. A forker
+        under a subreaper closer than `parent` will do too, when that one
+        gets its flag only after the forker died (it became a subreaper
+        after the orphaning): preferred last."""
         if parent.pid not in self.procs or not self.procs[parent.pid].subreaper:
             return None
-        for e in self.entries:
-            proc = self.procs[e.pid]
-            # A dying task's orphans go to a subreaper above it, never itself.
-            if (e.sid == session and proc.zombie is not None
-                    and self._reaper_of(e.ppid) == parent.pid
-                    and not any(self._descends(e.pid, k.pid) for k in kids)):
-                return proc
         if session not in self.by_pid and session not in used_sessions:
-            if not self.pid_free(session):
-                return None
-            return Proc(pid=session, sid=session, pgid=session, forker=parent.pid,
-                        helper="session", leads=True, reaper=parent.pid)
-        for e in self.entries:
-            if (e.sid == session and e.pid != parent.pid and self.procs[e.pid].zombie is None
-                    and self._reaper_of(e.pid) == parent.pid
-                    and not any(self._descends(e.pid, k.pid) for k in kids)):
-                return Proc(pid=self._free_pid(), sid=session, pgid=None, forker=e.pid,
-                            helper="fresh", reaper=parent.pid)
+            if self.pid_free(session):
+                return Proc(pid=session, sid=session, pgid=session, forker=parent.pid,
+                            helper="session", leads=True)
+        for late in (False, True):
+            for e in self.entries:
+                proc = self.procs[e.pid]
+                if (e.sid != session or e.pid == parent.pid
+                        or any(self._descends(e.pid, k.pid) for k in kids)):
+                    continue
+                # A dying task's orphans go to a subreaper above it, never
+                # itself; a helper's go to its forker first.
+                path = self._subreapers_up_to(e.ppid if proc.zombie is not None else e.pid,
+                                              parent.pid)
+                if path is None or (path and not late):
+                    continue
+                if proc.zombie is None:
+                    proc = Proc(pid=self._free_pid(), sid=session, pgid=None, forker=e.pid,
+                                helper="fresh")
+                proc.bypass += path
+                return proc
         return None
 
-    def _reaper_of(self, pid: int) -> int | None:
-        """Who inherits the orphans of a child of `pid`: the nearest child
-        subreaper from `pid` up (kernel/exit.c: find_new_reaper)."""
+    def _subreapers_up_to(self, pid: int, reaper: int) -> list[int] | None:
+        """The subreapers met from `pid` up before `reaper`, which orphans of
+        a child of `pid` would go to first (kernel/exit.c: find_new_reaper);
+        None when `reaper` is no ancestor."""
+        met = []
         while pid:
+            if pid == reaper:
+                return met
             if self.procs[pid].subreaper:
-                return pid
+                met.append(pid)
             pid = self.by_pid[pid].ppid
         return None
 
@@ -231,8 +246,17 @@ class _Planner:
                 leader = self.procs[g]
                 leader.leads = True
                 if leader.pgid != g:
-                    # It left: it makes the group, a member comes in, then it goes.
-                    stays = [m for m in ms if not self._leaves(m)] or ms
+                    # It left: it makes the group, a member comes in, then it
+                    # goes. When every member left a group of its own too
+                    # (leaders that swapped groups), a helper born in the
+                    # group keeps it until they are all in: another member
+                    # kept it once, and left.
+                    stays = [m for m in ms if not self._leaves(m)]
+                    if not stays:
+                        keeper = Proc(pid=self._free_pid(), sid=leader.sid, pgid=g,
+                                      forker=leader.pid, helper="keeper")
+                        self.procs[keeper.pid] = keeper
+                        stays = [keeper]
                     leader.keeper = stays[0].pid
             elif g in self.procs:
                 pass                        # the session helper with that pid makes it
@@ -271,13 +295,20 @@ class _Planner:
                 add("fork", proc, f, [f"pstree:ids:{f}"], f"fork {proc} from {f}")
             early = [f"pstree:fork:{c.pid}" for c in procs if c.forker == proc.pid and c.early]
             what = []
-            if proc.subreaper:
-                what.append("child subreaper")
             if proc.leads:
                 what.append(f"session {proc.pid}" if proc.sid == proc.pid
                             else f"group {proc.pid}")
             add("ids", proc, proc.pid, [f"pstree:fork:{proc.pid}"] + early,
                 f"{', '.join(what) or 'session ' + str(proc.sid) + ' from birth'} in {proc}")
+        for proc in procs:
+            if proc.subreaper:
+                # Its own node: a forker whose orphans must pass it by dies
+                # first (and the node waits until it is dead: exit is async).
+                proc.after_deaths = [f.pid for f in procs if proc.pid in f.bypass]
+                add("reaper", proc, proc.pid, [f"pstree:ids:{proc.pid}"]
+                    + [f"pstree:exit:{f}" for f in proc.after_deaths],
+                    f"{proc} becomes a child subreaper"
+                    + (f" once {proc.after_deaths} died" if proc.after_deaths else ""))
         for proc in procs:
             if proc.joins:
                 after = [f"pstree:ids:{proc.pid}"]
@@ -285,7 +316,8 @@ class _Planner:
                 if maker is not None and maker is not proc:
                     after.append(f"pstree:ids:{maker.pid}")
                 if proc.keeper is not None:
-                    after.append(f"pstree:join:{proc.keeper}")
+                    kept = "ids" if self.procs[proc.keeper].helper else "join"
+                    after.append(f"pstree:{kept}:{proc.keeper}")
                 add("join", proc, proc.pid, after, f"{proc} joins group {proc.pgid}")
         for proc in procs:
             if proc.helper:
@@ -296,12 +328,12 @@ class _Planner:
                 continue
             # Last in its task: after everything it does, forks and reaps.
             after = [k for k, n in out.items() if n.pid == proc.pid]
-            if proc.helper and proc.leads:
-                # Its group must outlive the last member's join.
+            if proc.helper and proc.pgid is not None:
+                # The group it made or keeps must outlive the last member's join.
                 after += [k for k, n in out.items()
-                          if k.startswith("pstree:join:") and n.data.pgid == proc.pid]
+                          if k.startswith("pstree:join:") and n.data.pgid == proc.pgid]
             if proc.reaper is not None:
-                after.append(f"pstree:ids:{proc.reaper}")
+                after.append(f"pstree:reaper:{proc.reaper}")
             add("exit", proc, proc.pid, after,
                 f"{proc} exits" + (" (zombie)" if proc.zombie is not None else ""))
         self._check_order(out)

@@ -205,9 +205,19 @@ def test_parent_moving_to_a_new_session_after_forking(build_target, target_runne
     "f0,f0,f0,f0,g1,g2,j3:1,j4:2,j1:4,j2:3",
     # Task 3 joins a group led in another branch (by its cousin).
     "f0,f1,g2,f0,j3:2",
+    # Session 2 lives (leader task 2, under task 1); task 4 of it was
+    # orphaned to the root before task 1 became a subreaper, task 6 after:
+    # helpers forked by task 2 leave task 4 before task 1 gets its flag,
+    # task 6 after.
+    "r0,f0,f1,s2,f2,f3,x3,w2,r1,f2,f5,x5,w2",
+    # Shrunk from a simulation of the generator: tasks 3 and 5 end in each
+    # other's group; task 6 kept group 3 meanwhile, then left it: a helper
+    # born in group 3 keeps it until task 5 is in.
+    "r0,f0,g1,j1:0,f1,g1,g2,x1,x2,f0,g3,f3,x4,w0,f0,g5,r3,f3,w3,j3:5,j5:6,s6",
 ], ids=["session-helper", "session-helper-nested-subreaper", "zombie-leader-forks",
         "fresh-helper-from-leader", "group-helper", "leader-left-group",
-        "leaders-swap-groups", "group-in-other-branch"])
+        "leaders-swap-groups", "group-in-other-branch", "subreaper-after-orphaning",
+        "group-keeper-helper"])
 def test_sessions_and_groups_needing_helpers(steps, build_target, target_runner, tmp_path):
     check_program(steps, build_target, target_runner, tmp_path)
 
@@ -234,12 +244,12 @@ def _spoiled(img, edit):
     (lambda tree, free: tree.extend([
         _entry(free, tree[0].pid, sid=free, pgid=free),
         _entry(free + 1, tree[0].pid, sid=tree[0].sid, pgid=free)]), 2, "but in session"),
-    # Two leaders each in the other's group, nobody else to keep either.
+    # Two tasks, each the other's parent.
     (lambda tree, free: tree.extend([
-        _entry(free, tree[0].pid, sid=tree[0].sid, pgid=free + 1),
-        _entry(free + 1, tree[0].pid, sid=tree[0].sid, pgid=free)]), 1,
-     "cannot be made in any order"),
-], ids=["session-leader-outside-its-group", "group-across-sessions", "cycle"])
+        _entry(free, free + 1, sid=tree[0].sid, pgid=tree[0].pgid),
+        _entry(free + 1, free, sid=tree[0].sid, pgid=tree[0].pgid)]), 1,
+     "is not an earlier task"),
+], ids=["session-leader-outside-its-group", "group-across-sessions", "parent-cycle"])
 def test_inconsistent_tree_is_refused(dumped_counter, edit, entry, words):
     """ids that no history of fork/setsid/setpgid/exit gives: refused
     before any fork, in one line naming pstree.img and the entry."""
@@ -270,25 +280,31 @@ def test_session_nobody_can_be_born_in_is_refused(dumped_counter):
     assert task_gone(target.pid) and task_gone(free) and task_gone(free + 1)
 
 
-def test_orphans_of_one_session_under_two_reapers_are_refused(build_target, target_runner,
-                                                               tmp_path):
-    """Still refused, as by CRIU: session 2 lives (its leader, task 2, under
-    task 1); task 4 of it was orphaned to the root before task 1 became a
-    subreaper, task 6 after. Only a task of session 2 can fork them, and
-    every one now leaves its orphans to task 1, never the root. The real
-    dump is refused before any fork, naming pstree.img and the root's entry."""
+def test_session_helper_pid_in_use_is_refused(build_target, target_runner, tmp_path):
+    """Still refused: session 1's leader was reaped and its pid is now
+    another process's, so no helper can make the session for the orphan.
+    The real dump is refused before any fork, naming pstree.img and the
+    orphan's parent's entry; nothing of the tree runs."""
     from engine.images import ImageDir
     from engine.testing import engine_cli, engine_fails, reap_dumped_tree, task_gone
-    steps = "r0,f0,f1,s2,f2,f3,x3,w2,r1,f2,f5,x5,w2"
-    target = target_runner.start(build_target("sessions"), "--steps", steps)
+    from engine.tracer.clone import clone_with_pid
+    target = target_runner.start(build_target("sessions"), "--steps", "r0,f0,s1,f1,x1,w0")
     img = tmp_path / "img"
     img.mkdir()
     engine_cli("dump", "-t", str(target.pid), "-D", str(img))
     target.reap()
     target.assert_gone()
     reap_dumped_tree(img)
-    pids = [e.pid for e in ImageDir(str(img)).read("pstree")]
-    assert len(pids) == 5
-    line = engine_fails("restore", "-D", img)
+    tree = ImageDir(str(img)).read("pstree")
+    session = tree[1].sid
+    assert len(tree) == 2 and session not in (e.pid for e in tree)
+    squatter = clone_with_pid(session)
+    if squatter == 0:
+        os.execv("/bin/sleep", ["sleep", "1000"])
+    try:
+        line = engine_fails("restore", "-D", img)
+    finally:
+        os.kill(squatter, signal.SIGKILL)
+        os.waitpid(squatter, 0)
     assert "pstree.img: entry 0:" in line and "no helper task can give them" in line, line
-    assert all(task_gone(pid) for pid in pids)
+    assert all(task_gone(e.pid) for e in tree)
