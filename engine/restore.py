@@ -42,7 +42,9 @@ class RestoreContext:
     graph: Graph | None = None
     pstree: list = attrs.field(factory=list)   # pstree_entry, parents first (pstree plugin)
     files: dict = attrs.field(factory=dict)    # files.img: id -> file_entry
-    zombies: dict = attrs.field(factory=dict)  # pid -> wait status (pstree plugin)
+    # pid -> wait status of the tasks that exit before release: dumped
+    # zombies and pstree's helper tasks (pstree plugin)
+    zombies: dict = attrs.field(factory=dict)
     # Inside a zombie-to-be: the status it exits with after its last node.
     exit_status: int | None = None
     _ids: dict = attrs.field(factory=dict)

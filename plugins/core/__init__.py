@@ -2,7 +2,9 @@
 
 Dump: for every thread, its general registers, FPU and xsave state, sigmask,
 sigaltstack, robust list, rseq, clear_tid address and credentials; for the
-task, comm, personality, the 64 sigactions, exit signal; ids-PID.img with the
+task, comm, personality, the 64 sigactions, exit signal, the child subreaper
+flag (task_core_entry.child_subreaper, field 18 as in CRIU; pstree restores
+it, because orphans of its helper tasks depend on it); ids-PID.img with the
 object ids of the task; inventory.img for the image set (written last of the
 tree-wide images, so a set without it is known to be incomplete).
 Restore: in the tracer, after memory: sigactions, then per thread the signal
@@ -21,6 +23,8 @@ from engine.stash import StashKey
 log = logging.getLogger("engine.plugins.core")
 
 MTYPE_X86_64 = 1
+PR_GET_CHILD_SUBREAPER = 37
+PAGE = 4096
 MODE_NATIVE = 1
 TASK_ALIVE = 1
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
@@ -39,6 +43,8 @@ def engine_dump_task(ctx, task):
     state = task.state
     for thread in state.threads:
         core = convert.core_entry(state, thread, leader=thread.tid == task.pid)
+        if thread.tid == task.pid:
+            core.tc.child_subreaper = _child_subreaper(task.tracee)
         ctx.images.write("core", [core], id=thread.tid)
     ids = _ids_entry(ctx, task)
     ctx.images.write("ids", [ids], id=task.pid)
@@ -101,6 +107,17 @@ def engine_restore_node(ctx, node):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _child_subreaper(tracee) -> bool:
+    """PR_GET_CHILD_SUBREAPER, asked by the task itself (criu/pie/parasite.c
+    asks it in dump_misc): the flag is not in /proc."""
+    scratch = tracee.checked("mmap", 0, PAGE, 3, 0x22, -1, 0, what="scratch page")
+    try:
+        tracee.checked("prctl", PR_GET_CHILD_SUBREAPER, scratch, 0, 0, 0)
+        return int.from_bytes(tracee.read(scratch, 4), "little") != 0
+    finally:
+        tracee.syscall("munmap", scratch, PAGE)
+
 
 def _ids_entry(ctx, task):
     if task.zombie is not None:

@@ -1,11 +1,20 @@
 """pstree: the process tree, as pstree.img holds it (criu/pstree.c).
 
 Dump: the task given with -t and all its descendants, parents first, each with
-its pid, parent, process group, session and threads. Restore: one node per
-task, forking it with its dumped pid from its parent (the engine forks the
-root), then one node in the task itself that puts it into its dumped session
-and process group. A pid that is in use, a parent that is not in the tree, a
-task listed twice: refused before anything is forked.
+its pid, parent, process group, session and threads (zombies too; the core
+plugin writes their exit status and every task's child subreaper flag).
+Restore: each task is forked with its dumped pid by its parent (the engine
+forks the root) or by a helper task, then sets, in itself, its child
+subreaper flag, its session and group (plan.py has the rules: when a child
+is forked before its parent's setsid, when a helper with a dead leader's pid
+makes a session or a group and exits, when a leader that left its group
+makes it first). Helpers are reaped and dumped zombies exit before release.
+Refused before anything is forked, naming pstree.img and the entry: a pid in
+use, a parent that is not an earlier task, a task listed twice, ids no
+history of fork/setsid/setpgid/exit can give (a session leader outside its
+group, a group across sessions, an order with a cycle), and sessions or
+groups no helper can make (a helper's pid in use; orphans in a session with
+no task under their reaper to fork a helper from).
 """
 from __future__ import annotations
 
@@ -13,12 +22,12 @@ import logging
 import os
 
 from engine import hookimpl
-from engine.graph import Node
 
 log = logging.getLogger("engine.plugins.pstree")
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
+PR_SET_CHILD_SUBREAPER = 36
 
 
 # --- dump ----------------------------------------------------------------
@@ -56,52 +65,44 @@ def engine_dump_finish(ctx):
 @hookimpl(tryfirst=True)
 def engine_restore_collect(ctx, graph):
     # tryfirst: every other plugin's collect walks ctx.pstree.
+    from plugins.pstree.plan import plan
     entries = ctx.images.read("pstree")
     _validate(entries)
     ctx.pstree = entries
     ctx.zombies = _zombies(ctx, entries)
-    early = _plan_births(entries)
-    pids = {e.pid for e in entries}
-    for e in entries:
-        if e.ppid == 0:
-            graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="engine",
-                           data=e, label=f"fork task {e.pid}"))
-        elif e.pid in early:
-            # Born in the session its parent is born in: before the parent's setsid.
-            graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="task",
-                           pid=e.ppid, data=e, after=[f"pstree:fork:{e.ppid}"],
-                           label=f"fork task {e.pid} from {e.ppid} (before its setsid)"))
-        else:
-            # After the parent took its own session and group: the child
-            # inherits them at fork.
-            graph.add(Node(key=f"pstree:fork:{e.pid}", plugin="pstree", where="task",
-                           pid=e.ppid, data=e, after=[f"pstree:ids:{e.ppid}"],
-                           label=f"fork task {e.pid} from {e.ppid}"))
-        after = [f"pstree:fork:{e.pid}"]
-        after += [f"pstree:fork:{c.pid}" for c in entries if c.ppid == e.pid and c.pid in early]
-        if e.pid in ctx.zombies:
-            # It dies last, once the children it had are forked.
-            after += [f"pstree:fork:{c.pid}" for c in entries if c.ppid == e.pid]
-        # Joining a group needs its leader to have made it first.
-        if e.pgid != e.pid and e.pgid in pids:
-            after.append(f"pstree:ids:{e.pgid}")
-        graph.add(Node(key=f"pstree:ids:{e.pid}", plugin="pstree", where="task", pid=e.pid,
-                       data=e, after=after,
-                       label=(f"session {e.sid} and group {e.pgid} of {e.pid}"
-                              + (" then exit (zombie)" if e.pid in ctx.zombies else ""))))
+    nodes = plan(entries, ctx.zombies, _subreapers(ctx, entries), _pid_free)
+    for node in nodes:
+        if node.data.helper:
+            # Gone before release, like a zombie: no memory, no registers.
+            ctx.zombies[node.data.pid] = 0
+        graph.add(node)
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
     if node.plugin != "pstree":
         return None
-    entry = node.data
-    if node.key.startswith("pstree:fork:"):
-        ctx.spawn(entry.pid)
+    proc, kind = node.data, node.key.split(":")[1]
+    if kind == "fork":
+        ctx.spawn(proc.pid)
+    elif kind == "reaper":
+        for pid in proc.after_deaths:
+            _wait_dead(pid)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    elif kind == "ids":
+        if proc.leads:
+            if proc.sid == proc.pid:
+                os.setsid()
+            else:
+                os.setpgid(0, 0)
+    elif kind == "join":
+        _join_group(proc)
+    elif kind == "exit":
+        ctx.exit_status = proc.zombie or 0
+    elif kind == "reap":
+        os.waitpid(proc.pid, 0)
     else:
-        _join_session_and_group(entry)
-        if entry.pid in ctx.zombies:
-            ctx.exit_status = ctx.zombies[entry.pid]
+        return None
     return True
 
 
@@ -167,81 +168,54 @@ def _validate(entries) -> None:
         if os.path.exists(f"/proc/{e.pid}"):
             raise ValueError(f"{where}: pid {e.pid} is in use")
         seen.add(e.pid)
-    _check_sessions(entries)
     # the root's ppid is ignored on restore: the engine (or its caller) is the parent
     entries[0].ppid = 0
 
 
-def _check_sessions(entries) -> None:
-    """Sessions and groups reachable by fork, setsid and setpgid alone.
-
-    A session or group whose leader is gone needs helper tasks (CRIU's
-    approach), which are not planned yet: refused here, before any fork.
-    """
-    by_pid = {e.pid: e for e in entries}
-    for i, e in enumerate(entries[1:], 1):
-        where = f"pstree.img: entry {i}: task {e.pid}"
-        parent = by_pid[e.ppid]
-        if e.pgid not in (e.pid, parent.pgid) and e.pgid not in by_pid:
-            raise ValueError(f"{where}: process group {e.pgid} has no member to join "
-                             "in the tree: needs a helper task (not supported yet)")
-        if e.pgid in by_pid and by_pid[e.pgid].sid != e.sid:
-            raise ValueError(f"{where}: group {e.pgid} is in session "
-                             f"{by_pid[e.pgid].sid}, the task in {e.sid}")
+def _subreapers(ctx, entries) -> set[int]:
+    """The tasks core-PID.img says are child subreapers."""
+    return {e.pid for e in entries if ctx.images.exists("core", id=e.pid)
+            and ctx.images.read_one("core", id=e.pid).tc.child_subreaper}
 
 
-
-def _plan_births(entries) -> set[int]:
-    """The tasks to fork before their parent calls setsid.
-
-    A task that does not lead its session was born in it, so its parent was
-    in that session when it forked: in the session the parent itself was
-    born in, before its own setsid. That need climbs the tree (a leader can
-    be born early too) and must agree at every task; where it cannot (a
-    session whose leader and born-in ancestors are all gone), a helper task
-    would be needed, which is refused here, before any fork.
-    """
-    by_pid = {e.pid: e for e in entries}
-    kids: dict[int, list] = {}
-    for e in entries[1:]:
-        kids.setdefault(e.ppid, []).append(e)
-    born_in: dict[int, int | None] = {}        # pid -> session it must be born in
-    for i in range(len(entries) - 1, -1, -1):  # children before parents
-        e = entries[i]
-        wants = {w for c in kids.get(e.pid, ()) for w in (_child_needs(c, born_in),)
-                 if w is not None and w != e.sid}
-        if len(wants) > 1 or (wants and (e.sid != e.pid or i == 0)):
-            raise ValueError(f"pstree.img: entry {i}: task {e.pid}: children in sessions "
-                             f"{sorted(wants)} cannot all be born under it: needs a helper "
-                             "task (not supported yet)")
-        born_in[e.pid] = wants.pop() if wants else None
-    early, session_at_birth = set(), {entries[0].pid: None}
-    for e in entries[1:]:
-        parent = by_pid[e.ppid]
-        need = _child_needs(e, born_in)
-        if need is not None and need != parent.sid:
-            early.add(e.pid)
-            session_at_birth[e.pid] = session_at_birth[parent.pid]
-        else:
-            session_at_birth[e.pid] = parent.sid
-    return early
+def _pid_free(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}")
 
 
-def _child_needs(e, born_in) -> int | None:
-    """The session `e` must be born in: its own unless it leads one."""
-    return e.sid if e.sid != e.pid else born_in.get(e.pid)
+def _prctl(option: int, arg: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0):
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
 
-def _join_session_and_group(entry) -> None:
-    pid = entry.pid
-    if entry.sid == pid:
-        os.setsid()
-    elif entry.pgid == pid:
-        os.setpgid(0, 0)
-    elif os.getpgid(0) != entry.pgid:
+def _wait_dead(pid: int) -> None:
+    """Until `pid` is a zombie or gone: its orphans are reparented by then
+    (kernel/exit.c: exit_notify before the zombie state shows)."""
+    import time
+    while True:
         try:
-            os.setpgid(0, entry.pgid)
+            if _stat_state(pid) in "ZX":
+                return
         except OSError:
-            # Like CRIU's --shell-job: a group outside the tree is inherited.
-            log.warning("task %d: process group %d is outside the tree; inherited %d",
-                        pid, entry.pgid, os.getpgid(0))
+            return
+        time.sleep(0.0005)
+
+
+def _stat_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _join_group(proc) -> None:
+    if os.getpgid(0) == proc.pgid:
+        return
+    try:
+        os.setpgid(0, proc.pgid)
+    except OSError:
+        if proc.forker is not None:
+            raise
+        # Like CRIU's --shell-job: a group outside the tree is inherited.
+        log.warning("task %d: process group %d is outside the tree; inherited %d",
+                    proc.pid, proc.pgid, os.getpgid(0))
