@@ -2,8 +2,10 @@
 
 The kernel stamps sk_uid from the creating task's fsuid; netfilter's owner
 match (`meta skuid`, `-m owner --uid-owner`) depends on it, so a socket must
-come back owned by the dumped uid, read in the restoring task's user
-namespace. A uid with no mapping there is refused at collect unless
+come back owned by the dumped uid. The image holds it as the dumping
+engine's user namespace sees it; a restoring task in a user namespace below
+that one (e.g. --rootless) names it through its uid_map (outside -> inside).
+A uid with no mapping there is refused at collect unless
 --sk-inet-uid-fallback asks for the restorer's own uid (warned).
 """
 from __future__ import annotations
@@ -23,20 +25,22 @@ def uid_for(ctx, i) -> int:
     mine = os.geteuid()
     if not i.HasField("uid"):
         return mine
-    if not uid_mapped(i.uid):
+    here = uid_here(i.uid)
+    if here is None:
         log.warning("inet socket %d: uid %d has no mapping here: restored as uid %d",
                     i.ino, i.uid, mine)
         return mine
-    return i.uid
+    return here
 
 
-def uid_mapped(uid: int) -> bool:
+def uid_here(uid: int) -> int | None:
+    """The dumped `uid` as this task's user namespace names it, or None."""
     with open("/proc/self/uid_map") as f:
         for line in f:
-            inside, _, count = (int(x) for x in line.split())
-            if inside <= uid < inside + count:
-                return True
-    return False
+            inside, outside, count = (int(x) for x in line.split())
+            if outside <= uid < outside + count:
+                return inside + uid - outside
+    return None
 
 
 def owned_socket(family: int, stype: int, proto: int, uid: int) -> socket.socket:

@@ -12,7 +12,7 @@ import subprocess
 from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, KINDS, MAX_BUF, SO_BUF_LOCK,
                                   SO_RCVBUFFORCE, SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED,
                                   WORDS, addr, connected)
-from plugins.sk_inet.owner import uid_mapped
+from plugins.sk_inet.owner import uid_here
 
 log = logging.getLogger("engine.plugins.sk_inet")
 
@@ -45,7 +45,7 @@ def check_entry(ctx, fid: int, i) -> None:
         value = getattr(i.opts, field)
         if not 0 < value <= MAX_BUF:
             raise ValueError(f"{where}: opts.{field} = {value} is not a buffer size")
-    if i.HasField("uid") and not uid_mapped(i.uid) and not getattr(
+    if i.HasField("uid") and uid_here(i.uid) is None and not getattr(
             ctx.options, "sk_inet_uid_fallback", False):
         raise ValueError(f"{where}: uid {i.uid} has no mapping in the restoring user "
                          "namespace (--sk-inet-uid-fallback restores it as ours)")

@@ -316,6 +316,24 @@ def test_uid_fallback_restores_as_ours_and_warns(tmp_path):
     assert "uid 1337 has no mapping here: restored as uid 0" in proc.stderr
 
 
+def test_owner_uid_translated_through_the_restoring_user_namespace(tmp_path):
+    """Images name the owner as the dumping engine's namespace does; a
+    restorer in a user namespace below it (map "500 0 1": our root is its
+    500) names the same user 500, with no warning."""
+    import subprocess
+    import sys
+    from engine.testing import REPO_ROOT
+    code = ("import logging; logging.basicConfig()\n"
+            "from engine.images.proto import sk_inet_pb2\n"
+            "from plugins.sk_inet.owner import uid_for\n"
+            "print(uid_for(None, sk_inet_pb2.inet_sk_entry(ino=7, uid=0)))\n")
+    proc = subprocess.run(["unshare", "--user", "--map-user=500", "--map-group=500",
+                           sys.executable, "-c", code],
+                          capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert (proc.stdout.strip(), proc.stderr) == ("500", "")
+
+
 def test_engine_show_decodes_tcp_streams(build_target, target_runner, engine_cli, tmp_path):
     import json
     target = target_runner.start(build_target("tcppair"))
