@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from engine.graph import Graph, GraphError, Node
+from engine.graph import ALL, Graph, GraphError, Node
 from engine.stash import Stash
 
 log = logging.getLogger("engine.restore")
@@ -296,7 +296,7 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
     the tracer once its nodes are done; it is seized when its first tracer
     node comes. What one node takes from another task (ctx.shared_fds) is
     only there if the graph orders it after the node that publishes it."""
-    deps = ctx.graph.predecessors()
+    deps = ctx.graph.edges()            # with ALL keys: done once all theirs are
     waiting = {key: set(before) for key, before in deps.items()}
     unblocks: dict[str, list[str]] = {}
     for key, before in waiting.items():
@@ -314,6 +314,8 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
     def done(key: str) -> None:
         for k in unblocks.get(key, ()):
             waiting[k].discard(key)
+            if not waiting[k] and k.startswith(ALL):
+                done(k)
 
     while pending:
         ready = [k for k in pending if not waiting[k]]
