@@ -292,7 +292,8 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
     are done: engine nodes run first, one by one; then each task is sent, in
     one message, its ready nodes and those of its own that they unblock, and
     all tasks work at once while the engine runs the ready tracer nodes; then
-    the replies are read. A task's last message also tells it to stop for
+    the replies are read, and a task's tracer nodes that its reply makes ready
+    run at once, while the others still work. A task's last message also tells it to stop for
     the tracer once its nodes are done; it is seized when its first tracer
     node comes. What one node takes from another task (ctx.shared_fds) is
     only there if the graph orders it after the node that publishes it."""
@@ -303,12 +304,13 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
         for b in before:
             unblocks.setdefault(b, []).append(key)
     left: dict[int, int] = {}           # pid -> task nodes not yet sent
-    traced: set[int] = set()            # tasks with tracer nodes (to stop)
+    tracer_keys: dict[int, list[str]] = {}  # pid -> its tracer nodes, in order
     for n in order:
         if n.where == "task":
             left[n.pid] = left.get(n.pid, 0) + 1
         elif n.where == "tracer":
-            traced.add(n.pid)
+            tracer_keys.setdefault(n.pid, []).append(n.key)
+    traced = set(tracer_keys)           # tasks with tracer nodes (to stop)
     pending = [n.key for n in order]    # not started, in the serial order
 
     def done(key: str) -> None:
@@ -354,22 +356,33 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
             _send(ctx.channels[pid], ("nodes", [n.key for n in batch], ctx.shared_fds, stop))
             sent.append((pid, batch, stop))
         taken = {n.key for _, batch, _ in sent for n in batch}
-        for node in nodes:
-            if node.where == "tracer":
-                # While the tasks work on what they were sent.
-                if node.pid not in ctx.tracees:
-                    _stop_for_tracer(ctx, node.pid)
-                log.debug("node %s (in tracer %s)", node.key, node.pid)
-                _run_hook(ctx, node)
-                taken.add(node.key)
+        # While the tasks work on what they were sent.
+        _trace(ctx, [n for n in nodes if n.where == "tracer"], taken)
         for pid, batch, stop in sent:
             _reply(ctx, pid, batch, _recv(ctx.channels[pid]))
             if stop:
                 ctx.channels.pop(pid).close()
                 ctx.stopped.add(pid)
+            for node in batch:
+                done(node.key)
+            # Its tracer nodes, if now ready, while the others still work.
+            _trace(ctx, [ctx.graph.nodes[k] for k in tracer_keys.get(pid, ())
+                         if k not in taken and not waiting[k]], taken, done)
         for key in taken:
             done(key)
         pending = [k for k in pending if k not in taken]
+
+
+def _trace(ctx: RestoreContext, nodes: list[Node], taken: set[str], done=None) -> None:
+    """Run tracer nodes in the engine, seizing their task first if need be."""
+    for node in nodes:
+        if node.pid not in ctx.tracees:
+            _stop_for_tracer(ctx, node.pid)
+        log.debug("node %s (in tracer %s)", node.key, node.pid)
+        _run_hook(ctx, node)
+        taken.add(node.key)
+        if done is not None:
+            done(node.key)
 
 
 def _task_batch(ctx: RestoreContext, pending: list[str],
