@@ -19,9 +19,9 @@ import socket
 import struct
 from typing import Any
 
-import attrs
+import dataclasses
 
-from engine.graph import Graph, GraphError, Node
+from engine.graph import ALL, Graph, GraphError, Node
 from engine.stash import Stash
 
 log = logging.getLogger("engine.restore")
@@ -33,38 +33,38 @@ class RestoreError(Exception):
     """A restore that cannot go on: one line, naming the image or node."""
 
 
-@attrs.define(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class RestoreContext:
     images: Any                     # engine.images.ImageDir
     registry: Any                   # engine.registry.Registry
     options: Any                    # argparse.Namespace
-    stash: Stash = attrs.field(factory=Stash)
+    stash: Stash = dataclasses.field(default_factory=Stash)
     graph: Graph | None = None
-    pstree: list = attrs.field(factory=list)   # pstree_entry, parents first (pstree plugin)
-    files: dict = attrs.field(factory=dict)    # files.img: id -> file_entry
+    pstree: list = dataclasses.field(default_factory=list)   # pstree_entry, parents first (pstree plugin)
+    files: dict = dataclasses.field(default_factory=dict)    # files.img: id -> file_entry
     # pid -> wait status of the tasks that exit before release: dumped
     # zombies and pstree's helper tasks (pstree plugin)
-    zombies: dict = attrs.field(factory=dict)
+    zombies: dict = dataclasses.field(default_factory=dict)
     # Inside a zombie-to-be: the status it exits with after its last node.
     exit_status: int | None = None
-    _ids: dict = attrs.field(factory=dict)
+    _ids: dict = dataclasses.field(default_factory=dict)
     # pid -> engine end of the task's channel (engine only)
-    channels: dict[int, socket.socket] = attrs.field(factory=dict)
+    channels: dict[int, socket.socket] = dataclasses.field(default_factory=dict)
     # pid -> task end (inherited by every task; each keeps only its own)
-    task_ends: dict[int, socket.socket] = attrs.field(factory=dict)
-    started: list[int] = attrs.field(factory=list)      # pids alive, in order
-    stopped: set[int] = attrs.field(factory=set)        # stopped for the tracer
-    tracees: dict[int, Any] = attrs.field(factory=dict)  # pid -> tracer handle
+    task_ends: dict[int, socket.socket] = dataclasses.field(default_factory=dict)
+    started: list[int] = dataclasses.field(default_factory=list)      # pids alive, in order
+    stopped: set[int] = dataclasses.field(default_factory=set)        # stopped for the tracer
+    tracees: dict[int, Any] = dataclasses.field(default_factory=dict)  # pid -> tracer handle
     # Inside a task: its pid and the fds restored so far (kept at stop).
     self_pid: int | None = None
-    kept_fds: set[int] = attrs.field(factory=set)
+    kept_fds: set[int] = dataclasses.field(default_factory=set)
     # file id -> (pid, fd) of the task that opened it first; tasks publish
     # theirs in node replies and get the engine's map with every node.
-    shared_fds: dict[int, tuple[int, int]] = attrs.field(factory=dict)
-    _published: dict[int, tuple[int, int]] = attrs.field(factory=dict)
+    shared_fds: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    _published: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
     # pid -> (clone flags, its pid at every level, innermost first), for a
     # task in a nested pid namespace (filled at collect by a plugin).
-    clone_args: dict[int, tuple[int, list[int]]] = attrs.field(factory=dict)
+    clone_args: dict[int, tuple[int, list[int]]] = dataclasses.field(default_factory=dict)
 
     @property
     def hook(self):
@@ -290,58 +290,114 @@ def restore(ctx: RestoreContext) -> list[int]:
 
 
 def _run(ctx: RestoreContext, order: list[Node]) -> None:
-    """Run the nodes in `order`, consecutive nodes of one task in one round
-    trip. A task's last message also tells it to stop for the tracer once
-    its nodes are done, saving it a round trip; it is seized when its first
-    tracer node comes. Task nodes run one at a time, in `order`: a node may
-    use what any earlier one published (ctx.shared_fds)."""
-    last: dict[int, int] = {}           # pid -> index of its last task node
-    traced: set[int] = set()            # tasks with tracer nodes (to stop)
-    for i, n in enumerate(order):
+    """Run the graph in waves. Each wave takes every node whose predecessors
+    are done: engine nodes run first, one by one; then each task is sent, in
+    one message, its ready nodes and those of its own that they unblock, and
+    all tasks work at once while the engine runs the ready tracer nodes; then
+    the replies are read, and a task's tracer nodes that its reply makes ready
+    run at once, while the others still work. A task's last message also tells it to stop for
+    the tracer once its nodes are done; it is seized when its first tracer
+    node comes. What one node takes from another task (ctx.shared_fds) is
+    only there if the graph orders it after the node that publishes it."""
+    deps = ctx.graph.edges()            # with ALL keys: done once all theirs are
+    waiting = {key: set(before) for key, before in deps.items()}
+    unblocks: dict[str, list[str]] = {}
+    for key, before in waiting.items():
+        for b in before:
+            unblocks.setdefault(b, []).append(key)
+    left: dict[int, int] = {}           # pid -> task nodes not yet sent
+    tracer_keys: dict[int, list[str]] = {}  # pid -> its tracer nodes, in order
+    for n in order:
         if n.where == "task":
-            last[n.pid] = i
+            left[n.pid] = left.get(n.pid, 0) + 1
         elif n.where == "tracer":
-            traced.add(n.pid)
-    i = 0
-    for batch in _batches(order):
-        i += len(batch)
-        node = batch[0]
-        if node.where == "engine":
-            log.debug("node %s (in engine)", node.key)
-            _run_hook(ctx, node)
+            tracer_keys.setdefault(n.pid, []).append(n.key)
+    traced = set(tracer_keys)           # tasks with tracer nodes (to stop)
+    pending = [n.key for n in order]    # not started, in the serial order
+
+    def done(key: str) -> None:
+        for k in unblocks.get(key, ()):
+            waiting[k].discard(key)
+            if not waiting[k] and k.startswith(ALL):
+                done(k)
+
+    while pending:
+        ready = [k for k in pending if not waiting[k]]
+        if not ready:
+            raise RestoreError(f"{ctx.graph.nodes[pending[0]]}: never became ready")
+        nodes = [ctx.graph.nodes[k] for k in ready]
+        engine_nodes = [n for n in nodes if n.where == "engine"]
+        if engine_nodes:
+            # Alone: what they publish may be wanted by any node after them.
+            for node in engine_nodes:
+                log.debug("node %s (in engine)", node.key)
+                _run_hook(ctx, node)
+                done(node.key)
+            taken = {n.key for n in engine_nodes}
+            pending = [k for k in pending if k not in taken]
             continue
-        if node.pid not in ctx.started:
-            raise RestoreError(f"{node}: task {node.pid} was never created")
-        if node.where == "task":
-            if node.pid in ctx.stopped:
-                raise RestoreError(f"{node}: task {node.pid} already stopped for the tracer")
-            stop = last[node.pid] == i - 1 and node.pid in traced
-            log.debug("nodes %s (in task %s)%s", [n.key for n in batch], node.pid,
+        mine: dict[int, list[str]] = {}     # pid -> its pending task nodes
+        for key in pending:
+            node = ctx.graph.nodes[key]
+            if node.where == "task":
+                mine.setdefault(node.pid, []).append(key)
+        batches: dict[int, list[Node]] = {}
+        for node in nodes:
+            if node.where == "task" and node.pid not in batches:
+                batches[node.pid] = _task_batch(ctx, mine[node.pid], waiting)
+        sent = []
+        for pid, batch in batches.items():
+            if pid not in ctx.started:
+                raise RestoreError(f"{batch[0]}: task {pid} was never created")
+            if pid in ctx.stopped:
+                raise RestoreError(f"{batch[0]}: task {pid} already stopped for the tracer")
+            left[pid] -= len(batch)
+            stop = left[pid] == 0 and pid in traced
+            log.debug("nodes %s (in task %s)%s", [n.key for n in batch], pid,
                       ", then stop" if stop else "")
-            chan = ctx.channels[node.pid]
-            _send(chan, ("nodes", [n.key for n in batch], ctx.shared_fds, stop))
-            _reply(ctx, node.pid, batch, _recv(chan))
+            _send(ctx.channels[pid], ("nodes", [n.key for n in batch], ctx.shared_fds, stop))
+            sent.append((pid, batch, stop))
+        taken = {n.key for _, batch, _ in sent for n in batch}
+        # While the tasks work on what they were sent.
+        _trace(ctx, [n for n in nodes if n.where == "tracer"], taken)
+        for pid, batch, stop in sent:
+            _reply(ctx, pid, batch, _recv(ctx.channels[pid]))
             if stop:
-                ctx.channels.pop(node.pid).close()
-                ctx.stopped.add(node.pid)
-            continue
+                ctx.channels.pop(pid).close()
+                ctx.stopped.add(pid)
+            for node in batch:
+                done(node.key)
+            # Its tracer nodes, if now ready, while the others still work.
+            _trace(ctx, [ctx.graph.nodes[k] for k in tracer_keys.get(pid, ())
+                         if k not in taken and not waiting[k]], taken, done)
+        for key in taken:
+            done(key)
+        pending = [k for k in pending if k not in taken]
+
+
+def _trace(ctx: RestoreContext, nodes: list[Node], taken: set[str], done=None) -> None:
+    """Run tracer nodes in the engine, seizing their task first if need be."""
+    for node in nodes:
         if node.pid not in ctx.tracees:
             _stop_for_tracer(ctx, node.pid)
         log.debug("node %s (in tracer %s)", node.key, node.pid)
         _run_hook(ctx, node)
+        taken.add(node.key)
+        if done is not None:
+            done(node.key)
 
 
-def _batches(order: list[Node]):
-    """Consecutive task nodes of one task go in one round trip."""
+def _task_batch(ctx: RestoreContext, pending: list[str],
+                waiting: dict[str, set[str]]) -> list[Node]:
+    """A task's ready nodes and those of its own that only wait for them,
+    from its `pending` nodes in the serial order (a topological one)."""
     batch: list[Node] = []
-    for node in order:
-        if batch and not (node.where == "task" and batch[-1].where == "task"
-                          and node.pid == batch[-1].pid):
-            yield batch
-            batch = []
-        batch.append(node)
-    if batch:
-        yield batch
+    keys: set[str] = set()
+    for key in pending:
+        if waiting[key] <= keys:
+            batch.append(ctx.graph.nodes[key])
+            keys.add(key)
+    return batch
 
 
 def _reply(ctx: RestoreContext, pid: int, nodes: list[Node], reply) -> None:

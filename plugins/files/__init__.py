@@ -14,7 +14,8 @@ A file renamed after it was opened is dumped under its current name, the one
 
 Restore: one node per task opens its whole fd table in the task itself: each
 file id is opened once through ``engine_restore_file`` and dup'ed to every fd
-that shares it. Every value goes back through the syscall that checks it
+that shares it. An open file held by several tasks is made by the first (in
+pstree order) and taken by the others, whose tables come after its table. Every value goes back through the syscall that checks it
 (open, lseek, F_SETFL, F_SETSIG, F_SETOWN_EX under the owner's own uids, as
 criu/files.c restore_fown), never around it; what no dump can hold (open-time
 flags, an fd twice, an offset past 2^63) is refused at collect, naming the
@@ -185,8 +186,12 @@ def engine_restore_collect(ctx, graph):
             kinds.setdefault(ftype, entry)
             table.append((fd, file_id, fi.flags & fcntl.FD_CLOEXEC))
         needs = sorted(f"file:{_type_name(entry)}" for entry in kinds.values())
+        # An open file another task makes first is taken from it (shared_fds):
+        # after that task's table. Tables of other tasks may run in parallel.
+        after = sorted({f"files:table:{first_user[file_id]}" for _, file_id, _ in table
+                        if first_user[file_id] != task.pid})
         graph.add(Node(key=f"files:table:{task.pid}", plugin="files", where="task",
-                       pid=task.pid, data=table, needs=needs,
+                       pid=task.pid, data=table, needs=needs, after=after,
                        label=f"fd table of {task.pid} ({len(table)} fds)"))
 
 

@@ -93,8 +93,9 @@ def engine_dump_finish(ctx):
 
 # --- restore ---------------------------------------------------------------
 
-@hookimpl
+@hookimpl(trylast=True)
 def engine_restore_collect(ctx, graph):
+    # trylast: the fd tables (plugins/files) exist, to order them.
     if ctx.images.exists("fifo-data"):
         ctx.stash[FIFO_DATA] = _read_data(ctx, "fifo-data")
     for file_id, entry in ctx.files.items():
@@ -110,6 +111,26 @@ def engine_restore_collect(ctx, graph):
         if entry.HasField("pipe"):
             ends.setdefault(entry.pipe.pipe_id, []).append(
                 (file_id, entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY))
+    _order_tables(ctx, graph)
+
+
+def _order_tables(ctx, graph) -> None:
+    """The first task (pstree order) holding an end of a pipe makes it and
+    publishes both ends; the fd tables of the others take them: after it."""
+    pipe_of = {fid: e.pipe.pipe_id for fid, e in ctx.files.items() if e.HasField("pipe")}
+    if not pipe_of:
+        return
+    maker: dict[int, str] = {}
+    for task in ctx.alive:
+        table = graph.nodes.get(f"files:table:{task.pid}")
+        files_id = ctx.ids(task.pid).files_id
+        if table is None or not ctx.images.exists("fdinfo", id=files_id):
+            continue
+        for fi in ctx.images.read("fdinfo", id=files_id):
+            if fi.id in pipe_of:
+                first = maker.setdefault(pipe_of[fi.id], table.key)
+                if first != table.key and first not in table.after:
+                    table.after.append(first)
 
 
 @hookimpl

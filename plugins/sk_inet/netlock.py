@@ -14,7 +14,6 @@ go in the v4 set.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 
 TABLE = "engine_netlock"
 PRELUDE = f"""add table inet {TABLE}
@@ -52,7 +51,7 @@ def locked() -> set[Conn]:
     """The tuples in the lock now (tests and `engine check`)."""
     out = set()
     for v in (4, 6):
-        proc = subprocess.run(["nft", "list", "set", "inet", TABLE, f"conn{v}"],
+        proc = _subprocess().run(["nft", "list", "set", "inet", TABLE, f"conn{v}"],
                               capture_output=True, text=True)
         if proc.returncode:
             continue
@@ -84,9 +83,14 @@ def _family(local: str, remote: str) -> tuple[int, str, str]:
 
 def _nft(script: str) -> None:
     try:
-        proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+        proc = _subprocess().run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
     except FileNotFoundError:
         raise NetlockError("network lock: the nft tool is not installed") from None
     if proc.returncode:
         msg = " ".join(proc.stderr.split()) or f"exit status {proc.returncode}"
         raise NetlockError(f"network lock: nft: {msg}")
+
+
+def _subprocess():
+    import subprocess           # only when run: ~2 ms of every command's start
+    return subprocess

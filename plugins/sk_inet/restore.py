@@ -7,7 +7,6 @@ import logging
 import os
 import socket
 import struct
-import subprocess
 
 from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, KINDS, MAX_BUF, SO_BUF_LOCK,
                                   SO_RCVBUFFORCE, SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED,
@@ -170,9 +169,14 @@ def on_port(step, arg, local, tcp: bool) -> None:
     if host not in ("0.0.0.0", "::"):
         where = ["src", f"[{host}]" if ":" in host else host]
     cmd = ["ss", "-K", "-tnH", "state", "time-wait", *where, "sport", "=", f":{local[1]}"]
-    killed = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    killed = _subprocess().run(cmd, capture_output=True, text=True).stdout.strip()
     if not killed:
         raise err
     log.warning("port %d: %d TIME_WAIT socket(s) destroyed to restore a socket on it",
                 local[1], len(killed.splitlines()))
     step(arg)
+
+
+def _subprocess():
+    import subprocess           # only when run: ~2 ms of every command's start
+    return subprocess

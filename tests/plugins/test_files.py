@@ -62,6 +62,26 @@ def test_open_file_and_pipe_shared_with_a_child(build_target, target_runner, dum
     assert dump_restore(target, tmp_path) == "PASS"
 
 
+def test_tables_taking_a_shared_file_come_after_its_maker(build_target, target_runner,
+                                                         engine_cli, tmp_path):
+    """Tables of different tasks may run at once: one that takes an open file
+    (or pipe) another task makes is ordered after that task's table."""
+    from engine.testing import reap_dumped_tree
+    target = target_runner.start(build_target("sharedfd"))
+    img = tmp_path / "img"
+    engine_cli("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    target.assert_gone()
+    reap_dumped_tree(img)
+    tree = engine_cli("plan", "-D", img, "--tree").stdout.split("\n\n", 1)[1].splitlines()
+    tables = [i for i, line in enumerate(tree) if line.startswith("fd table of ")]
+    assert len(tables) == 2, tree
+    first, second = (tree[i].split()[3] for i in tables)
+    assert tree[tables[1] + 1].startswith(f"    after fd table of {first} "), tree
+    assert first != second
+    assert not tree[tables[0] + 1].startswith("    after fd table"), tree
+
+
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_file_deleted_while_open(build_target, target_runner, dump_restore, tmp_path, variant):
     target = target_runner.start(build_target("ghost", variant))
