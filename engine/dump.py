@@ -15,7 +15,7 @@ import os
 import signal
 from typing import Any
 
-import dataclasses
+import attrs
 
 from engine.stash import Stash
 
@@ -26,25 +26,25 @@ class DumpError(Exception):
     """A dump that cannot be done: one line, naming the task and what."""
 
 
-@dataclasses.dataclass(eq=False, slots=True)
+@attrs.define(eq=False)
 class DumpTask:
     pid: int
     tracee: Any                      # engine.tracer.task.Tracee
     state: Any                       # engine.tracer.model.TaskState
     # ids-PID.img: object ids of its mm, fd table, fs and signal handlers
-    ids: dict[str, int] = dataclasses.field(default_factory=dict)
+    ids: dict[str, int] = attrs.field(factory=dict)
     # A zombie: its wait status; it has no tracee, no state, nothing but core.
     zombie: int | None = None
 
 
-@dataclasses.dataclass(eq=False, slots=True)
+@attrs.define(eq=False)
 class DumpContext:
     images: Any                      # engine.images.ImageDir
     registry: Any
     options: Any
-    stash: Stash = dataclasses.field(default_factory=Stash)
-    tasks: dict[int, DumpTask] = dataclasses.field(default_factory=dict)
-    files: list = dataclasses.field(default_factory=list)     # file_entry messages for files.img
+    stash: Stash = attrs.field(factory=Stash)
+    tasks: dict[int, DumpTask] = attrs.field(factory=dict)
+    files: list = attrs.field(factory=list)     # file_entry messages for files.img
     _last_id: int = 0
 
     @property

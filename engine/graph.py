@@ -13,7 +13,7 @@ from __future__ import annotations
 import graphlib
 from typing import Any
 
-import dataclasses
+import attrs
 
 WHERE = ("engine", "task", "tracer")
 ALL = "\0all:"          # edges(): stands for every node of the plugin named after it
@@ -23,25 +23,25 @@ class GraphError(Exception):
     """The graph cannot run: one line, naming the node or the cycle."""
 
 
-@dataclasses.dataclass(eq=False, slots=True)
+@attrs.define(eq=False)
 class Node:
     key: str                       # unique, e.g. "files:fd:30001:3"
     plugin: str                    # the plugin whose engine_restore_node runs it
     where: str | None = None       # None: the plugin's runs_in from hooks.toml
     pid: int | None = None         # the task it belongs to (task/tracer nodes)
     data: Any = None               # plugin-private payload
-    after: list[str] = dataclasses.field(default_factory=list)   # keys of nodes to run first
-    needs: list[str] = dataclasses.field(default_factory=list)   # resources it cannot do without
+    after: list[str] = attrs.field(factory=list)   # keys of nodes to run first
+    needs: list[str] = attrs.field(factory=list)   # resources it cannot do without
     label: str = ""                # for `engine plan`
 
     def __str__(self) -> str:
         return self.label or self.key
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Graph:
     registry: Any
-    nodes: dict[str, Node] = dataclasses.field(default_factory=dict)
+    nodes: dict[str, Node] = attrs.field(factory=dict)
 
     def add(self, node: Node) -> Node:
         if node.key in self.nodes:

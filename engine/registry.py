@@ -11,7 +11,7 @@ import importlib
 import os
 import tomllib
 
-import dataclasses
+import attrs
 import pluggy
 
 from engine import hookspecs
@@ -28,27 +28,22 @@ class PluginError(Exception):
     """A plugin set that cannot work: one line, naming the plugin."""
 
 
-def _str_list(inst, name: str, value):
+def _str_list(inst, attribute, value):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise PluginError(f"plugin {inst.name}: {name} must be a list of strings")
+        raise PluginError(f"plugin {inst.name}: {attribute.name} must be a list of strings")
 
 
-def _instance_of(name: str, value, kind: type) -> None:
-    if not isinstance(value, kind):
-        raise TypeError(f"'{name}' must be {kind!r} (got {value!r} that is a {type(value)!r}).")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
+@attrs.frozen
 class PluginSpec:
     """One plugin as hooks.toml declares it."""
 
     name: str
-    module: str
-    provides: list[str] = dataclasses.field(default_factory=list)
-    after: list[str] = dataclasses.field(default_factory=list)
-    runs_in: str = "engine"
-    default: bool = True
-    essential: bool = False
+    module: str = attrs.field(validator=attrs.validators.instance_of(str))
+    provides: list[str] = attrs.field(factory=list, validator=_str_list)
+    after: list[str] = attrs.field(factory=list, validator=_str_list)
+    runs_in: str = attrs.field(default="engine", validator=attrs.validators.in_(RUNS_IN))
+    default: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    essential: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     # The module registered in a disabled plugin's place (as NAME.fallback),
     # whose docstring documents what the plugin's resources become (e.g.
     # sockets restored closed). None: no fallback, disabling it refuses
@@ -57,20 +52,9 @@ class PluginSpec:
     description: str = ""
     origin: str = "hooks.toml"
 
-    def __post_init__(self):
-        # The validators: a dataclass, not attrs (~11 ms of every command
-        # is importing attrs).
-        _instance_of("module", self.module, str)
-        _str_list(self, "provides", self.provides)
-        _str_list(self, "after", self.after)
-        if self.runs_in not in RUNS_IN:
-            raise ValueError(f"'runs_in' must be in {RUNS_IN!r} (got {self.runs_in!r})")
-        _instance_of("default", self.default, bool)
-        _instance_of("essential", self.essential, bool)
-
     @classmethod
     def from_table(cls, name: str, table: dict, origin: str) -> "PluginSpec":
-        known = {a.name for a in dataclasses.fields(cls)} - {"name", "origin"}
+        known = {a.name for a in attrs.fields(cls)} - {"name", "origin"}
         unknown = sorted(set(table) - known)
         if unknown:
             raise PluginError(f"{origin}: plugin {name}: unknown key {unknown[0]!r}")
@@ -103,12 +87,12 @@ def _entry_point_spec(ep) -> PluginSpec:
     if toml is not None and os.path.exists(toml):
         specs = load_specs(toml)
         if ep.name in specs:
-            return dataclasses.replace(specs[ep.name], origin=f"entry point {ep.value}")
+            return attrs.evolve(specs[ep.name], origin=f"entry point {ep.value}")
     return PluginSpec(name=ep.name, module=ep.value, default=False,
                       origin=f"entry point {ep.value}")
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Registry:
     """The resolved plugin set of one run."""
 

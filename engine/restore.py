@@ -19,7 +19,7 @@ import socket
 import struct
 from typing import Any
 
-import dataclasses
+import attrs
 
 from engine.graph import ALL, Graph, GraphError, Node
 from engine.stash import Stash
@@ -33,38 +33,38 @@ class RestoreError(Exception):
     """A restore that cannot go on: one line, naming the image or node."""
 
 
-@dataclasses.dataclass(eq=False, slots=True)
+@attrs.define(eq=False)
 class RestoreContext:
     images: Any                     # engine.images.ImageDir
     registry: Any                   # engine.registry.Registry
     options: Any                    # argparse.Namespace
-    stash: Stash = dataclasses.field(default_factory=Stash)
+    stash: Stash = attrs.field(factory=Stash)
     graph: Graph | None = None
-    pstree: list = dataclasses.field(default_factory=list)   # pstree_entry, parents first (pstree plugin)
-    files: dict = dataclasses.field(default_factory=dict)    # files.img: id -> file_entry
+    pstree: list = attrs.field(factory=list)   # pstree_entry, parents first (pstree plugin)
+    files: dict = attrs.field(factory=dict)    # files.img: id -> file_entry
     # pid -> wait status of the tasks that exit before release: dumped
     # zombies and pstree's helper tasks (pstree plugin)
-    zombies: dict = dataclasses.field(default_factory=dict)
+    zombies: dict = attrs.field(factory=dict)
     # Inside a zombie-to-be: the status it exits with after its last node.
     exit_status: int | None = None
-    _ids: dict = dataclasses.field(default_factory=dict)
+    _ids: dict = attrs.field(factory=dict)
     # pid -> engine end of the task's channel (engine only)
-    channels: dict[int, socket.socket] = dataclasses.field(default_factory=dict)
+    channels: dict[int, socket.socket] = attrs.field(factory=dict)
     # pid -> task end (inherited by every task; each keeps only its own)
-    task_ends: dict[int, socket.socket] = dataclasses.field(default_factory=dict)
-    started: list[int] = dataclasses.field(default_factory=list)      # pids alive, in order
-    stopped: set[int] = dataclasses.field(default_factory=set)        # stopped for the tracer
-    tracees: dict[int, Any] = dataclasses.field(default_factory=dict)  # pid -> tracer handle
+    task_ends: dict[int, socket.socket] = attrs.field(factory=dict)
+    started: list[int] = attrs.field(factory=list)      # pids alive, in order
+    stopped: set[int] = attrs.field(factory=set)        # stopped for the tracer
+    tracees: dict[int, Any] = attrs.field(factory=dict)  # pid -> tracer handle
     # Inside a task: its pid and the fds restored so far (kept at stop).
     self_pid: int | None = None
-    kept_fds: set[int] = dataclasses.field(default_factory=set)
+    kept_fds: set[int] = attrs.field(factory=set)
     # file id -> (pid, fd) of the task that opened it first; tasks publish
     # theirs in node replies and get the engine's map with every node.
-    shared_fds: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
-    _published: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    shared_fds: dict[int, tuple[int, int]] = attrs.field(factory=dict)
+    _published: dict[int, tuple[int, int]] = attrs.field(factory=dict)
     # pid -> (clone flags, its pid at every level, innermost first), for a
     # task in a nested pid namespace (filled at collect by a plugin).
-    clone_args: dict[int, tuple[int, list[int]]] = dataclasses.field(default_factory=dict)
+    clone_args: dict[int, tuple[int, list[int]]] = attrs.field(factory=dict)
 
     @property
     def hook(self):

@@ -11,13 +11,13 @@ import functools
 import importlib
 import re
 
-import dataclasses
+import attrs
 
 IMG_COMMON_MAGIC = 0x54564319
 IMG_SERVICE_MAGIC = 0x55105940
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class ImageKind:
     name: str                 # "core"
     pattern: str              # "core-{id}.img"

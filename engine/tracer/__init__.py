@@ -4,7 +4,7 @@ Dump: `freeze(pid) -> Tracee`, `collect_task(tracee) -> TaskState`,
 `dump_pages(tracee, vmas, sink)`. Restore: `clone_with_pid`,
 `wait_for_tracer` (in the task), then `restore_task` (or its parts
 `attach_stopped`, `restore_memory`, `restore_threads`), `release`.
-Errors are `TracerError(errno, pid, op)`, one line. Data is plain dataclasses
+Errors are `TracerError(errno, pid, op)`, one line. Data is plain attrs
 classes (engine.tracer.model) under CRIU's names; no images here.
 Loaded lazily: importing this package imports nothing heavy.
 """

@@ -5,7 +5,7 @@ rseq.proto), so a plugin converts to and from protobuf by name.
 """
 from __future__ import annotations
 
-import dataclasses
+import attrs
 
 # CRIU's VMA status bits (criu/include/image.h)
 VMA_AREA_REGULAR = 1 << 0
@@ -25,7 +25,7 @@ REG_NAMES = ("r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "
 U64 = (1 << 64) - 1
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Regs:
     """struct user_regs_struct under user_x86_regs_entry's names, u64 each.
 
@@ -85,7 +85,7 @@ class Regs:
         return cls(**{n: get(n) & U64 for n in REG_NAMES})
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class FpRegs:
     """The xsave area as CRIU splits it (user_x86_fpregs_entry + xsave)."""
     cwd: int = 0x37F
@@ -96,17 +96,17 @@ class FpRegs:
     rdp: int = 0
     mxcsr: int = 0x1F80
     mxcsr_mask: int = 0
-    st_space: list[int] = dataclasses.field(default_factory=lambda: [0] * 32)
-    xmm_space: list[int] = dataclasses.field(default_factory=lambda: [0] * 64)
-    padding: list[int] = dataclasses.field(default_factory=lambda: [0] * 24)
+    st_space: list[int] = attrs.field(factory=lambda: [0] * 32)
+    xmm_space: list[int] = attrs.field(factory=lambda: [0] * 64)
+    padding: list[int] = attrs.field(factory=lambda: [0] * 24)
     xstate_bv: int = 3
-    ymmh_space: list[int] = dataclasses.field(default_factory=list)
-    opmask_reg: list[int] = dataclasses.field(default_factory=list)
-    zmm_upper: list[int] = dataclasses.field(default_factory=list)
-    hi16_zmm: list[int] = dataclasses.field(default_factory=list)
-    pkru: list[int] = dataclasses.field(default_factory=list)           # 2 words, as CRIU (pkru_state)
-    bndreg_state: list[int] = dataclasses.field(default_factory=list)   # MPX, absent on this CPU
-    bndcsr_state: list[int] = dataclasses.field(default_factory=list)
+    ymmh_space: list[int] = attrs.field(factory=list)
+    opmask_reg: list[int] = attrs.field(factory=list)
+    zmm_upper: list[int] = attrs.field(factory=list)
+    hi16_zmm: list[int] = attrs.field(factory=list)
+    pkru: list[int] = attrs.field(factory=list)           # 2 words, as CRIU (pkru_state)
+    bndreg_state: list[int] = attrs.field(factory=list)   # MPX, absent on this CPU
+    bndcsr_state: list[int] = attrs.field(factory=list)
 
     @classmethod
     def from_xstate(cls, raw: bytes) -> "FpRegs":
@@ -120,10 +120,10 @@ class FpRegs:
         return to_xstate(self)
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class ThreadState:
     tid: int
-    regs: Regs                           # a dict by name is accepted
+    regs: Regs = attrs.field(converter=Regs.from_any)   # a dict by name is accepted
     fpregs: FpRegs
     blk_sigset: int = 0
     clear_tid_addr: int = 0
@@ -136,13 +136,10 @@ class ThreadState:
     ss_size: int = 0
     ss_flags: int = 2                    # SS_DISABLE
     comm: str = ""
-    signals_p: list[bytes] = dataclasses.field(default_factory=list)   # queued siginfo_t, this thread
-
-    def __post_init__(self):
-        self.regs = Regs.from_any(self.regs)
+    signals_p: list[bytes] = attrs.field(factory=list)   # queued siginfo_t, this thread
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class SigAction:
     sigaction: int = 0
     flags: int = 0
@@ -150,7 +147,7 @@ class SigAction:
     mask: int = 0
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Vma:
     start: int
     end: int
@@ -163,7 +160,7 @@ class Vma:
     path: str | None = None
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class MmState:
     mm_start_code: int = 0
     mm_end_code: int = 0
@@ -176,12 +173,12 @@ class MmState:
     mm_arg_end: int = 0
     mm_env_start: int = 0
     mm_env_end: int = 0
-    auxv: list[int] = dataclasses.field(default_factory=list)
+    auxv: list[int] = attrs.field(factory=list)
     exe: str | None = None
-    vmas: list[Vma] = dataclasses.field(default_factory=list)
+    vmas: list[Vma] = attrs.field(factory=list)
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Creds:
     uid: int = 0
     gid: int = 0
@@ -191,16 +188,16 @@ class Creds:
     sgid: int = 0
     fsuid: int = 0
     fsgid: int = 0
-    cap_inh: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
-    cap_prm: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
-    cap_eff: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
-    cap_bnd: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
-    cap_amb: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    cap_inh: list[int] = attrs.field(factory=lambda: [0, 0])
+    cap_prm: list[int] = attrs.field(factory=lambda: [0, 0])
+    cap_eff: list[int] = attrs.field(factory=lambda: [0, 0])
+    cap_bnd: list[int] = attrs.field(factory=lambda: [0, 0])
+    cap_amb: list[int] = attrs.field(factory=lambda: [0, 0])
     secbits: int = 0
-    groups: list[int] = dataclasses.field(default_factory=list)
+    groups: list[int] = attrs.field(factory=list)
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class TaskState:
     pid: int
     comm: str
@@ -213,5 +210,5 @@ class TaskState:
     creds: Creds
     oom_score_adj: int = 0
     loginuid: int = 0xFFFFFFFF
-    signals_s: list[bytes] = dataclasses.field(default_factory=list)   # queued siginfo_t, whole process
+    signals_s: list[bytes] = attrs.field(factory=list)   # queued siginfo_t, whole process
     stopped: bool = False                # in group-stop (SIGSTOP) when dumped

@@ -84,7 +84,7 @@ def creds_in_userns(c: m.Creds, pid: int, image: str) -> m.Creds:
     were set before the task entered it (plugins/userns): None, not set."""
     import os
 
-    import dataclasses
+    import attrs
     if os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino:
         return c
     maps = {}
@@ -98,7 +98,7 @@ def creds_in_userns(c: m.Creds, pid: int, image: str) -> m.Creds:
                 return first + value - lower
         raise ValueError(f"{image}: thread_core.creds.{name} {value} is not mapped "
                          f"in the user namespace of task {pid}")
-    out = dataclasses.replace(c, **{n: inside("gid" if "gid" in n else "uid", n, getattr(c, n))
+    out = attrs.evolve(c, **{n: inside("gid" if "gid" in n else "uid", n, getattr(c, n))
                              for n in ("uid", "gid", "euid", "egid", "suid", "sgid",
                                        "fsuid", "fsgid")})
     with open(f"/proc/{pid}/setgroups") as f:

@@ -15,7 +15,7 @@ import os
 import socket
 import stat as st
 
-import dataclasses
+import attrs
 
 from engine.graph import Node
 from engine.stash import StashKey
@@ -27,13 +27,13 @@ SOCKS = StashKey()       # file id -> unix_sk_entry
 FD_BASE = StashKey()     # pid -> first fd number above its dumped fd table
 
 
-@dataclasses.dataclass(eq=False, slots=True)
+@attrs.define(eq=False)
 class Unit:
     key: str
     ids: tuple[int, ...]               # one socket, or the two ends of a pair
     listener: int | None = None        # pair: made by connect + accept on it
     accepted: int | None = None        # pair: the end accept() returns
-    after: set[str] = dataclasses.field(default_factory=set)
+    after: set[str] = attrs.field(factory=set)
     pid: int | None = None
     fd_base: int = 0                   # made fds go from here up: the fd table
                                        # is installed at the dumped numbers later

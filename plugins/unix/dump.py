@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 
-import dataclasses
+import attrs
 
 from engine.fds import fdinfo, pidfd_getfd
 from engine.stash import StashKey
@@ -29,7 +29,7 @@ TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
          socket.SOCK_SEQPACKET: "seqpacket"}
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Diag:
     type: int
     state: int
@@ -41,7 +41,7 @@ class Diag:
     vfs: tuple[int, int] | None      # (dev, ino) of the bound file
 
 
-@dataclasses.dataclass(slots=True)
+@attrs.define
 class Seen:
     pid: int                          # the task (or the engine, for in-flight fds)
     fd: int

@@ -7,8 +7,6 @@ task it starts; leftovers are killed on failure.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import ctypes
 import difflib
 import mmap
@@ -198,12 +196,12 @@ def _merged(vmas) -> list[m.Vma]:
     out: list[m.Vma] = []
     for v in vmas:
         if v.status & m.VMA_ANON_SHARED:
-            v = dataclasses.replace(v, shmid=0)      # a new shmem object: a new inode
+            v = m.attrs.evolve(v, shmid=0)      # a new shmem object: a new inode
         p = out[-1] if out else None
         if p and p.end == v.start and p.path and p.path == v.path and \
                 (p.prot, p.flags, p.status) == (v.prot, v.flags, v.status) and \
                 p.pgoff + p.end - p.start == v.pgoff:
-            out[-1] = dataclasses.replace(p, end=v.end)
+            out[-1] = m.attrs.evolve(p, end=v.end)
         else:
             out.append(v)
     return out
@@ -332,7 +330,7 @@ def test_xstate_split_and_rebuilt(binaries, tmp_path):
     # clear, so the kernel inits them either way.
     unused = [name for comp, (name, _, _) in COMPONENTS.items()
               if not fp.xstate_bv & (1 << comp)]
-    criu = m.FpRegs(**{k: v for k, v in dataclasses.asdict(fp).items() if k not in unused})
+    criu = m.FpRegs(**{k: v for k, v in m.attrs.asdict(fp).items() if k not in unused})
     assert criu.to_xstate() == raw
     assert target.verdict() == "PASS"
 
