@@ -115,9 +115,29 @@ class RestoreContext:
             self.task_ends[self.self_pid] = socket.socket(fileno=moved)
             own.detach()
         if fd != number:
+            _move_log_stream(self, number)
             os.dup2(fd, number, inheritable=True)
             os.close(fd)
         self.kept_fds.add(number)
+
+
+def _move_log_stream(ctx: RestoreContext, number: int) -> None:
+    """The engine's log lines go to its stderr, inherited as fd 2: before an
+    image fd takes that number (the target's own stderr), the handlers move
+    to a copy above the image's fds, closed when the task stops."""
+    from engine.fds import park
+    moved = None
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        try:
+            if stream is None or stream.fileno() != number:
+                continue
+        except (OSError, ValueError):
+            continue
+        if moved is None:
+            stream.flush()
+            moved = open(park(ctx, os.dup(number)), "w", buffering=1, closefd=True)
+        handler.setStream(moved)
 
 
 def _pid_here(pid: int) -> int:

@@ -80,6 +80,18 @@ def test_hook_engine_restore_node(dumped, engine_cli, stamp_env, tmp_path):
     assert target.verdict() == "PASS"
 
 
+def test_task_log_lines_reach_the_engine_not_the_restored_stderr(dumped, engine_cli,
+                                                                 stamp_env, tmp_path):
+    """The stamp node logs a warning inside the task after its fd 2 became
+    the target's own stderr (target.log): the line is the engine's."""
+    target, img = dumped
+    proc = engine_cli("restore", "-D", img, "--plugins", "default,stamp", "--stamp-file",
+                      tmp_path / "stamp", autoload=True, env=stamp_env)
+    assert f"stamped task {target.pid}" in proc.stderr
+    assert "stamped task" not in target.log()
+    assert target.verdict() == "PASS"
+
+
 def test_hook_engine_restore_finish(dumped, engine_cli, stamp_env, tmp_path):
     target, img = dumped
     stamp = tmp_path / "stamp"

@@ -4,8 +4,10 @@ Dump: stamp.img, an image kind of its own (one pstree_entry per task it
 saw). Restore: one node per task,
 run inside the task, appending "task PID CWD" to the file given with
 --stamp-file (so a test can see the hook ran in the restored task's own
-context); "finish" or "abort: ERROR" when the restore ends.
+context) and logging a warning (which must reach the engine's stderr, not
+the task's restored one); "finish" or "abort: ERROR" when the restore ends.
 """
+import logging
 import os
 
 from engine import hookimpl
@@ -43,6 +45,7 @@ def engine_restore_node(ctx, node):
     if node.plugin != "stamp":
         return None
     _write(ctx, f"task {os.getpid()} {os.getcwd()}")
+    logging.getLogger("engine.plugins.stamp").warning("stamped task %d", os.getpid())
     return True
 
 
