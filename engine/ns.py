@@ -7,6 +7,7 @@ is named by its nsfs inode.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -201,42 +202,60 @@ def restore(ctx, node, kind: str, setup) -> None:
         setup(entry)
         return
     user_fd = open_published(ctx, f"userns:{owner}")
+
+    def make() -> bytes:
+        setns(user_fd, "user")
+        if kind != "mnt":
+            # Mounts are made as the engine's uid: it owns the paths.
+            _become_root()
+        unshare(FLAGS[kind])
+        setup(entry)
+        # Its pid as /proc names it: fork's is wrong in a nested pid ns.
+        return os.readlink("/proc/self").encode()
+
+    try:
+        with helper(make, f"{kind} namespace {ns_id}") as (_, pid):
+            fd = os.open(f"/proc/{int(pid)}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd, kind)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(user_fd)
+
+
+@contextlib.contextmanager
+def helper(work, what: str):
+    """Fork a helper child that runs `work()` (namespaces it makes live as
+    long as it does) and then waits; yield (its pid, the bytes `work`
+    returned) while it waits; release and reap it when the block ends. An
+    exception in the helper is raised here as one OSError line naming `what`.
+    """
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
-    helper = os.fork()
-    if helper == 0:
+    pid = os.fork()
+    if pid == 0:
         try:
             os.close(ready_r)
             os.close(go_w)
-            setns(user_fd, "user")
-            if kind != "mnt":
-                # Mounts are made as the engine's uid: it owns the paths.
-                _become_root()
-            unshare(FLAGS[kind])
-            setup(entry)
-            # Its pid as /proc names it: fork's is wrong in a nested pid ns.
-            os.write(ready_w, b"1" + os.readlink("/proc/self").encode())
+            report = work() or b""
+            os.write(ready_w, b"\x01" + report)
             os.read(go_r, 1)
-        except BaseException as e:  # noqa: BLE001 - reported to the task
-            os.write(ready_w, str(e).encode()[:4000])
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
+            os.write(ready_w, b"\x00" + str(e).encode()[:4000])
         finally:
             os._exit(0)
-    os.close(user_fd)
     os.close(ready_w)
     os.close(go_r)
     try:
         msg = os.read(ready_r, 4096)
-        if not msg.startswith(b"1"):
-            raise OSError(f"{kind} namespace {ns_id}: {msg.decode() or 'its helper died'}")
-        fd = os.open(f"/proc/{int(msg[1:])}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(fd, kind)
-        finally:
-            os.close(fd)
+        if not msg.startswith(b"\x01"):
+            raise OSError(f"{what}: {msg[1:].decode() or 'its helper died'}")
+        yield pid, msg[1:]
     finally:
         os.close(ready_r)
         os.close(go_w)
-        os.waitpid(helper, 0)
+        os.waitpid(pid, 0)
 
 
 def _has_sys_admin() -> bool:

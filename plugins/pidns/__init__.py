@@ -151,41 +151,24 @@ def _make(ctx, ns_id, entry) -> None:
 
     from engine import ns
     user_fd = ns.open_published(ctx, f"userns:{entry.owner_id}")
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    helper = os.fork()
-    if helper == 0:
-        try:
-            os.close(ready_r)
-            os.close(go_w)
-            ns.setns(user_fd, "user")
-            ns.unshare(ns.CLONE_NEWPID)
-            os.write(ready_w, b"1")
-            os.read(go_r, 1)
-        except BaseException as e:  # noqa: BLE001 - reported to the task
-            os.write(ready_w, str(e).encode()[:4000])
-        finally:
-            os._exit(0)
-    os.close(user_fd)
-    os.close(ready_w)
-    os.close(go_r)
+
+    def make() -> None:
+        ns.setns(user_fd, "user")
+        ns.unshare(ns.CLONE_NEWPID)
+
     try:
-        msg = os.read(ready_r, 4096)
-        if msg != b"1":
-            raise OSError(f"pid namespace {ns_id}: {msg.decode() or 'its helper died'}")
-        pidfd = os.pidfd_open(helper)
-        try:
-            fd = fcntl.ioctl(pidfd, PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE)
-        finally:
-            os.close(pidfd)
-        try:
-            ns.setns(fd, "pid")
-        finally:
-            os.close(fd)
+        with ns.helper(make, f"pid namespace {ns_id}") as (helper, _):
+            pidfd = os.pidfd_open(helper)
+            try:
+                fd = fcntl.ioctl(pidfd, PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE)
+            finally:
+                os.close(pidfd)
+            try:
+                ns.setns(fd, "pid")
+            finally:
+                os.close(fd)
     finally:
-        os.close(ready_r)
-        os.close(go_w)
-        os.waitpid(helper, 0)
+        os.close(user_fd)
 
 
 def _nspid(pid) -> list[str]:

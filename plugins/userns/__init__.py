@@ -267,40 +267,21 @@ def _make(entry, parent_fd: int | None, parent=None) -> int:
     second helper that joined the parent.
     """
     from engine import ns
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    helper = os.fork()
-    if helper == 0:
-        try:
-            os.close(ready_r)
-            os.close(go_w)
-            if parent_fd is not None:
-                ns.setns(parent_fd, "user")
-                gid, uid = _mapped_id(parent.gid_map), _mapped_id(parent.uid_map)
-                os.setresgid(gid, gid, gid)
-                os.setresuid(uid, uid, uid)
-            ns.unshare(ns.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
-            os.read(go_r, 1)
-        except BaseException as e:  # noqa: BLE001 - reported to the engine
-            os.write(ready_w, str(e).encode()[:4000])
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(go_r)
-    try:
-        msg = os.read(ready_r, 4096)
-        if msg != b"1":
-            raise OSError(f"user namespace helper: {msg.decode() or 'died'}")
+
+    def make() -> None:
+        if parent_fd is not None:
+            ns.setns(parent_fd, "user")
+            gid, uid = _mapped_id(parent.gid_map), _mapped_id(parent.uid_map)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        ns.unshare(ns.CLONE_NEWUSER)
+
+    with ns.helper(make, "user namespace helper") as (helper, _):
         if parent_fd is None:
             _write_maps(helper, entry)
         else:
             _write_maps_from(parent_fd, helper, entry)
         return os.open(f"/proc/{helper}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(ready_r)
-        os.close(go_w)
-        os.waitpid(helper, 0)
 
 
 def _mapped_id(extents) -> int:
