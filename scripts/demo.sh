@@ -11,9 +11,14 @@ gcc -O2 -o "$work/count" scripts/demo_count.c
 pid=$!
 sleep 1
 echo "counter $pid is at: $(tail -n1 "$work/count.log")"
-.venv/bin/engine dump -t "$pid" -D "$work/img"
-{ wait "$pid"; } 2>/dev/null || true
-echo "dumped to $work/img; process $pid is gone: $(kill -0 "$pid" 2>&1 || true)"
+# The shell's own stderr is muted while the dump kills its job (it would
+# print "Killed"); the engine's goes to the terminal through fd 3.
+exec 3>&2 2>/dev/null
+.venv/bin/engine dump -t "$pid" -D "$work/img" 2>&3
+wait "$pid" || true
+exec 2>&3 3>&-
+if kill -0 "$pid" 2>/dev/null; then echo "process $pid still runs" >&2; exit 1; fi
+echo "dumped to $work/img; process $pid is gone"
 .venv/bin/engine restore -D "$work/img"
 sleep 1
 echo "restored $pid is at: $(tail -n1 "$work/count.log") ($(cat /proc/$pid/comm))"
