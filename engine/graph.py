@@ -74,48 +74,22 @@ class Graph:
                                      f"{provider.name}, which is disabled")
 
     def predecessors(self) -> dict[str, list[str]]:
-        reg = self.registry
-        providers: dict[str, list[str]] = {}
-        for name in reg.enabled:
-            for resource in reg.specs[name].provides:
-                providers.setdefault(resource, []).append(name)
-        # Indexed once: looked up per node, these made the graph O(nodes^2)
-        # (~12 ms of a 50-task restore).
-        keys_of: dict[str, list[str]] = {}
-        task_keys: dict[int, list[str]] = {}
-        for n in self.nodes.values():
-            keys_of.setdefault(n.plugin, []).append(n.key)
-            if n.where == "task":
-                task_keys.setdefault(n.pid, []).append(n.key)
-        plugin_before: dict[str, list[str]] = {}
-        deps: dict[str, list[str]] = {}
-        for node in self._ordered():
-            if node.plugin not in plugin_before:
-                keys: list[str] = []
-                for resource in reg.specs[node.plugin].after:
-                    for provider in providers.get(resource, ()):
-                        if provider != node.plugin:
-                            keys += keys_of.get(provider, ())
-                plugin_before[node.plugin] = keys
-            before = list(plugin_before[node.plugin])
-            if node.where == "tracer":
-                # Memory and registers last: after everything the task does.
-                before += task_keys.get(node.pid, ())
-            for key in node.after:
-                if key not in self.nodes:
-                    raise GraphError(f"{node}: comes after {key}, which is not in the graph")
-                before.append(key)
-            deps[node.key] = before
-        return deps
+        """Every node's keys it comes after: edges() with each ALL stand-in
+        expanded into the nodes it stands for."""
+        edges = self.edges()
+        return {key: [k for b in before for k in (edges[b] if b.startswith(ALL) else (b,))]
+                for key, before in edges.items() if not key.startswith(ALL)}
 
     def _ordered(self) -> list[Node]:
         rank = {name: i for i, name in enumerate(self.registry.enabled)}
         return sorted(self.nodes.values(), key=lambda n: rank.get(n.plugin, len(rank)))
 
     def edges(self) -> dict[str, list[str]]:
-        """predecessors(), with each resource-level edge set through one
-        stand-in key per plugin (ALL + name, done once all its nodes are):
-        50 fd tables after 100 pstree nodes are 150 edges, not 5000."""
+        """What each node comes after, with each resource-level edge set
+        through one stand-in key per plugin (ALL + name, done once all its
+        nodes are): 50 fd tables after 100 pstree nodes are 150 edges, not
+        5000. Indexed once: looked up per node, these made the graph
+        O(nodes^2) (~12 ms of a 50-task restore)."""
         reg = self.registry
         providers: dict[str, list[str]] = {}
         for name in reg.enabled:
