@@ -259,9 +259,31 @@ def helper(work, what: str):
 
 
 def _has_sys_admin() -> bool:
-    with open("/proc/self/status") as f:
-        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
-    return bool(caps >> 21 & 1)                     # CAP_SYS_ADMIN
+    return bool(effective_caps() >> 21 & 1)        # CAP_SYS_ADMIN
+
+
+def status_field(pid: int | str, name: str) -> list[str]:
+    """The values of one /proc/PID/status line (NSpid, NSpgid, CapEff...);
+    NSpid and NSpgid list the outermost pid namespace first."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1:] for line in f if line.startswith(name + ":"))
+
+
+def effective_caps() -> int:
+    return int(status_field("self", "CapEff")[0], 16)
+
+
+def pid_here(pid: int) -> int | None:
+    """`pid`, as /proc (the engine's mount) names it, as the calling task's
+    own pid namespace names it; None when it is outside that namespace."""
+    depth = len(status_field("self", "NSpid")) - 1
+    if not depth:
+        return pid
+    try:
+        levels = status_field(pid, "NSpid")
+    except OSError:
+        return None
+    return int(levels[depth]) if len(levels) > depth else None
 
 
 def open_published(ctx, key: str) -> int:

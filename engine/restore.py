@@ -141,17 +141,14 @@ def _move_log_stream(ctx: RestoreContext, number: int) -> None:
 
 
 def _pid_here(pid: int) -> int:
-    """`pid` (as /proc, the engine's, names it) as the calling task's own
-    pid namespace names it: /proc/PID/status NSpid lists it at every level."""
-    def nspid(who):
-        with open(f"/proc/{who}/status") as f:
-            return next(line.split()[1:] for line in f if line.startswith("NSpid:"))
-    depth = len(nspid("self")) - 1
-    levels = nspid(pid) if depth else [pid]
-    if len(levels) <= depth:
-        raise OSError(f"task {nspid('self')[0]} takes a file from task {pid}, outside its pid "
-                      "namespace: not supported (pidfd_open cannot name it)")
-    return int(levels[depth])
+    """`pid` as the calling task's own pid namespace names it."""
+    from engine import ns
+    here = ns.pid_here(pid)
+    if here is None:
+        raise OSError(f"task {ns.status_field('self', 'NSpid')[0]} takes a file from task "
+                      f"{pid}, outside its pid namespace: not supported (pidfd_open cannot "
+                      "name it)")
+    return here
 
 
 # --- the wire between engine and tasks --------------------------------------

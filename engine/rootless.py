@@ -83,6 +83,7 @@ def _mount(source, target, fstype, flags) -> None:
 def _outer_pidfile(pidfile: str, init: int) -> None:
     """The worker wrote the root's pid inside; the caller's name for it is
     the process in init's pid namespace whose NSpid ends with it."""
+    from engine import ns
     with open(pidfile) as f:
         inner = f.read().strip()
     where = os.stat(f"/proc/{init}/ns/pid").st_ino
@@ -92,8 +93,7 @@ def _outer_pidfile(pidfile: str, init: int) -> None:
         try:
             if os.stat(f"/proc/{name}/ns/pid").st_ino != where:
                 continue
-            with open(f"/proc/{name}/status") as f:
-                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+            nspid = ns.status_field(name, "NSpid")
         except (OSError, StopIteration):
             continue
         if nspid[-1] == inner:

@@ -48,9 +48,9 @@ def engine_dump_finish(ctx):
     users = ns.user_ids(ctx)
     by_inode = {ino: ns_id for ns_id, (ino, _) in found.items()}
     own = ns.inode("self", "pid")
-    depth = len(_nspid("self")) - 1
+    depth = len(ns.status_field("self", "NSpid")) - 1
     for pid, task in ctx.tasks.items():
-        if task.zombie is not None and len(_nspid(pid)) - 1 > depth:
+        if task.zombie is not None and len(ns.status_field(pid, "NSpid")) - 1 > depth:
             raise ValueError(f"task {pid}: a zombie in a nested pid namespace is not supported")
     for ns_id, (ino, pids) in sorted(found.items()):
         parent = ns.related(pids[0], "pid", ns.NS_GET_PARENT)
@@ -64,7 +64,8 @@ def engine_dump_finish(ctx):
             if state is not None and len(state.threads) > 1:
                 raise ValueError(f"task {pid}: threads in a nested pid namespace are not "
                                  "supported")
-            entry.tasks.add(pid=pid, ns_pid=[int(p) for p in _nspid(pid)[depth:]])
+            levels = ns.status_field(pid, "NSpid")[depth:]
+            entry.tasks.add(pid=pid, ns_pid=[int(p) for p in levels])
         ctx.images.write("pidns", [entry], id=ns_id)
 
 
@@ -169,11 +170,6 @@ def _make(ctx, ns_id, entry) -> None:
                 os.close(fd)
     finally:
         os.close(user_fd)
-
-
-def _nspid(pid) -> list[str]:
-    with open(f"/proc/{pid}/status") as f:
-        return next(line.split()[1:] for line in f if line.startswith("NSpid:"))
 
 
 def _images(ctx) -> list[int]:

@@ -203,26 +203,6 @@ def _wait_dead(pid: int) -> None:
         time.sleep(0.0005)
 
 
-def _own_ids(field: str, pid: str = "self") -> list[int]:
-    """An NSpid/NSpgid line of /proc/PID/status: outermost first."""
-    with open(f"/proc/{pid}/status") as f:
-        return next([int(x) for x in line.split()[1:]] for line in f
-                    if line.startswith(field + ":"))
-
-
-def _pid_here(pid: int) -> int:
-    """`pid` (the engine's number) as this task's pid namespace names it;
-    unchanged when that task is outside it (setpgid then fails as it should)."""
-    depth = len(_own_ids("NSpid")) - 1
-    if not depth:
-        return pid
-    try:
-        levels = _own_ids("NSpid", str(pid))
-    except OSError:
-        return pid
-    return levels[depth] if len(levels) > depth else pid
-
-
 def _stat_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -231,10 +211,13 @@ def _stat_state(pid: int) -> str:
 def _join_group(proc) -> None:
     # Images and /proc (the engine's mount) name groups in the engine's pid
     # namespace; setpgid inside a nested one wants the number seen there.
-    if _own_ids("NSpgid")[0] == proc.pgid:
+    from engine import ns
+    if int(ns.status_field("self", "NSpgid")[0]) == proc.pgid:
         return
+    here = ns.pid_here(proc.pgid)
     try:
-        os.setpgid(0, _pid_here(proc.pgid))
+        # A group outside our pid namespace: setpgid then fails as it should.
+        os.setpgid(0, proc.pgid if here is None else here)
     except OSError:
         if proc.forker is not None:
             raise

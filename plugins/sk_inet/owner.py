@@ -54,6 +54,7 @@ def owned_socket(family: int, stype: int, proto: int, uid: int) -> socket.socket
     """
     if uid == os.geteuid():
         return socket.socket(family, stype, proto)
+    from engine.ns import effective_caps
     caps = effective_caps()
     libc = ctypes.CDLL(None, use_errno=True)
     if caps & (1 << CAP_SETUID):
@@ -91,11 +92,3 @@ def check_owner(sock: socket.socket, i, uid: int) -> None:
                     raise PermissionError(f"inet socket {i.ino}: owner is uid {cols[7]} "
                                           f"in /proc/net/{name}, not {uid}")
                 return
-
-
-def effective_caps() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0

@@ -198,8 +198,9 @@ def _parents_first(entries) -> list[int]:
 
 def _check_maps(ns_id, entry, entries, held) -> None:
     """The kernel's map_write rules, checked before anything is forked."""
+    from engine import ns
     image = f"userns-{ns_id}.img"
-    caps = _effective_caps()
+    caps = ns.effective_caps()
     for field, cap, own in (("uid_map", CAP_SETUID, os.geteuid()),
                             ("gid_map", CAP_SETGID, os.getegid())):
         extents = [(e.first, e.lower_first, e.count) for e in getattr(entry, field)]
@@ -243,14 +244,6 @@ def _covered(lower, count, parent) -> bool:
         if lo < hi:
             left -= hi - lo
     return left == 0
-
-
-def _effective_caps() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
 
 
 def _groups(ctx, pid) -> list[int]:

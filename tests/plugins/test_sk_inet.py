@@ -191,7 +191,8 @@ def test_owned_socket_by_privilege(tmp_path, drop):
     script = tmp_path / "owned.py"
     script.write_text(
         "import os, socket\n"
-        "from plugins.sk_inet.owner import owned_socket, effective_caps\n"
+        "from plugins.sk_inet.owner import owned_socket\n"
+        "from engine.ns import effective_caps\n"
         "s = owned_socket(socket.AF_INET, socket.SOCK_STREAM, 6, 1337)\n"
         "s.bind(('127.0.0.1', 0)); s.listen()\n"
         "ino = str(os.fstat(s.fileno()).st_ino)\n"
