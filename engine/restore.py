@@ -10,7 +10,6 @@ from the engine. Any failure kills and reaps every task started.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import pickle
@@ -109,9 +108,8 @@ class RestoreContext:
         if own.fileno() == number:
             # Our channel sits where the image wants a file: move it away,
             # above the image's fds (else the next one wants it again).
-            from engine.fds import FD_FLOOR
-            moved = fcntl.fcntl(number, fcntl.F_DUPFD_CLOEXEC, self.stash.get(FD_FLOOR, 0))
-            os.dup2(moved, number)
+            from engine.fds import park
+            moved = park(self, os.dup(number))
             self.task_ends[self.self_pid] = socket.socket(fileno=moved)
             own.detach()
         if fd != number:
