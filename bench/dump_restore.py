@@ -30,6 +30,22 @@ def build(name: str, out: Path, *flags: str) -> Path:
     return exe
 
 
+# What every engine command loads before any work of its own: the
+# interpreter and the mandated libraries (pluggy for hooks, attrs for the
+# plugin specs, protobuf for images). No `engine` command can beat it.
+FLOOR_IMPORTS = "import pluggy, attrs, google.protobuf.message, google.protobuf.descriptor_pool"
+
+
+def import_floor(runs: int) -> float:
+    """Median wall time of an interpreter that only imports FLOOR_IMPORTS."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", FLOOR_IMPORTS], check=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def wait_for(path: Path, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while not path.exists():

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dump_restore import TARGETS, engine, wait_for  # noqa: E402
+from dump_restore import TARGETS, engine, import_floor, wait_for  # noqa: E402
 
 FANOUT = r"""
 #include <signal.h>
@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=5)
     opts = ap.parse_args()
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    floor = import_floor(opts.n)
+    print(f"{'import floor':18s}         {floor * 1000:8.1f} ms (python + pluggy, attrs, "
+          f"protobuf; median of {opts.n})")
     startup = statistics.median(engine("plugins") for _ in range(opts.n))
     print(f"{'engine startup':18s}         {startup * 1000:8.1f} ms (median of {opts.n})")
     with tempfile.TemporaryDirectory() as d:
