@@ -184,18 +184,6 @@ static int check(void)
 	return 0;
 }
 
-static void write_file(pid_t pid, const char *name, const char *text)
-{
-	char path[64];
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/%d/%s", pid, name);
-	fd = open(path, O_WRONLY);
-	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
-		tgt_die("write %s: %m", path);
-	close(fd);
-}
-
 static int status_ok(pid_t pid)
 {
 	int status;
@@ -263,13 +251,13 @@ int main(int argc, char **argv)
 			char map[64];
 
 			snprintf(map, sizeof(map), "0 %d 1\n", getuid());
-			write_file(c, "uid_map", map);
-			write_file(c, "setgroups", "deny");
+			tgt_write_proc(c, "uid_map", map);
+			tgt_write_proc(c, "setgroups", "deny");
 			snprintf(map, sizeof(map), "0 %d 1\n", getgid());
-			write_file(c, "gid_map", map);
+			tgt_write_proc(c, "gid_map", map);
 		} else {
-			write_file(c, "uid_map", "0 100000 65536\n");
-			write_file(c, "gid_map", "0 100000 65536\n");
+			tgt_write_proc(c, "uid_map", "0 100000 65536\n");
+			tgt_write_proc(c, "gid_map", "0 100000 65536\n");
 		}
 		if (write(go[1], "g", 1) != 1)
 			tgt_die("sync: %m");

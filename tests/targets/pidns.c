@@ -57,18 +57,6 @@ static void __attribute__((noreturn)) serve(void)
 	_exit(!ok);
 }
 
-static void write_map(pid_t pid, const char *name, const char *text)
-{
-	char path[64];
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/%d/%s", pid, name);
-	fd = open(path, O_WRONLY);
-	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
-		tgt_die("write %s: %m", path);
-	close(fd);
-}
-
 /* In the child: its own user namespace (maps from the parent), then root. */
 static void own_userns(int sync_w, int go_r)
 {
@@ -115,8 +103,8 @@ static pid_t spawn(void (*fn)(int), const char *map)
 
 		if (read(sync[0], &procpid, sizeof(procpid)) != sizeof(procpid))
 			tgt_die("child died before its user namespace");
-		write_map(procpid, "uid_map", map);
-		write_map(procpid, "gid_map", map);
+		tgt_write_proc(procpid, "uid_map", map);
+		tgt_write_proc(procpid, "gid_map", map);
 		if (write(go[1], "g", 1) != 1)
 			tgt_die("sync: %m");
 	}

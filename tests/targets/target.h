@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -164,6 +165,20 @@ static TGT_UNUSED void tgt_write_file(const char *path, const char *data)
 		tgt_die("rename %s: %m", tmp);
 }
 
+/* Write text to /proc/PID/NAME in one write (uid_map, gid_map, setgroups
+ * take no partial writes). */
+static TGT_UNUSED void tgt_write_proc(pid_t pid, const char *name, const char *text)
+{
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", pid, name);
+	fd = open(path, O_WRONLY);
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+		tgt_die("write %s: %m", path);
+	close(fd);
+}
+
 __attribute__((format(printf, 1, 2)))
 static TGT_UNUSED void tgt_info(const char *fmt, ...)
 {
@@ -222,6 +237,26 @@ static TGT_UNUSED void tgt_finish(void)
 		snprintf(buf, sizeof(buf), "PASS\n");
 	tgt_write_file(tgt_result_path, buf);
 	exit(tgt_failmsg[0] ? 1 : 0);
+}
+
+/* Read exactly n bytes, waiting up to 20 s for each part (a non-blocking
+ * fd included); returns how many came before EOF, an error or the wait ran
+ * out. */
+static TGT_UNUSED int tgt_read_all(int fd, char *buf, int n)
+{
+	int got = 0;
+
+	while (got < n) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 20000) != 1)
+			return got;
+		int r = read(fd, buf + got, n - got);
+		if (r <= 0 && !(r < 0 && errno == EAGAIN))
+			return got;
+		if (r > 0)
+			got += r;
+	}
+	return got;
 }
 
 /* Sleep ms milliseconds; returns early (EINTR) when a signal arrives. */

@@ -7,26 +7,9 @@
  *       keeps the listener and the accepted end too (one socket, two tasks) */
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include "target.h"
-
-static int read_all(int fd, char *buf, int n)
-{
-	int got = 0;
-
-	while (got < n) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		if (poll(&p, 1, 20000) != 1)
-			break;
-		int r = read(fd, buf + got, n - got);
-		if (r <= 0)
-			break;
-		got += r;
-	}
-	return got;
-}
 
 int main(int argc, char **argv)
 {
@@ -59,7 +42,7 @@ int main(int argc, char **argv)
 		/* Sleep in read until the parent, SIGTERMed after restore, wakes us. */
 		if (read(wake[0], buf, 1) != 1)
 			_exit(11);
-		if (read_all(c, buf, 11) != 11 || memcmp(buf, "from-parent", 11))
+		if (tgt_read_all(c, buf, 11) != 11 || memcmp(buf, "from-parent", 11))
 			_exit(12);
 		if (write(c, "child-ok", 8) != 8)
 			_exit(13);
@@ -73,8 +56,8 @@ int main(int argc, char **argv)
 		tgt_msleep(5);
 	int status = -1;
 	tgt_check(write(wake[1], "x", 1) == 1, "wake child");
-	tgt_check(read_all(s, buf, 10) == 10 && !memcmp(buf, "from-child", 10), "child's bytes");
-	tgt_check(read_all(s, buf, 8) == 8 && !memcmp(buf, "child-ok", 8), "child's answer");
+	tgt_check(tgt_read_all(s, buf, 10) == 10 && !memcmp(buf, "from-child", 10), "child's bytes");
+	tgt_check(tgt_read_all(s, buf, 8) == 8 && !memcmp(buf, "child-ok", 8), "child's answer");
 	tgt_check(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
 		  WEXITSTATUS(status) == 0, "child status %#x", status);
 	tgt_finish();

@@ -5,7 +5,6 @@
  *       (bench/tcp.py times it) */
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include "target.h"
 
@@ -52,16 +51,7 @@ int main(int argc, char **argv)
 	while (!tgt_stop)
 		tgt_msleep(5);
 	for (int i = 0; i < conns; i++) {
-		int got = 0;
-		while (got < sent[i]) {
-			struct pollfd p = {.fd = s[i], .events = POLLIN};
-			if (poll(&p, 1, 20000) != 1)
-				break;
-			int r = read(s[i], buf + got, sent[i] - got);
-			if (r <= 0)
-				break;
-			got += r;
-		}
+		int got = tgt_read_all(s[i], buf, sent[i]);
 		tgt_check(got == sent[i] && !memcmp(buf, pat, got), "connection %d: %d of %d bytes",
 			  i, got, sent[i]);
 		tgt_check(write(s[i], "ok", 2) == 2 && read(c[i], buf, 2) == 2, "connection %d talks", i);

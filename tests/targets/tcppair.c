@@ -71,24 +71,6 @@ static void setint(int fd, int level, int opt, int v)
 		tgt_die("setsockopt %d/%d: %m", level, opt);
 }
 
-/* Read exactly n bytes (blocking, with poll for a non-blocking fd). */
-static int read_all(int fd, char *buf, int n)
-{
-	int got = 0;
-
-	while (got < n) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		if (poll(&p, 1, 20000) != 1)
-			return got;
-		int r = read(fd, buf + got, n - got);
-		if (r <= 0 && !(r < 0 && errno == EAGAIN))
-			return got;
-		if (r > 0)
-			got += r;
-	}
-	return got;
-}
-
 static int send_some(int fd, const char *buf, int n)
 {
 	int sent = 0;
@@ -210,15 +192,15 @@ int main(int argc, char **argv)
 		tgt_check(!memcmp(buf, c2s, bytes), "memory changed");
 		tgt_finish();
 	}
-	tgt_check(read_all(s, buf, n_c2s) == n_c2s && !memcmp(buf, c2s, n_c2s),
+	tgt_check(tgt_read_all(s, buf, n_c2s) == n_c2s && !memcmp(buf, c2s, n_c2s),
 		  "client->server data lost or changed (%d bytes sent)", n_c2s);
-	tgt_check(read_all(c, buf, n_s2c) == n_s2c && !memcmp(buf, s2c, n_s2c),
+	tgt_check(tgt_read_all(c, buf, n_s2c) == n_s2c && !memcmp(buf, s2c, n_s2c),
 		  "server->client data lost or changed (%d bytes sent)", n_s2c);
 	tgt_check(recv(s, buf, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "extra data on server");
 	tgt_check(recv(c, buf, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "extra data on client");
-	tgt_check(write(c, "again", 5) == 5 && read_all(s, buf, 5) == 5 &&
+	tgt_check(write(c, "again", 5) == 5 && tgt_read_all(s, buf, 5) == 5 &&
 		  !memcmp(buf, "again", 5), "c->s after restore");
-	tgt_check(write(s, "back!", 5) == 5 && read_all(c, buf, 5) == 5 &&
+	tgt_check(write(s, "back!", 5) == 5 && tgt_read_all(c, buf, 5) == 5 &&
 		  !memcmp(buf, "back!", 5), "s->c after restore");
 	tgt_check(getint(c, IPPROTO_TCP, TCP_NODELAY) == 1, "TCP_NODELAY lost");
 	tgt_check(getint(s, SOL_SOCKET, SO_KEEPALIVE) == 1, "SO_KEEPALIVE lost");
@@ -269,7 +251,7 @@ int main(int argc, char **argv)
 	tgt_check(connect(n, (void *)&srv, alen) == 0, "connect to restored listener: %s",
 		  strerror(errno));
 	int a = accept(l, NULL, NULL);
-	tgt_check(a >= 0 && write(n, "new", 3) == 3 && read_all(a, buf, 3) == 3, "new connection");
+	tgt_check(a >= 0 && write(n, "new", 3) == 3 && tgt_read_all(a, buf, 3) == 3, "new connection");
 	/* UDP: the connected socket reaches the bound one. */
 	tgt_check(send(uc, "dgram", 5, 0) == 5, "udp send: %s", strerror(errno));
 	struct pollfd p = {.fd = ub, .events = POLLIN};

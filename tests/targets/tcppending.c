@@ -5,7 +5,6 @@
  *       right one, and both talk both ways */
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include "target.h"
 
@@ -18,22 +17,6 @@ static int port_of(int fd, int peer)
 		return -1;
 	return ntohs(a.ss_family == AF_INET ? ((struct sockaddr_in *)&a)->sin_port
 					    : ((struct sockaddr_in6 *)&a)->sin6_port);
-}
-
-static int read_all(int fd, char *buf, int n)
-{
-	int got = 0;
-
-	while (got < n) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		if (poll(&p, 1, 20000) != 1)
-			break;
-		int r = read(fd, buf + got, n - got);
-		if (r <= 0)
-			break;
-		got += r;
-	}
-	return got;
 }
 
 int main(int argc, char **argv)
@@ -82,13 +65,13 @@ int main(int argc, char **argv)
 	}
 	tgt_check(s1 >= 0 && s2 >= 0, "accepted connections are not the clients'");
 	if (s1 >= 0 && s2 >= 0) {
-		tgt_check(read_all(s1, buf, sizeof(pat)) == sizeof(pat) && !memcmp(buf, pat, sizeof(pat)),
+		tgt_check(tgt_read_all(s1, buf, sizeof(pat)) == sizeof(pat) && !memcmp(buf, pat, sizeof(pat)),
 			  "queued bytes lost or changed");
 		tgt_check(recv(s1, buf, 1, MSG_DONTWAIT) < 0 && recv(s2, buf, 1, MSG_DONTWAIT) < 0,
 			  "extra bytes");
-		tgt_check(write(s1, "one", 3) == 3 && read_all(c1, buf, 3) == 3, "s1 -> c1");
-		tgt_check(write(c2, "two", 3) == 3 && read_all(s2, buf, 3) == 3, "c2 -> s2");
-		tgt_check(write(s2, "2", 1) == 1 && read_all(c2, buf, 1) == 1, "s2 -> c2");
+		tgt_check(write(s1, "one", 3) == 3 && tgt_read_all(c1, buf, 3) == 3, "s1 -> c1");
+		tgt_check(write(c2, "two", 3) == 3 && tgt_read_all(s2, buf, 3) == 3, "c2 -> s2");
+		tgt_check(write(s2, "2", 1) == 1 && tgt_read_all(c2, buf, 1) == 1, "s2 -> c2");
 	}
 	tgt_finish();
 }

@@ -66,18 +66,6 @@ static void snapshot(char *buf, size_t size)
 	}
 }
 
-static void write_file(pid_t pid, const char *name, const char *text)
-{
-	char path[64];
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/%d/%s", pid, name);
-	fd = open(path, O_WRONLY);
-	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
-		tgt_die("write %s: %m", path);
-	close(fd);
-}
-
 /* fork a child that unshares its user namespace; the caller writes its maps. */
 static pid_t spawn_userns(int (*body)(void), const char *uid_map, const char *gid_map,
 			  int deny, pid_t *kids)
@@ -130,10 +118,10 @@ static pid_t spawn_userns(int (*body)(void), const char *uid_map, const char *gi
 	close(done[1]);
 	if (read(done[0], &c, 1) != 1)
 		tgt_die("child %d died before unshare", pid);
-	write_file(pid, "uid_map", uid_map);
+	tgt_write_proc(pid, "uid_map", uid_map);
 	if (deny)
-		write_file(pid, "setgroups", "deny");
-	write_file(pid, "gid_map", gid_map);
+		tgt_write_proc(pid, "setgroups", "deny");
+	tgt_write_proc(pid, "gid_map", gid_map);
 	if (write(go[1], "g", 1) != 1 || read(done[0], kids, 2 * sizeof(pid_t)) != 2 * sizeof(pid_t))
 		tgt_die("child %d failed its setup", pid);
 	close(go[1]);
