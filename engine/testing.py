@@ -425,15 +425,22 @@ def engine_cli(*args: str, check: bool = True, autoload: bool = False,
 def dump_restore(target: Target, images_dir: os.PathLike | str,
                  dump_args=(), restore_args=()) -> str:
     """DESIGN §6: dump, make sure it is gone, restore, return the verdict."""
+    dump_to(target, images_dir, dump_args)
+    engine_cli("restore", "-D", str(images_dir), *restore_args)
+    return target.verdict()
+
+
+def dump_to(target: Target, images_dir: os.PathLike | str, dump_args=()):
+    """Dump `target`, make sure it and its tree are gone (their pids free),
+    and return the image set, for a test to restore or to spoil."""
+    from engine.images import ImageDir
     images_dir = Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
-    engine_cli("dump", "-t", str(target.pid), "-D", str(images_dir),
-               *dump_args)
+    engine_cli("dump", "-t", str(target.pid), "-D", str(images_dir), *dump_args)
     target.reap()
     target.assert_gone()
     reap_dumped_tree(images_dir)
-    engine_cli("restore", "-D", str(images_dir), *restore_args)
-    return target.verdict()
+    return ImageDir(str(images_dir))
 
 
 def reap_dumped_tree(images_dir: os.PathLike | str, timeout: float = 10.0) -> None:
@@ -585,9 +592,7 @@ def dumped_counter(build_target, target_runner, tmp_path):
     an image set for tests to restore or to spoil."""
     target = target_runner.start(build_target("counter", "static-nopie"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", str(target.pid), "-D", str(img))
-    target.reap()
-    target.assert_gone()
+    dump_to(target, img)
     return target, img
 
 

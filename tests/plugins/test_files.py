@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.testing import dump_to
 
 
 def test_hook_engine_dump_fd(build_target, target_runner, dump_restore, tmp_path):
@@ -17,8 +18,7 @@ def test_hook_engine_restore_file(build_target, target_runner, engine_cli, tmp_p
     """A file whose size changed since the dump is refused, naming it."""
     target = target_runner.start(build_target("files"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
+    dump_to(target, img)
     data = [p for p in target.workdir.iterdir() if p.name.startswith("data")]
     assert data, list(target.workdir.iterdir())
     with open(data[0], "ab") as f:
@@ -66,13 +66,9 @@ def test_tables_taking_a_shared_file_come_after_its_maker(build_target, target_r
                                                          engine_cli, tmp_path):
     """Tables of different tasks may run at once: one that takes an open file
     (or pipe) another task makes is ordered after that task's table."""
-    from engine.testing import reap_dumped_tree
     target = target_runner.start(build_target("sharedfd"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    target.assert_gone()
-    reap_dumped_tree(img)
+    dump_to(target, img)
     tree = engine_cli("plan", "-D", img, "--tree").stdout.split("\n\n", 1)[1].splitlines()
     tables = [i for i, line in enumerate(tree) if line.startswith("fd table of ")]
     assert len(tables) == 2, tree
@@ -120,8 +116,7 @@ def test_renamed_file_missing_or_changed_at_restore(build_target, target_runner,
     from engine.testing import engine_fails, task_gone
     target = target_runner.start(build_target("renamed"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
+    dump_to(target, img)
     top, inner = Path(target.info["top"]), Path(target.info["inner"])
     if change == "gone":
         top.unlink()
@@ -184,13 +179,10 @@ def test_hostile_fd_images_are_refused(build_target, target_runner, engine_cli, 
     fcntl that refused the value); the file an O_TRUNC would have emptied is
     untouched; no task is left."""
     import re
-    from engine.images import ImageDir
     from engine.testing import engine_fails, task_gone
     target = target_runner.start(build_target("renamed"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    _edit(ImageDir(str(img)), how)
+    _edit(dump_to(target, img), how)
     line = engine_fails("restore", "-D", img)
     assert re.search(want, line), line
     assert task_gone(target.pid)

@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from engine.images import ImageDir
-from engine.testing import engine_fails, reap_dumped_tree, task_gone
+from engine.testing import dump_to, engine_fails, task_gone
 
 
 @pytest.mark.parametrize("user", [False, True], ids=["owned-by-init", "owned-by-userns"])
@@ -41,10 +40,7 @@ def open_runner():
 def _dumped(build_target, target_runner, engine_cli, tmp_path, kinds):
     target = target_runner.start(build_target("nsmix"), "--kinds", kinds)
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    reap_dumped_tree(img)
-    return target, img, ImageDir(str(img))
+    return target, img, dump_to(target, img)
 
 
 def _ns_id(images, target, kind):

@@ -2,8 +2,7 @@
 level (NSpid), also when nested user namespaces own them (CRIU cannot)."""
 import pytest
 
-from engine.images import ImageDir
-from engine.testing import engine_fails, reap_dumped_tree, task_gone
+from engine.testing import dump_to, engine_fails, task_gone
 
 
 @pytest.mark.parametrize("user", [False, True], ids=["owned-by-init", "owned-by-nested-userns"])
@@ -17,10 +16,7 @@ def test_nested_pid_namespaces_keep_nspid(build_target, target_runner, dump_rest
 def _dumped(build_target, target_runner, engine_cli, tmp_path):
     target = target_runner.start(build_target("pidns"), "--user", "1")
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    reap_dumped_tree(img)
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     pids = [e.pid for e in images.read("pstree")]
     return target, img, images, pids
 

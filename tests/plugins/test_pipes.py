@@ -1,6 +1,8 @@
 """pipes: ends gone, buffer sizes, and images that must be refused."""
 import pytest
 
+from engine.testing import dump_to
+
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_pipe_ends_gone_and_buffer_sizes(build_target, target_runner, dump_restore, tmp_path,
@@ -36,13 +38,10 @@ def test_hostile_pipes_data_is_refused(build_target, target_runner, engine_cli, 
     """pipes-data.img edited with the protobuf classes: one line naming the
     image, the entry and the field; no task left. (As root, F_SETPIPE_SZ would
     pass pipe-max-size: the image must not get around it.)"""
-    from engine.images import ImageDir
     from engine.testing import engine_fails, task_gone
     target = target_runner.start(build_target("pipeends"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     entries = images.read("pipes-data")
     _edit_pipes_data(entries, how)
     images.write("pipes-data", entries)
@@ -69,8 +68,7 @@ def test_fd_above_the_restoring_soft_limit(build_target, target_runner, engine_c
     from engine.testing import reap_dumped_tree
     target = target_runner.start(build_target("fdlayout"), "--high", "5000")
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
+    dump_to(target, img)
     reap_dumped_tree(img)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -91,13 +89,10 @@ def test_fd_above_the_restoring_soft_limit(build_target, target_runner, engine_c
 def test_hostile_fifo_data_is_refused(build_target, target_runner, engine_cli, tmp_path,
                                       how, want):
     """fifo-data.img goes through the same checks as pipes-data.img."""
-    from engine.images import ImageDir
     from engine.testing import engine_fails, task_gone
     target = target_runner.start(build_target("fifo"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     entries = images.read("fifo-data")
     entries[0][0].size = 0xFFFFFFFF if how == "size" else 8
     images.write("fifo-data", entries)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.testing import REPO_ROOT, Target, reap_dumped_tree
+from engine.testing import REPO_ROOT, Target, dump_to, reap_dumped_tree
 
 UID = 1000
 CAPS = "+checkpoint_restore"
@@ -121,9 +121,7 @@ def test_rootless_refuses_maps_granting_ids_the_user_does_not_hold(build_target,
     from engine.testing import task_gone
     target = target_runner.start(build_target("userns"))
     img = user_dir / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    reap_dumped_tree(img)
+    dump_to(target, img)
     for path in [img, *img.iterdir()]:
         os.chown(path, UID, UID)
     proc = engine_as_user("restore", "-D", img, "--rootless", caps=False, check=False)

@@ -5,6 +5,8 @@ import socket
 
 import pytest
 
+from engine.testing import dump_to
+
 
 def _state(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -209,13 +211,10 @@ def test_owned_socket_by_privilege(tmp_path, drop):
 # --- bad images: refused before anything starts ------------------------------
 
 def _dumped(build_target, target_runner, engine_cli, tmp_path):
-    from engine.images import ImageDir
     from plugins.sk_inet import engine_register_images
     target = target_runner.start(build_target("tcppair"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     engine_register_images(images.kinds)
     return target, img, images
 
@@ -399,8 +398,7 @@ def test_crit_decodes_our_inet_images(build_target, target_runner, engine_cli, t
     import subprocess
     target = target_runner.start(build_target("tcppending"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
+    dump_to(target, img)
     _give_up(img)
     files = json.loads(subprocess.run(["crit", "decode", "-i", str(img / "files.img")],
                                       capture_output=True, text=True, check=True).stdout)

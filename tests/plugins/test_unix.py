@@ -1,6 +1,8 @@
 """unix: AF_UNIX socket pairs with their queues, and what is refused."""
 import pytest
 
+from engine.testing import dump_to
+
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_socketpairs_with_queued_messages(build_target, target_runner, dump_restore, tmp_path,
@@ -10,13 +12,10 @@ def test_socketpairs_with_queued_messages(build_target, target_runner, dump_rest
 
 
 def test_absurd_buffer_size_is_refused(build_target, target_runner, engine_cli, tmp_path):
-    from engine.images import ImageDir
     from engine.testing import engine_fails, task_gone
     target = target_runner.start(build_target("unixpair"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     files = images.read("files")
     usk = next(e for e in files if e.HasField("usk"))
     usk.usk.opts.so_sndbuf = 0xFFFFFFFF
@@ -27,13 +26,10 @@ def test_absurd_buffer_size_is_refused(build_target, target_runner, engine_cli, 
 
 
 def test_queue_for_a_non_socket_is_refused(build_target, target_runner, engine_cli, tmp_path):
-    from engine.images import ImageDir
     from engine.testing import engine_fails
     target = target_runner.start(build_target("unixpair"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     packets = images.read("sk-queues")
     packets[0][0].id_for = 1             # the first files.img entry: a regular file
     images.write("sk-queues", packets)
@@ -159,13 +155,10 @@ def _queue_for_pending(files, packets):
                                    _queue_for_pending])
 def test_hostile_image_is_refused_before_anything_starts(build_target, target_runner,
                                                          engine_cli, tmp_path, spoil):
-    from engine.images import ImageDir
     from engine.testing import engine_fails, task_gone
     target = target_runner.start(build_target("unixbound"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     files, packets = images.read("files"), images.read("sk-queues")
     image, what = spoil(files, packets)
     images.write("files", files)
@@ -176,13 +169,10 @@ def test_hostile_image_is_refused_before_anything_starts(build_target, target_ru
 
 
 def test_right_that_is_no_file_is_refused(build_target, target_runner, engine_cli, tmp_path):
-    from engine.images import ImageDir
     from engine.testing import engine_fails, task_gone
     target = target_runner.start(build_target("unixscm"))
     img = tmp_path / "img"
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    images = ImageDir(str(img))
+    images = dump_to(target, img)
     packets = images.read("sk-queues")
     i, (p, _) = next((i, q) for i, q in enumerate(packets) if q[0].scm)
     p.scm[0].rights[0] = 99999

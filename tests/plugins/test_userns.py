@@ -1,18 +1,9 @@
 """userns: user namespaces with their maps, setgroups and the credentials
 of the tasks inside them survive a restore; bad maps are refused first."""
-import os
-
 import pytest
 
 from engine.images import ImageDir
-from engine.testing import engine_fails, reap_dumped_tree, task_gone
-
-
-def _dump(target, img, engine_cli):
-    engine_cli("dump", "-t", target.pid, "-D", img)
-    target.reap()
-    target.assert_gone()
-    reap_dumped_tree(img)
+from engine.testing import dump_to, engine_fails, task_gone
 
 
 def test_nested_user_namespaces_maps_and_credentials(build_target, target_runner,
@@ -24,7 +15,7 @@ def test_nested_user_namespaces_maps_and_credentials(build_target, target_runner
 def test_userns_images(build_target, target_runner, engine_cli, tmp_path):
     target = target_runner.start(build_target("userns"))
     img = tmp_path / "img"
-    _dump(target, img, engine_cli)
+    dump_to(target, img)
     images = ImageDir(str(img))
     ids = {k: images.read_one("ids", id=target.addr(k)).user_ns_id for k in ("a", "a1", "a2", "b")}
     assert ids["a"] == ids["a2"] and len({ids["a"], ids["a1"], ids["b"]}) == 3
@@ -56,7 +47,7 @@ def test_bad_maps_are_refused_before_anything_starts(build_target, target_runner
                                                       tmp_path, edit, words):
     target = target_runner.start(build_target("userns"))
     img = tmp_path / "img"
-    _dump(target, img, engine_cli)
+    dump_to(target, img)
     ns_id = ImageDir(str(img)).read_one("ids", id=target.addr("a")).user_ns_id
     _spoil(img, ns_id, edit)
     line = engine_fails("restore", "-D", img)
@@ -70,7 +61,7 @@ def test_nested_map_beyond_its_parent_is_refused(build_target, target_runner, en
                                                  tmp_path):
     target = target_runner.start(build_target("userns"))
     img = tmp_path / "img"
-    _dump(target, img, engine_cli)
+    dump_to(target, img)
     ns_id = ImageDir(str(img)).read_one("ids", id=target.addr("a1")).user_ns_id
     _spoil(img, ns_id, lambda e: e.uid_map.add(first=100, lower_first=70000, count=1))
     line = engine_fails("restore", "-D", img)
