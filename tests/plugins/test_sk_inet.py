@@ -133,16 +133,21 @@ def _skuid_packets(ns) -> int:
     return int(re.search(r"counter packets (\d+)", out).group(1))
 
 
+def _start_tcpuid(build_target, target_runner, netns, tmp_path):
+    """The tcpuid target, started inside `netns` (where the owner rule counts)."""
+    exe = build_target("tcpuid")
+    wrapper = tmp_path / "in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {exe} "$@"\n')
+    wrapper.chmod(0o755)
+    return target_runner.start(wrapper)
+
+
 def test_socket_owner_uid_survives(build_target, target_runner, netns, tmp_path):
     """The client socket was made under fsuid 1337: after restore the owner
     match still counts its packets, and /proc/net/tcp shows uid 1337."""
     from engine.images import ImageDir
     from engine.testing import reap_dumped_tree
-    exe = build_target("tcpuid")
-    wrapper = tmp_path / "in-netns"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {exe} "$@"\n')
-    wrapper.chmod(0o755)
-    target = target_runner.start(wrapper)
+    target = _start_tcpuid(build_target, target_runner, netns, tmp_path)
     img = tmp_path / "img"
     before = _skuid_packets(netns)
     assert before > 0                         # the handshake and "before"
@@ -163,11 +168,7 @@ def test_uid_without_mapping_is_refused(build_target, netns, target_runner, tmp_
     import subprocess
     import sys
     from engine.testing import AUTOLOAD_ENV, REPO_ROOT, reap_dumped_tree
-    exe = build_target("tcpuid")
-    wrapper = tmp_path / "in-netns"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {exe} "$@"\n')
-    wrapper.chmod(0o755)
-    target = target_runner.start(wrapper)
+    target = _start_tcpuid(build_target, target_runner, netns, tmp_path)
     img = tmp_path / "img"
     _in_netns(netns, "dump", "-t", target.pid, "-D", img)
     target.reap()
