@@ -163,7 +163,9 @@ def cmd_plugins(args, reg) -> int:
         extra = " (essential)" if spec.essential else ""
         print(f"{name:10s} {state:3s} {spec.runs_in:6s} from {spec.origin}{extra}")
         print(f"{'':10s} provides: {', '.join(spec.provides) or '-'}; "
-              f"after: {', '.join(spec.after) or '-'}")
+              f"after: {', '.join(spec.after) or '-'}"
+              + (f"; in its task after: {', '.join(spec.after_in_task)}"
+                 if spec.after_in_task else ""))
     return 0
 
 

@@ -1,10 +1,12 @@
 """The restore graph: nodes from plugins, edges from hooks.toml and from nodes.
 
-Two kinds of edges: resource-level ones (a plugin's ``after`` in hooks.toml:
+Three kinds of edges: resource-level ones (a plugin's ``after`` in hooks.toml:
 every node of that plugin comes after every node of the plugins providing the
-named resources) and node-level ones (``Node.after``: a pipe end after the
-task that opens it). The order is graphlib's, with nodes inserted in hooks.toml
-order and then in the order plugins added them, so it is stable. A cycle is
+named resources), task-level ones (its ``after_in_task``: the same, but only
+the providers' nodes in the node's own task) and node-level ones
+(``Node.after``: a pipe end after the task that opens it). The order is
+graphlib's, with nodes inserted in hooks.toml order and then in the order
+plugins added them, so it is stable. A cycle is
 reported with its path (mkosi's habit); a resource that no enabled plugin
 provides is reported before anything starts.
 """
@@ -85,41 +87,67 @@ class Graph:
         return sorted(self.nodes.values(), key=lambda n: rank.get(n.plugin, len(rank)))
 
     def edges(self) -> dict[str, list[str]]:
-        """What each node comes after, with each resource-level edge set
-        through one stand-in key per plugin (ALL + name, done once all its
-        nodes are): 50 fd tables after 100 pstree nodes are 150 edges, not
-        5000. Indexed once: looked up per node, these made the graph
-        O(nodes^2) (~12 ms of a 50-task restore)."""
+        """What each node comes after.
+
+        A resource-level edge (`after`) is set through one stand-in key per
+        plugin (ALL + name, done once all its nodes are): 50 fd tables after
+        100 pstree nodes are 150 edges, not 5000. An `after_in_task` edge
+        names the provider's nodes in the node's own task (and its engine
+        nodes). A tracer node also comes after every node of its task and
+        every node of another task that comes after one of them: that node
+        may take a file from the task, which closes what it does not keep
+        when it stops for the tracer. Indexed once: looked up per node,
+        these made the graph O(nodes^2) (~12 ms of a 50-task restore)."""
         reg = self.registry
         providers: dict[str, list[str]] = {}
         for name in reg.enabled:
             for resource in reg.specs[name].provides:
                 providers.setdefault(resource, []).append(name)
         keys_of: dict[str, list[str]] = {}
+        in_task: dict[tuple[str, int | None], list[str]] = {}   # engine nodes: pid None
         task_keys: dict[int, list[str]] = {}
         for n in self.nodes.values():
             keys_of.setdefault(n.plugin, []).append(n.key)
+            in_task.setdefault((n.plugin, None if n.where == "engine" else n.pid),
+                               []).append(n.key)
             if n.where == "task":
                 task_keys.setdefault(n.pid, []).append(n.key)
         deps: dict[str, list[str]] = {}
-        plugin_before: dict[str, list[str]] = {}
+        plugin_before: dict[str, tuple[list[str], list[str]]] = {}
         for node in self._ordered():
             if node.plugin not in plugin_before:
+                spec = reg.specs[node.plugin]
                 alls = []
-                for resource in reg.specs[node.plugin].after:
+                for resource in spec.after:
                     for provider in providers.get(resource, ()):
                         if provider != node.plugin and provider in keys_of:
                             alls.append(ALL + provider)
                             deps[ALL + provider] = keys_of[provider]
-                plugin_before[node.plugin] = alls
-            before = list(plugin_before[node.plugin])
-            if node.where == "tracer":
-                before += task_keys.get(node.pid, ())
+                own = [p for resource in spec.after_in_task
+                       for p in providers.get(resource, ()) if p != node.plugin]
+                plugin_before[node.plugin] = (alls, own)
+            alls, own = plugin_before[node.plugin]
+            before = list(alls)
+            for provider in own:
+                before += in_task.get((provider, None), ())
+                if node.where != "engine":
+                    before += in_task.get((provider, node.pid), ())
             for key in node.after:
                 if key not in self.nodes:
                     raise GraphError(f"{node}: comes after {key}, which is not in the graph")
                 before.append(key)
             deps[node.key] = before
+        takers: dict[int, set[str]] = {}     # pid -> nodes of other tasks after its own
+        for node in self.nodes.values():
+            if node.where == "task":
+                for key in node.after:
+                    other = self.nodes[key]
+                    if other.where == "task" and other.pid != node.pid:
+                        takers.setdefault(other.pid, set()).add(node.key)
+        for node in self.nodes.values():
+            if node.where == "tracer":
+                deps[node.key] += task_keys.get(node.pid, [])
+                deps[node.key] += sorted(takers.get(node.pid, ()))
         return deps
 
     def sorter(self) -> graphlib.TopologicalSorter:

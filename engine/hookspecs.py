@@ -168,7 +168,11 @@ def engine_restore_node(ctx, node):
     Where it runs depends on the node: ``node.where == "engine"`` runs in the
     engine, ``"task"`` runs in the forked task ``node.pid`` (its executor
     loop), ``"tracer"`` runs in the engine with the task stopped under ptrace
-    after every task-side node of it is done.
+    after every task-side node of it is done, and after every node of another
+    task that comes after one of its nodes (Node.after: it may take a file
+    from the task, which closes the fds it does not keep when it stops).
+    A hooks.toml ``after`` orders a node after every node of the providers;
+    ``after_in_task`` only after those in its own task.
 
     :param ctx: the ``engine.restore.RestoreContext``.
     :param node: the ``engine.graph.Node`` to restore.

@@ -41,6 +41,11 @@ class PluginSpec:
     module: str = attrs.field(validator=attrs.validators.instance_of(str))
     provides: list[str] = attrs.field(factory=list, validator=_str_list)
     after: list[str] = attrs.field(factory=list, validator=_str_list)
+    # Like `after`, but only within one task: its node in task P comes after
+    # the nodes in P (and in the engine) of the providers, not those of every
+    # task, so each task goes through its own nodes without waiting for the
+    # others; what it takes from another task is a node edge (Node.after).
+    after_in_task: list[str] = attrs.field(factory=list, validator=_str_list)
     runs_in: str = attrs.field(default="engine", validator=attrs.validators.in_(RUNS_IN))
     default: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     essential: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))

@@ -310,9 +310,9 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
     one message, its ready nodes and those of its own that they unblock, and
     all tasks work at once while the engine runs the ready tracer nodes; then
     the replies are read, and a task's tracer nodes that its reply makes ready
-    run at once, while the others still work. A task's last message also tells it to stop for
-    the tracer once its nodes are done; it is seized when its first tracer
-    node comes. What one node takes from another task (ctx.shared_fds) is
+    run at once, while the others still work. A task's last message also
+    tells it to stop for the tracer once its nodes are done, unless its
+    first tracer node waits for more; it is seized when that node comes. What one node takes from another task (ctx.shared_fds) is
     only there if the graph orders it after the node that publishes it."""
     deps = ctx.graph.edges()            # with ALL keys: done once all theirs are
     waiting = {key: set(before) for key, before in deps.items()}
@@ -367,7 +367,12 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
             if pid in ctx.stopped:
                 raise RestoreError(f"{batch[0]}: task {pid} already stopped for the tracer")
             left[pid] -= len(batch)
-            stop = left[pid] == 0 and pid in traced
+            # Told to stop only if nothing but this batch holds up its first
+            # tracer node: a node of another task may still take one of its
+            # files (it is stopped when that node is ready, _stop_for_tracer).
+            keys = {n.key for n in batch}
+            stop = (left[pid] == 0 and pid in traced
+                    and waiting[tracer_keys[pid][0]] <= keys)
             log.debug("nodes %s (in task %s)%s", [n.key for n in batch], pid,
                       ", then stop" if stop else "")
             _send(ctx.channels[pid], ("nodes", [n.key for n in batch], ctx.shared_fds, stop))

@@ -78,3 +78,65 @@ def test_after_unknown_node_is_refused(reg):
     g.add(Node("fs:1", "fs", pid=1, after=["nope"]))
     with pytest.raises(GraphError, match="nope, which is not in the graph"):
         g.order()
+
+
+IN_TASK_TOML = """
+[plugins.pstree]
+module = "plugins.pstree"
+provides = ["tasks"]
+runs_in = "task"
+[plugins.files]
+module = "plugins.files"
+provides = ["fds"]
+after_in_task = ["tasks"]
+runs_in = "task"
+[plugins.mem]
+module = "plugins.mem"
+provides = ["memory"]
+after_in_task = ["fds"]
+runs_in = "tracer"
+[plugins.core]
+module = "plugins.core"
+provides = ["registers"]
+after = ["tasks"]
+after_in_task = ["memory"]
+runs_in = "tracer"
+"""
+
+
+@pytest.fixture
+def in_task_graph(tmp_path):
+    path = tmp_path / "hooks.toml"
+    path.write_text(IN_TASK_TOML)
+    g = Graph(registry.build(hooks_toml=path))
+    g.add(Node("pstree:fork:1", "pstree", where="engine"))
+    for pid in (1, 2):
+        g.add(Node(f"pstree:ids:{pid}", "pstree", pid=pid, after=["pstree:fork:1"]))
+        g.add(Node(f"files:{pid}", "files", pid=pid))
+        g.add(Node(f"mem:{pid}", "mem", pid=pid))
+        g.add(Node(f"core:{pid}", "core", pid=pid))
+    return g
+
+
+def test_after_in_task_waits_only_for_its_own_task(in_task_graph):
+    deps = in_task_graph.predecessors()
+    assert sorted(deps["files:2"]) == ["pstree:fork:1", "pstree:ids:2"]
+    assert "files:1" not in deps["mem:2"] and "files:2" in deps["mem:2"]
+    # `after` stays global: no registers before every task's pstree nodes
+    assert {"pstree:ids:1", "pstree:ids:2", "mem:2"} <= set(deps["core:2"])
+
+
+def test_tracer_node_waits_for_nodes_that_take_from_its_task(in_task_graph):
+    in_task_graph.nodes["files:2"].after.append("files:1")   # takes a file of task 1
+    deps = in_task_graph.predecessors()
+    assert "files:2" in deps["mem:1"]
+    assert "files:1" not in deps["mem:2"]
+    order = [n.key for n in in_task_graph.order()]
+    assert order.index("files:2") < order.index("mem:1")
+
+
+def test_after_in_task_is_a_list_of_strings(tmp_path):
+    path = tmp_path / "hooks.toml"
+    path.write_text(IN_TASK_TOML.replace('after_in_task = ["tasks"]', 'after_in_task = "tasks"'))
+    with pytest.raises(registry.PluginError, match="plugin files: after_in_task must be a list"):
+        registry.build(hooks_toml=path)
