@@ -35,6 +35,9 @@ class Node:
     after: list[str] = attrs.field(factory=list)   # keys of nodes to run first
     needs: list[str] = attrs.field(factory=list)   # resources it cannot do without
     label: str = ""                # for `engine plan`
+    # Names of state a tracer node shares with other tasks' tracer nodes
+    # (a shared mapping the first maps): all run in one tracer process.
+    tracer_shares: list[str] = attrs.field(factory=list)
 
     def __str__(self) -> str:
         return self.label or self.key

@@ -167,10 +167,12 @@ def engine_restore_node(ctx, node):
 
     Where it runs depends on the node: ``node.where == "engine"`` runs in the
     engine, ``"task"`` runs in the forked task ``node.pid`` (its executor
-    loop), ``"tracer"`` runs in the engine with the task stopped under ptrace
-    after every task-side node of it is done, and after every node of another
-    task that comes after one of its nodes (Node.after: it may take a file
-    from the task, which closes the fds it does not keep when it stops).
+    loop), ``"tracer"`` runs in the engine, or in the second tracer (a fork of
+    the engine that restores half of the tasks, engine/tracers.py), with the
+    task stopped under ptrace after every task-side node of it is done, and
+    after every node of another task that comes after one of its nodes
+    (Node.after: it may take a file from the task, which closes the fds it
+    does not keep when it stops).
     A hooks.toml ``after`` orders a node after every node of the providers;
     ``after_in_task`` only after those in its own task.
 
@@ -180,7 +182,9 @@ def engine_restore_node(ctx, node):
     Runs in: engine | task | tracer (as ``node.where`` says)
     May touch: in a task: the task's own fds, cwd, credentials and
         namespaces; in the tracer: the stopped task through ``ctx.tracees``;
-        always ``ctx.stash``.
+        always ``ctx.stash`` (the copy of the process the node runs in: tracer
+        nodes of tasks that share stash state name it in
+        ``Node.tracer_shares``, so one tracer runs them all).
     Returns: True for a node the plugin restored, None for a node it does
         not own. Stops at first non-None result.
     """

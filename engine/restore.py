@@ -61,6 +61,8 @@ class RestoreContext:
     # theirs in node replies and get the engine's map with every node.
     shared_fds: dict[int, tuple[int, int]] = attrs.field(factory=dict)
     _published: dict[int, tuple[int, int]] = attrs.field(factory=dict)
+    # engine.tracers.Worker: the second tracer, tracing some of the tasks
+    tracer_worker: Any = None
     # pid -> (clone flags, its pid at every level, innermost first), for a
     # task in a nested pid namespace (filled at collect by a plugin).
     clone_args: dict[int, tuple[int, list[int]]] = attrs.field(factory=dict)
@@ -289,6 +291,8 @@ def restore(ctx: RestoreContext) -> list[int]:
     gc.disable()
     gc.freeze()
     try:
+        from engine import tracers
+        ctx.tracer_worker = tracers.start(ctx, order)
         _run(ctx, order)
         _release(ctx)
     except BaseException as e:
@@ -390,14 +394,25 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
             # Its tracer nodes, if now ready, while the others still work.
             _trace(ctx, [ctx.graph.nodes[k] for k in tracer_keys.get(pid, ())
                          if k not in taken and not waiting[k]], taken, done)
+        if ctx.tracer_worker is not None:
+            ctx.tracer_worker.wait(done)
         for key in taken:
             done(key)
         pending = [k for k in pending if k not in taken]
 
 
 def _trace(ctx: RestoreContext, nodes: list[Node], taken: set[str], done=None) -> None:
-    """Run tracer nodes in the engine, seizing their task first if need be."""
+    """Run tracer nodes in the engine, seizing their task first if need be,
+    or send them to the second tracer if it owns their task (done once it
+    acks them)."""
+    worker = ctx.tracer_worker
     for node in nodes:
+        if worker is not None and node.pid in worker.pids:
+            if node.pid not in ctx.stopped:
+                _tell_to_stop(ctx, node.pid)
+            worker.trace(node.key)
+            taken.add(node.key)
+            continue
         if node.pid not in ctx.tracees:
             _stop_for_tracer(ctx, node.pid)
         log.debug("node %s (in tracer %s)", node.key, node.pid)
@@ -433,11 +448,15 @@ def _reply(ctx: RestoreContext, pid: int, nodes: list[Node], reply) -> None:
 def _stop_for_tracer(ctx: RestoreContext, pid: int) -> None:
     """Seize a task told to stop (it may still be on its way to pause())."""
     from engine.tracer.restore import attach_stopped
-    if pid in ctx.channels:          # never told: a task with no task nodes
+    _tell_to_stop(ctx, pid)
+    ctx.tracees[pid] = attach_stopped(pid)
+
+
+def _tell_to_stop(ctx: RestoreContext, pid: int) -> None:
+    if pid in ctx.channels:          # not told with its last nodes
         _send(ctx.channels[pid], ("nodes", [], ctx.shared_fds, True))
         _reply(ctx, pid, ["its stop"], _recv(ctx.channels[pid]))
         ctx.channels.pop(pid).close()
-    ctx.tracees[pid] = attach_stopped(pid)
     ctx.stopped.add(pid)
 
 
@@ -446,8 +465,13 @@ def _release(ctx: RestoreContext) -> None:
     for pid in ctx.started:
         if pid not in ctx.stopped and pid not in ctx.zombies:
             raise RestoreError(f"task {pid}: no memory or registers were restored")
+    leave_stopped = getattr(ctx.options, "leave_stopped", False)
+    if ctx.tracer_worker is not None:
+        ctx.tracer_worker.release(leave_stopped)
     release([ctx.tracees[p] for p in ctx.started if p in ctx.tracees],
-            leave_stopped=getattr(ctx.options, "leave_stopped", False))
+            leave_stopped=leave_stopped)
+    if ctx.tracer_worker is not None:
+        ctx.tracer_worker.released()
 
 
 def _undo(ctx: RestoreContext) -> None:

@@ -67,3 +67,48 @@ def test_shared_anonymous_memory_stays_shared_between_tasks(build_target, target
                                                             dump_restore, tmp_path, variant):
     target = target_runner.start(build_target("shmem", variant))
     assert dump_restore(target, tmp_path) == "PASS"
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids whose command line holds `text` (an engine run, or a fork of one)."""
+    import os
+    out = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    out.append(int(name))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+@pytest.mark.parametrize("index", [1, 2, 3, 4])
+def test_memory_failing_in_any_task_undoes_the_whole_tree(build_target, target_runner,
+                                                          tmp_path, index):
+    """Each task's memory goes wrong in turn, so some fail in the engine
+    and some in the second tracer (which restores half of the tasks of a
+    tree): every case is one line, and no task and no tracer is left."""
+    from engine.testing import dump_to
+    target = target_runner.start(build_target("tree"))
+    img = tmp_path / "img"
+    images = dump_to(target, img)
+    pids = [e.pid for e in images.read("pstree")]
+    victim = pids[index]
+    # A mapping of a file gone since the dump: a sound image, but the
+    # tracer's open of it fails, in whichever tracer restores the victim.
+    files = images.read("files")
+    gone = files[0].__class__()
+    gone.CopyFrom(next(f for f in files if f.HasField("reg")))
+    gone.id = gone.reg.id = max(f.id for f in files) + 1
+    gone.reg.name = str(tmp_path / "gone")
+    images.write("files", files + [gone])
+    mm = images.read_one("mm", id=victim)
+    mm.vmas.add(start=0x200000000000, end=0x200000001000, pgoff=0, shmid=gone.id, prot=1,
+                flags=0x2, status=0x41, fd=-1)
+    mm.vmas.sort(key=lambda v: v.start)
+    images.write("mm", [mm], id=victim)
+    _restore_fails(img, victim, f"{victim}", str(tmp_path / "gone"))
+    for pid in pids:
+        assert task_gone(pid), f"task {pid} of the failed restore is still there"
+    assert _processes_naming(str(img)) == [], "an engine process outlived the failed restore"
