@@ -38,6 +38,9 @@ class Node:
     # Names of state a tracer node shares with other tasks' tracer nodes
     # (a shared mapping the first maps): all run in one tracer process.
     tracer_shares: list[str] = attrs.field(factory=list)
+    # Its task replies right after it, so the nodes of other tasks it
+    # unblocks start at once, not after the task's whole batch.
+    yields: bool = False
 
     def __str__(self) -> str:
         return self.label or self.key

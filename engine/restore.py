@@ -84,11 +84,12 @@ class RestoreContext:
             self._ids[pid] = self.images.read_one("ids", id=pid)
         return self._ids[pid]
 
-    def spawn(self, pid: int) -> int:
-        """Fork task `pid` from the calling process (engine or a task)."""
-        from engine.tracer.clone import clone_with_pid
+    def spawn(self, pid: int, sibling: bool = False) -> int:
+        """Fork task `pid` from the calling process (engine or a task), or,
+        as a `sibling`, a child of the caller's parent (CLONE_PARENT)."""
+        from engine.tracer.clone import CLONE_PARENT, clone_with_pid
         flags, tids = self.clone_args.get(pid, (0, None))
-        child = clone_with_pid(pid, flags=flags, tids=tids)
+        child = clone_with_pid(pid, flags=flags | (CLONE_PARENT if sibling else 0), tids=tids)
         if child == 0:
             _serve(self, pid)          # never returns
         self.started.append(pid)        # the engine's name for it (child: the caller's)
@@ -425,13 +426,17 @@ def _trace(ctx: RestoreContext, nodes: list[Node], taken: set[str], done=None) -
 def _task_batch(ctx: RestoreContext, pending: list[str],
                 waiting: dict[str, set[str]]) -> list[Node]:
     """A task's ready nodes and those of its own that only wait for them,
-    from its `pending` nodes in the serial order (a topological one)."""
+    from its `pending` nodes in the serial order (a topological one), up to
+    the first that yields."""
     batch: list[Node] = []
     keys: set[str] = set()
     for key in pending:
         if waiting[key] <= keys:
-            batch.append(ctx.graph.nodes[key])
+            node = ctx.graph.nodes[key]
+            batch.append(node)
             keys.add(key)
+            if node.yields:
+                break
     return batch
 
 

@@ -11,6 +11,9 @@ import signal
 from engine.tracer import binding as b
 
 
+CLONE_PARENT = 0x8000
+
+
 class CloneArgs(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
@@ -29,7 +32,8 @@ def clone_with_pid(pid: int, python_hooks: bool = True, flags: int = 0,
     """fork() with the child at `pid` (in this pid namespace): returns the
     pid in the parent, 0 in the child; TracerError (EEXIST: pid taken).
     `tids`: the child's pid at every level, innermost first (clone3's
-    set_tid; its last is `pid`); `flags`: clone flags (CLONE_NEWPID).
+    set_tid; its last is `pid`); `flags`: clone flags (CLONE_NEWPID, or
+    CLONE_PARENT: a sibling of the caller, child of the caller's parent).
 
     With `python_hooks` the interpreter is told, as os.fork does
     (PyOS_BeforeFork / AfterFork_Child / AfterFork_Parent): locks and
@@ -37,8 +41,10 @@ def clone_with_pid(pid: int, python_hooks: bool = True, flags: int = 0,
     """
     tids = tids or [pid]
     arr = (ctypes.c_int32 * len(tids))(*tids)
-    args = CloneArgs(flags=flags, exit_signal=signal.SIGCHLD, set_tid=ctypes.addressof(arr),
-                     set_tid_size=len(tids))
+    # With CLONE_PARENT the child gets the caller's exit signal; clone3
+    # refuses one given too.
+    args = CloneArgs(flags=flags, exit_signal=0 if flags & CLONE_PARENT else signal.SIGCHLD,
+                     set_tid=ctypes.addressof(arr), set_tid_size=len(tids))
     api = ctypes.pythonapi
     if python_hooks:
         api.PyOS_BeforeFork()

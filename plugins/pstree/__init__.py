@@ -70,7 +70,8 @@ def engine_restore_collect(ctx, graph):
     _validate(entries)
     ctx.pstree = entries
     ctx.zombies = _zombies(ctx, entries)
-    nodes = plan(entries, ctx.zombies, _subreapers(ctx, entries), _pid_free)
+    nodes = plan(entries, ctx.zombies, _subreapers(ctx, entries), _pid_free,
+                 siblings_may_fork=lambda: _one_namespace_set(ctx, entries))
     for node in nodes:
         if node.data.helper:
             # Gone before release, like a zombie: no memory, no registers.
@@ -84,7 +85,7 @@ def engine_restore_node(ctx, node):
         return None
     proc, kind = node.data, node.key.split(":")[1]
     if kind == "fork":
-        ctx.spawn(proc.pid)
+        ctx.spawn(proc.pid, sibling=proc.by_sibling is not None)
     elif kind == "reaper":
         for pid in proc.after_deaths:
             _wait_dead(pid)
@@ -107,6 +108,15 @@ def engine_restore_node(ctx, node):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _one_namespace_set(ctx, entries) -> bool:
+    """Every live task in the same namespaces: no task makes one that its
+    siblings are then born in (what a fork by a sibling needs; a namespace
+    the restore makes is made by the root, and joined by every other)."""
+    kinds = ("pid", "net", "mnt", "ipc", "uts", "user", "cgroup", "time")
+    return len({tuple(getattr(ctx.ids(e.pid), f"{kind}_ns_id") for kind in kinds)
+                for e in entries if e.pid not in ctx.zombies}) == 1
+
 
 def _zombies(ctx, entries) -> dict[int, int]:
     """pid -> wait status of the tasks core-PID.img says are dead."""

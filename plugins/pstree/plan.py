@@ -27,6 +27,11 @@ unless it leads one, so:
   every member left a group too. A group whose leader is gone is made
   by a helper with pid G, forked by a member, which exits after every
   member joined.
+* A parent with four children or more, all in one set of namespaces, forks
+  the first and half of the rest; the first forks the other half with
+  CLONE_PARENT (still the parent's children), before anything else of its
+  own, so both fork at once on two CPUs (forks of a large interpreter are
+  about 1 ms each).
 Anything else (orphans of a session no task of it can leave to their reaper,
 a helper pid in use, a cycle) is refused here, before any fork, naming pstree.img and the entry.
 """
@@ -39,6 +44,7 @@ import attrs
 from engine.graph import Node
 
 RESERVED_PIDS = 300        # criu/pstree.c: helpers never take pids below this
+SIBLING_FORKS_FROM = 4     # children of one parent from which a sibling forks half
 
 
 class PlanError(ValueError):
@@ -60,6 +66,7 @@ class Proc:
     leads: bool = False             # makes group `pid` (setsid or setpgid(0, 0))
     joins: bool = False             # joins group `pgid` (setpgid(0, pgid))
     keeper: int | None = None       # a leader that left: the member it waits for
+    by_sibling: int | None = None   # forked by this sibling (CLONE_PARENT), not its forker
     reaper: int | None = None       # who inherits the children it forks and leaves
     bypass: list[int] = attrs.Factory(list)   # subreapers flagged only after it exits
     after_deaths: list[int] = attrs.Factory(list)   # a subreaper: who dies before its flag
@@ -72,12 +79,17 @@ class Proc:
         return f"{self.helper} helper {self.pid}" if self.helper else f"task {self.pid}"
 
 
-def plan(entries, zombies: dict[int, int], subreapers: set[int], pid_free) -> list[Node]:
-    """The pstree nodes of the restore graph (entries: validated, parents first)."""
+def plan(entries, zombies: dict[int, int], subreapers: set[int], pid_free,
+         siblings_may_fork=lambda: False) -> list[Node]:
+    """The pstree nodes of the restore graph (entries: validated, parents
+    first). `siblings_may_fork()`, asked once the tree is found sound: every
+    task in the same namespaces, so a child may be forked by a sibling."""
     p = _Planner(entries, zombies, subreapers, pid_free)
     p.check()
     p.births()
     p.groups()
+    if siblings_may_fork():
+        p.sibling_forks()
     return p.nodes()
 
 
@@ -273,6 +285,25 @@ class _Planner:
     def _leaves(self, proc: Proc) -> bool:
         return proc.pgid != proc.pid and any(e.pgid == proc.pid for e in self.entries)
 
+    # --- forks by siblings -------------------------------------------------
+
+    def sibling_forks(self) -> None:
+        """A parent with many children forks the first and half of the rest;
+        the first forks the other half with CLONE_PARENT (their parent is
+        still the parent) at the same time, on another CPU. It does so
+        before anything else, so each is born as the parent would have made
+        it. Only plain children (not forked early, not helpers, not zombies)
+        of a parent that stays, neither of them made by a helper."""
+        kids: dict[int, list[Proc]] = {}
+        for proc in self.procs.values():
+            if proc.forker is not None and not (proc.early or proc.exits):
+                kids.setdefault(proc.forker, []).append(proc)
+        for forker, plain in kids.items():
+            if self.procs[forker].exits or len(plain) < SIBLING_FORKS_FROM:
+                continue
+            for proc in plain[2::2]:
+                proc.by_sibling = plain[0].pid
+
     # --- nodes --------------------------------------------------------------
 
     def nodes(self) -> list[Node]:
@@ -284,6 +315,10 @@ class _Planner:
             out[key] = Node(key=key, plugin="pstree", where="engine" if where_pid is None
                             else "task", pid=where_pid, data=proc, after=after, label=label)
 
+        sibling_forks: dict[int, list[str]] = {}     # sibling -> the forks it does
+        for proc in procs:
+            if proc.by_sibling is not None:
+                sibling_forks.setdefault(proc.by_sibling, []).append(f"pstree:fork:{proc.pid}")
         for proc in procs:
             f = proc.forker
             if f is None:
@@ -291,9 +326,16 @@ class _Planner:
             elif proc.early:
                 add("fork", proc, f, [f"pstree:fork:{f}"],
                     f"fork {proc} from {f} (before its setsid)")
+            elif proc.by_sibling is not None:
+                add("fork", proc, proc.by_sibling, [f"pstree:fork:{proc.by_sibling}"],
+                    f"fork {proc} from {f} by its sibling {proc.by_sibling} (CLONE_PARENT)")
             else:
                 add("fork", proc, f, [f"pstree:ids:{f}"], f"fork {proc} from {f}")
+            if proc.pid in sibling_forks:
+                # Its parent replies at once: it starts its forks meanwhile.
+                out[f"pstree:fork:{proc.pid}"].yields = True
             early = [f"pstree:fork:{c.pid}" for c in procs if c.forker == proc.pid and c.early]
+            early += sibling_forks.get(proc.pid, [])
             what = []
             if proc.leads:
                 what.append(f"session {proc.pid}" if proc.sid == proc.pid

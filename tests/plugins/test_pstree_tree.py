@@ -59,3 +59,19 @@ def test_zombies_come_back_with_their_exit_status(build_target, target_runner, d
                                                   tmp_path, variant):
     target = target_runner.start(build_target("zombie", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_children_forked_by_a_sibling_are_the_parents(build_target, target_runner, engine_cli,
+                                                     tmp_path, variant):
+    """A parent with many children forks half of them; its first child
+    forks the others (CLONE_PARENT) at the same time: they are still the
+    parent's, in its session and in their groups."""
+    from engine.testing import dump_to
+    target = target_runner.start(build_target("fanout", variant))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    plan = engine_cli("plan", "-D", img).stdout
+    assert plan.count("by its sibling") == 3, plan
+    engine_cli("restore", "-D", img)
+    assert target.verdict() == "PASS"
