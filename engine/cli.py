@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 EXIT_FAILED = 1
@@ -88,6 +89,20 @@ def _preparse(argv: list[str]):
     known, rest = pre.parse_known_args(argv)
     known.command = next((a for a in rest if a in COMMANDS), None)
     return known
+
+
+def run() -> None:
+    """The `engine` command: main(), then out at once, its output flushed,
+    without tearing the interpreter down (every module and object freed one
+    by one: about 10 ms of a restore, and nothing is left to close)."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or EXIT_FAILED
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,7 +132,7 @@ def _selection(plugins: str, specs: dict[str, PluginSpec]) -> set[str]:
 def build(plugins: str = "default", disable: tuple[str, ...] = (),
           hooks_toml: str | os.PathLike = HOOKS_TOML) -> Registry:
     specs = load_specs(hooks_toml)
-    pm = pluggy.PluginManager("engine")
+    pm = _PluginManager("engine")
     pm.add_hookspecs(hookspecs)
 
     eps = []
@@ -206,6 +206,20 @@ def _may_have_entry_points() -> bool:
                 except OSError:
                     pass
     return False
+
+
+class _PluginManager(pluggy.PluginManager):
+    """Every hook is named engine_*: the other globals of a plugin module
+    (its imports, helpers, constants) are passed over with a plain look for
+    the hookimpl mark (a misnamed hook still reaches check_pending), not
+    inspected one by one."""
+
+    def parse_hookimpl_opts(self, plugin, name):
+        if not name.startswith("engine_"):
+            value = getattr(plugin, "__dict__", {}).get(name)
+            if value is None or not hasattr(value, "engine_impl"):
+                return None
+        return super().parse_hookimpl_opts(plugin, name)
 
 
 def _register(pm: pluggy.PluginManager, name: str, module_name: str) -> None:

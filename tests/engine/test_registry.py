@@ -59,3 +59,16 @@ def test_non_default_plugin_is_off_until_named(tmp_path):
                            '[plugins.files]\nmodule = "plugins.files"\n')
     assert registry.build("default", hooks_toml=path).enabled == ["files"]
     assert registry.build("default,fs", hooks_toml=path).enabled == ["fs", "files"]
+
+
+def test_misnamed_hook_is_an_error(tmp_path, monkeypatch):
+    """Only engine_* globals are hooks; a marked function named otherwise
+    is still found, and refused."""
+    (tmp_path / "misnamed_plugin.py").write_text(
+        "import os\nfrom engine import hookimpl\n\n"
+        "@hookimpl\ndef restore_node(ctx, node):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = _toml(tmp_path, '[plugins.pstree]\nmodule = "plugins.pstree"\nessential = true\n'
+                           '[plugins.odd]\nmodule = "misnamed_plugin"\n')
+    with pytest.raises(Exception, match="unknown hook 'restore_node'"):
+        registry.build(hooks_toml=path)
