@@ -46,7 +46,7 @@ class RestoreContext:
     zombies: dict = attrs.field(factory=dict)
     # Inside a zombie-to-be: the status it exits with after its last node.
     exit_status: int | None = None
-    _ids: dict = attrs.field(factory=dict)
+    _read: dict = attrs.field(factory=dict)     # (image kind, id) -> its entries
     # pid -> engine end of the task's channel (engine only)
     channels: dict[int, socket.socket] = attrs.field(factory=dict)
     # pid -> task end (inherited by every task; each keeps only its own)
@@ -78,11 +78,26 @@ class RestoreContext:
         """pstree entries of the tasks that run (not zombies)."""
         return [e for e in self.pstree if e.pid not in self.zombies]
 
+    def read(self, name: str, id=None) -> list:
+        """The entries of an image, read once for every plugin that reads
+        it (core-PID.img: pstree, core and userns): not to be changed."""
+        key = (name, id)
+        if key not in self._read:
+            self._read[key] = self.images.read(name, id)
+        return self._read[key]
+
+    def read_one(self, name: str, id=None):
+        """The one entry of an image, as read()."""
+        entries = self.read(name, id)
+        if len(entries) != 1:
+            from engine.images import ImageError
+            raise ImageError(self.images.kinds.get(name).filename(id),
+                             f"{len(entries)} entries, want exactly 1")
+        return entries[0]
+
     def ids(self, pid: int):
         """ids-PID.img of a task: the object ids its mm, fds, fs... share."""
-        if pid not in self._ids:
-            self._ids[pid] = self.images.read_one("ids", id=pid)
-        return self._ids[pid]
+        return self.read_one("ids", id=pid)
 
     def spawn(self, pid: int, sibling: bool = False) -> int:
         """Fork task `pid` from the calling process (engine or a task), or,

@@ -73,7 +73,7 @@ def engine_restore_collect(ctx, graph):
         sigactions, shared, stopped, creds = None, [], False, None
         for tid in (task.threads or [task.pid]):
             image = f"core-{tid}.img"
-            core = ctx.images.read_one("core", id=tid)
+            core = ctx.read_one("core", id=tid)
             if core.mtype != MTYPE_X86_64:
                 raise ValueError(f"{image}: mtype {core.mtype} is not X86_64")
             if core.thread_info.gpregs.mode not in (0, MODE_NATIVE):

@@ -169,7 +169,7 @@ def engine_restore_collect(ctx, graph):
     shared = ctx.stash[SHARED] = set()
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
-        fdinfos = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
+        fdinfos = ctx.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []
         table = []                 # (fd, file id, FD_CLOEXEC), in image order
         kinds: dict = {}           # fd type -> one entry of it

@@ -126,7 +126,7 @@ def _order_tables(ctx, graph) -> None:
         files_id = ctx.ids(task.pid).files_id
         if table is None or not ctx.images.exists("fdinfo", id=files_id):
             continue
-        for fi in ctx.images.read("fdinfo", id=files_id):
+        for fi in ctx.read("fdinfo", id=files_id):
             if fi.id in pipe_of:
                 first = maker.setdefault(pipe_of[fi.id], table.key)
                 if first != table.key and first not in table.after:

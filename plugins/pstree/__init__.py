@@ -123,7 +123,7 @@ def _zombies(ctx, entries) -> dict[int, int]:
     out = {}
     for e in entries:
         if ctx.images.exists("core", id=e.pid):
-            tc = ctx.images.read_one("core", id=e.pid).tc
+            tc = ctx.read_one("core", id=e.pid).tc
             if tc.task_state == TASK_DEAD:
                 if e.ppid == 0:
                     raise ValueError(f"core-{e.pid}.img: the root task is dead")
@@ -185,7 +185,7 @@ def _validate(entries) -> None:
 def _subreapers(ctx, entries) -> set[int]:
     """The tasks core-PID.img says are child subreapers."""
     return {e.pid for e in entries if ctx.images.exists("core", id=e.pid)
-            and ctx.images.read_one("core", id=e.pid).tc.child_subreaper}
+            and ctx.read_one("core", id=e.pid).tc.child_subreaper}
 
 
 def _pid_free(pid: int) -> bool:

@@ -154,7 +154,7 @@ def engine_restore_collect(ctx, graph):
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         if ctx.images.exists("fdinfo", id=files_id):
-            tables[task.pid] = ctx.images.read("fdinfo", id=files_id)
+            tables[task.pid] = ctx.read("fdinfo", id=files_id)
     referenced = {fi.id for fdinfos in tables.values() for fi in fdinfos}
     ctx.stash[RECONNECT] = pending.plan(socks, referenced, data)
     for pid, fdinfos in tables.items():

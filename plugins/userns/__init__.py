@@ -247,7 +247,7 @@ def _covered(lower, count, parent) -> bool:
 
 
 def _groups(ctx, pid) -> list[int]:
-    core = ctx.images.read_one("core", id=pid)
+    core = ctx.read_one("core", id=pid)
     return list(core.thread_core.creds.groups)
 
 
