@@ -330,10 +330,12 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
     one message, its ready nodes and those of its own that they unblock, and
     all tasks work at once while the engine runs the ready tracer nodes; then
     the replies are read, and a task's tracer nodes that its reply makes ready
-    run at once, while the others still work. A task's last message also
-    tells it to stop for the tracer once its nodes are done, unless its
-    first tracer node waits for more; it is seized when that node comes. What one node takes from another task (ctx.shared_fds) is
-    only there if the graph orders it after the node that publishes it."""
+    run at once, while the others still work (those of the second tracer's
+    tasks are sent to it, and the wave ends once it has acked them). A
+    task's last message also tells it to stop for the tracer once its nodes
+    are done, unless its first tracer node waits for more; it is seized when
+    that node comes. What one node takes from another task (ctx.shared_fds)
+    is only there if the graph orders it after the node that publishes it."""
     deps = ctx.graph.edges()            # with ALL keys: done once all theirs are
     waiting = {key: set(before) for key, before in deps.items()}
     unblocks: dict[str, list[str]] = {}
