@@ -29,9 +29,9 @@ unless it leads one, so:
   member joined.
 * A parent with four children or more, all in one set of namespaces, forks
   the first and half of the rest; the first forks the other half with
-  CLONE_PARENT (still the parent's children), before anything else of its
-  own, so both fork at once on two CPUs (forks of a large interpreter are
-  about 1 ms each).
+  CLONE_PARENT (still the parent's children) before its own setsid or
+  setpgid, so both fork at once on two CPUs (forks of a large interpreter
+  are about 1 ms each).
 Anything else (orphans of a session no task of it can leave to their reaper,
 a helper pid in use, a cycle) is refused here, before any fork, naming pstree.img and the entry.
 """
@@ -291,9 +291,10 @@ class _Planner:
         """A parent with many children forks the first and half of the rest;
         the first forks the other half with CLONE_PARENT (their parent is
         still the parent) at the same time, on another CPU. It does so
-        before anything else, so each is born as the parent would have made
-        it. Only plain children (not forked early, not helpers, not zombies)
-        of a parent that stays, neither of them made by a helper."""
+        before its own setsid or setpgid, so each is born in the session the
+        parent gives it; the namespaces it may join first are theirs too
+        (siblings_may_fork). Only plain children (not forked early, not
+        helpers, not zombies) of a parent that stays."""
         kids: dict[int, list[Proc]] = {}
         for proc in self.procs.values():
             if proc.forker is not None and not (proc.early or proc.exits):
