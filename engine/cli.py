@@ -96,6 +96,8 @@ def run() -> None:
     without tearing the interpreter down (every module and object freed one
     by one: about 10 ms of a restore, and nothing is left to close)."""
     code = main()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)          # a profiler or coverage writes its report at exit
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -122,3 +122,18 @@ def test_check_probes_the_kernel(engine_cli):
     """Every probe runs for real on this kernel; each prints one line."""
     out = engine_cli("check").stdout.splitlines()
     assert len(out) == 5 and all(line.startswith("ok ") for line in out), out
+
+
+def test_output_is_flushed_and_a_profile_written(tmp_path):
+    """The command leaves with os._exit for speed: what it printed is all
+    there (through a pipe), and under cProfile it exits normally, so the
+    profile is written."""
+    import sys
+    out = subprocess.run([sys.executable, "-m", "engine", "plugins"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.splitlines()[-1].strip().startswith("provides:")
+    assert out.count("provides:") >= 10
+    prof = tmp_path / "engine.prof"
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "engine",
+                    "plugins"], capture_output=True, check=True)
+    assert prof.stat().st_size > 0
