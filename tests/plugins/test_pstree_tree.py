@@ -75,3 +75,28 @@ def test_children_forked_by_a_sibling_are_the_parents(build_target, target_runne
     assert plan.count("by its sibling") == 3, plan
     engine_cli("restore", "-D", img)
     assert target.verdict() == "PASS"
+
+
+def test_leave_stopped_stops_every_task_of_the_tree(build_target, target_runner, engine_cli,
+                                                    tmp_path):
+    """--leave-stopped: every task of the tree, whichever tracer restored
+    it, is left in a stop; continued, they run on and check their state."""
+    import signal
+    import time
+    from engine.testing import dump_to
+    target = target_runner.start(build_target("fanout"))
+    img = tmp_path / "img"
+    pids = [e.pid for e in dump_to(target, img).read("pstree")]
+    engine_cli("restore", "--leave-stopped", "-D", img)
+
+    def state(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    deadline = time.monotonic() + 10
+    while any(state(pid) != "T" for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert {pid: state(pid) for pid in pids} == {pid: "T" for pid in pids}
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    assert target.verdict() == "PASS"
