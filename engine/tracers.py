@@ -89,11 +89,12 @@ def start(ctx, order) -> Worker | None:
 
 
 def _split(order) -> set[int]:
-    """The tasks for the worker: groups of tasks that share tracer state,
-    each whole, taken alternately in the order their tracer nodes come."""
+    """The tasks for the worker: groups of tasks that share tracer state
+    (union-find over Node.tracer_shares), each whole, in the order their
+    tracer nodes come, each to whichever tracer has fewer tasks so far."""
     parent: dict[int, int] = {}
 
-    def root(pid: int) -> int:
+    def group_of(pid: int) -> int:
         while parent[pid] != pid:
             parent[pid] = parent[parent[pid]]
             pid = parent[pid]
@@ -106,12 +107,12 @@ def _split(order) -> set[int]:
         parent.setdefault(node.pid, node.pid)
         for name in node.tracer_shares:
             if name in holder:
-                parent[root(node.pid)] = root(holder[name])
+                parent[group_of(node.pid)] = group_of(holder[name])
             else:
                 holder[name] = node.pid
     groups: dict[int, list[int]] = {}
     for pid in parent:                 # in the order tracer nodes come
-        groups.setdefault(root(pid), []).append(pid)
+        groups.setdefault(group_of(pid), []).append(pid)
     engine_count, worker = 0, set()
     for group in groups.values():
         if engine_count <= len(worker):
