@@ -88,12 +88,7 @@ class RestoreContext:
 
     def read_one(self, name: str, id=None):
         """The one entry of an image, as read()."""
-        entries = self.read(name, id)
-        if len(entries) != 1:
-            from engine.images import ImageError
-            raise ImageError(self.images.kinds.get(name).filename(id),
-                             f"{len(entries)} entries, want exactly 1")
-        return entries[0]
+        return self.images.only(name, self.read(name, id), id)
 
     def ids(self, pid: int):
         """ids-PID.img of a task: the object ids its mm, fds, fs... share."""

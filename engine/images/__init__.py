@@ -28,7 +28,10 @@ class ImageDir:
         return read_entries(self.path(name, id), self.kinds.get(name))
 
     def read_one(self, name: str, id=None):
-        entries = self.read(name, id)
+        return self.only(name, self.read(name, id), id)
+
+    def only(self, name: str, entries: list, id=None):
+        """The one entry of image `name` (id) that `entries` were read from."""
         if len(entries) != 1:
             raise ImageError(self.kinds.get(name).filename(id),
                              f"{len(entries)} entries, want exactly 1")
