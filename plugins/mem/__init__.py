@@ -67,6 +67,7 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
+    from engine.tracer import model
     for task in ctx.alive:
         image = f"mm-{task.pid}.img"
         mm = ctx.images.read_one("mm", id=task.pid)
@@ -74,7 +75,7 @@ def engine_restore_collect(ctx, graph):
         # A MAP_SHARED anonymous region is mapped by the first task and
         # from it by the others (SHARED_ANON): one tracer for all of them.
         shared = sorted({f"shmem:{v.shmid}" for v in state.vmas
-                         if v.status & VMA_ANON_SHARED})
+                         if v.status & model.VMA_ANON_SHARED})
         graph.add(Node(key=f"mem:{task.pid}", plugin="mem", pid=task.pid, data=state,
                        tracer_shares=shared,
                        label=f"memory of {task.pid} ({len(state.vmas)} VMAs)"))
@@ -139,7 +140,6 @@ def _mm_state(ctx, mm, image: str):
 VMA_AREA_VSYSCALL = 1 << 2
 VMA_FILE_PRIVATE = 1 << 6
 VMA_FILE_SHARED = 1 << 7
-VMA_ANON_SHARED = 1 << 8
 
 
 def _is_vsyscall(v) -> bool:
