@@ -22,10 +22,15 @@ runs_in = "task"
 """
 
 
+def _hooks_toml(tmp_path, text):
+    path = tmp_path / "hooks.toml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture
 def reg(tmp_path):
-    path = tmp_path / "hooks.toml"
-    path.write_text(TOML)
+    path = _hooks_toml(tmp_path, TOML)
     return lambda *disable: registry.build(disable=disable, hooks_toml=path)
 
 
@@ -106,9 +111,7 @@ runs_in = "tracer"
 
 @pytest.fixture
 def in_task_graph(tmp_path):
-    path = tmp_path / "hooks.toml"
-    path.write_text(IN_TASK_TOML)
-    g = Graph(registry.build(hooks_toml=path))
+    g = Graph(registry.build(hooks_toml=_hooks_toml(tmp_path, IN_TASK_TOML)))
     g.add(Node("pstree:fork:1", "pstree", where="engine"))
     for pid in (1, 2):
         g.add(Node(f"pstree:ids:{pid}", "pstree", pid=pid, after=["pstree:fork:1"]))
@@ -136,7 +139,7 @@ def test_tracer_node_waits_for_nodes_that_take_from_its_task(in_task_graph):
 
 
 def test_after_in_task_is_a_list_of_strings(tmp_path):
-    path = tmp_path / "hooks.toml"
-    path.write_text(IN_TASK_TOML.replace('after_in_task = ["tasks"]', 'after_in_task = "tasks"'))
+    path = _hooks_toml(tmp_path, IN_TASK_TOML.replace('after_in_task = ["tasks"]',
+                                                      'after_in_task = "tasks"'))
     with pytest.raises(registry.PluginError, match="plugin files: after_in_task must be a list"):
         registry.build(hooks_toml=path)
