@@ -41,7 +41,6 @@ from engine.fds import fdinfo, pidfd_getfd
 from engine.graph import Node
 from engine.stash import StashKey
 
-from plugins.sk_inet import dump, netlock, owner, pending, repair, restore
 from plugins.sk_inet.inet import (GOT_FIN, KINDS, SENT_FIN, STATES, TCP_ESTABLISHED,
                                   TCP_LISTEN, conn, connected, connections)
 
@@ -81,6 +80,7 @@ def engine_addoption(parser):
 def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("socket:["):
         return None
+    from plugins.sk_inet import dump, pending
     table = ctx.stash.get(DIAG, None)
     if table is None:
         table = ctx.stash[DIAG] = dump.inet_sockets()
@@ -108,6 +108,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 
 @hookimpl
 def engine_dump_finish(ctx):
+    from plugins.sk_inet import dump, netlock, pending, repair
     streams = ctx.stash.get(STREAMS, {})
     if not streams and not ctx.stash.get(pending.LISTENERS, None):
         return
@@ -127,6 +128,7 @@ def engine_dump_finish(ctx):
 
 @hookimpl
 def engine_dump_abort(ctx, error):
+    from plugins.sk_inet import pending
     pending.abort(ctx)
     if ctx.stash.get(LOCKED, None):
         try:
@@ -142,6 +144,7 @@ def engine_restore_collect(ctx, graph):
     socks = {fid: e.isk for fid, e in ctx.files.items() if e.HasField("isk")}
     if not socks:
         return
+    from plugins.sk_inet import pending, restore
     data, established = {}, set()
     for fid, i in socks.items():
         restore.check_entry(ctx, fid, i)
@@ -169,6 +172,7 @@ def engine_restore_collect(ctx, graph):
 def engine_restore_file(ctx, entry):
     if not entry.HasField("isk"):
         return None
+    from plugins.sk_inet import owner, restore
     i = entry.isk
     uid = owner.uid_for(ctx, i)
     sock = owner.owned_socket(i.family, i.type, i.proto, uid)
@@ -188,6 +192,7 @@ def engine_restore_file(ctx, entry):
 def engine_restore_node(ctx, node):
     if node.plugin != "sk_inet":
         return None
+    from plugins.sk_inet import netlock, pending, repair
     unsent = ctx.stash.get(UNSENT, {})
     waiting = ctx.stash.get(RECONNECTING, {})
     for fd, ino in node.data:
@@ -209,20 +214,28 @@ def engine_restore_node(ctx, node):
 
 @hookimpl
 def engine_restore_finish(ctx):
-    netlock.unlock(ctx.stash.get(CONNS, []))
+    _unlock(ctx)
 
 
 @hookimpl
 def engine_restore_abort(ctx, error):
     try:
-        netlock.unlock(ctx.stash.get(CONNS, []))
+        _unlock(ctx)
     except Exception as e:  # noqa: BLE001 - must not raise; say so
         log.warning("%s", e)
 
 
 # --- helpers -------------------------------------------------------------------
 
+def _unlock(ctx) -> None:
+    conns = ctx.stash.get(CONNS, [])
+    if conns:                      # netlock (and ipaddress) only loaded when needed
+        from plugins.sk_inet import netlock
+        netlock.unlock(conns)
+
+
 def _let_go(ctx) -> None:
+    from plugins.sk_inet import netlock, repair
     """Repair mode off on every dumped connection, then the lock removed."""
     for pid, fd, _, reuse, _ in ctx.stash.get(STREAMS, {}).values():
         try:
@@ -245,6 +258,7 @@ def _check_fins(states: dict, where: str) -> None:
 
 
 def _place(ctx, sock: socket.socket, i) -> None:
+    from plugins.sk_inet import netlock, repair, restore
     """Bind, listen, connect, or rebuild in repair mode (behind the lock)."""
     local = restore.sockaddr(i, i.src_addr, i.src_port)
     remote = restore.sockaddr(i, i.dst_addr, i.dst_port)

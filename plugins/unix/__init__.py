@@ -41,10 +41,6 @@ import socket
 
 from engine import hookimpl
 
-from . import dump as _dump
-from . import collect as _collect
-from . import restore as _restore
-
 log = logging.getLogger("engine.plugins.unix")
 
 
@@ -64,6 +60,7 @@ def engine_addoption(parser):
 def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("socket:["):
         return None
+    from plugins.unix import dump as _dump
     table = ctx.stash.get(_dump.DIAG, None)
     if table is None:
         table = ctx.stash[_dump.DIAG] = _dump.unix_sockets()
@@ -76,6 +73,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 @hookimpl(tryfirst=True)
 def engine_dump_finish(ctx):
     # First: fds found in flight become entries other plugins finish (pipe data).
+    from plugins.unix import dump as _dump
     _dump.finish(ctx)
 
 
@@ -84,13 +82,16 @@ def engine_dump_finish(ctx):
 @hookimpl(trylast=True)
 def engine_restore_collect(ctx, graph):
     # Last: the fd tables' nodes exist, and are made to wait for the sockets.
-    _collect.collect(ctx, graph)
+    if any(e.HasField("usk") for e in ctx.files.values()):
+        from plugins.unix import collect as _collect
+        _collect.collect(ctx, graph)
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
     if node.plugin != "unix":
         return None
+    from plugins.unix import restore as _restore
     _restore.run(ctx, node)
     return True
 
