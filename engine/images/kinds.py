@@ -7,9 +7,7 @@ header at all). A plugin adds kinds of its own through
 """
 from __future__ import annotations
 
-import functools
 import importlib
-import re
 
 import attrs
 
@@ -43,13 +41,14 @@ class ImageKind:
         return self.pattern.format(id=id)
 
     @property
-    def regex(self) -> re.Pattern:
-        return _regex(self.pattern)
-
-    @property
     def id_base(self) -> int:
         return 16 if "{id:x}" in self.pattern else 10
 
+    def id_of(self, fname: str) -> int | None:
+        """The id in `fname` if it is an image of this kind (one with an id
+        in its pattern), else None."""
+        parts = _pattern_parts(self.pattern)
+        return None if parts is None else _id_between(fname, *parts, self.id_base)
 
 P = "engine.images.proto."
 BUILTIN = [
@@ -104,18 +103,28 @@ BUILTIN = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
-def _regex(pattern: str) -> re.Pattern:
-    # Cached: every image file name is matched against every kind (~10 ms
-    # of a 50-task restore when compiled per call).
-    # {id:x}: CRIU names some images by a hex id (tcp-stream-%x.img).
-    body = re.escape(pattern).replace(r"\{id\}", r"(\d+)")
-    return re.compile("^" + body.replace(r"\{id:x\}", r"([0-9a-f]+)") + "$")
+_ID_DIGITS = {10: frozenset("0123456789"), 16: frozenset("0123456789abcdef")}
 
+
+def _pattern_parts(pattern: str) -> tuple[str, str] | None:
+    """What comes before and after the {id} of a pattern; None if it has none."""
+    head, brace, rest = pattern.partition("{")
+    return (head, rest.partition("}")[2]) if brace else None
+
+
+def _id_between(fname: str, head: str, tail: str, base: int) -> int | None:
+    # {id:x}: CRIU names some images by a hex id (tcp-stream-%x.img).
+    if not fname.startswith(head) or not fname.endswith(tail):
+        return None
+    digits = fname[len(head):len(fname) - len(tail)]
+    if not digits or not _ID_DIGITS[base].issuperset(digits):
+        return None
+    return int(digits, base)
 
 class KindRegistry:
     def __init__(self, kinds=()):
         self._kinds: dict[str, ImageKind] = {}
+        self._index = None
         for kind in kinds:
             self.register(kind)
 
@@ -123,6 +132,7 @@ class KindRegistry:
         if kind.name in self._kinds:
             raise ValueError(f"image kind {kind.name} registered twice")
         self._kinds[kind.name] = kind
+        self._index = None
 
     def get(self, name: str) -> ImageKind:
         return self._kinds[name]
@@ -131,12 +141,33 @@ class KindRegistry:
         return iter(self._kinds.values())
 
     def for_filename(self, fname: str):
-        for kind in self._kinds.values():
-            m = kind.regex.match(fname)
-            if m:
-                return kind, (int(m.group(1), kind.id_base) if m.groups() else None)
-        return None
+        """(kind, id or None) of an image file name, the kind registered
+        first if several match; None if no kind does. Every file of an
+        image set goes through here: a name is looked up by its fixed
+        part, not matched against every kind's pattern."""
+        fixed, by_head, head_sizes = self._index or self._build_index()
+        found = [fixed[fname]] if fname in fixed else []
+        for size in head_sizes:
+            for order, kind, tail in by_head.get(fname[:size], ()):
+                found_id = _id_between(fname, fname[:size], tail, kind.id_base)
+                if found_id is not None:
+                    found.append((order, kind, found_id))
+        if not found:
+            return None
+        _, kind, found_id = min(found, key=lambda f: f[0])
+        return kind, found_id
 
+    def _build_index(self):
+        # fixed names -> (order, kind, None); the part before {id} -> [(order, kind, after)]
+        fixed, by_head = {}, {}
+        for order, kind in enumerate(self._kinds.values()):
+            parts = _pattern_parts(kind.pattern)
+            if parts is None:
+                fixed.setdefault(kind.pattern, (order, kind, None))
+            else:
+                by_head.setdefault(parts[0], []).append((order, kind, parts[1]))
+        self._index = (fixed, by_head, sorted({len(head) for head in by_head}))
+        return self._index
 
 def default_registry() -> KindRegistry:
     return KindRegistry(BUILTIN)

@@ -174,8 +174,7 @@ def _make(ctx, ns_id, entry) -> None:
 
 def _images(ctx) -> list[int]:
     kind = ctx.images.kinds.get("pidns")
-    return sorted(int(m.group(1)) for m in map(kind.regex.match, os.listdir(ctx.images.dir))
-                  if m)
+    return sorted(i for i in map(kind.id_of, os.listdir(ctx.images.dir)) if i is not None)
 
 
 def _depth(ns_id, entries) -> int:

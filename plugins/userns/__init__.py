@@ -144,12 +144,7 @@ def engine_restore_abort(ctx, error):
 
 def _images(ctx) -> list[int]:
     kind = ctx.images.kinds.get("userns")
-    out = []
-    for fname in os.listdir(ctx.images.dir):
-        m = kind.regex.match(fname)
-        if m:
-            out.append(int(m.group(1)))
-    return sorted(out)
+    return sorted(i for i in map(kind.id_of, os.listdir(ctx.images.dir)) if i is not None)
 
 
 def _read_map(path: str) -> list[tuple[int, int, int]]:

@@ -103,3 +103,20 @@ def test_missing_image_is_named(tmp_path):
     with pytest.raises(ImageError, match="^core-5.img: missing$"):
         ImageDir(tmp_path).read("core", id=5)
     assert not os.path.exists(tmp_path / "core-5.img")
+
+
+def test_file_names_are_told_apart_by_kind_and_id():
+    from engine.images.kinds import ImageKind
+    kinds = default_registry()
+    kinds.register(ImageKind("tcp-stream", "tcp-stream-{id:x}.img", 1, "m", "e"))
+    # A kind registered later whose pattern also matches: the first one wins.
+    kinds.register(ImageKind("core-shadow", "core-{id}.img", 2, "m", "e"))
+    found = {name: kinds.for_filename(name) for name in (
+        "core-12.img", "ipcns-var-5.img", "tcp-stream-1a.img", "pipes-data.img",
+        "core-.img", "core-1a.img", "tcp-stream-1A.img", "core-1.img.bak", "xcore-1.img",
+        "pages-1.img")}
+    assert {n: (f[0].name, f[1]) for n, f in found.items() if f} == {
+        "core-12.img": ("core", 12), "ipcns-var-5.img": ("ipcns-var", 5),
+        "tcp-stream-1a.img": ("tcp-stream", 0x1a), "pipes-data.img": ("pipes-data", None)}
+    assert kinds.get("userns").id_of("userns-7.img") == 7
+    assert kinds.get("userns").id_of("userns-x.img") is None
