@@ -163,7 +163,10 @@ def engine_restore_collect(ctx, graph):
 
 @hookspec(firstresult=True)
 def engine_restore_node(ctx, node):
-    """Called for each graph node, in graph order, to restore it.
+    """Called for each graph node, in graph order, to restore it: on the
+    hookimpls of the plugin that owns it (``node.plugin``) and on every
+    wrapper (``wrapper=True``) of any plugin, not on the other plugins'
+    hookimpls (Registry.restore_node).
 
     Where it runs depends on the node: ``node.where == "engine"`` runs in the
     engine, ``"task"`` runs in the forked task ``node.pid`` (its executor

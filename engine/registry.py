@@ -104,10 +104,34 @@ class Registry:
     pm: pluggy.PluginManager
     specs: dict[str, PluginSpec]      # every known plugin, enabled or not
     enabled: list[str]                # in hooks.toml order, then entry points
+    _node_impls: dict | None = attrs.field(default=None, init=False)
 
     @property
     def hook(self):
         return self.pm.hook
+
+    def restore_node(self, ctx, node):
+        """engine_restore_node for one node, called on its owner's hookimpls
+        and every wrapper only, in pluggy's order: the other plugins return
+        None for a node not theirs (hookspecs), and each call of them all
+        writes to (so copies, in a forked task) some 60 more pages of the
+        engine. prepare_node_calls() builds the table once before the forks."""
+        impls = self.prepare_node_calls().get(node.plugin, self._node_impls[None])
+        # pluggy's own executor (hook call monitoring, wrappers, firstresult)
+        return self.pm._hookexec("engine_restore_node", impls, {"ctx": ctx, "node": node},
+                                 True)
+
+    def prepare_node_calls(self) -> dict:
+        if self._node_impls is None:
+            impls = self.pm.hook.engine_restore_node.get_hookimpls()
+            wrappers = [i for i in impls if i.wrapper or i.hookwrapper]
+            table = {None: []}                # a node no plugin owns: wrappers only
+            for impl in impls:
+                if impl not in wrappers:
+                    table.setdefault(impl.plugin_name, []).append(impl)
+            self._node_impls = {name: sorted(own + wrappers, key=impls.index) if wrappers
+                                else own for name, own in table.items()}
+        return self._node_impls
 
     def provider_of(self, resource: str) -> PluginSpec | None:
         for spec in self.specs.values():

@@ -250,7 +250,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _run_hook(ctx: RestoreContext, node: Node) -> None:
-    done = ctx.hook.engine_restore_node(ctx=ctx, node=node)
+    done = ctx.registry.restore_node(ctx, node)
     if done is None:
         raise RestoreError(f"{node}: plugin {node.plugin} did not restore it")
 
@@ -298,6 +298,7 @@ def restore(ctx: RestoreContext) -> list[int]:
     # kept from touching (so copying) every object.
     from engine.tracer.restore import prepare_forks
     prepare_forks()
+    ctx.registry.prepare_node_calls()
     import gc
     gc.disable()
     gc.freeze()

@@ -72,3 +72,29 @@ def test_misnamed_hook_is_an_error(tmp_path, monkeypatch):
                            '[plugins.odd]\nmodule = "misnamed_plugin"\n')
     with pytest.raises(Exception, match="unknown hook 'restore_node'"):
         registry.build(hooks_toml=path)
+
+
+def test_a_node_goes_to_its_plugin_and_through_every_wrapper():
+    """restore_node calls only the owner's hookimpl, but a wrapper of any
+    plugin (a third-party tracer of nodes, say) still sees every node."""
+    import types
+
+    from engine import hookimpl
+    from engine.graph import Node
+    seen = []
+
+    def restore(node):
+        return True if node.plugin == "owner" else None
+
+    @hookimpl(wrapper=True)
+    def watch(ctx, node):
+        result = yield
+        seen.append((node.key, result))
+        return result
+
+    reg = registry.build()
+    reg.pm.register(types.SimpleNamespace(engine_restore_node=hookimpl(restore)), name="owner")
+    reg.pm.register(types.SimpleNamespace(engine_restore_node=watch), name="watcher")
+    assert reg.restore_node(None, Node(key="owner:1", plugin="owner")) is True
+    assert reg.restore_node(None, Node(key="nobody:1", plugin="nobody")) is None
+    assert seen == [("owner:1", True), ("nobody:1", None)]
