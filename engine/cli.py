@@ -21,18 +21,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only`, that subcommand alone (the one given:
+    building the other five costs a few ms of every run)."""
     p = argparse.ArgumentParser(prog="engine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    for name, (help, add_arguments) in _SUBCOMMANDS.items():
+        if only is None or name == only:
+            add_arguments(sub.add_parser(name, help=help))
+    return p
 
-    d = sub.add_parser("dump", help="freeze a process tree and write its images")
+
+def _dump_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("-t", "--tree", type=int, required=True, metavar="PID")
     d.add_argument("-D", "--images-dir", required=True, metavar="DIR")
     d.add_argument("--leave-running", action="store_true",
                    help="resume the tree after the dump instead of killing it")
     _common(d)
 
-    r = sub.add_parser("restore", help="bring a dumped tree back")
+
+def _restore_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
     r.add_argument("--restore-detached", action="store_true", default=True,
                    help="return once the tree runs (the default)")
@@ -43,20 +51,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="restore as an ordinary user, inside a new user and pid namespace")
     _common(r)
 
-    s = sub.add_parser("show", help="print an image set as JSON")
+
+def _show_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("dir", metavar="DIR")
     _common(s)
 
-    pl = sub.add_parser("plan", help="print the restore order of an image set")
+
+def _plan_arguments(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("-D", "--images-dir", required=True, metavar="DIR")
     pl.add_argument("--tree", action="store_true", help="also print what each node waits for")
     _common(pl)
 
-    ps = sub.add_parser("plugins", help="list plugins, where each came from, and if it is on")
-    _common(ps)
 
-    sub.add_parser("check", help="check that this kernel has what the engine needs")
-    return p
+_SUBCOMMANDS = {
+    "dump": ("freeze a process tree and write its images", _dump_arguments),
+    "restore": ("bring a dumped tree back", _restore_arguments),
+    "show": ("print an image set as JSON", _show_arguments),
+    "plan": ("print the restore order of an image set", _plan_arguments),
+    "plugins": ("list plugins, where each came from, and if it is on", _common),
+    "check": ("check that this kernel has what the engine needs", lambda c: None),
+}
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
@@ -112,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = _preparse(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(pre.verbose, 2),
                         format="engine: %(name)s: %(message)s")
-    parser = _parser()
+    parser = _parser(only=pre.command)
     try:
         reg = None
         if pre.command in WITH_PLUGINS:
