@@ -26,9 +26,9 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     building the other five costs a few ms of every run)."""
     p = argparse.ArgumentParser(prog="engine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, (help, add_arguments) in _SUBCOMMANDS.items():
+    for name, (text, add_arguments) in _SUBCOMMANDS.items():
         if only is None or name == only:
-            add_arguments(sub.add_parser(name, help=help))
+            add_arguments(sub.add_parser(name, help=text))
     return p
 
 
@@ -63,13 +63,17 @@ def _plan_arguments(pl: argparse.ArgumentParser) -> None:
     _common(pl)
 
 
+def _no_arguments(c: argparse.ArgumentParser) -> None:
+    pass
+
+
 _SUBCOMMANDS = {
     "dump": ("freeze a process tree and write its images", _dump_arguments),
     "restore": ("bring a dumped tree back", _restore_arguments),
     "show": ("print an image set as JSON", _show_arguments),
     "plan": ("print the restore order of an image set", _plan_arguments),
     "plugins": ("list plugins, where each came from, and if it is on", _common),
-    "check": ("check that this kernel has what the engine needs", lambda c: None),
+    "check": ("check that this kernel has what the engine needs", _no_arguments),
 }
 
 

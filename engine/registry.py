@@ -115,9 +115,11 @@ class Registry:
         and every wrapper only, in pluggy's order: the other plugins return
         None for a node not theirs (hookspecs), and each call of them all
         writes to (so copies, in a forked task) some 60 more pages of the
-        engine. prepare_node_calls() builds the table once before the forks."""
+        engine. prepare_node_calls() builds the table once every plugin is
+        registered, before the forks."""
         impls = self.prepare_node_calls().get(node.plugin, self._node_impls[None])
-        # pluggy's own executor (hook call monitoring, wrappers, firstresult)
+        # pluggy's own executor, the one HookCaller.__call__ hands its
+        # hookimpls to (wrappers, firstresult, hook call monitoring).
         return self.pm._hookexec("engine_restore_node", impls, {"ctx": ctx, "node": node},
                                  True)
 

@@ -50,6 +50,7 @@ class ImageKind:
         parts = _pattern_parts(self.pattern)
         return None if parts is None else _id_between(fname, *parts, self.id_base)
 
+
 P = "engine.images.proto."
 BUILTIN = [
     ImageKind("inventory", "inventory.img", 0x58313116, P + "tree_pb2", "inventory_entry",
@@ -121,6 +122,7 @@ def _id_between(fname: str, head: str, tail: str, base: int) -> int | None:
         return None
     return int(digits, base)
 
+
 class KindRegistry:
     def __init__(self, kinds=()):
         self._kinds: dict[str, ImageKind] = {}
@@ -168,6 +170,7 @@ class KindRegistry:
                 by_head.setdefault(parts[0], []).append((order, kind, parts[1]))
         self._index = (fixed, by_head, sorted({len(head) for head in by_head}))
         return self._index
+
 
 def default_registry() -> KindRegistry:
     return KindRegistry(BUILTIN)
