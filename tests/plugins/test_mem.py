@@ -27,14 +27,39 @@ def test_missing_pages_file_is_refused(dumped_counter):
     _restore_fails(img, target.pid, "pages-")
 
 
-def test_vma_outside_user_space_is_refused(dumped_counter):
+def _spoil_outside(vmas):
+    vmas[0].start, vmas[0].end = 0xFFFF800000000000, 0xFFFF800000001000
+
+
+def _spoil_alignment(vmas):
+    vmas[0].end += 1
+
+
+def _spoil_overlap(vmas):
+    vmas[1].start = vmas[0].start
+
+
+def _spoil_file(vmas):
+    file_backed = next(v for v in vmas if v.shmid and v.status & (1 << 6 | 1 << 7))
+    file_backed.shmid = 999999
+
+
+@pytest.mark.parametrize("spoil, why", [
+    (_spoil_outside, "vma 0 (0xffff800000000000-0xffff800000001000): outside user space"),
+    (_spoil_alignment, "vma 0 ("),
+    (_spoil_overlap, "overlaps the previous VMA"),
+    (_spoil_file, "shmid 999999 is not a file of files.img"),
+])
+def test_bad_vma_is_refused_naming_it(dumped_counter, spoil, why):
     from engine.images import ImageDir
     target, img = dumped_counter
     images = ImageDir(str(img))
     mm = images.read_one("mm", id=target.pid)
-    mm.vmas[0].start, mm.vmas[0].end = 0xFFFF800000000000, 0xFFFF800000001000
+    spoil(mm.vmas)
     images.write("mm", [mm], id=target.pid)
-    _restore_fails(img, target.pid, f"mm-{target.pid}.img", "outside user space")
+    line = _restore_fails(img, target.pid, f"mm-{target.pid}.img", why)
+    if spoil is _spoil_alignment:
+        assert "not a page-aligned range" in line
 
 
 def test_truncated_pages_file_is_refused(dumped_counter):
