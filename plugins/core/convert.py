@@ -140,7 +140,8 @@ def thread_state(core, tid: int, image: str) -> m.ThreadState:
         raise ValueError(f"{image}: thread_info.fpregs: st_space/xmm_space have "
                          f"{len(fp.st_space)}/{len(fp.xmm_space)} words, want 32/64")
     tc = core.thread_core
-    th = m.ThreadState(tid=tid, regs={n: getattr(ti.gpregs, n) for n in m.REG_NAMES},
+    gp = ti.gpregs          # Regs' fields are REG_NAMES, in order; u64 in the image
+    th = m.ThreadState(tid=tid, regs=m.Regs(*[getattr(gp, n) for n in m.REG_NAMES]),
                        fpregs=fp, clear_tid_addr=ti.clear_tid_addr,
                        futex_rla=tc.futex_rla, futex_rla_len=tc.futex_rla_len)
     # The sigmask lives in thread_core (per thread) or, in older images, tc.
