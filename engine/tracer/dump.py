@@ -151,11 +151,17 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def proc_status(pid: int) -> dict[str, list[str]]:
+    """/proc/PID/status as name -> its values."""
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.split() for k, _, v in (line.partition(":") for line in f)}
+
+
 def _creds(pid: int, secbits: int) -> m.Creds:
-    status = {}
-    for line in _read(f"/proc/{pid}/status").splitlines():
-        key, _, value = line.partition(":")
-        status[key] = value.split()
+    return creds_from_status(proc_status(pid), secbits)
+
+
+def creds_from_status(status: dict[str, list[str]], secbits: int) -> m.Creds:
     uid = [int(x) for x in status["Uid"]]
     gid = [int(x) for x in status["Gid"]]
 

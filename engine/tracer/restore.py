@@ -149,10 +149,15 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
+    # The dump side's /proc readers, loaded by the tracers only (not into
+    # the engine the tasks are forked from).
+    from engine.tracer.dump import proc_status
     bt = scratch_batch(t, t.scratch)
-    untouched = _untouched_signals(t.pid)
+    status = proc_status(t.pid)         # read once: signal dispositions and credentials
+    untouched = _untouched_signals(status)
+    no_action = m.SigAction()
     for sig, sa in enumerate(sigactions, 1):
-        if sig in (SIGKILL, SIGSTOP) or (sa == m.SigAction() and sig in untouched):
+        if sig in (SIGKILL, SIGSTOP) or (sa == no_action and sig in untouched):
             continue
         bt.call("rt_sigaction", sig, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer,
                                                  sa.mask), 0, 8, what=f"signal {sig}")
@@ -172,7 +177,7 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     # nothing to do when the dumped ones are those.
     # Only comparable in our own user namespace: inside another, the image
     # holds ids as that namespace sees them, /proc shows them as we do.
-    if creds is not None and _same_userns(t.pid) and creds == _creds_now(t.pid):
+    if creds is not None and _same_userns(t.pid) and creds == _creds_now(status):
         creds = None
     for tracee in t.others + [t]:
         tb = bt if tracee is t else scratch_batch(tracee, t.scratch)
@@ -199,18 +204,14 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
         tracee.saved = None                    # detach must not put old registers back
 
 
-def _untouched_signals(pid: int) -> set[int]:
+def _untouched_signals(status: dict[str, list[str]]) -> set[int]:
     """Signals whose action in the forked task is all-zero, so an all-zero
     image entry needs no syscall. The task's handler comes from the kernel
     (SigCgt/SigIgn: faulthandler's C handlers are invisible to
     signal.getsignal); flags and mask, which it inherited from the engine,
     from the engine's own rt_sigaction. SIGCHLD is always set: its flags
     (SA_NOCLDWAIT) matter even under SIG_DFL."""
-    caught = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("SigCgt:", "SigIgn:")):
-                caught |= int(line.split()[1], 16)
+    caught = int(status["SigCgt"][0], 16) | int(status["SigIgn"][0], 16)
     return {sig for sig in engine_zero_actions() if not caught >> (sig - 1) & 1}
 
 
@@ -218,10 +219,11 @@ def _same_userns(pid: int) -> bool:
     return os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
 
 
-def _creds_now(pid: int) -> m.Creds:
-    """The task's credentials; securebits are the engine's (it inherited them)."""
-    from engine.tracer.dump import _creds
-    return _creds(pid, b.libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0))
+def _creds_now(status: dict[str, list[str]]) -> m.Creds:
+    """The task's credentials, from its /proc status; securebits are the
+    engine's (it inherited them)."""
+    from engine.tracer.dump import creds_from_status
+    return creds_from_status(status, b.libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0))
 
 
 def _set_creds(tb, c: m.Creds) -> None:
@@ -230,7 +232,8 @@ def _set_creds(tb, c: m.Creds) -> None:
     bounding set, groups, gids, uids, then securebits and capabilities."""
     # What is already as dumped is left alone: an unprivileged engine (no
     # CAP_SETPCAP, CAP_SETGID) may not even set a value to what it is.
-    now = _status(tb.t.pid)
+    from engine.tracer.dump import proc_status
+    now = proc_status(tb.t.pid)
     fix = tb.call("prctl", PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0, check=False)
     fixup = tb.run()[fix] == 0
     bnd = c.cap_bnd[0] | c.cap_bnd[1] << 32
@@ -259,11 +262,6 @@ def _set_creds(tb, c: m.Creds) -> None:
         if amb >> cap & 1:
             tb.call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0,
                     what=f"ambient cap {cap}")
-
-
-def _status(pid: int) -> dict[str, list[str]]:
-    with open(f"/proc/{pid}/status") as f:
-        return {k: v.split() for k, _, v in (line.partition(":") for line in f)}
 
 
 def _cap_last() -> int:
