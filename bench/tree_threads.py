@@ -59,7 +59,9 @@ def kill_tree(root: int) -> None:
     reap_all()
 
 
-def one(cmd: list[str], ready: Path, img: Path) -> float:
+def dumped(cmd: list[str], ready: Path, img: Path) -> int:
+    """Start the target, dump it to `img` (which kills it) and reap it;
+    returns its root pid, the session the restored tree will have."""
     ready.unlink(missing_ok=True)
     subprocess.run(["rm", "-rf", str(img)], check=True)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -67,9 +69,14 @@ def one(cmd: list[str], ready: Path, img: Path) -> float:
     wait_for(ready)
     engine("dump", "-t", str(proc.pid), "-D", str(img))
     reap_all()
+    return proc.pid
+
+
+def one(cmd: list[str], ready: Path, img: Path) -> float:
+    root = dumped(cmd, ready, img)
     took = engine("restore", "-D", str(img))
     time.sleep(0.05)
-    kill_tree(proc.pid)
+    kill_tree(root)
     return took
 
 
@@ -92,17 +99,11 @@ def restore_from(checkout: Path | None, img: Path, root: int) -> tuple[float, fl
 
 
 def paired(cmd: list[str], ready: Path, img: Path, against: Path, n: int) -> dict:
-    ready.unlink(missing_ok=True)
-    subprocess.run(["rm", "-rf", str(img)], check=True)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            start_new_session=True)
-    wait_for(ready)
-    engine("dump", "-t", str(proc.pid), "-D", str(img))
-    reap_all()
+    root = dumped(cmd, ready, img)
     runs: dict = {"this": [], "against": []}
     for i in range(n):
         for side in (("this", "against") if i % 2 == 0 else ("against", "this")):
-            runs[side].append(restore_from(None if side == "this" else against, img, proc.pid))
+            runs[side].append(restore_from(None if side == "this" else against, img, root))
     return runs
 
 

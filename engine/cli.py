@@ -118,7 +118,7 @@ def run() -> None:
     The cyclic garbage collector is off while the command starts: the
     modules, plugin set and restore plan it builds are tens of thousands of
     objects that live until exit, which each collection walks to free
-    nothing (about 60 collections, 9 ms, before a 50-task restore forks).
+    nothing (about 40 collections, 7 ms, before a 50-task restore forks).
     A restore keeps it off (engine.restore), a dump turns it on again once
     set up (cmd_dump)."""
     gc.disable()
