@@ -108,7 +108,8 @@ def _file_id(ctx, path: str) -> int:
 
 
 def _mm_state(ctx, mm, image: str):
-    from engine.tracer.model import MmState, Vma
+    from engine.tracer.model import (VMA_AREA_VSYSCALL, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+                                     MmState, Vma)
     vmas = []
     prev_end = 0
     # About 20 VMAs a task: what is not needed for a sound one (the text of
@@ -116,13 +117,13 @@ def _mm_state(ctx, mm, image: str):
     for i, v in enumerate(mm.vmas):
         if v.start % PAGE or v.end % PAGE or v.start >= v.end:
             raise ValueError(f"{_where(image, i, v)}: not a page-aligned range")
-        if v.end > TASK_SIZE and not _is_vsyscall(v):
+        if v.end > TASK_SIZE and not v.status & VMA_AREA_VSYSCALL:
             raise ValueError(f"{_where(image, i, v)}: outside user space")
         if v.start < prev_end:
             raise ValueError(f"{_where(image, i, v)}: overlaps the previous VMA")
         prev_end = v.end
         path = None
-        if v.shmid and _is_file(v):
+        if v.shmid and v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             entry = ctx.files.get(v.shmid)
             if entry is None or not entry.HasField("reg"):
                 raise ValueError(f"{_where(image, i, v)}: shmid {v.shmid} is not a file "
@@ -143,16 +144,3 @@ def _mm_state(ctx, mm, image: str):
 
 def _where(image: str, i: int, v) -> str:
     return f"{image}: vma {i} ({v.start:#x}-{v.end:#x})"
-
-
-VMA_AREA_VSYSCALL = 1 << 2
-VMA_FILE_PRIVATE = 1 << 6
-VMA_FILE_SHARED = 1 << 7
-
-
-def _is_vsyscall(v) -> bool:
-    return bool(v.status & VMA_AREA_VSYSCALL)
-
-
-def _is_file(v) -> bool:
-    return bool(v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED))
