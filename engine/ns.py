@@ -20,6 +20,8 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 FLAGS = {"mnt": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "user": CLONE_NEWUSER,
          "pid": CLONE_NEWPID, "net": CLONE_NEWNET}
+# Every kind of namespace ids-PID.img names (task_kobj_ids_entry: KIND_ns_id).
+KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 NS_GET_USERNS = 0xB701          # _IO(0xb7, 0x1): the owning user namespace
 NS_GET_PARENT = 0xB702          # _IO(0xb7, 0x2): the parent (user and pid namespaces)
 

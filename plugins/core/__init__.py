@@ -28,7 +28,6 @@ PAGE = 4096
 MODE_NATIVE = 1
 TASK_ALIVE = 1
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
-NS_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 _NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
 
 
@@ -122,10 +121,11 @@ def _child_subreaper(tracee) -> bool:
 def _ids_entry(ctx, task):
     if task.zombie is not None:
         raise ValueError(f"task {task.pid} is a zombie: it cannot be the root of a dump")
+    from engine import ns
     from engine.images.proto import core_pb2
     ns_ids = ctx.stash.setdefault(_NS_IDS, {})
     entry = core_pb2.task_kobj_ids_entry(**task.ids)
-    for kind in NS_KINDS:
+    for kind in ns.KINDS:
         try:
             inode = os.stat(f"/proc/{task.pid}/ns/{kind}").st_ino
         except OSError:

@@ -71,7 +71,7 @@ def engine_restore_collect(ctx, graph):
     ctx.pstree = entries
     ctx.zombies = _zombies(ctx, entries)
     nodes = plan(entries, ctx.zombies, _subreapers(ctx, entries), _pid_free,
-                 siblings_may_fork=lambda: _one_namespace_set(ctx, entries))
+                 siblings_may_fork=lambda: _one_namespace_set(ctx))
     for node in nodes:
         if node.data.helper:
             # Gone before release, like a zombie: no memory, no registers.
@@ -109,13 +109,13 @@ def engine_restore_node(ctx, node):
 
 # --- helpers -----------------------------------------------------------------
 
-def _one_namespace_set(ctx, entries) -> bool:
+def _one_namespace_set(ctx) -> bool:
     """Every live task in the same namespaces: no task makes one that its
     siblings are then born in (what a fork by a sibling needs; a namespace
     the restore makes is made by the root, and joined by every other)."""
-    kinds = ("pid", "net", "mnt", "ipc", "uts", "user", "cgroup", "time")
-    return len({tuple(getattr(ctx.ids(e.pid), f"{kind}_ns_id") for kind in kinds)
-                for e in entries if e.pid not in ctx.zombies}) == 1
+    from engine import ns
+    return len({tuple(getattr(ctx.ids(e.pid), f"{kind}_ns_id") for kind in ns.KINDS)
+                for e in ctx.alive}) == 1
 
 
 def _zombies(ctx, entries) -> dict[int, int]:
