@@ -159,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_dump(args, reg) -> int:
-    import os
     from engine.dump import DumpContext, dump
     from engine.images import ImageDir
     # A dump runs as long as the tree is big: collect again, but only what
@@ -235,7 +234,6 @@ def _kinds(reg):
 
 
 def _open_images(path: str, reg):
-    import os
     from engine.images import ImageDir
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such image directory")
