@@ -24,6 +24,11 @@ class ImageDir:
     def exists(self, name: str, id=None) -> bool:
         return os.path.exists(self.path(name, id))
 
+    def ids(self, name: str) -> list[int]:
+        """The ids of the images of kind `name` in the set, in order."""
+        kind = self.kinds.get(name)
+        return sorted(i for i in map(kind.id_of, os.listdir(self.dir)) if i is not None)
+
     def read(self, name: str, id=None) -> list:
         return read_entries(self.path(name, id), self.kinds.get(name))
 

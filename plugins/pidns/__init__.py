@@ -74,7 +74,7 @@ def engine_dump_finish(ctx):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     from engine import ns
-    entries = {i: ctx.images.read_one("pidns", id=i) for i in _images(ctx)}
+    entries = {i: ctx.images.read_one("pidns", id=i) for i in ctx.images.ids("pidns")}
     if not entries:
         return
     levels, ns_of = {}, {}
@@ -170,11 +170,6 @@ def _make(ctx, ns_id, entry) -> None:
                 os.close(fd)
     finally:
         os.close(user_fd)
-
-
-def _images(ctx) -> list[int]:
-    kind = ctx.images.kinds.get("pidns")
-    return sorted(i for i in map(kind.id_of, os.listdir(ctx.images.dir)) if i is not None)
 
 
 def _depth(ns_id, entries) -> int:

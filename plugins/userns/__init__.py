@@ -79,9 +79,10 @@ def engine_restore_collect(ctx, graph):
         ns_id = ctx.ids(e.pid).user_ns_id
         if ns_id and ctx.images.exists("userns", id=ns_id):
             tasks.setdefault(ns_id, []).append(e.pid)
-    if not tasks and not _images(ctx):
+    images = ctx.images.ids("userns")
+    if not tasks and not images:
         return
-    entries = {ns_id: ctx.images.read_one("userns", id=ns_id) for ns_id in _images(ctx)}
+    entries = {ns_id: ctx.images.read_one("userns", id=ns_id) for ns_id in images}
     for ns_id in entries:
         _check_chain(ns_id, entries)
     held = {"uid_map": _read_map("/proc/self/uid_map"), "gid_map": _read_map("/proc/self/gid_map")}
@@ -141,11 +142,6 @@ def engine_restore_abort(ctx, error):
 
 
 # --- helpers -----------------------------------------------------------------
-
-def _images(ctx) -> list[int]:
-    kind = ctx.images.kinds.get("userns")
-    return sorted(i for i in map(kind.id_of, os.listdir(ctx.images.dir)) if i is not None)
-
 
 def _read_map(path: str) -> list[tuple[int, int, int]]:
     with open(path) as f:
