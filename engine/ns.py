@@ -275,10 +275,26 @@ def effective_caps() -> int:
     return int(status_field("self", "CapEff")[0], 16)
 
 
+def pid_depth() -> int:
+    """How many pid namespaces the calling process is below /proc's (the
+    engine's mount). Restoring tasks ask for every file they take and every
+    group they join; /proc/self/status costs ~0.2 ms a read, the namespace's
+    inode ~10 µs. Kept by inode, so forks inherit it (a task the engine
+    forks in its own namespace never reads status)."""
+    ino = os.stat("/proc/self/ns/pid").st_ino
+    depth = _depths.get(ino)
+    if depth is None:
+        depth = _depths[ino] = len(status_field("self", "NSpid")) - 1
+    return depth
+
+
+_depths: dict[int, int] = {}       # pid namespace inode -> its pid_depth()
+
+
 def pid_here(pid: int) -> int | None:
     """`pid`, as /proc (the engine's mount) names it, as the calling task's
     own pid namespace names it; None when it is outside that namespace."""
-    depth = len(status_field("self", "NSpid")) - 1
+    depth = pid_depth()
     if not depth:
         return pid
     try:

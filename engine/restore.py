@@ -298,6 +298,8 @@ def restore(ctx: RestoreContext) -> list[int]:
     # kept from touching (so copying) every object.
     from engine.tracer.restore import prepare_forks
     prepare_forks()
+    from engine import ns
+    ns.pid_depth()                   # known to tasks forked in our pid namespace
     ctx.registry.prepare_node_calls()
     import gc
     gc.disable()

@@ -48,7 +48,7 @@ def engine_dump_finish(ctx):
     users = ns.user_ids(ctx)
     by_inode = {ino: ns_id for ns_id, (ino, _) in found.items()}
     own = ns.inode("self", "pid")
-    depth = len(ns.status_field("self", "NSpid")) - 1
+    depth = ns.pid_depth()
     for pid, task in ctx.tasks.items():
         if task.zombie is not None and len(ns.status_field(pid, "NSpid")) - 1 > depth:
             raise ValueError(f"task {pid}: a zombie in a nested pid namespace is not supported")

@@ -222,7 +222,11 @@ def _join_group(proc) -> None:
     # Images and /proc (the engine's mount) name groups in the engine's pid
     # namespace; setpgid inside a nested one wants the number seen there.
     from engine import ns
-    if int(ns.status_field("self", "NSpgid")[0]) == proc.pgid:
+    if ns.pid_depth() == 0:
+        now = os.getpgid(0)            # as /proc names it
+    else:
+        now = int(ns.status_field("self", "NSpgid")[0])
+    if now == proc.pgid:
         return
     here = ns.pid_here(proc.pgid)
     try:
