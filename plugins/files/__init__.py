@@ -49,6 +49,7 @@ log = logging.getLogger("engine.plugins.files")
 SEEN = StashKey()
 SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
 REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
+OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with an owner
 GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
 
@@ -167,6 +168,8 @@ def engine_restore_collect(ctx, graph):
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     first_user: dict[int, int] = {}
     shared = ctx.stash[SHARED] = set()
+    # Found here once per file, not by every task that installs it.
+    owners = ctx.stash[OWNERS] = {}
     for task in ctx.alive:
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.read("fdinfo", id=files_id) if ctx.images.exists(
@@ -181,7 +184,12 @@ def engine_restore_collect(ctx, graph):
                 _refuse_fdinfo(ctx, f"fdinfo-{files_id}.img: entry {i}: fd {fd}", fi,
                                fds, fd_limit)
             fds.add(fd)
-            if first_user.setdefault(file_id, task.pid) != task.pid:
+            if file_id not in first_user:
+                first_user[file_id] = task.pid
+                fown = _fown_of(entry)
+                if fown is not None and (fown.pid or fown.signum):
+                    owners[file_id] = fown
+            elif first_user[file_id] != task.pid:
                 shared.add(file_id)
             kinds.setdefault(ftype, entry)
             table.append((fd, file_id, fi.flags & fcntl.FD_CLOEXEC))
@@ -214,7 +222,7 @@ def engine_restore_node(ctx, node):
     # Helpers kept open while the table is made (pipe ends) go above it.
     floor = ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
     _room_for(floor + len(node.data) + 64)
-    shared = ctx.stash[SHARED]
+    shared, owners = ctx.stash[SHARED], ctx.stash[OWNERS]
     for number, file_id, cloexec in node.data:
         if file_id in opened:
             fd = os.dup(opened[file_id])
@@ -232,9 +240,8 @@ def engine_restore_node(ctx, node):
             opened[file_id] = number
             if file_id in shared:
                 ctx.publish_fd(file_id, number)
-            fown = _fown_of(ctx.files[file_id])
-            if fown is not None and (fown.pid or fown.signum):
-                _restore_owner(number, fown, file_id)
+            if file_id in owners:
+                _restore_owner(number, owners[file_id], file_id)
         fcntl.fcntl(number, fcntl.F_SETFD, cloexec)
     return True
 
