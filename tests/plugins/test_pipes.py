@@ -81,6 +81,26 @@ def test_fd_above_the_restoring_soft_limit(build_target, target_runner, engine_c
     assert target.verdict() == "PASS"
 
 
+@pytest.mark.parametrize("high", [256, 0])
+def test_fds_beside_the_engine_log(build_target, target_runner, engine_cli, tmp_path, high):
+    """The engine logs through a copy of its stderr at fd 256 while it
+    restores (so its tasks need not move it off fd 2): an image fd at 256
+    still comes back as itself, the task keeps no fd the target did not
+    have, and the log still reaches the engine's stderr after the tasks
+    have made their tables."""
+    import os
+    from engine.testing import reap_dumped_tree
+    target = target_runner.start(build_target("fdlayout"), "--high", str(high))
+    fds = sorted(os.listdir(f"/proc/{target.pid}/fd"), key=int)
+    img = tmp_path / "img"
+    dump_to(target, img)
+    reap_dumped_tree(img)
+    out = engine_cli("restore", "-v", "-v", "-D", img)
+    assert f"node mem:{target.pid} (in tracer" in out.stderr
+    assert sorted(os.listdir(f"/proc/{target.pid}/fd"), key=int) == fds
+    assert target.verdict() == "PASS"
+
+
 @pytest.mark.parametrize("how, want", [
     ("size", "fifo-data.img: entry 0 (pipe {}): size 4294967295 is over "
              "/proc/sys/fs/pipe-max-size"),
