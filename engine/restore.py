@@ -27,6 +27,7 @@ from engine.stash import Stash
 log = logging.getLogger("engine.restore")
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 
 
 class RestoreError(Exception):
@@ -47,6 +48,8 @@ class RestoreContext:
     zombies: dict = attrs.field(factory=dict)
     # Inside a zombie-to-be: the status it exits with after its last node.
     exit_status: int | None = None
+    # Inside a task: killed when its parent dies (spawn's die_with_parent).
+    dies_with_parent: bool = False
     _read: dict = attrs.field(factory=dict)     # (image kind, id) -> its entries
     # pid -> engine end of the task's channel (engine only)
     channels: dict[int, socket.socket] = attrs.field(factory=dict)
@@ -95,13 +98,27 @@ class RestoreContext:
         """ids-PID.img of a task: the object ids its mm, fds, fs... share."""
         return self.read_one("ids", id=pid)
 
-    def spawn(self, pid: int, sibling: bool = False) -> int:
+    def spawn(self, pid: int, sibling: bool = False, die_with_parent: bool = True) -> int:
         """Fork task `pid` from the calling process (engine or a task), or,
-        as a `sibling`, a child of the caller's parent (CLONE_PARENT)."""
+        as a `sibling`, a child of the caller's parent (CLONE_PARENT).
+
+        With `die_with_parent` the task gets SIGKILL when its parent dies
+        before release (PR_SET_PDEATHSIG; the tracer clears it), so an engine
+        killed mid-restore takes its tasks with it, down the tree. Pass False
+        for a task whose parent exits during the restore on purpose (a
+        zombie or a helper that orphans it)."""
         from engine.tracer.clone import CLONE_PARENT, clone_with_pid
         flags, tids = self.clone_args.get(pid, (0, None))
+        parent = os.getppid() if sibling else os.getpid()
         child = clone_with_pid(pid, flags=flags | (CLONE_PARENT if sibling else 0), tids=tids)
         if child == 0:
+            self.dies_with_parent = die_with_parent
+            if die_with_parent:
+                _die_with_parent()
+                # Gone already (we were reparented): die as it would have had
+                # us. A child in a new pid namespace sees its parent as 0.
+                if os.getppid() not in (parent, 0):
+                    os._exit(1)
             _serve(self, pid)          # never returns
         self.started.append(pid)        # the engine's name for it (child: the caller's)
         return child
@@ -131,6 +148,11 @@ class RestoreContext:
             os.dup2(fd, number, inheritable=True)
             os.close(fd)
         self.kept_fds.add(number)
+
+
+def _die_with_parent() -> None:
+    from engine.tracer.binding import libc      # loaded with clone_with_pid
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _move_log_stream(ctx: RestoreContext, number: int) -> None:
@@ -229,6 +251,10 @@ def _serve(ctx: RestoreContext, pid: int) -> None:
                 for key in keys:
                     _run_hook(ctx, ctx.graph.nodes[key])
                     ctx.shared_fds.update(ctx._published)
+                if ctx.dies_with_parent:
+                    # The kernel clears it when a node changes our
+                    # credentials (setfsuid around a socket's creation).
+                    _die_with_parent()
                 _send(ctx.task_ends[pid], ("ok", ctx.started, ctx._published))
                 if ctx.exit_status is not None:
                     _die_as(ctx.exit_status)

@@ -39,6 +39,7 @@ SECBIT_NO_SETUID_FIXUP = 1 << 2
 # what pthread_create passes: one mm, fs, fd table and signal handlers
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 RSEQ_FLAG_UNREGISTER = 1
+PR_SET_PDEATHSIG = 1
 AT_FDCWD = -100
 O_RDONLY, O_RDWR = 0, 2
 SIGKILL, SIGSTOP = 9, 19
@@ -161,6 +162,9 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
             continue
         bt.call("rt_sigaction", sig, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer,
                                                  sa.mask), 0, 8, what=f"signal {sig}")
+    # Set while it was restored (an engine killed meanwhile takes it along);
+    # a parent-death signal was never dumped, so none is left.
+    bt.call("prctl", PR_SET_PDEATHSIG, 0, 0, 0, 0, what="parent-death signal")
     others = [th for th in threads if th.tid != t.pid]
     if others:
         b.ptrace(b.PTRACE_SETOPTIONS, t.pid, 0, b.PTRACE_O_TRACECLONE, "PTRACE_SETOPTIONS")

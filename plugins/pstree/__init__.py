@@ -85,7 +85,10 @@ def engine_restore_node(ctx, node):
         return None
     proc, kind = node.data, node.key.split(":")[1]
     if kind == "fork":
-        ctx.spawn(proc.pid, sibling=proc.by_sibling is not None)
+        # A parent that exits before release (a zombie, a helper) orphans
+        # its children on purpose: they must not die with it.
+        ctx.spawn(proc.pid, sibling=proc.by_sibling is not None,
+                  die_with_parent=proc.forker is None or proc.forker not in ctx.zombies)
     elif kind == "reaper":
         for pid in proc.after_deaths:
             _wait_dead(pid)

@@ -100,3 +100,49 @@ def test_leave_stopped_stops_every_task_of_the_tree(build_target, target_runner,
     for pid in pids:
         os.kill(pid, signal.SIGCONT)
     assert target.verdict() == "PASS"
+
+
+@pytest.mark.parametrize("target_name", ["fanout", "tree"])
+def test_a_killed_engine_takes_its_tasks_with_it(build_target, target_runner, tmp_path,
+                                                 target_name):
+    """SIGKILL the engine while its tasks are being traced: no task of the
+    tree is left running or stopped (each dies with its parent, down from
+    the engine), as when a restore fails."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from engine.images import ImageDir
+    from engine.testing import AUTOLOAD_ENV, REPO_ROOT, dump_to, reap_dumped_tree, task_gone
+    target = target_runner.start(build_target(target_name))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    reap_dumped_tree(img)
+    pids = [e.pid for e in ImageDir(str(img)).read("pstree")]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{AUTOLOAD_ENV: "1"})
+    engine = subprocess.Popen([sys.executable, "-m", "engine", "restore", "-v", "-v",
+                               "-D", str(img)], stderr=subprocess.PIPE, text=True, env=env)
+    for line in engine.stderr:
+        if " (in tracer " in line:          # tasks forked, one being restored
+            break
+    engine.send_signal(signal.SIGKILL)
+    engine.wait()
+    engine.stderr.close()
+    deadline = time.monotonic() + 5
+    while True:
+        _reap_exited()
+        left = [pid for pid in pids if not task_gone(pid)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not left, f"tasks {left} outlived the engine"
+
+
+def _reap_exited():
+    """Reap whichever of our children have exited, without waiting."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG | 0x40000000)[0] == 0:     # __WALL
+                return
+        except ChildProcessError:
+            return
