@@ -103,8 +103,9 @@ class RestoreContext:
         as a `sibling`, a child of the caller's parent (CLONE_PARENT).
 
         With `die_with_parent` the task gets SIGKILL when its parent dies
-        before release (PR_SET_PDEATHSIG; the tracer clears it), so an engine
-        killed mid-restore takes its tasks with it, down the tree. Pass False
+        before release (PR_SET_PDEATHSIG, cleared as the tracer releases
+        it), so an engine killed mid-restore takes its tasks with it, down
+        the tree. Pass False
         for a task whose parent exits during the restore on purpose (a
         zombie or a helper that orphans it)."""
         from engine.tracer.clone import CLONE_PARENT, clone_with_pid

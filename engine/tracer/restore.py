@@ -162,9 +162,6 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
             continue
         bt.call("rt_sigaction", sig, struct.pack("<4Q", sa.sigaction, sa.flags, sa.restorer,
                                                  sa.mask), 0, 8, what=f"signal {sig}")
-    # Set while it was restored (an engine killed meanwhile takes it along);
-    # a parent-death signal was never dumped, so none is left.
-    bt.call("prctl", PR_SET_PDEATHSIG, 0, 0, 0, 0, what="parent-death signal")
     others = [th for th in threads if th.tid != t.pid]
     if others:
         b.ptrace(b.PTRACE_SETOPTIONS, t.pid, 0, b.PTRACE_O_TRACECLONE, "PTRACE_SETOPTIONS")
@@ -349,7 +346,13 @@ def release(tracees, leave_stopped: bool = False) -> None:
             t = _restored.pop(t)
         else:
             _restored.pop(t.pid, None)
+        # The parent-death signal ctx.spawn set goes last of all: until the
+        # release, an engine killed midway takes every task along (and none
+        # was dumped, so none is left). The final registers go back after.
+        final = t.regs()
         t.saved = None
+        t.checked("prctl", PR_SET_PDEATHSIG, 0, 0, 0, 0, what="clear the parent-death signal")
+        t.set_regs(final)
         t.detach(SIGSTOP if leave_stopped else t.release_signal)
 
 

@@ -138,6 +138,32 @@ def test_a_killed_engine_takes_its_tasks_with_it(build_target, target_runner, tm
     assert not left, f"tasks {left} outlived the engine"
 
 
+def test_children_outlive_their_restored_parent(build_target, target_runner, engine_cli,
+                                                tmp_path):
+    """The parent-death signal a task has while it is restored is gone once
+    it runs: killing the restored parent leaves its children running, as it
+    did before the dump."""
+    import signal
+    import time
+    from engine.images import ImageDir
+    from engine.testing import dump_to, reap_dumped_tree, task_gone
+    target = target_runner.start(build_target("fanout"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    reap_dumped_tree(img)
+    kids = [e.pid for e in ImageDir(str(img)).read("pstree") if e.pid != target.pid]
+    engine_cli("restore", "-D", img)
+    os.kill(target.pid, signal.SIGKILL)
+    while not task_gone(target.pid):
+        time.sleep(0.01)
+    time.sleep(0.1)                       # a signal to the children would be in by now
+    _reap_exited()
+    assert [pid for pid in kids if task_gone(pid)] == []
+    for pid in kids:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)                # ours now (the subreaper)
+
+
 def _reap_exited():
     """Reap whichever of our children have exited, without waiting."""
     while True:
