@@ -22,6 +22,7 @@ PAGE = 4096
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
 EINTR = 4
 PR_GET_TID_ADDRESS = 40
+PR_GET_PDEATHSIG = 2
 PR_GET_SECUREBITS = 27
 PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
 CHUNK = 64 << 20          # bytes read per process_vm_readv batch
@@ -97,6 +98,8 @@ def _collect(t: Tracee) -> m.TaskState:
             (th.clear_tid_addr,) = struct.unpack("<Q", tracee.read(scratch, 8))
             tracee.checked("sigaltstack", 0, scratch)
             th.ss_sp, th.ss_size, th.ss_flags = _stack_t(tracee.read(scratch, 24))
+            tracee.checked("prctl", PR_GET_PDEATHSIG, scratch, 0, 0, 0)
+            (th.pdeath_sig,) = struct.unpack("<i", tracee.read(scratch, 4))
         brk = t.checked("brk", 0)
         secbits = t.checked("prctl", PR_GET_SECUREBITS, 0, 0, 0, 0)
     finally:

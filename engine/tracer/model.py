@@ -137,6 +137,7 @@ class ThreadState:
     ss_flags: int = 2                    # SS_DISABLE
     comm: str = ""
     signals_p: list[bytes] = attrs.field(factory=list)   # queued siginfo_t, this thread
+    pdeath_sig: int = 0                  # PR_SET_PDEATHSIG: sent when its parent dies
 
 
 @attrs.define

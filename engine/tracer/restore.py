@@ -145,8 +145,13 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
     t.scratch = scratch
 
 
-def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=None) -> None:
-    """Signal state, the other threads, and registers; the scratch page goes."""
+def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=None,
+                    parent_restored: bool = True) -> None:
+    """Signal state, the other threads, and registers; the scratch page goes.
+
+    Without `parent_restored` (the task's parent is not in the tree: the
+    engine stands in for it until it exits, which would send it) no thread
+    gets its dumped parent-death signal."""
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
@@ -189,6 +194,11 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
                 tb.call("rt_sigqueueinfo", t.pid, sig, info, what=f"signal {sig}")
         if creds is not None:           # credentials are per thread in the kernel
             _set_creds(tb, creds)
+        pdeath = by_tid[tracee.pid].pdeath_sig if parent_restored else 0
+        if tracee is t:
+            t.pdeath_signal = pdeath    # set at release: until then ctx.spawn's holds
+        elif pdeath:                    # after the credentials: changing them clears it
+            tb.call("prctl", PR_SET_PDEATHSIG, pdeath, 0, 0, 0, what="parent-death signal")
         tb.run()
     tracees = t.others + [t]
     # The scratch page goes through a `syscall` of the restored vdso.
@@ -346,12 +356,13 @@ def release(tracees, leave_stopped: bool = False) -> None:
             t = _restored.pop(t)
         else:
             _restored.pop(t.pid, None)
-        # The parent-death signal ctx.spawn set goes last of all: until the
-        # release, an engine killed midway takes every task along (and none
-        # was dumped, so none is left). The final registers go back after.
+        # The parent-death signal ctx.spawn set gives way to the dumped one
+        # last of all: until the release, an engine killed midway takes every
+        # task along. The final registers go back after.
         final = t.regs()
         t.saved = None
-        t.checked("prctl", PR_SET_PDEATHSIG, 0, 0, 0, 0, what="clear the parent-death signal")
+        t.checked("prctl", PR_SET_PDEATHSIG, t.pdeath_signal, 0, 0, 0,
+                  what="parent-death signal")
         t.set_regs(final)
         t.detach(SIGSTOP if leave_stopped else t.release_signal)
 

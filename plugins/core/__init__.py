@@ -67,6 +67,7 @@ def engine_restore_collect(ctx, graph):
     inv = ctx.images.read_one("inventory")
     if inv.img_version != IMG_VERSION:
         raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
+    in_tree = {e.pid for e in ctx.pstree}
     for task in ctx.alive:
         threads = []
         sigactions, shared, stopped, creds = None, [], False, None
@@ -85,7 +86,8 @@ def engine_restore_collect(ctx, graph):
                 stopped = core.tc.task_state == convert.TASK_STOPPED
                 creds = convert.creds(core, image)
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
-                       data=(sigactions, threads, shared, stopped, creds),
+                       data=(sigactions, threads, shared, stopped, creds,
+                             task.ppid in in_tree),
                        label=f"registers and signals of {task.pid}"))
 
 
@@ -95,11 +97,11 @@ def engine_restore_node(ctx, node):
         return None
     from engine.tracer import restore_threads
     from plugins.core import convert
-    sigactions, threads, shared, stopped, creds = node.data
+    sigactions, threads, shared, stopped, creds, parent_restored = node.data
     tracee = ctx.tracees[node.pid]
     if creds is not None:
         creds = convert.creds_in_userns(creds, node.pid, f"core-{node.pid}.img")
-    restore_threads(tracee, sigactions, threads, shared, creds)
+    restore_threads(tracee, sigactions, threads, shared, creds, parent_restored)
     # A task stopped when dumped is released into a stop again (SIGSTOP).
     tracee.release_signal = 19 if stopped else 0
     return True

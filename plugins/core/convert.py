@@ -48,6 +48,8 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
     tcore.sas.ss_sp, tcore.sas.ss_size, tcore.sas.ss_flags = th.ss_sp, th.ss_size, th.ss_flags
     for info in th.signals_p:
         tcore.signals_p.signals.add(siginfo=info)
+    if th.pdeath_sig:
+        tcore.pdeath_sig = th.pdeath_sig
     if th.rseq_abi_pointer:
         r = tcore.rseq_entry
         r.rseq_abi_pointer, r.rseq_abi_size = th.rseq_abi_pointer, th.rseq_abi_size
@@ -154,6 +156,9 @@ def thread_state(core, tid: int, image: str) -> m.ThreadState:
         th.rseq_signature = r.signature
     th.comm = tc.comm or core.tc.comm
     th.signals_p = _siginfos(tc.signals_p, image, "thread_core.signals_p")
+    if not 0 <= tc.pdeath_sig <= 64:
+        raise ValueError(f"{image}: thread_core.pdeath_sig {tc.pdeath_sig} is not a signal")
+    th.pdeath_sig = tc.pdeath_sig
     return th
 
 

@@ -3,6 +3,9 @@
 Every test runs a real target, dumps it (it is killed and reaped), restores
 it with the same pid, and lets the target check its own state (DESIGN §6).
 """
+import json
+import subprocess
+
 import pytest
 
 
@@ -82,3 +85,33 @@ def test_credentials_and_capabilities(build_target, target_runner, dump_restore,
         assert time.monotonic() < deadline, "the target did not raise its ambient cap"
         time.sleep(0.01)
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_parent_death_signals(build_target, target_runner, dump_restore, tmp_path, variant):
+    """A thread's parent-death signal is read back by the thread itself, and
+    a grandchild's comes from the kernel when the target kills its parent;
+    the target's own, whose parent is not in the tree, is dropped."""
+    from engine.images import ImageDir
+    target = target_runner.start(build_target("pdeath", variant))
+    img = tmp_path / "img"
+    assert dump_restore(target, img) == "PASS"
+    core = ImageDir(str(img)).read("core", id=target.pid)[0]
+    assert core.thread_core.pdeath_sig == 12           # SIGUSR2, as dumped
+    # CRIU's own decoder reads the field where CRIU writes it.
+    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["entries"][0]["thread_core"]["pdeath_sig"] == 12
+
+
+def test_bad_parent_death_signal_is_refused(dumped_counter):
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target, img = dumped_counter
+    images = ImageDir(str(img))
+    core = images.read("core", id=target.pid)[0]
+    core.thread_core.pdeath_sig = 99
+    images.write("core", [core], id=target.pid)
+    line = engine_fails("restore", "-D", img)
+    assert line.endswith(f"core-{target.pid}.img: thread_core.pdeath_sig 99 is not a signal"), line
+    assert task_gone(target.pid)
