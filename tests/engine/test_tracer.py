@@ -140,8 +140,16 @@ def _reap(pid: int, timeout: float = 10.0) -> int:
 
 
 def dump(target: Target) -> tuple[m.TaskState, MemSink]:
-    """freeze + collect + pages, then kill and reap the target."""
-    t = freeze(target.pid)
+    """freeze + collect + pages, then kill and reap the target.
+
+    A target caught between two syscalls of its wait loop (rare, more so on
+    a loaded machine) is let go and frozen again: the tests expect it in
+    the syscall it waits in."""
+    for _ in range(50):
+        t = freeze(target.pid)
+        if t.saved.orig_ax != 0xFFFFFFFFFFFFFFFF:
+            break
+        t.detach()
     state = collect_task(t)
     sink = MemSink()
     dump_pages(t, state.mm.vmas, sink)
