@@ -43,7 +43,8 @@ SYS = {"read": 0, "write": 1, "open": 2, "close": 3, "mmap": 9, "mprotect": 10,
        "set_tid_address": 218, "openat": 257, "set_robust_list": 273,
        "get_robust_list": 274, "rseq": 334, "process_vm_readv": 310,
        "process_vm_writev": 311, "clone3": 435, "setresuid": 117, "setresgid": 119,
-       "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capset": 126, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297}
+       "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capset": 126, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
+       "getitimer": 36, "setitimer": 38}
 IOV_MAX = 1024
 
 

@@ -23,6 +23,7 @@ ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 5
 EINTR = 4
 PR_GET_TID_ADDRESS = 40
 PR_GET_PDEATHSIG = 2
+ITIMERS = (0, 1, 2)       # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF: process-wide
 PR_GET_SECUREBITS = 27
 PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
 CHUNK = 64 << 20          # bytes read per process_vm_readv batch
@@ -91,6 +92,10 @@ def _collect(t: Tracee) -> m.TaskState:
                 sigactions.append(m.SigAction(h, fl, rest, mask))
             else:
                 sigactions.append(m.SigAction())
+        itimers = []
+        for which in ITIMERS:
+            t.checked("getitimer", which, scratch, what=f"itimer {which}")
+            itimers.append(struct.unpack("<4q", t.read(scratch, 32)))
         threads = [thread] + [_thread_state(o, o.pid) for o in t.others]
         for tracee, th in zip([t] + t.others, threads):
             # Per-thread values only the thread itself can ask for.
@@ -109,6 +114,7 @@ def _collect(t: Tracee) -> m.TaskState:
                        personality=int(_read(f"/proc/{pid}/personality"), 16),
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
                        sigactions=sigactions, threads=threads, creds=_creds(pid, secbits),
+                       itimers=itimers,
                        oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")),
                        signals_s=b.peek_siginfo(pid, shared=True),
                        stopped=t.was_stopped)

@@ -213,3 +213,5 @@ class TaskState:
     loginuid: int = 0xFFFFFFFF
     signals_s: list[bytes] = attrs.field(factory=list)   # queued siginfo_t, whole process
     stopped: bool = False                # in group-stop (SIGSTOP) when dumped
+    # ITIMER_REAL, _VIRTUAL, _PROF: (interval s, us, value s, us) each; [] none
+    itimers: list[tuple[int, int, int, int]] = attrs.field(factory=list)

@@ -146,12 +146,14 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
 
 
 def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=None,
-                    parent_restored: bool = True) -> None:
-    """Signal state, the other threads, and registers; the scratch page goes.
+                    parent_restored: bool = True, itimers=()) -> None:
+    """Signal state, the other threads, interval timers, and registers; the
+    scratch page goes.
 
     Without `parent_restored` (the task's parent is not in the tree: the
     engine stands in for it until it exits, which would send it) no thread
-    gets its dumped parent-death signal."""
+    gets its dumped parent-death signal. `itimers`: (interval s, us, value
+    s, us) for ITIMER_REAL, _VIRTUAL and _PROF, as TaskState has them."""
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
@@ -197,6 +199,11 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
         pdeath = by_tid[tracee.pid].pdeath_sig if parent_restored else 0
         if tracee is t:
             t.pdeath_signal = pdeath    # set at release: until then ctx.spawn's holds
+            # Last of the task's own state: ITIMER_REAL counts from here.
+            for which, timer in enumerate(itimers):
+                if any(timer):
+                    tb.call("setitimer", which, struct.pack("<4q", *timer), 0,
+                            what=f"itimer {which}")
         elif pdeath:                    # after the credentials: changing them clears it
             tb.call("prctl", PR_SET_PDEATHSIG, pdeath, 0, 0, 0, what="parent-death signal")
         tb.run()

@@ -70,7 +70,7 @@ def engine_restore_collect(ctx, graph):
     in_tree = {e.pid for e in ctx.pstree}
     for task in ctx.alive:
         threads = []
-        sigactions, shared, stopped, creds = None, [], False, None
+        sigactions, shared, stopped, creds, itimers = None, [], False, None, []
         for tid in (task.threads or [task.pid]):
             image = f"core-{tid}.img"
             core = ctx.read_one("core", id=tid)
@@ -85,9 +85,10 @@ def engine_restore_collect(ctx, graph):
                 shared = convert.shared_signals(core, image)
                 stopped = core.tc.task_state == convert.TASK_STOPPED
                 creds = convert.creds(core, image)
+                itimers = convert.itimers(core, image)
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
                        data=(sigactions, threads, shared, stopped, creds,
-                             task.ppid in in_tree),
+                             task.ppid in in_tree, itimers),
                        label=f"registers and signals of {task.pid}"))
 
 
@@ -97,11 +98,11 @@ def engine_restore_node(ctx, node):
         return None
     from engine.tracer import restore_threads
     from plugins.core import convert
-    sigactions, threads, shared, stopped, creds, parent_restored = node.data
+    sigactions, threads, shared, stopped, creds, parent_restored, itimers = node.data
     tracee = ctx.tracees[node.pid]
     if creds is not None:
         creds = convert.creds_in_userns(creds, node.pid, f"core-{node.pid}.img")
-    restore_threads(tracee, sigactions, threads, shared, creds, parent_restored)
+    restore_threads(tracee, sigactions, threads, shared, creds, parent_restored, itimers)
     # A task stopped when dumped is released into a stop again (SIGSTOP).
     tracee.release_signal = 19 if stopped else 0
     return True

@@ -7,6 +7,7 @@ TASK_ALIVE, TASK_DEAD, TASK_STOPPED = 1, 2, 3     # CRIU's task_state values
 FP_LEGACY = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask",
              "st_space", "xmm_space", "padding")
 FP_XSAVE = ("ymmh_space", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
+ITIMER_NAMES = ("real", "virt", "prof")    # task_timers_entry, in ITIMER_* order
 
 
 def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
@@ -36,6 +37,10 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
         tc.loginuid, tc.oom_score_adj = state.loginuid, state.oom_score_adj
         for info in state.signals_s:
             tc.signals_s.signals.add(siginfo=info)
+        # CRIU fills its itimer_entry as it_interval (i) and it_value (v).
+        for name, timer in zip(ITIMER_NAMES, state.itimers):
+            e = getattr(tc.timers, name)
+            e.isec, e.iusec, e.vsec, e.vusec = timer
         # CRIU writes 62 entries: SIGKILL and SIGSTOP have no action.
         for sig, sa in enumerate(state.sigactions, 1):
             if sig in (9, 19):
@@ -160,6 +165,21 @@ def thread_state(core, tid: int, image: str) -> m.ThreadState:
         raise ValueError(f"{image}: thread_core.pdeath_sig {tc.pdeath_sig} is not a signal")
     th.pdeath_sig = tc.pdeath_sig
     return th
+
+
+def itimers(core, image: str) -> list[tuple[int, int, int, int]]:
+    """tc.timers as (interval s, us, value s, us) per ITIMER_*; [] when absent."""
+    if not core.tc.HasField("timers"):
+        return []
+    out = []
+    for name in ITIMER_NAMES:
+        e = getattr(core.tc.timers, name)
+        for field in ("isec", "iusec", "vsec", "vusec"):
+            value = getattr(e, field)
+            if value >= (1_000_000 if field.endswith("usec") else 1 << 63):
+                raise ValueError(f"{image}: tc.timers.{name}.{field} {value} is out of range")
+        out.append((e.isec, e.iusec, e.vsec, e.vusec))
+    return out
 
 
 def shared_signals(core, image: str) -> list[bytes]:

@@ -115,3 +115,34 @@ def test_bad_parent_death_signal_is_refused(dumped_counter):
     line = engine_fails("restore", "-D", img)
     assert line.endswith(f"core-{target.pid}.img: thread_core.pdeath_sig 99 is not a signal"), line
     assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_interval_timers(build_target, target_runner, dump_restore, tmp_path, variant):
+    """ITIMER_REAL keeps firing after restore; ITIMER_VIRTUAL and ITIMER_PROF
+    keep their intervals (the target checks them with getitimer)."""
+    target = target_runner.start(build_target("itimers", variant))
+    img = tmp_path / "img"
+    assert dump_restore(target, img) == "PASS"
+    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
+                         capture_output=True, text=True, check=True)
+    timers = json.loads(out.stdout)["entries"][0]["tc"]["timers"]
+    assert (timers["virt"]["isec"], timers["virt"]["iusec"]) == (7, 250000)
+    assert (timers["real"]["isec"], timers["real"]["iusec"]) == (0, 20000)
+
+
+@pytest.mark.parametrize("field, value", [("iusec", 1000000), ("vsec", 1 << 63)])
+def test_bad_interval_timer_is_refused(dumped_counter, field, value):
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target, img = dumped_counter
+    images = ImageDir(str(img))
+    core = images.read("core", id=target.pid)[0]
+    for name in ("real", "virt", "prof"):
+        getattr(core.tc.timers, name).SetInParent()
+    setattr(core.tc.timers.prof, field, value)
+    images.write("core", [core], id=target.pid)
+    line = engine_fails("restore", "-D", img)
+    assert line.endswith(f"core-{target.pid}.img: tc.timers.prof.{field} {value} is out of "
+                         "range"), line
+    assert task_gone(target.pid)
