@@ -96,6 +96,13 @@ def _collect(t: Tracee) -> m.TaskState:
         for which in ITIMERS:
             t.checked("getitimer", which, scratch, what=f"itimer {which}")
             itimers.append(struct.unpack("<4q", t.read(scratch, 32)))
+        posix_timers = []
+        for it_id, clock_id, signo, sival_ptr, notify, tid in _posix_timers(pid):
+            t.checked("timer_gettime", it_id, scratch, what=f"posix timer {it_id}")
+            isec, insec, vsec, vnsec = struct.unpack("<4q", t.read(scratch, 32))
+            overrun = t.checked("timer_getoverrun", it_id, what=f"posix timer {it_id}")
+            posix_timers.append(m.PosixTimer(it_id, clock_id, signo, notify, sival_ptr, tid,
+                                             (isec, insec), (vsec, vnsec), overrun))
         threads = [thread] + [_thread_state(o, o.pid) for o in t.others]
         for tracee, th in zip([t] + t.others, threads):
             # Per-thread values only the thread itself can ask for.
@@ -114,7 +121,7 @@ def _collect(t: Tracee) -> m.TaskState:
                        personality=int(_read(f"/proc/{pid}/personality"), 16),
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
                        sigactions=sigactions, threads=threads, creds=_creds(pid, secbits),
-                       itimers=itimers,
+                       itimers=itimers, posix_timers=posix_timers,
                        oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")),
                        signals_s=b.peek_siginfo(pid, shared=True),
                        stopped=t.was_stopped)
@@ -153,6 +160,30 @@ def _thread_state(t: Tracee, tid: int) -> m.ThreadState:
 def _stat(pid: int) -> list[str]:
     # fields after "(comm)"; index 0 is field 3 (state)
     return _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+
+
+# /proc/PID/timers names sigev_notify without SIGEV_THREAD_ID, then "tid" for it.
+SIGEV_BY_NAME = {"signal": 0, "none": 1, "thread": 2}
+SIGEV_THREAD_ID = 4
+
+
+def _posix_timers(pid: int) -> list[tuple[int, int, int, int, int, int]]:
+    """(id, clock, signal, sival_ptr, sigev_notify, tid or 0) of each timer
+    in /proc/PID/timers (blocks of ID, signal, notify and ClockID lines)."""
+    out, fields = [], {}
+    for line in _read(f"/proc/{pid}/timers").splitlines():
+        name, _, value = line.partition(": ")
+        fields[name] = value
+        if name != "ClockID":
+            continue
+        signo, _, ptr = fields["signal"].partition("/")
+        how, _, target = fields["notify"].partition("/")
+        kind, _, who = target.partition(".")
+        notify = SIGEV_BY_NAME[how] | (SIGEV_THREAD_ID if kind == "tid" else 0)
+        out.append((int(fields["ID"]), int(value), int(signo), int(ptr, 16), notify,
+                    int(who) if kind == "tid" else 0))
+        fields = {}
+    return out
 
 
 def _read(path: str) -> str:

@@ -5,6 +5,8 @@ rseq.proto), so a plugin converts to and from protobuf by name.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import attrs
 
 # CRIU's VMA status bits (criu/include/image.h)
@@ -198,6 +200,19 @@ class Creds:
     groups: list[int] = attrs.field(factory=list)
 
 
+class PosixTimer(NamedTuple):
+    """One timer_create() timer, as /proc/PID/timers and timer_gettime show it."""
+    it_id: int
+    clock_id: int
+    signo: int
+    notify: int                          # SIGEV_SIGNAL 0, _NONE 1, | SIGEV_THREAD_ID 4
+    sival_ptr: int
+    notify_tid: int                      # with SIGEV_THREAD_ID: the thread signalled
+    interval: tuple[int, int]            # (s, ns)
+    value: tuple[int, int]               # (s, ns) left; (0, 0) disarmed
+    overrun: int = 0
+
+
 @attrs.define
 class TaskState:
     pid: int
@@ -215,3 +230,4 @@ class TaskState:
     stopped: bool = False                # in group-stop (SIGSTOP) when dumped
     # ITIMER_REAL, _VIRTUAL, _PROF: (interval s, us, value s, us) each; [] none
     itimers: list[tuple[int, int, int, int]] = attrs.field(factory=list)
+    posix_timers: list[PosixTimer] = attrs.field(factory=list)

@@ -40,6 +40,7 @@ SECBIT_NO_SETUID_FIXUP = 1 << 2
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 RSEQ_FLAG_UNREGISTER = 1
 PR_SET_PDEATHSIG = 1
+PR_TIMER_CREATE_RESTORE_IDS = 77
 AT_FDCWD = -100
 O_RDONLY, O_RDWR = 0, 2
 SIGKILL, SIGSTOP = 9, 19
@@ -146,14 +147,15 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
 
 
 def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=None,
-                    parent_restored: bool = True, itimers=()) -> None:
+                    parent_restored: bool = True, itimers=(), posix_timers=()) -> None:
     """Signal state, the other threads, interval timers, and registers; the
     scratch page goes.
 
     Without `parent_restored` (the task's parent is not in the tree: the
     engine stands in for it until it exits, which would send it) no thread
     gets its dumped parent-death signal. `itimers`: (interval s, us, value
-    s, us) for ITIMER_REAL, _VIRTUAL and _PROF, as TaskState has them."""
+    s, us) for ITIMER_REAL, _VIRTUAL and _PROF, as TaskState has them;
+    `posix_timers`: model.PosixTimer, made with their dumped ids."""
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
@@ -199,11 +201,13 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
         pdeath = by_tid[tracee.pid].pdeath_sig if parent_restored else 0
         if tracee is t:
             t.pdeath_signal = pdeath    # set at release: until then ctx.spawn's holds
-            # Last of the task's own state: ITIMER_REAL counts from here.
+            # Last of the task's own state: the timers count from here.
             for which, timer in enumerate(itimers):
                 if any(timer):
                     tb.call("setitimer", which, struct.pack("<4q", *timer), 0,
                             what=f"itimer {which}")
+            if posix_timers:
+                _posix_timers(tb, posix_timers)
         elif pdeath:                    # after the credentials: changing them clears it
             tb.call("prctl", PR_SET_PDEATHSIG, pdeath, 0, 0, 0, what="parent-death signal")
         tb.run()
@@ -285,6 +289,22 @@ def _set_creds(tb, c: m.Creds) -> None:
 def _cap_last() -> int:
     with open("/proc/sys/kernel/cap_last_cap") as f:
         return int(f.read())
+
+
+def _posix_timers(tb, timers) -> None:
+    """timer_create with each dumped id (PR_TIMER_CREATE_RESTORE_IDS, Linux
+    6.17: the kernel takes the id from *timerid), then timer_settime. After
+    the threads exist: a SIGEV_THREAD_ID timer names one."""
+    tb.call("prctl", PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, what="PR_TIMER_CREATE_RESTORE_IDS")
+    for pt in timers:
+        # struct sigevent: sigev_value, sigev_signo, sigev_notify, _tid; 64 bytes
+        event = struct.pack("<Qiii", pt.sival_ptr, pt.signo, pt.notify, pt.notify_tid)
+        tb.call("timer_create", pt.clock_id, event.ljust(64, b"\0"), struct.pack("<i", pt.it_id),
+                what=f"posix timer {pt.it_id}")
+        if any(pt.value):
+            tb.call("timer_settime", pt.it_id, 0, struct.pack("<4q", *pt.interval, *pt.value), 0,
+                    what=f"posix timer {pt.it_id}")
+    tb.call("prctl", PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, what="PR_TIMER_CREATE_RESTORE_IDS")
 
 
 def _clone_thread(bt, tid: int) -> None:

@@ -70,7 +70,7 @@ def engine_restore_collect(ctx, graph):
     in_tree = {e.pid for e in ctx.pstree}
     for task in ctx.alive:
         threads = []
-        sigactions, shared, stopped, creds, itimers = None, [], False, None, []
+        sigactions, shared, stopped, creds, itimers, ptimers = None, [], False, None, [], []
         for tid in (task.threads or [task.pid]):
             image = f"core-{tid}.img"
             core = ctx.read_one("core", id=tid)
@@ -86,9 +86,10 @@ def engine_restore_collect(ctx, graph):
                 stopped = core.tc.task_state == convert.TASK_STOPPED
                 creds = convert.creds(core, image)
                 itimers = convert.itimers(core, image)
+                ptimers = convert.posix_timers(core, image, task.threads or [task.pid])
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
                        data=(sigactions, threads, shared, stopped, creds,
-                             task.ppid in in_tree, itimers),
+                             task.ppid in in_tree, itimers, ptimers),
                        label=f"registers and signals of {task.pid}"))
 
 
@@ -98,11 +99,12 @@ def engine_restore_node(ctx, node):
         return None
     from engine.tracer import restore_threads
     from plugins.core import convert
-    sigactions, threads, shared, stopped, creds, parent_restored, itimers = node.data
+    sigactions, threads, shared, stopped, creds, parent_restored, itimers, ptimers = node.data
     tracee = ctx.tracees[node.pid]
     if creds is not None:
         creds = convert.creds_in_userns(creds, node.pid, f"core-{node.pid}.img")
-    restore_threads(tracee, sigactions, threads, shared, creds, parent_restored, itimers)
+    restore_threads(tracee, sigactions, threads, shared, creds, parent_restored, itimers,
+                    ptimers)
     # A task stopped when dumped is released into a stop again (SIGSTOP).
     tracee.release_signal = 19 if stopped else 0
     return True

@@ -8,6 +8,9 @@ FP_LEGACY = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask",
              "st_space", "xmm_space", "padding")
 FP_XSAVE = ("ymmh_space", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
 ITIMER_NAMES = ("real", "virt", "prof")    # task_timers_entry, in ITIMER_* order
+SIGEV_THREAD_ID = 4
+SIGEV_NOTIFY = (0, 1, 4)                   # SIGNAL, NONE, THREAD_ID (SIGEV_THREAD is libc's)
+CLOCKS = range(12)                         # CLOCK_REALTIME .. CLOCK_TAI
 
 
 def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
@@ -41,6 +44,13 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
         for name, timer in zip(ITIMER_NAMES, state.itimers):
             e = getattr(tc.timers, name)
             e.isec, e.iusec, e.vsec, e.vusec = timer
+        for pt in state.posix_timers:
+            e = tc.timers.posix.add(it_id=pt.it_id, clock_id=pt.clock_id, si_signo=pt.signo,
+                                    it_sigev_notify=pt.notify, sival_ptr=pt.sival_ptr,
+                                    overrun=pt.overrun)
+            (e.isec, e.insec), (e.vsec, e.vnsec) = pt.interval, pt.value
+            if pt.notify & SIGEV_THREAD_ID:
+                e.notify_thread_id = pt.notify_tid
         # CRIU writes 62 entries: SIGKILL and SIGSTOP have no action.
         for sig, sa in enumerate(state.sigactions, 1):
             if sig in (9, 19):
@@ -179,6 +189,34 @@ def itimers(core, image: str) -> list[tuple[int, int, int, int]]:
             if value >= (1_000_000 if field.endswith("usec") else 1 << 63):
                 raise ValueError(f"{image}: tc.timers.{name}.{field} {value} is out of range")
         out.append((e.isec, e.iusec, e.vsec, e.vusec))
+    return out
+
+
+def posix_timers(core, image: str, tids) -> list[m.PosixTimer]:
+    """tc.timers.posix, checked: what timer_create would refuse is refused
+    now, before anything starts, naming the entry."""
+    if not core.tc.HasField("timers"):
+        return []
+    out = []
+    for i, e in enumerate(core.tc.timers.posix):
+        where = f"{image}: tc.timers.posix[{i}]"
+        if e.it_id >= 1 << 31:
+            raise ValueError(f"{where}: it_id {e.it_id} is out of range")
+        if e.clock_id not in CLOCKS:
+            raise ValueError(f"{where}: clock_id {e.clock_id} is not a supported clock")
+        if e.it_sigev_notify not in SIGEV_NOTIFY:
+            raise ValueError(f"{where}: it_sigev_notify {e.it_sigev_notify} is not supported")
+        if e.si_signo > 64 or (e.it_sigev_notify != 1 and not e.si_signo):
+            raise ValueError(f"{where}: si_signo {e.si_signo} is not a signal")
+        if e.insec >= 1_000_000_000 or e.vnsec >= 1_000_000_000 or max(e.isec, e.vsec) >> 63:
+            raise ValueError(f"{where}: isec/insec/vsec/vnsec {e.isec}/{e.insec}/{e.vsec}/"
+                             f"{e.vnsec} are out of range")
+        tid = e.notify_thread_id if e.it_sigev_notify & SIGEV_THREAD_ID else 0
+        if e.it_sigev_notify & SIGEV_THREAD_ID and tid not in tids:
+            raise ValueError(f"{where}: notify_thread_id {tid} is not a thread of the task")
+        out.append(m.PosixTimer(e.it_id, e.clock_id, e.si_signo, e.it_sigev_notify,
+                                e.sival_ptr, tid, (e.isec, e.insec), (e.vsec, e.vnsec),
+                                e.overrun))
     return out
 
 

@@ -146,3 +146,42 @@ def test_bad_interval_timer_is_refused(dumped_counter, field, value):
     assert line.endswith(f"core-{target.pid}.img: tc.timers.prof.{field} {value} is out of "
                          "range"), line
     assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_posix_timers(build_target, target_runner, dump_restore, tmp_path, variant):
+    """timer_create timers come back with their ids, clocks, intervals,
+    values and signals, one of them to a thread of its own (the target
+    checks them and the signals it gets)."""
+    target = target_runner.start(build_target("ptimers", variant))
+    img = tmp_path / "img"
+    assert dump_restore(target, img) == "PASS"
+    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
+                         capture_output=True, text=True, check=True)
+    posix = json.loads(out.stdout)["entries"][0]["tc"]["timers"]["posix"]
+    assert sorted((t["it_id"], t["clock_id"], t["it_sigev_notify"]) for t in posix) == [
+        (0, 1, 0), (1, 0, 1), (2, 1, 4)]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("it_id", 1 << 31, "it_id 2147483648 is out of range"),
+    ("clock_id", 99, "clock_id 99 is not a supported clock"),
+    ("it_sigev_notify", 2, "it_sigev_notify 2 is not supported"),
+    ("notify_thread_id", 1, "notify_thread_id 1 is not a thread of the task"),
+])
+def test_bad_posix_timer_is_refused(dumped_counter, field, value, words):
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target, img = dumped_counter
+    images = ImageDir(str(img))
+    core = images.read("core", id=target.pid)[0]
+    for name in ("real", "virt", "prof"):
+        getattr(core.tc.timers, name).SetInParent()
+    timer = core.tc.timers.posix.add(it_id=0, clock_id=1, si_signo=10, it_sigev_notify=4,
+                                     sival_ptr=0, overrun=0, isec=0, insec=0, vsec=1, vnsec=0,
+                                     notify_thread_id=target.pid)
+    setattr(timer, field, value)
+    images.write("core", [core], id=target.pid)
+    line = engine_fails("restore", "-D", img)
+    assert line.endswith(f"core-{target.pid}.img: tc.timers.posix[0]: {words}"), line
+    assert task_gone(target.pid)
