@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, NamedTuple
 
 from engine import hookimpl
 from engine.graph import Node
@@ -28,6 +29,19 @@ PAGE = 4096
 MODE_NATIVE = 1
 TASK_ALIVE = 1
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
+
+
+class TaskCore(NamedTuple):
+    """A core node's data: every thread's state and the process-wide rest,
+    from the leader's core image (engine.tracer.model types)."""
+    threads: list
+    sigactions: list
+    shared_signals: list                 # siginfo queued to the whole process
+    stopped: bool                        # group-stopped when dumped
+    creds: Any                           # model.Creds, or None: the engine's own
+    parent_restored: bool                # its parent is in the tree
+    itimers: list
+    posix_timers: list
 _NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
 
 
@@ -70,8 +84,8 @@ def engine_restore_collect(ctx, graph):
     in_tree = {e.pid for e in ctx.pstree}
     for task in ctx.alive:
         threads = []
-        sigactions, shared, stopped, creds, itimers, ptimers = None, [], False, None, [], []
-        for tid in (task.threads or [task.pid]):
+        tids = task.threads or [task.pid]      # pstree checked the task is one of them
+        for tid in tids:
             image = f"core-{tid}.img"
             core = ctx.read_one("core", id=tid)
             if core.mtype != MTYPE_X86_64:
@@ -80,16 +94,15 @@ def engine_restore_collect(ctx, graph):
                 raise ValueError(f"{image}: thread_info.gpregs.mode: only native "
                                  "x86_64 tasks are supported")
             threads.append(convert.thread_state(core, tid, image))
-            if tid == task.pid:
-                sigactions = convert.sigactions(core, image)
-                shared = convert.shared_signals(core, image)
-                stopped = core.tc.task_state == convert.TASK_STOPPED
-                creds = convert.creds(core, image)
-                itimers = convert.itimers(core, image)
-                ptimers = convert.posix_timers(core, image, task.threads or [task.pid])
-        graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid,
-                       data=(sigactions, threads, shared, stopped, creds,
-                             task.ppid in in_tree, itimers, ptimers),
+        image, core = f"core-{task.pid}.img", ctx.read_one("core", id=task.pid)
+        data = TaskCore(threads=threads, sigactions=convert.sigactions(core, image),
+                        shared_signals=convert.shared_signals(core, image),
+                        stopped=core.tc.task_state == convert.TASK_STOPPED,
+                        creds=convert.creds(core, image),
+                        parent_restored=task.ppid in in_tree,
+                        itimers=convert.itimers(core, image),
+                        posix_timers=convert.posix_timers(core, image, tids))
+        graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid, data=data,
                        label=f"registers and signals of {task.pid}"))
 
 
@@ -99,14 +112,15 @@ def engine_restore_node(ctx, node):
         return None
     from engine.tracer import restore_threads
     from plugins.core import convert
-    sigactions, threads, shared, stopped, creds, parent_restored, itimers, ptimers = node.data
+    d: TaskCore = node.data
     tracee = ctx.tracees[node.pid]
+    creds = d.creds
     if creds is not None:
         creds = convert.creds_in_userns(creds, node.pid, f"core-{node.pid}.img")
-    restore_threads(tracee, sigactions, threads, shared, creds, parent_restored, itimers,
-                    ptimers)
+    restore_threads(tracee, d.sigactions, d.threads, d.shared_signals, creds,
+                    d.parent_restored, d.itimers, d.posix_timers)
     # A task stopped when dumped is released into a stop again (SIGSTOP).
-    tracee.release_signal = 19 if stopped else 0
+    tracee.release_signal = 19 if d.stopped else 0
     return True
 
 
