@@ -41,6 +41,7 @@ CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 RSEQ_FLAG_UNREGISTER = 1
 PR_SET_PDEATHSIG = 1
 PR_TIMER_CREATE_RESTORE_IDS = 77
+ALL_SIGNALS = (1 << 64) - 1         # the kernel leaves SIGKILL and SIGSTOP out
 AT_FDCWD = -100
 O_RDONLY, O_RDWR = 0, 2
 SIGKILL, SIGSTOP = 9, 19
@@ -320,9 +321,11 @@ def _clone_thread(bt, tid: int) -> None:
 
 def _thread_signal_state(tb, tgid: int, th: m.ThreadState) -> None:
     """What each thread holds for itself, set from inside that thread."""
-    # Mask first, so queued signals stay pending instead of being delivered
-    # while the batch runs (the kernel lets a thread queue any siginfo to itself).
-    b.set_sigmask(tb.t.pid, th.blk_sigset)
+    # Every signal blocked until release (then the dumped mask): queued ones
+    # and those the restored timers send stay pending with their siginfo,
+    # instead of stopping a batch and being sent again without it.
+    b.set_sigmask(tb.t.pid, ALL_SIGNALS)
+    tb.t.sigmask = th.blk_sigset
     tb.call("sigaltstack", struct.pack("<Qi4xQ", th.ss_sp, th.ss_flags, th.ss_size), 0,
             what="restore")
     tb.call("set_tid_address", th.clear_tid_addr)
@@ -391,6 +394,9 @@ def release(tracees, leave_stopped: bool = False) -> None:
         t.checked("prctl", PR_SET_PDEATHSIG, t.pdeath_signal, 0, 0, 0,
                   what="parent-death signal")
         t.set_regs(final)
+        for tracee in [t] + t.others:   # nothing runs in the task after this
+            if tracee.sigmask is not None:
+                b.set_sigmask(tracee.pid, tracee.sigmask)
         t.detach(SIGSTOP if leave_stopped else t.release_signal)
 
 

@@ -26,6 +26,7 @@ class Tracee:
         self.was_stopped = False                 # group-stopped before we seized it
         self.release_signal = 0                  # sent on the final detach (SIGSTOP)
         self.pdeath_signal = 0                   # restore: the leader's dumped one, set at release
+        self.sigmask: int | None = None          # restore: the dumped mask, set at release
         self.detached = False
         self.scratch: int | None = None          # restore: the scratch page, until unmapped
         self.vdso_syscall: int | None = None     # restore: a `syscall` in the moved vdso

@@ -13,13 +13,17 @@
 #define VALUE ((void *)0x5eed)
 
 static volatile sig_atomic_t ticks, wrong_value, thread_ticks, wrong_thread;
+static volatile long wrong_ptr, wrong_code;
 static pid_t thread_tid;
 
 static void on_usr1(int sig, siginfo_t *info, void *ctx)
 {
 	(void)sig, (void)ctx;
-	if (info->si_value.sival_ptr != VALUE)
+	if (info->si_value.sival_ptr != VALUE && !wrong_value) {
 		wrong_value = 1;
+		wrong_ptr = (long)info->si_value.sival_ptr;
+		wrong_code = info->si_code;
+	}
 	ticks++;
 }
 
@@ -116,7 +120,8 @@ int main(int argc, char **argv)
 	tgt_check(ticks >= seen + 3, "SIGUSR1 came %d times in a second", (int)(ticks - seen));
 	tgt_check(thread_ticks >= thread_seen + 3, "SIGUSR2 came %d times in a second",
 		  (int)(thread_ticks - thread_seen));
-	tgt_check(!wrong_value, "a SIGUSR1 came without the timer's value");
+	tgt_check(!wrong_value, "a SIGUSR1 came with value %#lx, si_code %ld, not the timer's",
+		  wrong_ptr, wrong_code);
 	tgt_check(!wrong_thread, "a SIGUSR2 came to a thread it was not sent to");
 	tgt_finish();
 }
