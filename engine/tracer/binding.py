@@ -45,7 +45,7 @@ SYS = {"read": 0, "write": 1, "open": 2, "close": 3, "mmap": 9, "mprotect": 10,
        "process_vm_writev": 311, "clone3": 435, "setresuid": 117, "setresgid": 119,
        "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capset": 126, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
        "getitimer": 36, "setitimer": 38, "timer_create": 222, "timer_settime": 223,
-       "timer_gettime": 224, "timer_getoverrun": 225}
+       "timer_gettime": 224, "timer_getoverrun": 225, "prlimit64": 302}
 IOV_MAX = 1024
 
 

@@ -121,7 +121,7 @@ def _collect(t: Tracee) -> m.TaskState:
                        personality=int(_read(f"/proc/{pid}/personality"), 16),
                        flags=int(stat[9 - 3]), exit_signal=int(stat[38 - 3]), mm=mm,
                        sigactions=sigactions, threads=threads, creds=_creds(pid, secbits),
-                       itimers=itimers, posix_timers=posix_timers,
+                       itimers=itimers, posix_timers=posix_timers, rlimits=_rlimits(pid),
                        oom_score_adj=int(_read(f"/proc/{pid}/oom_score_adj")),
                        signals_s=b.peek_siginfo(pid, shared=True),
                        stopped=t.was_stopped)
@@ -183,6 +183,20 @@ def _posix_timers(pid: int) -> list[tuple[int, int, int, int, int, int]]:
         out.append((int(fields["ID"]), int(value), int(signo), int(ptr, 16), notify,
                     int(who) if kind == "tid" else 0))
         fields = {}
+    return out
+
+
+RLIM_INFINITY = (1 << 64) - 1
+
+
+def _rlimits(pid: int) -> list[tuple[int, int]]:
+    """(soft, hard) of every RLIMIT_*, in order, from /proc/PID/limits: its
+    columns are fixed (a 25-character name), and unlike prlimit() it needs
+    no CAP_SYS_RESOURCE for a task of another user."""
+    out = []
+    for line in _read(f"/proc/{pid}/limits").splitlines()[1:]:
+        soft, hard = line[26:].split()[:2]
+        out.append(tuple(RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard)))
     return out
 
 

@@ -231,3 +231,4 @@ class TaskState:
     # ITIMER_REAL, _VIRTUAL, _PROF: (interval s, us, value s, us) each; [] none
     itimers: list[tuple[int, int, int, int]] = attrs.field(factory=list)
     posix_timers: list[PosixTimer] = attrs.field(factory=list)
+    rlimits: list[tuple[int, int]] = attrs.field(factory=list)   # (soft, hard) by RLIMIT_*

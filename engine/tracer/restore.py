@@ -148,7 +148,8 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
 
 
 def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=None,
-                    parent_restored: bool = True, itimers=(), posix_timers=()) -> None:
+                    parent_restored: bool = True, itimers=(), posix_timers=(),
+                    rlimits=()) -> None:
     """Signal state, the other threads, interval timers, and registers; the
     scratch page goes.
 
@@ -156,7 +157,8 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
     engine stands in for it until it exits, which would send it) no thread
     gets its dumped parent-death signal. `itimers`: (interval s, us, value
     s, us) for ITIMER_REAL, _VIRTUAL and _PROF, as TaskState has them;
-    `posix_timers`: model.PosixTimer, made with their dumped ids."""
+    `posix_timers`: model.PosixTimer, made with their dumped ids; `rlimits`:
+    (RLIMIT_*, soft, hard) to set."""
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
         raise b.TracerError(0, t.pid, "restore: the thread list lacks the task itself")
@@ -197,6 +199,10 @@ def restore_threads(t: Tracee, sigactions, threads, shared_signals=(), creds=Non
             for info in shared_signals:
                 sig = struct.unpack_from("<i", info)[0]
                 tb.call("rt_sigqueueinfo", t.pid, sig, info, what=f"signal {sig}")
+        if tracee is t:                 # before the credentials may drop capabilities
+            for res, soft, hard in rlimits:
+                tb.call("prlimit64", 0, res, struct.pack("<2Q", soft, hard), 0,
+                        what=f"rlimit {res}")
         if creds is not None:           # credentials are per thread in the kernel
             _set_creds(tb, creds)
         pdeath = by_tid[tracee.pid].pdeath_sig if parent_restored else 0

@@ -29,6 +29,8 @@ PAGE = 4096
 MODE_NATIVE = 1
 TASK_ALIVE = 1
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
+CAP_SYS_RESOURCE = 24
+RLIM_MASK = (1 << 64) - 1  # resource gives RLIM_INFINITY as -1, images as 2^64 - 1
 
 
 class TaskCore(NamedTuple):
@@ -42,6 +44,9 @@ class TaskCore(NamedTuple):
     parent_restored: bool                # its parent is in the tree
     itimers: list
     posix_timers: list
+    rlimits: list                        # (RLIMIT_*, soft, hard) to set: those not ours
+
+
 _NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
 
 
@@ -101,7 +106,8 @@ def engine_restore_collect(ctx, graph):
                         creds=convert.creds(core, image),
                         parent_restored=task.ppid in in_tree,
                         itimers=convert.itimers(core, image),
-                        posix_timers=convert.posix_timers(core, image, tids))
+                        posix_timers=convert.posix_timers(core, image, tids),
+                        rlimits=_rlimits_to_set(convert.rlimits(core, image), image))
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid, data=data,
                        label=f"registers and signals of {task.pid}"))
 
@@ -118,13 +124,34 @@ def engine_restore_node(ctx, node):
     if creds is not None:
         creds = convert.creds_in_userns(creds, node.pid, f"core-{node.pid}.img")
     restore_threads(tracee, d.sigactions, d.threads, d.shared_signals, creds,
-                    d.parent_restored, d.itimers, d.posix_timers)
+                    d.parent_restored, d.itimers, d.posix_timers, d.rlimits)
     # A task stopped when dumped is released into a stop again (SIGSTOP).
     tracee.release_signal = 19 if d.stopped else 0
     return True
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _rlimits_to_set(dumped, image: str) -> list[tuple[int, int, int]]:
+    """The dumped limits that differ from the engine's, which every task
+    inherits (open files always: pstree and files raise that soft limit).
+    A hard limit above the engine's takes CAP_SYS_RESOURCE to give: without
+    it, the engine's is kept, and the restore says so (CRIU ignores the
+    failed setrlimit)."""
+    import resource
+    from engine import ns
+    can_raise = ns.effective_caps() >> CAP_SYS_RESOURCE & 1
+    out = []
+    for res, (soft, hard) in enumerate(dumped):
+        ours = tuple(v & RLIM_MASK for v in resource.getrlimit(res))
+        if hard > ours[1] and not can_raise:
+            log.warning("%s: tc.rlimits.rlimits[%d]: max %d is above this engine's %d, which "
+                        "it keeps (raising it takes CAP_SYS_RESOURCE)", image, res, hard, ours[1])
+            soft, hard = min(soft, ours[1]), ours[1]
+        if (soft, hard) != ours or res == resource.RLIMIT_NOFILE:
+            out.append((res, soft, hard))
+    return out
+
 
 def _child_subreaper(tracee) -> bool:
     """PR_GET_CHILD_SUBREAPER, asked by the task itself (criu/pie/parasite.c

@@ -11,6 +11,7 @@ ITIMER_NAMES = ("real", "virt", "prof")    # task_timers_entry, in ITIMER_* orde
 SIGEV_THREAD_ID = 4
 SIGEV_NOTIFY = (0, 1, 4)                   # SIGNAL, NONE, THREAD_ID (SIGEV_THREAD is libc's)
 CLOCKS = range(12)                         # CLOCK_REALTIME .. CLOCK_TAI
+RLIM_NLIMITS = 16
 
 
 def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
@@ -44,6 +45,8 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
         for name, timer in zip(ITIMER_NAMES, state.itimers):
             e = getattr(tc.timers, name)
             e.isec, e.iusec, e.vsec, e.vusec = timer
+        for soft, hard in state.rlimits:
+            tc.rlimits.rlimits.add(cur=soft, max=hard)
         for pt in state.posix_timers:
             e = tc.timers.posix.add(it_id=pt.it_id, clock_id=pt.clock_id, si_signo=pt.signo,
                                     it_sigev_notify=pt.notify, sival_ptr=pt.sival_ptr,
@@ -189,6 +192,19 @@ def itimers(core, image: str) -> list[tuple[int, int, int, int]]:
             if value >= (1_000_000 if field.endswith("usec") else 1 << 63):
                 raise ValueError(f"{image}: tc.timers.{name}.{field} {value} is out of range")
         out.append((e.isec, e.iusec, e.vsec, e.vusec))
+    return out
+
+
+def rlimits(core, image: str) -> list[tuple[int, int]]:
+    """tc.rlimits as (soft, hard) by RLIMIT_*; [] when absent. A soft limit
+    above its hard one is refused, as setrlimit would."""
+    out = []
+    for i, r in enumerate(core.tc.rlimits.rlimits):
+        if r.cur > r.max:
+            raise ValueError(f"{image}: tc.rlimits.rlimits[{i}]: cur {r.cur} is above max {r.max}")
+        out.append((r.cur, r.max))
+    if len(out) > RLIM_NLIMITS:
+        raise ValueError(f"{image}: tc.rlimits has {len(out)} entries, this kernel {RLIM_NLIMITS}")
     return out
 
 

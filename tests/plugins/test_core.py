@@ -185,3 +185,49 @@ def test_bad_posix_timer_is_refused(dumped_counter, field, value, words):
     line = engine_fails("restore", "-D", img)
     assert line.endswith(f"core-{target.pid}.img: tc.timers.posix[0]: {words}"), line
     assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_resource_limits(build_target, target_runner, dump_restore, tmp_path, variant):
+    """Lowered soft and hard limits come back as they were (the target
+    checks them with getrlimit); crit reads all 16 from the image."""
+    target = target_runner.start(build_target("rlimits", variant))
+    img = tmp_path / "img"
+    assert dump_restore(target, img) == "PASS"
+    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
+                         capture_output=True, text=True, check=True)
+    limits = json.loads(out.stdout)["entries"][0]["tc"]["rlimits"]["rlimits"]
+    assert len(limits) == 16 and (limits[7]["cur"], limits[7]["max"]) == (200, 300)
+
+
+def test_hard_limit_above_ours_is_kept_as_ours_with_a_warning(dumped_counter, engine_cli):
+    """Raising a hard limit takes CAP_SYS_RESOURCE: one the engine cannot
+    give comes back at the engine's own, and the restore says so."""
+    import resource
+    from engine.images import ImageDir
+    target, img = dumped_counter
+    images = ImageDir(str(img))
+    core = images.read("core", id=target.pid)[0]
+    ours = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    core.tc.rlimits.rlimits[resource.RLIMIT_NOFILE].max = ours + 1
+    images.write("core", [core], id=target.pid)
+    out = engine_cli("restore", "-D", img)
+    assert (f"core-{target.pid}.img: tc.rlimits.rlimits[7]: max {ours + 1} is above this "
+            f"engine's {ours}") in out.stderr, out.stderr
+    assert resource.prlimit(target.pid, resource.RLIMIT_NOFILE)[1] == ours
+    assert target.verdict() == "PASS"
+
+
+def test_bad_resource_limit_is_refused(dumped_counter):
+    from engine.images import ImageDir
+    from engine.testing import engine_fails, task_gone
+    target, img = dumped_counter
+    images = ImageDir(str(img))
+    core = images.read("core", id=target.pid)[0]
+    core.tc.rlimits.rlimits[3].cur = core.tc.rlimits.rlimits[3].max = 10
+    core.tc.rlimits.rlimits[3].cur = 20
+    images.write("core", [core], id=target.pid)
+    line = engine_fails("restore", "-D", img)
+    assert line.endswith(f"core-{target.pid}.img: tc.rlimits.rlimits[3]: cur 20 is above "
+                         "max 10"), line
+    assert task_gone(target.pid)
