@@ -30,6 +30,7 @@ MODE_NATIVE = 1
 TASK_ALIVE = 1
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
 CAP_SYS_RESOURCE = 24
+RLIMIT_NOFILE = 7
 RLIM_MASK = (1 << 64) - 1  # resource gives RLIM_INFINITY as -1, images as 2^64 - 1
 
 
@@ -87,6 +88,7 @@ def engine_restore_collect(ctx, graph):
     if inv.img_version != IMG_VERSION:
         raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
     in_tree = {e.pid for e in ctx.pstree}
+    engine = _engine_rlimits()
     for task in ctx.alive:
         threads = []
         tids = task.threads or [task.pid]      # pstree checked the task is one of them
@@ -107,7 +109,7 @@ def engine_restore_collect(ctx, graph):
                         parent_restored=task.ppid in in_tree,
                         itimers=convert.itimers(core, image),
                         posix_timers=convert.posix_timers(core, image, tids),
-                        rlimits=_rlimits_to_set(convert.rlimits(core, image), image))
+                        rlimits=_rlimits_to_set(convert.rlimits(core, image), image, engine))
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid, data=data,
                        label=f"registers and signals of {task.pid}"))
 
@@ -132,23 +134,32 @@ def engine_restore_node(ctx, node):
 
 # --- helpers -----------------------------------------------------------------
 
-def _rlimits_to_set(dumped, image: str) -> list[tuple[int, int, int]]:
-    """The dumped limits that differ from the engine's, which every task
-    inherits (open files always: pstree and files raise that soft limit).
-    A hard limit above the engine's takes CAP_SYS_RESOURCE to give: without
-    it, the engine's is kept, and the restore says so (CRIU ignores the
-    failed setrlimit)."""
+def _engine_rlimits() -> tuple[list[tuple[int, int]], bool]:
+    """The engine's limits, which every task inherits, and whether it can
+    raise a hard one (CAP_SYS_RESOURCE)."""
     import resource
     from engine import ns
-    can_raise = ns.effective_caps() >> CAP_SYS_RESOURCE & 1
+    from plugins.core import convert
+    ours = [tuple(v & RLIM_MASK for v in resource.getrlimit(res))
+            for res in range(convert.RLIM_NLIMITS)]
+    return ours, bool(ns.effective_caps() >> CAP_SYS_RESOURCE & 1)
+
+
+def _rlimits_to_set(dumped, image: str, engine) -> list[tuple[int, int, int]]:
+    """The dumped limits that differ from the engine's (`engine`, from
+    _engine_rlimits), and open files always: the restore raises that soft
+    limit. A hard limit above the engine's takes CAP_SYS_RESOURCE to give:
+    without it, the engine's is kept, and the restore says so (CRIU ignores
+    the failed setrlimit)."""
+    limits, can_raise = engine
     out = []
     for res, (soft, hard) in enumerate(dumped):
-        ours = tuple(v & RLIM_MASK for v in resource.getrlimit(res))
+        ours = limits[res]
         if hard > ours[1] and not can_raise:
             log.warning("%s: tc.rlimits.rlimits[%d]: max %d is above this engine's %d, which "
                         "it keeps (raising it takes CAP_SYS_RESOURCE)", image, res, hard, ours[1])
             soft, hard = min(soft, ours[1]), ours[1]
-        if (soft, hard) != ours or res == resource.RLIMIT_NOFILE:
+        if (soft, hard) != ours or res == RLIMIT_NOFILE:
             out.append((res, soft, hard))
     return out
 
