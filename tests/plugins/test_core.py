@@ -87,34 +87,52 @@ def test_credentials_and_capabilities(build_target, target_runner, dump_restore,
     assert dump_restore(target, tmp_path / "img") == "PASS"
 
 
+def _restored_core(target, dump_restore, img) -> dict:
+    """dump_restore the target (it must report PASS), then its core image as
+    CRIU's own decoder (crit) reads it."""
+    assert dump_restore(target, img) == "PASS"
+    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["entries"][0]
+
+
+def _spoiled_core(dumped, spoil) -> int:
+    """Let spoil(core, pid) change the dumped counter's core image; returns
+    its pid."""
+    from engine.images import ImageDir
+    target, img = dumped
+    images = ImageDir(str(img))
+    core = images.read("core", id=target.pid)[0]
+    spoil(core, target.pid)
+    images.write("core", [core], id=target.pid)
+    return target.pid
+
+
+def _refused(dumped, spoil) -> tuple[str, int]:
+    """The one error line of a restore of the spoiled image, which must
+    start nothing; and the pid."""
+    from engine.testing import engine_fails, task_gone
+    pid = _spoiled_core(dumped, spoil)
+    line = engine_fails("restore", "-D", dumped[1])
+    assert task_gone(pid)
+    return line, pid
+
+
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_parent_death_signals(build_target, target_runner, dump_restore, tmp_path, variant):
     """A thread's parent-death signal is read back by the thread itself, and
     a grandchild's comes from the kernel when the target kills its parent;
     the target's own, whose parent is not in the tree, is dropped."""
-    from engine.images import ImageDir
     target = target_runner.start(build_target("pdeath", variant))
-    img = tmp_path / "img"
-    assert dump_restore(target, img) == "PASS"
-    core = ImageDir(str(img)).read("core", id=target.pid)[0]
-    assert core.thread_core.pdeath_sig == 12           # SIGUSR2, as dumped
-    # CRIU's own decoder reads the field where CRIU writes it.
-    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
-                         capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout)["entries"][0]["thread_core"]["pdeath_sig"] == 12
+    core = _restored_core(target, dump_restore, tmp_path / "img")
+    assert core["thread_core"]["pdeath_sig"] == 12          # SIGUSR2, as dumped
 
 
 def test_bad_parent_death_signal_is_refused(dumped_counter):
-    from engine.images import ImageDir
-    from engine.testing import engine_fails, task_gone
-    target, img = dumped_counter
-    images = ImageDir(str(img))
-    core = images.read("core", id=target.pid)[0]
-    core.thread_core.pdeath_sig = 99
-    images.write("core", [core], id=target.pid)
-    line = engine_fails("restore", "-D", img)
-    assert line.endswith(f"core-{target.pid}.img: thread_core.pdeath_sig 99 is not a signal"), line
-    assert task_gone(target.pid)
+    def spoil(core, pid):
+        core.thread_core.pdeath_sig = 99
+    line, pid = _refused(dumped_counter, spoil)
+    assert line.endswith(f"core-{pid}.img: thread_core.pdeath_sig 99 is not a signal"), line
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
@@ -122,30 +140,23 @@ def test_interval_timers(build_target, target_runner, dump_restore, tmp_path, va
     """ITIMER_REAL keeps firing after restore; ITIMER_VIRTUAL and ITIMER_PROF
     keep their intervals (the target checks them with getitimer)."""
     target = target_runner.start(build_target("itimers", variant))
-    img = tmp_path / "img"
-    assert dump_restore(target, img) == "PASS"
-    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
-                         capture_output=True, text=True, check=True)
-    timers = json.loads(out.stdout)["entries"][0]["tc"]["timers"]
+    timers = _restored_core(target, dump_restore, tmp_path / "img")["tc"]["timers"]
     assert (timers["virt"]["isec"], timers["virt"]["iusec"]) == (7, 250000)
     assert (timers["real"]["isec"], timers["real"]["iusec"]) == (0, 20000)
 
 
-@pytest.mark.parametrize("field, value", [("iusec", 1000000), ("vsec", 1 << 63)])
-def test_bad_interval_timer_is_refused(dumped_counter, field, value):
-    from engine.images import ImageDir
-    from engine.testing import engine_fails, task_gone
-    target, img = dumped_counter
-    images = ImageDir(str(img))
-    core = images.read("core", id=target.pid)[0]
+def _with_timers(core):
     for name in ("real", "virt", "prof"):
         getattr(core.tc.timers, name).SetInParent()
-    setattr(core.tc.timers.prof, field, value)
-    images.write("core", [core], id=target.pid)
-    line = engine_fails("restore", "-D", img)
-    assert line.endswith(f"core-{target.pid}.img: tc.timers.prof.{field} {value} is out of "
-                         "range"), line
-    assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("field, value", [("iusec", 1000000), ("vsec", 1 << 63)])
+def test_bad_interval_timer_is_refused(dumped_counter, field, value):
+    def spoil(core, pid):
+        _with_timers(core)
+        setattr(core.tc.timers.prof, field, value)
+    line, pid = _refused(dumped_counter, spoil)
+    assert line.endswith(f"core-{pid}.img: tc.timers.prof.{field} {value} is out of range"), line
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
@@ -154,11 +165,7 @@ def test_posix_timers(build_target, target_runner, dump_restore, tmp_path, varia
     values and signals, one of them to a thread of its own (the target
     checks them and the signals it gets)."""
     target = target_runner.start(build_target("ptimers", variant))
-    img = tmp_path / "img"
-    assert dump_restore(target, img) == "PASS"
-    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
-                         capture_output=True, text=True, check=True)
-    posix = json.loads(out.stdout)["entries"][0]["tc"]["timers"]["posix"]
+    posix = _restored_core(target, dump_restore, tmp_path / "img")["tc"]["timers"]["posix"]
     assert sorted((t["it_id"], t["clock_id"], t["it_sigev_notify"]) for t in posix) == [
         (0, 1, 0), (1, 0, 1), (2, 1, 4)]
 
@@ -170,21 +177,14 @@ def test_posix_timers(build_target, target_runner, dump_restore, tmp_path, varia
     ("notify_thread_id", 1, "notify_thread_id 1 is not a thread of the task"),
 ])
 def test_bad_posix_timer_is_refused(dumped_counter, field, value, words):
-    from engine.images import ImageDir
-    from engine.testing import engine_fails, task_gone
-    target, img = dumped_counter
-    images = ImageDir(str(img))
-    core = images.read("core", id=target.pid)[0]
-    for name in ("real", "virt", "prof"):
-        getattr(core.tc.timers, name).SetInParent()
-    timer = core.tc.timers.posix.add(it_id=0, clock_id=1, si_signo=10, it_sigev_notify=4,
-                                     sival_ptr=0, overrun=0, isec=0, insec=0, vsec=1, vnsec=0,
-                                     notify_thread_id=target.pid)
-    setattr(timer, field, value)
-    images.write("core", [core], id=target.pid)
-    line = engine_fails("restore", "-D", img)
-    assert line.endswith(f"core-{target.pid}.img: tc.timers.posix[0]: {words}"), line
-    assert task_gone(target.pid)
+    def spoil(core, pid):
+        _with_timers(core)
+        timer = core.tc.timers.posix.add(it_id=0, clock_id=1, si_signo=10, it_sigev_notify=4,
+                                         sival_ptr=0, overrun=0, isec=0, insec=0, vsec=1,
+                                         vnsec=0, notify_thread_id=pid)
+        setattr(timer, field, value)
+    line, pid = _refused(dumped_counter, spoil)
+    assert line.endswith(f"core-{pid}.img: tc.timers.posix[0]: {words}"), line
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
@@ -192,11 +192,7 @@ def test_resource_limits(build_target, target_runner, dump_restore, tmp_path, va
     """Lowered soft and hard limits come back as they were (the target
     checks them with getrlimit); crit reads all 16 from the image."""
     target = target_runner.start(build_target("rlimits", variant))
-    img = tmp_path / "img"
-    assert dump_restore(target, img) == "PASS"
-    out = subprocess.run(["crit", "decode", "-i", str(img / f"core-{target.pid}.img")],
-                         capture_output=True, text=True, check=True)
-    limits = json.loads(out.stdout)["entries"][0]["tc"]["rlimits"]["rlimits"]
+    limits = _restored_core(target, dump_restore, tmp_path / "img")["tc"]["rlimits"]["rlimits"]
     assert len(limits) == 16 and (limits[7]["cur"], limits[7]["max"]) == (200, 300)
 
 
@@ -204,30 +200,20 @@ def test_hard_limit_above_ours_is_kept_as_ours_with_a_warning(dumped_counter, en
     """Raising a hard limit takes CAP_SYS_RESOURCE: one the engine cannot
     give comes back at the engine's own, and the restore says so."""
     import resource
-    from engine.images import ImageDir
-    target, img = dumped_counter
-    images = ImageDir(str(img))
-    core = images.read("core", id=target.pid)[0]
     ours = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    core.tc.rlimits.rlimits[resource.RLIMIT_NOFILE].max = ours + 1
-    images.write("core", [core], id=target.pid)
-    out = engine_cli("restore", "-D", img)
-    assert (f"core-{target.pid}.img: tc.rlimits.rlimits[7]: max {ours + 1} is above this "
+
+    def spoil(core, pid):
+        core.tc.rlimits.rlimits[resource.RLIMIT_NOFILE].max = ours + 1
+    pid = _spoiled_core(dumped_counter, spoil)
+    out = engine_cli("restore", "-D", dumped_counter[1])
+    assert (f"core-{pid}.img: tc.rlimits.rlimits[7]: max {ours + 1} is above this "
             f"engine's {ours}") in out.stderr, out.stderr
-    assert resource.prlimit(target.pid, resource.RLIMIT_NOFILE)[1] == ours
-    assert target.verdict() == "PASS"
+    assert resource.prlimit(pid, resource.RLIMIT_NOFILE)[1] == ours
+    assert dumped_counter[0].verdict() == "PASS"
 
 
 def test_bad_resource_limit_is_refused(dumped_counter):
-    from engine.images import ImageDir
-    from engine.testing import engine_fails, task_gone
-    target, img = dumped_counter
-    images = ImageDir(str(img))
-    core = images.read("core", id=target.pid)[0]
-    core.tc.rlimits.rlimits[3].cur = core.tc.rlimits.rlimits[3].max = 10
-    core.tc.rlimits.rlimits[3].cur = 20
-    images.write("core", [core], id=target.pid)
-    line = engine_fails("restore", "-D", img)
-    assert line.endswith(f"core-{target.pid}.img: tc.rlimits.rlimits[3]: cur 20 is above "
-                         "max 10"), line
-    assert task_gone(target.pid)
+    def spoil(core, pid):
+        core.tc.rlimits.rlimits[3].max, core.tc.rlimits.rlimits[3].cur = 10, 20
+    line, pid = _refused(dumped_counter, spoil)
+    assert line.endswith(f"core-{pid}.img: tc.rlimits.rlimits[3]: cur 20 is above max 10"), line
