@@ -27,7 +27,6 @@ from engine.stash import Stash
 log = logging.getLogger("engine.restore")
 
 PR_SET_CHILD_SUBREAPER = 36
-PR_SET_PDEATHSIG = 1
 
 
 class RestoreError(Exception):
@@ -152,7 +151,8 @@ class RestoreContext:
 
 
 def _die_with_parent() -> None:
-    from engine.tracer.binding import libc      # loaded with clone_with_pid
+    from engine.tracer.binding import libc      # both loaded before the forks
+    from engine.tracer.restore import PR_SET_PDEATHSIG
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 

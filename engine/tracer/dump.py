@@ -164,7 +164,6 @@ def _stat(pid: int) -> list[str]:
 
 # /proc/PID/timers names sigev_notify without SIGEV_THREAD_ID, then "tid" for it.
 SIGEV_BY_NAME = {"signal": 0, "none": 1, "thread": 2}
-SIGEV_THREAD_ID = 4
 
 
 def _posix_timers(pid: int) -> list[tuple[int, int, int, int, int, int]]:
@@ -179,14 +178,11 @@ def _posix_timers(pid: int) -> list[tuple[int, int, int, int, int, int]]:
         signo, _, ptr = fields["signal"].partition("/")
         how, _, target = fields["notify"].partition("/")
         kind, _, who = target.partition(".")
-        notify = SIGEV_BY_NAME[how] | (SIGEV_THREAD_ID if kind == "tid" else 0)
+        notify = SIGEV_BY_NAME[how] | (m.SIGEV_THREAD_ID if kind == "tid" else 0)
         out.append((int(fields["ID"]), int(value), int(signo), int(ptr, 16), notify,
                     int(who) if kind == "tid" else 0))
         fields = {}
     return out
-
-
-RLIM_INFINITY = (1 << 64) - 1
 
 
 def _rlimits(pid: int) -> list[tuple[int, int]]:
@@ -196,7 +192,7 @@ def _rlimits(pid: int) -> list[tuple[int, int]]:
     out = []
     for line in _read(f"/proc/{pid}/limits").splitlines()[1:]:
         soft, hard = line[26:].split()[:2]
-        out.append(tuple(RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard)))
+        out.append(tuple(m.RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard)))
     return out
 
 

@@ -200,6 +200,10 @@ class Creds:
     groups: list[int] = attrs.field(factory=list)
 
 
+SIGEV_THREAD_ID = 4                      # sigev_notify: to one thread (with SIGEV_SIGNAL)
+RLIM_INFINITY = (1 << 64) - 1            # as images (u64) and /proc/PID/limits mean it
+
+
 class PosixTimer(NamedTuple):
     """One timer_create() timer, as /proc/PID/timers and timer_gettime show it."""
     it_id: int

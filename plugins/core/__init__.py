@@ -31,7 +31,6 @@ TASK_ALIVE = 1
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
 CAP_SYS_RESOURCE = 24
 RLIMIT_NOFILE = 7
-RLIM_MASK = (1 << 64) - 1  # resource gives RLIM_INFINITY as -1, images as 2^64 - 1
 
 
 class TaskCore(NamedTuple):
@@ -139,9 +138,11 @@ def _engine_rlimits() -> tuple[list[tuple[int, int]], bool]:
     raise a hard one (CAP_SYS_RESOURCE)."""
     import resource
     from engine import ns
+    from engine.tracer.model import RLIM_INFINITY
     from plugins.core import convert
-    ours = [tuple(v & RLIM_MASK for v in resource.getrlimit(res))
-            for res in range(convert.RLIM_NLIMITS)]
+    # resource gives RLIM_INFINITY as -1
+    ours = [tuple(RLIM_INFINITY if v == resource.RLIM_INFINITY else v
+                  for v in resource.getrlimit(res)) for res in range(convert.RLIM_NLIMITS)]
     return ours, bool(ns.effective_caps() >> CAP_SYS_RESOURCE & 1)
 
 

@@ -8,7 +8,6 @@ FP_LEGACY = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask",
              "st_space", "xmm_space", "padding")
 FP_XSAVE = ("ymmh_space", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
 ITIMER_NAMES = ("real", "virt", "prof")    # task_timers_entry, in ITIMER_* order
-SIGEV_THREAD_ID = 4
 SIGEV_NOTIFY = (0, 1, 4)                   # SIGNAL, NONE, THREAD_ID (SIGEV_THREAD is libc's)
 CLOCKS = range(12)                         # CLOCK_REALTIME .. CLOCK_TAI
 RLIM_NLIMITS = 16
@@ -52,7 +51,7 @@ def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
                                     it_sigev_notify=pt.notify, sival_ptr=pt.sival_ptr,
                                     overrun=pt.overrun)
             (e.isec, e.insec), (e.vsec, e.vnsec) = pt.interval, pt.value
-            if pt.notify & SIGEV_THREAD_ID:
+            if pt.notify & m.SIGEV_THREAD_ID:
                 e.notify_thread_id = pt.notify_tid
         # CRIU writes 62 entries: SIGKILL and SIGSTOP have no action.
         for sig, sa in enumerate(state.sigactions, 1):
@@ -227,8 +226,8 @@ def posix_timers(core, image: str, tids) -> list[m.PosixTimer]:
         if e.insec >= 1_000_000_000 or e.vnsec >= 1_000_000_000 or max(e.isec, e.vsec) >> 63:
             raise ValueError(f"{where}: isec/insec/vsec/vnsec {e.isec}/{e.insec}/{e.vsec}/"
                              f"{e.vnsec} are out of range")
-        tid = e.notify_thread_id if e.it_sigev_notify & SIGEV_THREAD_ID else 0
-        if e.it_sigev_notify & SIGEV_THREAD_ID and tid not in tids:
+        tid = e.notify_thread_id if e.it_sigev_notify & m.SIGEV_THREAD_ID else 0
+        if e.it_sigev_notify & m.SIGEV_THREAD_ID and tid not in tids:
             raise ValueError(f"{where}: notify_thread_id {tid} is not a thread of the task")
         out.append(m.PosixTimer(e.it_id, e.clock_id, e.si_signo, e.it_sigev_notify,
                                 e.sival_ptr, tid, (e.isec, e.insec), (e.vsec, e.vnsec),
