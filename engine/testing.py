@@ -397,10 +397,10 @@ def _interpreter(script: Path, override: str | None) -> str:
 
 # --- the engine command ---
 
-def engine_cli(*args: str, check: bool = True, autoload: bool = False,
-               timeout: float = 120.0, env: dict | None = None,
-               ) -> subprocess.CompletedProcess:
-    """``python -m engine ARGS``, output captured.
+def engine_command(*args, autoload: bool = False, env: dict | None = None
+                   ) -> tuple[list[str], dict]:
+    """The command line and environment of ``python -m engine ARGS``, for
+    engine_cli or a test that runs the engine in the background.
 
     Plugin autoload is disabled unless autoload=True; the checkout is put
     on PYTHONPATH so this works without ``pip install``.
@@ -412,7 +412,14 @@ def engine_cli(*args: str, check: bool = True, autoload: bool = False,
         env[AUTOLOAD_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "engine", *map(str, args)]
+    return [sys.executable, "-m", "engine", *map(str, args)], env
+
+
+def engine_cli(*args: str, check: bool = True, autoload: bool = False,
+               timeout: float = 120.0, env: dict | None = None,
+               ) -> subprocess.CompletedProcess:
+    """``python -m engine ARGS`` (engine_command), output captured."""
+    cmd, env = engine_command(*args, autoload=autoload, env=env)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                           timeout=timeout)
     if check and proc.returncode:

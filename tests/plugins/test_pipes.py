@@ -65,11 +65,9 @@ def test_fd_above_the_restoring_soft_limit(build_target, target_runner, engine_c
     table, instead of failing in dup2."""
     import os
     import resource
-    from engine.testing import reap_dumped_tree
     target = target_runner.start(build_target("fdlayout"), "--high", "5000")
     img = tmp_path / "img"
     dump_to(target, img)
-    reap_dumped_tree(img)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))   # inherited by engine
@@ -89,12 +87,10 @@ def test_fds_beside_the_engine_log(build_target, target_runner, engine_cli, tmp_
     have, and the log still reaches the engine's stderr after the tasks
     have made their tables."""
     import os
-    from engine.testing import reap_dumped_tree
     target = target_runner.start(build_target("fdlayout"), "--high", str(high))
     fds = sorted(os.listdir(f"/proc/{target.pid}/fd"), key=int)
     img = tmp_path / "img"
     dump_to(target, img)
-    reap_dumped_tree(img)
     out = engine_cli("restore", "-v", "-v", "-D", img)
     assert f"node mem:{target.pid} (in tracer" in out.stderr
     assert sorted(os.listdir(f"/proc/{target.pid}/fd"), key=int) == fds

@@ -126,16 +126,12 @@ _runs = itertools.count()
 def check_program(steps, build_target, target_runner, tmp_path):
     """Run, dump, check gone and reaped, restore; the tree must be what it
     was, and the root checks every task's ids and its own subreaper flag."""
-    from engine.testing import engine_cli, reap_dumped_tree
+    from engine.testing import dump_to, engine_cli
     target = target_runner.start(build_target("sessions"), "--steps", steps)
     before = _tree(target.pid)
     img = tmp_path / f"img{next(_runs)}"
-    img.mkdir()
     try:
-        engine_cli("dump", "-t", str(target.pid), "-D", str(img))
-        target.reap()
-        target.assert_gone()
-        reap_dumped_tree(img)
+        dump_to(target, img)
         engine_cli("restore", "-D", str(img))
         after = _tree(target.pid)
         assert after == before, f"program {steps}"
@@ -285,17 +281,11 @@ def test_session_helper_pid_in_use_is_refused(build_target, target_runner, tmp_p
     another process's, so no helper can make the session for the orphan.
     The real dump is refused before any fork, naming pstree.img and the
     orphan's parent's entry; nothing of the tree runs."""
-    from engine.images import ImageDir
-    from engine.testing import engine_cli, engine_fails, reap_dumped_tree, task_gone
+    from engine.testing import dump_to, engine_fails, task_gone
     from engine.tracer.clone import clone_with_pid
     target = target_runner.start(build_target("sessions"), "--steps", "r0,f0,s1,f1,x1,w0")
     img = tmp_path / "img"
-    img.mkdir()
-    engine_cli("dump", "-t", str(target.pid), "-D", str(img))
-    target.reap()
-    target.assert_gone()
-    reap_dumped_tree(img)
-    tree = ImageDir(str(img)).read("pstree")
+    tree = dump_to(target, img).read("pstree")
     session = tree[1].sid
     assert len(tree) == 2 and session not in (e.pid for e in tree)
     squatter = clone_with_pid(session)

@@ -110,18 +110,13 @@ def test_a_killed_engine_takes_its_tasks_with_it(build_target, target_runner, tm
     the engine), as when a restore fails."""
     import signal
     import subprocess
-    import sys
     import time
-    from engine.images import ImageDir
-    from engine.testing import AUTOLOAD_ENV, REPO_ROOT, dump_to, reap_dumped_tree, task_gone
+    from engine.testing import children, dump_to, engine_command, task_gone
     target = target_runner.start(build_target(target_name))
     img = tmp_path / "img"
-    dump_to(target, img)
-    reap_dumped_tree(img)
-    pids = [e.pid for e in ImageDir(str(img)).read("pstree")]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{AUTOLOAD_ENV: "1"})
-    engine = subprocess.Popen([sys.executable, "-m", "engine", "restore", "-v", "-v",
-                               "-D", str(img)], stderr=subprocess.PIPE, text=True, env=env)
+    pids = [e.pid for e in dump_to(target, img).read("pstree")]
+    cmd, env = engine_command("restore", "-v", "-v", "-D", img)
+    engine = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     for line in engine.stderr:
         if " (in tracer " in line:          # tasks forked, one being restored
             break
@@ -136,7 +131,6 @@ def test_a_killed_engine_takes_its_tasks_with_it(build_target, target_runner, tm
             break
         time.sleep(0.01)
     assert not left, f"tasks {left} outlived the engine"
-    from engine.testing import children
     while children() and time.monotonic() < deadline + 5:    # reap the dead, us alone
         _reap_exited()
         time.sleep(0.01)
@@ -149,13 +143,10 @@ def test_children_outlive_their_restored_parent(build_target, target_runner, eng
     did before the dump."""
     import signal
     import time
-    from engine.images import ImageDir
-    from engine.testing import dump_to, reap_dumped_tree, task_gone
+    from engine.testing import dump_to, task_gone
     target = target_runner.start(build_target("fanout"))
     img = tmp_path / "img"
-    dump_to(target, img)
-    reap_dumped_tree(img)
-    kids = [e.pid for e in ImageDir(str(img)).read("pstree") if e.pid != target.pid]
+    kids = [e.pid for e in dump_to(target, img).read("pstree") if e.pid != target.pid]
     engine_cli("restore", "-D", img)
     os.kill(target.pid, signal.SIGKILL)
     while not task_gone(target.pid):
