@@ -7,6 +7,9 @@ from engine.testing import engine_fails, task_gone
 from plugins.cpu import INSTRUCTIONS, XFEATURES, current
 
 
+KERNEL_MAY_HIDE = {"rdseed"}
+
+
 def _proc_cpuinfo_flags() -> set[str]:
     text = open("/proc/cpuinfo").read()
     return set(text.split("flags\t\t: ", 1)[1].split("\n", 1)[0].split())
@@ -20,7 +23,12 @@ def test_recorded_features_are_the_ones_the_kernel_reports(dumped_counter):
     words = list(x.capability)
     recorded = {name for (word, bit), name in INSTRUCTIONS.items() if words[word] >> bit & 1}
     flags = _proc_cpuinfo_flags()
-    assert recorded == {name for name in INSTRUCTIONS.values() if name in flags}
+    kernel = {name for name in INSTRUCTIONS.values() if name in flags}
+    # The record is CPUID's (what a program sees); the kernel hides a few
+    # bits it distrusts (RDSEED on AMD Zen 5, arch/x86/kernel/cpu/amd.c),
+    # and never shows one CPUID lacks.
+    assert kernel <= recorded
+    assert recorded - kernel <= KERNEL_MAY_HIDE
     assert {"sse2", "lm"} <= recorded
     assert x.xfeatures_mask & 0b11 == 0b11              # x87 and sse at least
     out = subprocess.run(["crit", "decode", "-i", str(img / "cpuinfo.img"), "--pretty"],
