@@ -16,6 +16,7 @@ import struct
 
 from engine.tracer import binding as b
 from engine.tracer import model as m
+from engine.tracer.proc import creds_from_status, proc_status
 from engine.tracer.task import Tracee
 
 PAGE = 4096
@@ -148,7 +149,7 @@ def _thread_state(t: Tracee, tid: int) -> m.ThreadState:
     if b.raw_syscall(b.SYS["get_robust_list"], tid, ctypes.byref(head), ctypes.byref(length)):
         raise b.TracerError(ctypes.get_errno(), tid, "get_robust_list")
     rseq = b.get_rseq(tid)
-    state = m.ThreadState(tid=tid, regs=m.Regs.from_any(regs), fpregs=fp,
+    state = m.ThreadState(tid=tid, regs=m.Regs.from_user_regs(regs), fpregs=fp,
                           blk_sigset=b.get_sigmask(tid), futex_rla=head.value,
                           futex_rla_len=length.value, rseq_abi_pointer=rseq[0],
                           rseq_abi_size=rseq[1], rseq_signature=rseq[2],
@@ -201,28 +202,8 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def proc_status(pid: int) -> dict[str, list[str]]:
-    """/proc/PID/status as name -> its values."""
-    with open(f"/proc/{pid}/status") as f:
-        return {k: v.split() for k, _, v in (line.partition(":") for line in f)}
-
-
 def _creds(pid: int, secbits: int) -> m.Creds:
     return creds_from_status(proc_status(pid), secbits)
-
-
-def creds_from_status(status: dict[str, list[str]], secbits: int) -> m.Creds:
-    uid = [int(x) for x in status["Uid"]]
-    gid = [int(x) for x in status["Gid"]]
-
-    def caps(key):
-        v = int(status[key][0], 16)
-        return [v & 0xFFFFFFFF, v >> 32]
-    return m.Creds(uid=uid[0], euid=uid[1], suid=uid[2], fsuid=uid[3],
-                   gid=gid[0], egid=gid[1], sgid=gid[2], fsgid=gid[3],
-                   cap_inh=caps("CapInh"), cap_prm=caps("CapPrm"), cap_eff=caps("CapEff"),
-                   cap_bnd=caps("CapBnd"), cap_amb=caps("CapAmb"), secbits=secbits,
-                   groups=[int(g) for g in status.get("Groups", [])])
 
 
 def _mm_state(pid: int, stat: list[str], brk: int, sp: int) -> m.MmState:

@@ -29,11 +29,7 @@ U64 = (1 << 64) - 1
 
 @attrs.define
 class Regs:
-    """struct user_regs_struct under user_x86_regs_entry's names, u64 each.
-
-    Reads and writes by name like a dict too (``regs["ip"]``), so code that
-    built ThreadState.regs as a dict keeps working.
-    """
+    """struct user_regs_struct under user_x86_regs_entry's names, u64 each."""
     r15: int = 0
     r14: int = 0
     r13: int = 0
@@ -62,29 +58,10 @@ class Regs:
     fs: int = 0
     gs: int = 0
 
-    def __getitem__(self, name: str) -> int:
-        if name not in REG_NAMES:
-            raise KeyError(name)
-        return getattr(self, name)
-
-    def __setitem__(self, name: str, value: int) -> None:
-        if name not in REG_NAMES:
-            raise KeyError(name)
-        setattr(self, name, value & U64)
-
-    def keys(self):
-        return iter(REG_NAMES)
-
-    def items(self):
-        return ((n, getattr(self, n)) for n in REG_NAMES)
-
     @classmethod
-    def from_any(cls, value) -> "Regs":
-        """A Regs from a Regs, a name -> value mapping or a ctypes UserRegs."""
-        if isinstance(value, cls):
-            return value
-        get = value.__getitem__ if hasattr(value, "keys") else lambda n: getattr(value, n)
-        return cls(**{n: get(n) & U64 for n in REG_NAMES})
+    def from_user_regs(cls, regs) -> "Regs":
+        """The registers of a ctypes UserRegs (PTRACE_GETREGS)."""
+        return cls(**{n: getattr(regs, n) & U64 for n in REG_NAMES})
 
 
 @attrs.define
@@ -125,7 +102,7 @@ class FpRegs:
 @attrs.define
 class ThreadState:
     tid: int
-    regs: Regs = attrs.field(converter=Regs.from_any)   # a dict by name is accepted
+    regs: Regs
     fpregs: FpRegs
     blk_sigset: int = 0
     clear_tid_addr: int = 0

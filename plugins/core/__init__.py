@@ -1,24 +1,30 @@
-"""core: registers, FPU/xstate, signal state, task core (core-TID.img), ids, inventory.
+"""core: registers and FPU/xstate, the task core (core-TID.img), ids, inventory.
 
-Dump: for every thread, its general registers, FPU and xsave state, sigmask,
-sigaltstack, robust list, rseq, clear_tid address and credentials; for the
-task, comm, personality, the 64 sigactions, exit signal, the child subreaper
-flag (task_core_entry.child_subreaper, field 18 as in CRIU; pstree restores
-it, because orphans of its helper tasks depend on it); ids-PID.img with the
+Dump: for every thread, core-TID.img: its general registers, FPU and xsave
+state, and what the other task-state plugins restore from it (sigmask,
+sigaltstack, robust list, rseq, clear_tid address, queued signals: plugin
+threads; credentials and parent-death signal: creds; limits: rlimits;
+interval and POSIX timers: timers); for the task, comm, personality, the
+64 sigactions, exit signal, the child subreaper flag
+(task_core_entry.child_subreaper, field 18 as in CRIU; pstree restores it,
+because orphans of its helper tasks depend on it); ids-PID.img with the
 object ids of the task; inventory.img for the image set (written last of the
 tree-wide images, so a set without it is known to be incomplete).
-Restore: in the tracer, after memory: sigactions, then per thread the signal
-state and finally the registers (criu/pie/restorer.c order). Only x86_64
-native tasks are accepted; anything else is refused naming core-TID.img.
+Restore: in the tracer, last of the task (after its memory, its threads
+and every plugin providing `task-state`): the scratch page goes, then
+every thread's registers and xstate (criu/pie/restorer.c order); a task
+stopped when dumped is released into a stop. Only x86_64 native tasks are
+accepted; anything else is refused naming core-TID.img.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from engine import hookimpl
 from engine.graph import Node
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.core")
@@ -29,22 +35,13 @@ PAGE = 4096
 MODE_NATIVE = 1
 TASK_ALIVE = 1
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
-CAP_SYS_RESOURCE = 24
-RLIMIT_NOFILE = 7
+SIGSTOP = 19
 
 
 class TaskCore(NamedTuple):
-    """A core node's data: every thread's state and the process-wide rest,
-    from the leader's core image (engine.tracer.model types)."""
-    threads: list
-    sigactions: list
-    shared_signals: list                 # siginfo queued to the whole process
+    """A core node's data, from the task's core images."""
+    threads: list                        # engine.tracer.model.ThreadState: registers, xstate
     stopped: bool                        # group-stopped when dumped
-    creds: Any                           # model.Creds, or None: the engine's own
-    parent_restored: bool                # its parent is in the tree
-    itimers: list
-    posix_timers: list
-    rlimits: list                        # (RLIMIT_*, soft, hard) to set: those not ours
 
 
 _NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
@@ -85,85 +82,36 @@ def engine_restore_collect(ctx, graph):
     from plugins.core import convert
     inv = ctx.images.read_one("inventory")
     if inv.img_version != IMG_VERSION:
-        raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
-    in_tree = {e.pid for e in ctx.pstree}
-    engine = _engine_rlimits()
+        raise ImageError("inventory.img", f"img_version {inv.img_version} is not {IMG_VERSION}")
     for task in ctx.alive:
         threads = []
-        tids = task.threads or [task.pid]      # pstree checked the task is one of them
-        for tid in tids:
+        for tid in task.threads or [task.pid]:   # pstree checked the task is one of them
             image = f"core-{tid}.img"
             core = ctx.read_one("core", id=tid)
             if core.mtype != MTYPE_X86_64:
-                raise ValueError(f"{image}: mtype {core.mtype} is not X86_64")
+                raise ImageError(image, f"mtype {core.mtype} is not X86_64")
             if core.thread_info.gpregs.mode not in (0, MODE_NATIVE):
-                raise ValueError(f"{image}: thread_info.gpregs.mode: only native "
-                                 "x86_64 tasks are supported")
+                raise ImageError(image, "thread_info.gpregs.mode: only native "
+                                        "x86_64 tasks are supported")
             threads.append(convert.thread_state(core, tid, image))
-        image, core = f"core-{task.pid}.img", ctx.read_one("core", id=task.pid)
-        data = TaskCore(threads=threads, sigactions=convert.sigactions(core, image),
-                        shared_signals=convert.shared_signals(core, image),
-                        stopped=core.tc.task_state == convert.TASK_STOPPED,
-                        creds=convert.creds(core, image),
-                        parent_restored=task.ppid in in_tree,
-                        itimers=convert.itimers(core, image),
-                        posix_timers=convert.posix_timers(core, image, tids),
-                        rlimits=_rlimits_to_set(convert.rlimits(core, image), image, engine))
+        core = ctx.read_one("core", id=task.pid)
+        data = TaskCore(threads=threads, stopped=core.tc.task_state == convert.TASK_STOPPED)
         graph.add(Node(key=f"core:{task.pid}", plugin="core", pid=task.pid, data=data,
-                       label=f"registers and signals of {task.pid}"))
+                       label=f"registers of {task.pid}"))
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "core":
-        return None
-    from engine.tracer import restore_threads
-    from plugins.core import convert
+    from engine.tracer import set_registers
     d: TaskCore = node.data
     tracee = ctx.tracees[node.pid]
-    creds = d.creds
-    if creds is not None:
-        creds = convert.creds_in_userns(creds, node.pid, f"core-{node.pid}.img")
-    restore_threads(tracee, d.sigactions, d.threads, d.shared_signals, creds,
-                    d.parent_restored, d.itimers, d.posix_timers, d.rlimits)
-    # A task stopped when dumped is released into a stop again (SIGSTOP).
-    tracee.release_signal = 19 if d.stopped else 0
+    set_registers(tracee, d.threads)
+    # A task stopped when dumped is released into a stop again.
+    tracee.release_signal = SIGSTOP if d.stopped else 0
     return True
 
 
 # --- helpers -----------------------------------------------------------------
-
-def _engine_rlimits() -> tuple[list[tuple[int, int]], bool]:
-    """The engine's limits, which every task inherits, and whether it can
-    raise a hard one (CAP_SYS_RESOURCE)."""
-    import resource
-    from engine import ns
-    from engine.tracer.model import RLIM_INFINITY
-    from plugins.core import convert
-    # resource gives RLIM_INFINITY as -1
-    ours = [tuple(RLIM_INFINITY if v == resource.RLIM_INFINITY else v
-                  for v in resource.getrlimit(res)) for res in range(convert.RLIM_NLIMITS)]
-    return ours, bool(ns.effective_caps() >> CAP_SYS_RESOURCE & 1)
-
-
-def _rlimits_to_set(dumped, image: str, engine) -> list[tuple[int, int, int]]:
-    """The dumped limits that differ from the engine's (`engine`, from
-    _engine_rlimits), and open files always: the restore raises that soft
-    limit. A hard limit above the engine's takes CAP_SYS_RESOURCE to give:
-    without it, the engine's is kept, and the restore says so (CRIU ignores
-    the failed setrlimit)."""
-    limits, can_raise = engine
-    out = []
-    for res, (soft, hard) in enumerate(dumped):
-        ours = limits[res]
-        if hard > ours[1] and not can_raise:
-            log.warning("%s: tc.rlimits.rlimits[%d]: max %d is above this engine's %d, which "
-                        "it keeps (raising it takes CAP_SYS_RESOURCE)", image, res, hard, ours[1])
-            soft, hard = min(soft, ours[1]), ours[1]
-        if (soft, hard) != ours or res == RLIMIT_NOFILE:
-            out.append((res, soft, hard))
-    return out
-
 
 def _child_subreaper(tracee) -> bool:
     """PR_GET_CHILD_SUBREAPER, asked by the task itself (criu/pie/parasite.c

@@ -1,6 +1,11 @@
 """engine.tracer on real processes: dump to plain data, kill, restore with
 the same pid into a forked child of this test, and the target runs on.
 
+The restore is the tracer nodes' path without the graph: the tracer's
+memory restore, the threads plugin's threads and signal state, the
+registers as core sets them (credentials, limits and timers are the
+engine's own here, as the dumped target's were: no plugin of theirs runs).
+
 The target (tracer_targets/state.c) checks its own state after SIGTERM and
 writes PASS or FAIL. This process is a child subreaper and reaps every
 task it starts; leftovers are killed on failure.
@@ -23,8 +28,10 @@ from engine.tracer import TracerError
 from engine.tracer import model as m
 from engine.tracer.clone import clone_with_pid
 from engine.tracer.dump import collect_task, dump_pages, freeze
+from engine.tracer.restore import (attach_stopped, release, restore_memory, set_registers,
+                                   wait_for_tracer)
 from engine.tracer.xstate import COMPONENTS
-from engine.tracer.restore import release, restore_task, wait_for_tracer
+from plugins.threads import restore_threads
 
 TARGETS = Path(__file__).parent / "tracer_targets"
 VARIANTS = {"dynamic-pie": [], "dynamic-nopie": ["-no-pie"], "static": ["-static"],
@@ -52,7 +59,7 @@ def binaries(tmp_path_factory):
 
 
 class MemSink:
-    """What dump_pages feeds, and the `pages` restore_task reads: runs of
+    """What dump_pages feeds, and the `pages` restore_memory reads: runs of
     (vaddr, length, offset) into one mmap (as PagemapReader offers)."""
 
     def __init__(self):
@@ -173,11 +180,20 @@ def restore(state: m.TaskState, pages, prepare=None, file_fds=None):
             os._exit(99)
     assert pid == state.pid
     try:
-        return restore_task(pid, state, pages, file_fds)
+        t = attach_stopped(pid)
+        try:
+            restore_memory(t, state.mm, pages, None, file_fds)
+            restore_threads(t, state.sigactions, state.threads, state.signals_s)
+            set_registers(t, state.threads)
+        except BaseException:
+            t.kill()
+            raise
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         _reap(pid)
         raise
+    t.release_signal = signal.SIGSTOP if state.stopped else 0
+    return t
 
 
 def _maps(pid: int) -> list[tuple]:
@@ -225,7 +241,7 @@ def test_dump_kill_restore_runs_on(binaries, tmp_path, variant):
     assert state.pid == target.pid and state.comm.startswith("state-")
     assert len(state.sigactions) == 64 and len(state.threads) == 1
     th = state.threads[0]
-    assert th.regs.orig_ax == 35 and th.regs["ip"] == th.regs.ip     # stopped in nanosleep
+    assert th.regs.orig_ax == 35                   # stopped in nanosleep
     assert th.ss_size == 64 * 1024 and th.blk_sigset & (1 << (signal.SIGUSR2 - 1))
     assert th.fpregs.mxcsr & 0xFFC0 == 0x7F80 and len(th.fpregs.ymmh_space) == 64
     assert any(v.status & m.VMA_AREA_HEAP for v in state.mm.vmas)
@@ -235,7 +251,7 @@ def test_dump_kill_restore_runs_on(binaries, tmp_path, variant):
     assert any(v.madv == 1 << 18 for v in state.mm.vmas)                   # MADV_WIPEONFORK
 
     # The mapped file comes from an fd the task opened itself (fd 200),
-    # which restore_task closes once mapped.
+    # which restore_memory closes once mapped.
     mapped = str(target.mapped)
     assert any(v.path == mapped for v in state.mm.vmas)
     tracee = restore(state, pages, prepare=lambda: os.dup2(os.open(mapped, os.O_RDONLY), 200),
@@ -244,7 +260,7 @@ def test_dump_kill_restore_runs_on(binaries, tmp_path, variant):
     now_maps = _maps(state.pid)
     assert now_maps == maps, "\n".join(difflib.unified_diff(
         [str(x) for x in maps], [str(x) for x in now_maps], lineterm=""))
-    release([state.pid])
+    release([tracee])
     assert tracee.detached
 
     again = freeze(state.pid)                   # what the kernel now says about it
@@ -274,8 +290,7 @@ def test_blocking_read_on_a_pipe_restarts(binaries, tmp_path):
         regs = state.threads[0].regs
         # -ERESTARTSYS turned into "run read again" (DESIGN §7)
         assert regs.orig_ax == 0 and regs.ax == 0
-        restore(state, pages)                   # the child inherits r as fd r
-        release([state.pid])
+        release([restore(state, pages)])        # the child inherits r as fd r
         os.write(w, b"hello")
         assert target.verdict() == "PASS"
     finally:
@@ -291,7 +306,7 @@ def test_failed_restore_names_the_step_and_kills_the_task(binaries, tmp_path):
     bad.path = str(gone)
     with pytest.raises(TracerError) as info:
         restore(state, pages)
-    assert str(info.value) == f"restore: openat {gone} of {state.pid}: No such file or directory"
+    assert str(info.value) == f"openat {gone} of {state.pid}: No such file or directory"
     assert not os.path.exists(f"/proc/{state.pid}")       # killed and reaped
 
 
@@ -350,12 +365,12 @@ def test_256mib_restored_over_itself_three_times(binaries, tmp_path, capsys):
     times = []
     for i in range(3):
         start = time.perf_counter()
-        restore(state, pages)
+        tracee = restore(state, pages)
         times.append(time.perf_counter() - start)
         if i < 2:
             os.kill(state.pid, signal.SIGKILL)
             _reap(state.pid)
-    release([state.pid])
+    release([tracee])
     with capsys.disabled():
         print(f"\nrestore of 256 MiB: median {statistics.median(times) * 1000:.0f} ms "
               f"({', '.join(f'{x * 1000:.0f}' for x in times)})")
