@@ -217,3 +217,61 @@ def test_bad_resource_limit_is_refused(dumped_counter):
         core.tc.rlimits.rlimits[3].max, core.tc.rlimits.rlimits[3].cur = 10, 20
     line, pid = _refused(dumped_counter, spoil)
     assert line.endswith(f"core-{pid}.img: tc.rlimits.rlimits[3]: cur 20 is above max 10"), line
+
+
+# --- the task-state plugins: their tracer nodes and their order ---
+
+TASK_STATE = ("mem", "threads", "rlimits", "creds", "timers", "core")
+
+
+def test_task_state_plugins_run_in_their_order(build_target, target_runner, engine_cli,
+                                               tmp_path):
+    """Each piece of a task's state is a tracer node of its own plugin, and
+    hooks.toml orders them: threads before what is per thread, limits
+    before credentials, timers last of the state, registers after all."""
+    from engine.images import ImageDir
+    from engine.registry import build
+    from engine.restore import RestoreContext, build_graph
+    from engine.testing import dump_to
+    target = target_runner.start(build_target("ptimers", "dynamic-pie"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    plan = engine_cli("plan", "-D", img).stdout.splitlines()
+    tracer = [line.split("[")[1].split(";")[0] for line in plan
+              if line.endswith(f"tracer {target.pid}]")]
+    assert tracer == list(TASK_STATE), plan
+    # The order is the graph's edges, not hooks.toml's listing order.
+    graph = build_graph(RestoreContext(images=ImageDir(str(img)), registry=build(),
+                                       options=None))
+    before = {key.split(":")[0]: {k.split(":")[0] for k in keys}
+              for key, keys in graph.predecessors().items() if key.endswith(f":{target.pid}")}
+    assert {"mem"} <= before["threads"]
+    assert {"threads"} <= before["rlimits"]
+    assert {"threads", "rlimits"} <= before["creds"]
+    assert {"threads", "rlimits", "creds"} <= before["timers"]
+    assert set(TASK_STATE[:-1]) <= before["core"]
+
+
+def test_timers_disabled_refuse_a_set_holding_timers(build_target, target_runner, engine_cli,
+                                                    tmp_path):
+    from engine.testing import dump_to, engine_fails, task_gone
+    target = target_runner.start(build_target("itimers", "static-nopie"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    line = engine_fails("restore", "-D", img, "--disable", "timers")
+    assert line.endswith(f"core-{target.pid}.img: tc.timers: needs timers, provided by plugin "
+                         "timers, which is disabled"), line
+    assert task_gone(target.pid)
+
+
+def test_timers_disabled_restore_a_set_without_timers(dumped_counter, engine_cli):
+    target, img = dumped_counter
+    engine_cli("restore", "-D", img, "--disable", "timers")
+    assert target.verdict() == "PASS"
+
+
+@pytest.mark.parametrize("name", ["threads", "rlimits", "creds", "core"])
+def test_task_state_every_task_holds_cannot_be_disabled(dumped_counter, name):
+    from engine.testing import engine_fails
+    line = engine_fails("restore", "-D", dumped_counter[1], "--disable", name)
+    assert line.endswith(f"plugin {name} cannot be disabled"), line
