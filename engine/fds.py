@@ -85,6 +85,17 @@ def park(ctx, fd: int) -> int:
         fds = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []
         floor = ctx.stash[FD_FLOOR] = max((fi.fd for fi in fds), default=-1) + 1
+    _room_above(floor)
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     os.close(fd)
     return high
+
+
+def _room_above(floor: int) -> None:
+    """Raise the soft RLIMIT_NOFILE (never past the hard one) so fds above
+    `floor` can be had: a node parking a helper may run before the fd
+    table's, which raises it for the whole table."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft <= floor + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(floor + 64, hard), hard))

@@ -5,8 +5,8 @@ sigaltstack, robust list, rseq, clear_tid address and credentials; for the
 task, comm, personality, the 64 sigactions, exit signal, the child subreaper
 flag (task_core_entry.child_subreaper, field 18 as in CRIU; pstree restores
 it, because orphans of its helper tasks depend on it); ids-PID.img with the
-object ids of the task; inventory.img for the image set (written last of the
-tree-wide images, so a set without it is known to be incomplete).
+object ids of the task; the root's ids in inventory.img (which the engine
+writes last).
 Restore: in the tracer, after memory: sigactions, then per thread the signal
 state and finally the registers (criu/pie/restorer.c order). Only x86_64
 native tasks are accepted; anything else is refused naming core-TID.img.
@@ -28,7 +28,8 @@ PR_GET_CHILD_SUBREAPER = 37
 PAGE = 4096
 MODE_NATIVE = 1
 TASK_ALIVE = 1
-IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
+# task_kobj_ids_entry's object ids: files sets files_id, core the others
+OBJECT_IDS = ("vm_id", "files_id", "fs_id", "sighand_id")
 CAP_SYS_RESOURCE = 24
 RLIMIT_NOFILE = 7
 
@@ -69,13 +70,9 @@ def engine_dump_task(ctx, task):
 
 
 @hookimpl
-def engine_dump_finish(ctx):
-    from engine.images.proto import tree_pb2
+def engine_dump_inventory(ctx, inventory):
     root = next(iter(ctx.tasks.values()))
-    inv = tree_pb2.inventory_entry(img_version=IMG_VERSION, fdinfo_per_id=True,
-                                        ns_per_id=True, lsmtype=0)
-    inv.root_ids.CopyFrom(_ids_entry(ctx, root))
-    ctx.images.write("inventory", [inv])
+    inventory.root_ids.CopyFrom(_ids_entry(ctx, root))
 
 
 # --- restore ---------------------------------------------------------------
@@ -83,12 +80,10 @@ def engine_dump_finish(ctx):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     from plugins.core import convert
-    inv = ctx.images.read_one("inventory")
-    if inv.img_version != IMG_VERSION:
-        raise ValueError(f"inventory.img: img_version {inv.img_version} is not {IMG_VERSION}")
-    in_tree = {e.pid for e in ctx.pstree}
+    tasks = ctx.provided("tasks")
+    in_tree = {e.pid for e in tasks.entries}
     engine = _engine_rlimits()
-    for task in ctx.alive:
+    for task in tasks.alive:
         threads = []
         tids = task.threads or [task.pid]      # pstree checked the task is one of them
         for tid in tids:
@@ -115,8 +110,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "core":
-        return None
     from engine.tracer import restore_threads
     from plugins.core import convert
     d: TaskCore = node.data
@@ -182,6 +175,8 @@ def _ids_entry(ctx, task):
     from engine import ns
     from engine.images.proto import core_pb2
     ns_ids = ctx.stash.setdefault(_NS_IDS, {})
+    for name in OBJECT_IDS:          # those no plugin set: objects of its own
+        task.ids.setdefault(name, ctx.new_id())
     entry = core_pb2.task_kobj_ids_entry(**task.ids)
     for kind in ns.KINDS:
         try:

@@ -61,8 +61,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "ipcns":
-        return None
     from engine import ns
     ns.restore(ctx, node, "ipc", _write)
     return True

@@ -106,8 +106,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "mntns":
-        return None
     from engine import ns
     if node.data[0] != "make":
         ns.restore(ctx, node, "mnt", None)

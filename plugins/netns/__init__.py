@@ -72,8 +72,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "netns":
-        return None
     from engine import ns
     if node.data[0] == "make":
         # Imported here: a helper inside a user namespace may not read them.

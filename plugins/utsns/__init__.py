@@ -47,8 +47,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "utsns":
-        return None
     from engine import ns
     ns.restore(ctx, node, "uts", _set_names)
     return True
