@@ -116,69 +116,58 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
     are done, unless its first tracer node waits for more; it is seized when
     that node comes. What one node takes from another task (ctx.shared_fds)
     is only there if the graph orders it after the node that publishes it."""
-    deps = ctx.graph.edges()            # with ALL keys: done once all theirs are
-    waiting = {key: set(before) for key, before in deps.items()}
-    unblocks: dict[str, list[str]] = {}
-    for key, before in waiting.items():
-        for b in before:
-            unblocks.setdefault(b, []).append(key)
-    left: dict[int, int] = {}           # pid -> task nodes not yet sent
-    tracer_keys: dict[int, list[str]] = {}  # pid -> its tracer nodes, in order
-    for n in order:
-        if n.where == "task":
-            left[n.pid] = left.get(n.pid, 0) + 1
-        elif n.where == "tracer":
-            tracer_keys.setdefault(n.pid, []).append(n.key)
-    traced = set(tracer_keys)           # tasks with tracer nodes (to stop)
-    pending = [n.key for n in order]    # not started, in the serial order
-
-    def done(key: str) -> None:
-        for k in unblocks.get(key, ()):
-            waiting[k].discard(key)
-            if not waiting[k] and k.startswith(ALL):
-                done(k)
-
-    while pending:
-        ready = [k for k in pending if not waiting[k]]
+    waves = _Waves(ctx, order)
+    while waves.pending:
+        ready = [k for k in waves.pending if not waves.waiting[k]]
         if not ready:
-            raise RestoreError(f"{ctx.graph.nodes[pending[0]]}: never became ready")
+            raise RestoreError(f"{ctx.graph.nodes[waves.pending[0]]}: never became ready")
         nodes = [ctx.graph.nodes[k] for k in ready]
         engine_nodes = [n for n in nodes if n.where == "engine"]
         if engine_nodes:
-            # Alone: what they publish may be wanted by any node after them.
-            for node in engine_nodes:
-                log.debug("node %s (in engine)", node.key)
-                run_node(ctx, node)
-                done(node.key)
-            taken = {n.key for n in engine_nodes}
-            pending = [k for k in pending if k not in taken]
-            continue
-        mine: dict[int, list[str]] = {}     # pid -> its pending task nodes
-        for key in pending:
-            node = ctx.graph.nodes[key]
-            if node.where == "task":
-                mine.setdefault(node.pid, []).append(key)
-        batches: dict[int, list[Node]] = {}
+            waves.run_in_engine(engine_nodes)
+        else:
+            waves.run_in_tasks(nodes)
+
+
+class _Waves:
+    """The state of _run: what each node still waits for, and each task's
+    nodes not yet sent."""
+
+    def __init__(self, ctx: RestoreContext, order: list[Node]) -> None:
+        self.ctx = ctx
+        deps = ctx.graph.edges()            # with ALL keys: done once all theirs are
+        self.waiting = {key: set(before) for key, before in deps.items()}
+        self.unblocks: dict[str, list[str]] = {}
+        for key, before in self.waiting.items():
+            for b in before:
+                self.unblocks.setdefault(b, []).append(key)
+        self.left: dict[int, int] = {}           # pid -> task nodes not yet sent
+        self.tracer_keys: dict[int, list[str]] = {}  # pid -> its tracer nodes, in order
+        for n in order:
+            if n.where == "task":
+                self.left[n.pid] = self.left.get(n.pid, 0) + 1
+            elif n.where == "tracer":
+                self.tracer_keys.setdefault(n.pid, []).append(n.key)
+        self.pending = [n.key for n in order]    # not started, in the serial order
+
+    def done(self, key: str) -> None:
+        for k in self.unblocks.get(key, ()):
+            self.waiting[k].discard(key)
+            if not self.waiting[k] and k.startswith(ALL):
+                self.done(k)
+
+    def run_in_engine(self, nodes: list[Node]) -> None:
+        # Alone: what they publish may be wanted by any node after them.
         for node in nodes:
-            if node.where == "task" and node.pid not in batches:
-                batches[node.pid] = _task_batch(ctx, mine[node.pid], waiting)
-        sent = []
-        for pid, batch in batches.items():
-            if pid not in ctx.started:
-                raise RestoreError(f"{batch[0]}: task {pid} was never created")
-            if pid in ctx.stopped:
-                raise RestoreError(f"{batch[0]}: task {pid} already stopped for the tracer")
-            left[pid] -= len(batch)
-            # Told to stop only if nothing but this batch holds up its first
-            # tracer node: a node of another task may still take one of its
-            # files (it is stopped when that node is ready, _stop_for_tracer).
-            keys = {n.key for n in batch}
-            stop = (left[pid] == 0 and pid in traced
-                    and waiting[tracer_keys[pid][0]] <= keys)
-            log.debug("nodes %s (in task %s)%s", [n.key for n in batch], pid,
-                      ", then stop" if stop else "")
-            wire.send(ctx.channels[pid], ("nodes", [n.key for n in batch], ctx.shared_fds, stop))
-            sent.append((pid, batch, stop))
+            log.debug("node %s (in engine)", node.key)
+            run_node(self.ctx, node)
+            self.done(node.key)
+        taken = {n.key for n in nodes}
+        self.pending = [k for k in self.pending if k not in taken]
+
+    def run_in_tasks(self, nodes: list[Node]) -> None:
+        ctx = self.ctx
+        sent = self._send_batches(nodes)
         taken = {n.key for _, batch, _ in sent for n in batch}
         # While the tasks work on what they were sent.
         _trace(ctx, [n for n in nodes if n.where == "tracer"], taken)
@@ -188,15 +177,46 @@ def _run(ctx: RestoreContext, order: list[Node]) -> None:
                 ctx.channels.pop(pid).close()
                 ctx.stopped.add(pid)
             for node in batch:
-                done(node.key)
+                self.done(node.key)
             # Its tracer nodes, if now ready, while the others still work.
-            _trace(ctx, [ctx.graph.nodes[k] for k in tracer_keys.get(pid, ())
-                         if k not in taken and not waiting[k]], taken, done)
+            _trace(ctx, [ctx.graph.nodes[k] for k in self.tracer_keys.get(pid, ())
+                         if k not in taken and not self.waiting[k]], taken, self.done)
         if ctx.tracer_worker is not None:
-            ctx.tracer_worker.wait(done)
+            ctx.tracer_worker.wait(self.done)
         for key in taken:
-            done(key)
-        pending = [k for k in pending if k not in taken]
+            self.done(key)
+        self.pending = [k for k in self.pending if k not in taken]
+
+    def _send_batches(self, nodes: list[Node]) -> list[tuple[int, list[Node], bool]]:
+        """Each task with a ready node is sent its batch; [(pid, batch, stop)]."""
+        ctx = self.ctx
+        mine: dict[int, list[str]] = {}     # pid -> its pending task nodes
+        for key in self.pending:
+            node = ctx.graph.nodes[key]
+            if node.where == "task":
+                mine.setdefault(node.pid, []).append(key)
+        batches: dict[int, list[Node]] = {}
+        for node in nodes:
+            if node.where == "task" and node.pid not in batches:
+                batches[node.pid] = _task_batch(ctx, mine[node.pid], self.waiting)
+        sent = []
+        for pid, batch in batches.items():
+            if pid not in ctx.started:
+                raise RestoreError(f"{batch[0]}: task {pid} was never created")
+            if pid in ctx.stopped:
+                raise RestoreError(f"{batch[0]}: task {pid} already stopped for the tracer")
+            self.left[pid] -= len(batch)
+            # Told to stop only if nothing but this batch holds up its first
+            # tracer node: a node of another task may still take one of its
+            # files (it is stopped when that node is ready, _stop_for_tracer).
+            keys = {n.key for n in batch}
+            stop = (self.left[pid] == 0 and pid in self.tracer_keys
+                    and self.waiting[self.tracer_keys[pid][0]] <= keys)
+            log.debug("nodes %s (in task %s)%s", [n.key for n in batch], pid,
+                      ", then stop" if stop else "")
+            wire.send(ctx.channels[pid], ("nodes", [n.key for n in batch], ctx.shared_fds, stop))
+            sent.append((pid, batch, stop))
+        return sent
 
 
 def _trace(ctx: RestoreContext, nodes: list[Node], taken: set[str], done=None) -> None:

@@ -47,7 +47,7 @@ from plugins.sk_inet.inet import (GOT_FIN, KINDS, SENT_FIN, STATES, TCP_ESTABLIS
 log = logging.getLogger("engine.plugins.sk_inet")
 
 DIAG = StashKey()        # dump: inode -> sock_diag facts
-STREAMS = StashKey()     # dump: inode -> (pid, fd, conn, SO_REUSEADDR) of established TCP
+STREAMS = StashKey()     # dump: inode -> (pid, fd, conn, SO_REUSEADDR, state) of connected TCP
 LOCKED = StashKey()      # dump: connections in the lock, to undo on failure
 TCP_DATA = StashKey()    # restore: inode -> (tcp_stream_entry, inq, outq)
 CONNS = StashKey()       # restore: connections to lock, then unlock
