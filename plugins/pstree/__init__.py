@@ -30,6 +30,16 @@ TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
 PR_SET_CHILD_SUBREAPER = 36
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("pstree", "pstree.img", 0x50273030, P + "tree_pb2", "pstree_entry",
+                                magic_name="PSTREE"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
