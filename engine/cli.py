@@ -193,7 +193,9 @@ def cmd_plan(args, reg) -> int:
 def cmd_show(args, reg) -> int:
     import json
     from engine.images.show import image_dir_to_json
-    print(json.dumps(image_dir_to_json(args.dir, _kinds(reg)), indent=2))
+    # Every known plugin's kinds, the disabled ones' too: show decodes a set
+    # whatever --plugins/--disable say.
+    print(json.dumps(image_dir_to_json(args.dir, _kinds(reg, decode_all=True)), indent=2))
     return 0
 
 
@@ -219,11 +221,9 @@ COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
             "plan": cmd_plan, "plugins": cmd_plugins, "check": cmd_check}
 
 
-def _kinds(reg):
-    from engine.images.kinds import default_registry
-    kinds = default_registry()
-    reg.hook.engine_register_images.call_historic(kwargs={"registry": kinds})
-    return kinds
+def _kinds(reg, decode_all: bool = False):
+    from engine.images.kinds import plugin_kinds
+    return plugin_kinds(reg, decode_all)
 
 
 def _open_images(path: str, reg):

@@ -47,7 +47,10 @@ def engine_register_images(registry):
 
     :param registry: the ``engine.images.kinds.KindRegistry``; call
         ``registry.register(ImageKind(...))`` for each image kind the plugin
-        writes that CRIU's format does not already define.
+        writes and reads (the engine registers only its own: inventory,
+        files, fdinfo). List in the plugin's hooks.toml ``images`` those a
+        restore needs it for: a disabled plugin is never imported, and its
+        ``images`` are what a restore refuses.
 
     Runs in: engine
     May touch: only the registry passed in.

@@ -54,6 +54,10 @@ class PluginSpec:
     # sockets restored closed). None: no fallback, disabling it refuses
     # images that need its resources.
     fallback: str | None = None
+    # The image files (ImageKind patterns: "ghost-file-{id}.img") a restore
+    # needs this plugin for: a set holding one is refused while it is
+    # disabled, read from here without importing the plugin.
+    images: list[str] = attrs.field(factory=list, validator=_str_list)
     description: str = ""
     origin: str = "hooks.toml"
 

@@ -51,6 +51,18 @@ class TaskCore(NamedTuple):
 _NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("core", "core-{id}.img", 0x55053847, P + "core_pb2", "core_entry",
+                                magic_name="CORE"))
+    registry.register(ImageKind("ids", "ids-{id}.img", 0x54432030, P + "core_pb2", "task_kobj_ids_entry",
+                                magic_name="IDS"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl

@@ -67,6 +67,18 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 MAX_OFF = (1 << 63) - 1
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("remap-fpath", "remap-fpath.img", 0x59133954, P + "files_pb2",
+                                "remap_file_path_entry", magic_name="REMAP_FPATH"))
+    registry.register(ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",
+                                "ghost_file_entry", magic_name="GHOST_FILE", payload="size"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl

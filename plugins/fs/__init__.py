@@ -13,6 +13,16 @@ from engine import hookimpl
 from engine.graph import Node
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("fs", "fs-{id}.img", 0x51403912, P + "tree_pb2", "fs_entry",
+                                magic_name="FS"))
+
+
 @hookimpl
 def engine_dump_task(ctx, task):
     if task.zombie is not None:

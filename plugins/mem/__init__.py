@@ -34,6 +34,18 @@ MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
 VMA_FIELDS = ("start", "end", "pgoff", "prot", "flags", "status", "madv")
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    from engine.images.pagemap import PAGEMAP
+    P = "engine.images.proto."
+    registry.register(ImageKind("mm", "mm-{id}.img", 0x57492820, P + "mm_pb2", "mm_entry",
+                                magic_name="MM"))
+    registry.register(PAGEMAP)
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl

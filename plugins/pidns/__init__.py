@@ -37,6 +37,16 @@ log = logging.getLogger("engine.plugins.pidns")
 PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE = 0xFF06      # _IO(PIDFS_IOCTL_MAGIC, 6)
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("pidns", "pidns-{id}.img", 0x61157326, P + "pidns_pb2", "pidns_entry",
+                                magic_name="PIDNS"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl

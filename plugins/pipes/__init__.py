@@ -49,6 +49,18 @@ FIFO_READERS = StashKey()   # dump: fifo inode -> (pid, fd) of a read end
 FIFO_HOLDERS = StashKey()   # restore, in a task: pipe_id -> helper O_RDWR fd
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("pipes-data", "pipes-data.img", 0x56453709, P + "files_pb2",
+                                "pipe_data_entry", magic_name="PIPES_DATA", payload="bytes"))
+    registry.register(ImageKind("fifo-data", "fifo-data.img", 0x59333054, P + "files_pb2",
+                                "pipe_data_entry", magic_name="FIFO_DATA", payload="bytes"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl

@@ -43,6 +43,16 @@ class TaskTree:
         return [e for e in self.entries if e.pid not in self.exits]
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("pstree", "pstree.img", 0x50273030, P + "tree_pb2", "pstree_entry",
+                                magic_name="PSTREE"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl

@@ -44,6 +44,16 @@ from engine import hookimpl
 log = logging.getLogger("engine.plugins.unix")
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("sk-queues", "sk-queues.img", 0x56264026, P + "sockets_pb2",
+                                "sk_packet_entry", magic_name="SK_QUEUES", payload="length"))
+
+
 # --- options ----------------------------------------------------------------
 
 @hookimpl

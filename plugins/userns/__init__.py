@@ -34,6 +34,16 @@ CAP_SETGID, CAP_SETUID = 6, 7
 NS_FDS = StashKey()                  # userns id -> fd held by the engine
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("userns", "userns-{id}.img", 0x55474906, P + "userns_pb2", "userns_entry",
+                                magic_name="USERNS"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
