@@ -27,9 +27,11 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     building the other five costs a few ms of every run)."""
     p = argparse.ArgumentParser(prog="engine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    p.subcommands = {}               # name -> its parser (for plugin options)
     for name, (text, add_arguments) in _SUBCOMMANDS.items():
         if only is None or name == only:
-            add_arguments(sub.add_parser(name, help=text))
+            p.subcommands[name] = sub.add_parser(name, help=text)
+            add_arguments(p.subcommands[name])
     return p
 
 
@@ -43,8 +45,6 @@ def _dump_arguments(d: argparse.ArgumentParser) -> None:
 
 def _restore_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
-    r.add_argument("--restore-detached", action="store_true", default=True,
-                   help="return once the tree runs (the default)")
     r.add_argument("--leave-stopped", action="store_true",
                    help="leave every task stopped (SIGSTOP) after restore")
     r.add_argument("--pidfile", metavar="FILE", help="write the root pid here")
@@ -92,13 +92,6 @@ def _add_plugin_options(reg, parser: argparse.ArgumentParser) -> None:
     reg.hook.engine_addoption.call_historic(kwargs={"parser": group})
 
 
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]
-    raise KeyError(name)
-
-
 def _preparse(argv: list[str]):
     """The command and plugin selection, before plugins add their options."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -144,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         reg = None
         if pre.command in WITH_PLUGINS:
             reg = _registry(pre)
-            _add_plugin_options(reg, _subparser(parser, pre.command))
+            _add_plugin_options(reg, parser.subcommands[pre.command])
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args, reg)
     except KeyboardInterrupt:
@@ -200,7 +193,9 @@ def cmd_plan(args, reg) -> int:
 def cmd_show(args, reg) -> int:
     import json
     from engine.images.show import image_dir_to_json
-    print(json.dumps(image_dir_to_json(args.dir, _kinds(reg)), indent=2))
+    # Every known plugin's kinds, the disabled ones' too: show decodes a set
+    # whatever --plugins/--disable say.
+    print(json.dumps(image_dir_to_json(args.dir, _kinds(reg, decode_all=True)), indent=2))
     return 0
 
 
@@ -226,11 +221,9 @@ COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
             "plan": cmd_plan, "plugins": cmd_plugins, "check": cmd_check}
 
 
-def _kinds(reg):
-    from engine.images.kinds import default_registry
-    kinds = default_registry()
-    reg.hook.engine_register_images.call_historic(kwargs={"registry": kinds})
-    return kinds
+def _kinds(reg, decode_all: bool = False):
+    from engine.images.kinds import plugin_kinds
+    return plugin_kinds(reg, decode_all)
 
 
 def _open_images(path: str, reg):

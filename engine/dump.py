@@ -21,6 +21,8 @@ from engine.stash import Stash
 
 log = logging.getLogger("engine.dump")
 
+IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
+
 
 class DumpError(Exception):
     """A dump that cannot be done: one line, naming the task and what."""
@@ -31,7 +33,8 @@ class DumpTask:
     pid: int
     tracee: Any                      # engine.tracer.task.Tracee
     state: Any                       # engine.tracer.model.TaskState
-    # ids-PID.img: object ids of its mm, fd table, fs and signal handlers
+    # Object ids of what the task holds (its fd table, mm...), by the
+    # ids-PID.img field they go to, set by the plugins that dump them.
     ids: dict[str, int] = attrs.field(factory=dict)
     # A zombie: its wait status; it has no tracee, no state, nothing but core.
     zombie: int | None = None
@@ -44,7 +47,9 @@ class DumpContext:
     options: Any
     stash: Stash = attrs.field(factory=Stash)
     tasks: dict[int, DumpTask] = attrs.field(factory=dict)
-    files: list = attrs.field(factory=list)     # file_entry messages for files.img
+    # image kind -> entries several plugins add to, written once every
+    # engine_dump_finish ran (files.img: every plugin holding a file)
+    _entries: dict[str, list] = attrs.field(factory=dict)
     _last_id: int = 0
 
     @property
@@ -56,16 +61,10 @@ class DumpContext:
         self._last_id += 1
         return self._last_id
 
-    def add_file(self, entry) -> int:
-        """Add a file_entry to files.img; its id (and its sub-entry's) is set here."""
-        file_id = self.new_id()
-        entry.id = file_id
-        # CRIU repeats the id inside the typed sub-entry (reg.id, pipe.id...).
-        for field, value in entry.ListFields():
-            if field.message_type is not None and "id" in field.message_type.fields_by_name:
-                value.id = file_id
-        self.files.append(entry)
-        return file_id
+    def entries(self, kind: str) -> list:
+        """The entries of image `kind` that plugins add to during the dump;
+        the engine writes them after the last engine_dump_finish."""
+        return self._entries.setdefault(kind, [])
 
 
 def dump(ctx: DumpContext, root_pid: int) -> list[int]:
@@ -81,13 +80,13 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
                 continue
             tracee = tracer.freeze(pid)
             frozen.append(tracee)
-            ids = {k: ctx.new_id() for k in ("vm_id", "files_id", "fs_id", "sighand_id")}
-            ctx.tasks[pid] = DumpTask(pid=pid, tracee=tracee, state=tracer.collect_task(tracee),
-                                      ids=ids)
+            ctx.tasks[pid] = DumpTask(pid=pid, tracee=tracee, state=tracer.collect_task(tracee))
         for pid in pids:
             ctx.hook.engine_dump_task(ctx=ctx, task=ctx.tasks[pid])
         ctx.hook.engine_dump_finish(ctx=ctx)
-        ctx.images.write("files", ctx.files)
+        for kind, entries in ctx._entries.items():
+            ctx.images.write(kind, entries)
+        _write_inventory(ctx)
     except BaseException as e:
         try:
             ctx.hook.engine_dump_abort(ctx=ctx, error=e)
@@ -106,6 +105,17 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
         for tracee in frozen:
             _quietly(tracee.detach)
     return pids
+
+
+def _write_inventory(ctx: DumpContext) -> None:
+    """inventory.img, the completion marker: last of all, so a set without
+    it is known to be incomplete. The format's facts are the engine's; the
+    plugins fill the rest (engine_dump_inventory: the root's ids)."""
+    from engine.images.proto import tree_pb2
+    inventory = tree_pb2.inventory_entry(img_version=IMG_VERSION, fdinfo_per_id=True,
+                                         ns_per_id=True, lsmtype=0)
+    ctx.hook.engine_dump_inventory(ctx=ctx, inventory=inventory)
+    ctx.images.write("inventory", [inventory])
 
 
 def _quietly(fn) -> None:

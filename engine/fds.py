@@ -10,6 +10,7 @@ import ctypes
 import fcntl
 import os
 
+from engine.images.fdinfo import read_common
 from engine.stash import StashKey
 
 SYS_PIDFD_GETFD = 438
@@ -17,26 +18,11 @@ _libc = None
 
 
 def fdinfo(pid: int, fd: int) -> dict[str, int]:
-    """pos, flags (octal in the file) and mnt_id of one fd.
+    """pos, flags (octal in the file) and mnt_id of one fd (the fast path
+    of engine.images.fdinfo: a dump reads this for every fd). The lines a
+    file kind adds (epoll's tfd:, eventfd-count...) are fdinfo.read's."""
+    return read_common(pid, fd)
 
-    One open, read and close of the raw bytes: a dump reads this for every
-    fd, and a Python text file costs several times the syscalls.
-    """
-    h = os.open(f"/proc/{pid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        text = os.read(h, 4096)
-    finally:
-        os.close(h)
-    # The first three lines are pos, flags and mnt_id in every kernel since 3.15.
-    out = {}
-    for line in text.split(b"\n", 3)[:3]:
-        key, _, value = line.partition(b":")
-        if key in _FIELDS:
-            out[_FIELDS[key]] = int(value, 8 if key == b"flags" else 10)
-    return out
-
-
-_FIELDS = {b"pos": "pos", b"flags": "flags", b"mnt_id": "mnt_id"}
 
 # Dump: (pid, fd, fdinfo) of the fd being offered to engine_dump_fd, read
 # once by the files plugin for the plugins that claim it.
@@ -85,6 +71,17 @@ def park(ctx, fd: int) -> int:
         fds = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []
         floor = ctx.stash[FD_FLOOR] = max((fi.fd for fi in fds), default=-1) + 1
+    _room_above(floor)
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     os.close(fd)
     return high
+
+
+def _room_above(floor: int) -> None:
+    """Raise the soft RLIMIT_NOFILE (never past the hard one) so fds above
+    `floor` can be had: a node parking a helper may run before the fd
+    table's, which raises it for the whole table."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft <= floor + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(floor + 64, hard), hard))

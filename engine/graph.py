@@ -3,12 +3,18 @@
 Three kinds of edges: resource-level ones (a plugin's ``after`` in hooks.toml:
 every node of that plugin comes after every node of the plugins providing the
 named resources), task-level ones (its ``after_in_task``: the same, but only
-the providers' nodes in the node's own task) and node-level ones
-(``Node.after``: a pipe end after the task that opens it). The order is
-graphlib's, with nodes inserted in hooks.toml order and then in the order
-plugins added them, so it is stable. A cycle is
-reported with its path (mkosi's habit); a resource that no enabled plugin
-provides is reported before anything starts.
+the providers' nodes in the node's own task; ``"*"`` names every plugin that
+runs in tasks or the engine) and node-level ones. A node names what it comes
+after as (resource, id) pairs, such as ``("task", 42)`` or ``("file", 7)``,
+which the engine resolves to the nodes that declare them in their
+``provides``, whatever plugin made them; a pair no node provides is already
+there (a file the task opens itself, a pid namespace nobody makes), so adds
+no edge. A node names another node by key only within its own plugin: no
+plugin reads or edits another's nodes. The order is graphlib's, with nodes
+inserted in hooks.toml order and then in the order plugins added them, so it
+is stable. A cycle is reported with its path (mkosi's habit); a resource that
+no enabled plugin provides is reported before anything starts. `engine plan
+--tree` prints every edge with where it came from (``edges(origins)``).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import attrs
 
 WHERE = ("engine", "task", "tracer")
 ALL = "\0all:"          # edges(): stands for every node of the plugin named after it
+EVERY = "*"             # in after_in_task: every plugin running in tasks or the engine
 
 
 class GraphError(Exception):
@@ -32,7 +39,11 @@ class Node:
     where: str | None = None       # None: the plugin's runs_in from hooks.toml
     pid: int | None = None         # the task it belongs to (task/tracer nodes)
     data: Any = None               # plugin-private payload
-    after: list[str] = attrs.field(factory=list)   # keys of nodes to run first
+    # What it comes after: (resource, id) pairs that other nodes provide,
+    # or keys of nodes of its own plugin.
+    after: list = attrs.field(factory=list)
+    # (resource, id) pairs it makes: ("task", 42) for the fork of task 42.
+    provides: list[tuple] = attrs.field(factory=list)
     needs: list[str] = attrs.field(factory=list)   # resources it cannot do without
     label: str = ""                # for `engine plan`
     # Names of state a tracer node shares with other tasks' tracer nodes
@@ -92,7 +103,7 @@ class Graph:
         rank = {name: i for i, name in enumerate(self.registry.enabled)}
         return sorted(self.nodes.values(), key=lambda n: rank.get(n.plugin, len(rank)))
 
-    def edges(self) -> dict[str, list[str]]:
+    def edges(self, origins: dict | None = None) -> dict[str, list[str]]:
         """What each node comes after.
 
         A resource-level edge (`after`) is set through one stand-in key per
@@ -103,7 +114,8 @@ class Graph:
         every node of another task that comes after one of them: that node
         may take a file from the task, which closes what it does not keep
         when it stops for the tracer. Indexed once: looked up per node,
-        these made the graph O(nodes^2) (~12 ms of a 50-task restore)."""
+        these made the graph O(nodes^2) (~12 ms of a 50-task restore).
+        With `origins`, it is filled with key -> [(key before, why)]."""
         reg = self.registry
         providers: dict[str, list[str]] = {}
         for name in reg.enabled:
@@ -112,49 +124,88 @@ class Graph:
         keys_of: dict[str, list[str]] = {}
         in_task: dict[tuple[str, int | None], list[str]] = {}   # engine nodes: pid None
         task_keys: dict[int, list[str]] = {}
+        made_by: dict[tuple, list[str]] = {}     # (resource, id) -> keys providing it
         for n in self.nodes.values():
             keys_of.setdefault(n.plugin, []).append(n.key)
             in_task.setdefault((n.plugin, None if n.where == "engine" else n.pid),
                                []).append(n.key)
             if n.where == "task":
                 task_keys.setdefault(n.pid, []).append(n.key)
+            for pair in n.provides:
+                made_by.setdefault(tuple(pair), []).append(n.key)
         deps: dict[str, list[str]] = {}
-        plugin_before: dict[str, tuple[list[str], list[str]]] = {}
+        plugin_before: dict[str, tuple[list, list]] = {}
         for node in self._ordered():
             if node.plugin not in plugin_before:
-                spec = reg.specs[node.plugin]
-                alls = []
-                for resource in spec.after:
-                    for provider in providers.get(resource, ()):
-                        if provider != node.plugin and provider in keys_of:
-                            alls.append(ALL + provider)
-                            deps[ALL + provider] = keys_of[provider]
-                own = [p for resource in spec.after_in_task
-                       for p in providers.get(resource, ()) if p != node.plugin]
-                plugin_before[node.plugin] = (alls, own)
+                plugin_before[node.plugin] = self._plugin_edges(node.plugin, providers,
+                                                                keys_of, deps)
             alls, own = plugin_before[node.plugin]
-            before = list(alls)
-            for provider in own:
-                before += in_task.get((provider, None), ())
+            before = [k for k, _ in alls]
+            why = list(alls) if origins is not None else None
+            for provider, reason in own:
+                found = list(in_task.get((provider, None), ()))
                 if node.where != "engine":
-                    before += in_task.get((provider, node.pid), ())
-            for key in node.after:
-                if key not in self.nodes:
-                    raise GraphError(f"{node}: comes after {key}, which is not in the graph")
-                before.append(key)
+                    found += in_task.get((provider, node.pid), ())
+                before += found
+                if why is not None:
+                    why += [(k, reason) for k in found]
+            for item in node.after:
+                found = self._resolve(node, item, made_by)
+                before += found
+                if why is not None:
+                    why += [(k, f"node: after {item!r}") for k in found]
             deps[node.key] = before
+            if why is not None:
+                origins[node.key] = why
         takers: dict[int, set[str]] = {}     # pid -> nodes of other tasks after its own
         for node in self.nodes.values():
             if node.where == "task":
-                for key in node.after:
-                    other = self.nodes[key]
-                    if other.where == "task" and other.pid != node.pid:
+                for key in deps[node.key]:
+                    other = self.nodes.get(key)
+                    if other is not None and other.where == "task" and other.pid != node.pid:
                         takers.setdefault(other.pid, set()).add(node.key)
         for node in self.nodes.values():
             if node.where == "tracer":
-                deps[node.key] += task_keys.get(node.pid, [])
-                deps[node.key] += sorted(takers.get(node.pid, ()))
+                extra = task_keys.get(node.pid, []) + sorted(takers.get(node.pid, ()))
+                deps[node.key] += extra
+                if origins is not None:
+                    origins[node.key] += [
+                        (k, "tracer: after its task's own nodes" if k in task_keys.get(
+                            node.pid, ()) else "tracer: after a node taking from its task")
+                        for k in extra]
         return deps
+
+    def _plugin_edges(self, plugin: str, providers, keys_of, deps):
+        """A plugin's hooks.toml edges: [(ALL key, why)] for `after` and
+        [(provider, why)] for `after_in_task`."""
+        spec = self.registry.specs[plugin]
+        alls = []
+        for resource in spec.after:
+            for provider in providers.get(resource, ()):
+                if provider != plugin and provider in keys_of:
+                    alls.append((ALL + provider, f"hooks.toml {plugin}.after {resource!r}"))
+                    deps[ALL + provider] = keys_of[provider]
+        own = []
+        for resource in spec.after_in_task:
+            why = f"hooks.toml {plugin}.after_in_task {resource!r}"
+            if resource == EVERY:
+                own += [(p, why) for p in self.registry.enabled if p != plugin
+                        and self.registry.specs[p].runs_in != "tracer"]
+            else:
+                own += [(p, why) for p in providers.get(resource, ()) if p != plugin]
+        return alls, own
+
+    def _resolve(self, node: Node, item, made_by) -> list[str]:
+        """The keys a Node.after item stands for."""
+        if isinstance(item, tuple):
+            return [k for k in made_by.get(item, ()) if k != node.key]
+        other = self.nodes.get(item)
+        if other is None:
+            raise GraphError(f"{node}: comes after {item}, which is not in the graph")
+        if other.plugin != node.plugin:
+            raise GraphError(f"{node}: names node {item} of plugin {other.plugin}: a node "
+                             "names another plugin's work by a (resource, id) pair")
+        return [item]
 
     def sorter(self) -> graphlib.TopologicalSorter:
         """A prepared sorter over edges(): its ALL keys are not nodes."""
@@ -192,12 +243,17 @@ class Graph:
         return lambda key: index[key]
 
     def tree(self) -> list[str]:
-        """An indented tree, `tox depends` style: each node under what it waits for."""
-        deps = self.predecessors()
+        """An indented tree, `tox depends` style: each node under what it
+        waits for, each edge with where it came from (hooks.toml, the node's
+        own declaration, or the tracer's rule). A plugin-wide edge is shown
+        once, as `every node of PLUGIN`."""
+        origins: dict = {}
+        self.edges(origins)
         lines = []
         for node in self.order():
             lines.append(f"{node}  [{node.plugin}, {node.where}]")
-            direct = [k for k in deps[node.key] if k in node.after]
-            for key in direct:
-                lines.append(f"    after {self.nodes[key]}")
+            for key, why in origins[node.key]:
+                what = (f"every node of {key[len(ALL):]}" if key.startswith(ALL)
+                        else str(self.nodes[key]))
+                lines.append(f"    after {what}  ({why})")
         return lines

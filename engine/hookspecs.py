@@ -8,14 +8,21 @@ Dump, as `engine dump -t PID -D DIR` runs it (engine/dump.py):
    writes that task's images (core-PID, mm-PID + pages, fs-PID, ...).
 3. ``engine_dump_fd`` runs for every open fd of every task; the first plugin
    that recognises the fd claims it and describes it for files.img.
-4. ``engine_dump_finish`` writes images about the whole tree (pstree, inventory).
+4. ``engine_dump_finish`` writes images about the whole tree (pstree, ...);
+   the core then writes the images plugins added entries to (files.img),
+   and, last of all, inventory.img, which ``engine_dump_inventory`` fills.
 5. The core kills the tree, or resumes it with ``--leave-running``; on any
    failure it resumes the tree untouched, after ``engine_dump_abort``.
 
+Every hook runs plugin by plugin in hooks.toml order (then the entry points'
+plugins): the order of dump claims, of collect, of finish is that file's.
+
 Restore, as `engine restore -D DIR` runs it (engine/restore.py):
 
-1. ``engine_restore_collect``: every plugin reads its images and adds nodes to
-   the restore graph; nothing is started yet, so any error here is free.
+1. The core checks inventory.img. ``engine_restore_collect``: every plugin
+   reads its images, adds nodes to the restore graph and publishes what it
+   provides for the plugins after it (``ctx.provide``); nothing is started
+   yet, so any error here is free.
 2. The core checks the graph (cycles, resources no enabled plugin provides).
 3. ``engine_restore_node`` runs for each node in graph order, in the engine,
    inside the task the node belongs to, or in the tracer, as the node says.
@@ -40,7 +47,10 @@ def engine_register_images(registry):
 
     :param registry: the ``engine.images.kinds.KindRegistry``; call
         ``registry.register(ImageKind(...))`` for each image kind the plugin
-        writes that CRIU's format does not already define.
+        writes and reads (the engine registers only its own: inventory,
+        files, fdinfo). List in the plugin's hooks.toml ``images`` those a
+        restore needs it for: a disabled plugin is never imported, and its
+        ``images`` are what a restore refuses.
 
     Runs in: engine
     May touch: only the registry passed in.
@@ -108,7 +118,8 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 
     Runs in: engine
     May touch: /proc of the task, the fd through pidfd_getfd, ``ctx.stash``,
-        ``ctx.files`` (to add the file entry it returns the id of).
+        files.img (``engine.images.entries.add_file``) for files the entry
+        it returns names (a FIFO's path).
     Returns: an ``engine.dump.FdClaim`` (file id and type) for an fd the
         plugin owns, None for one it does not. Stops at first non-None result.
     """
@@ -122,6 +133,21 @@ def engine_dump_finish(ctx):
 
     Runs in: engine (the tree is still frozen)
     May touch: ``ctx.images`` (tree-wide image kinds), ``ctx.stash``.
+    Returns: nothing.
+    """
+
+
+@hookspec
+def engine_dump_inventory(ctx, inventory):
+    """Called once, after every ``engine_dump_finish``, to fill the
+    completion marker the engine then writes last.
+
+    :param ctx: the ``engine.dump.DumpContext``.
+    :param inventory: the ``inventory_entry`` to write; the engine set the
+        format's fields (img_version, fdinfo_per_id, ns_per_id).
+
+    Runs in: engine (the tree is still frozen)
+    May touch: the fields of ``inventory`` the plugin owns (core: root_ids).
     Returns: nothing.
     """
 
@@ -149,12 +175,17 @@ def engine_restore_collect(ctx, graph):
     Every check of the images belongs here: an error raised now starts
     nothing, so nothing has to be undone.
 
-    :param ctx: the ``engine.restore.RestoreContext``: ``images``, ``stash``,
-        ``options``, ``pstree`` (the task list read from pstree.img).
+    :param ctx: the ``engine.context.RestoreContext``: ``images``, ``stash``,
+        ``options``; ``ctx.provided(RESOURCE)`` gives what the plugins
+        above this one in hooks.toml published (``tasks``: pstree's tree).
     :param graph: the ``engine.graph.Graph``; call ``graph.add(Node(...))``.
+        A node names what it comes after as (resource, id) pairs other
+        nodes provide (``Node.after``, ``Node.provides``), or as keys of
+        its own plugin's nodes; it never reads or edits another plugin's.
 
     Runs in: engine
-    May touch: ``ctx.images`` (read only), ``ctx.stash``, the graph.
+    May touch: ``ctx.images`` (read only), ``ctx.stash``, the graph, and
+        ``ctx.provide`` for the resources hooks.toml says it provides.
     Returns: nothing.
     """
 
@@ -179,7 +210,7 @@ def engine_restore_node(ctx, node):
     A hooks.toml ``after`` orders a node after every node of the providers;
     ``after_in_task`` only after those in its own task.
 
-    :param ctx: the ``engine.restore.RestoreContext``.
+    :param ctx: the ``engine.context.RestoreContext``.
     :param node: the ``engine.graph.Node`` to restore.
 
     Runs in: engine | task | tracer (as ``node.where`` says)
@@ -197,7 +228,7 @@ def engine_restore_node(ctx, node):
 def engine_restore_file(ctx, entry):
     """Called inside a task to open one file object from files.img.
 
-    :param ctx: the ``engine.restore.RestoreContext``.
+    :param ctx: the ``engine.context.RestoreContext``.
     :param entry: the ``file_entry`` message (its ``type`` says which kind).
 
     Runs in: task
@@ -213,7 +244,7 @@ def engine_restore_file(ctx, entry):
 def engine_restore_finish(ctx):
     """Called once after every task was released and runs.
 
-    :param ctx: the ``engine.restore.RestoreContext``.
+    :param ctx: the ``engine.context.RestoreContext``.
 
     Runs in: engine
     May touch: engine-side resources the plugin set up (e.g. a network lock).
@@ -225,7 +256,7 @@ def engine_restore_finish(ctx):
 def engine_restore_abort(ctx, error):
     """Called once when a restore failed, after every started task was killed.
 
-    :param ctx: the ``engine.restore.RestoreContext``.
+    :param ctx: the ``engine.context.RestoreContext``.
     :param error: the exception that stopped the restore.
 
     Runs in: engine

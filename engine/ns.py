@@ -154,11 +154,12 @@ def collect(ctx, graph, plugin: str, kind: str, image: str) -> list:
     the (ns id, entry) made, for the plugin to check."""
     from engine.graph import Node
     ns_of, made, out = {}, {}, []
-    for e in ctx.alive:
+    alive = ctx.provided("tasks").alive
+    for e in alive:
         ns_id = getattr(ctx.ids(e.pid), f"{kind}_ns_id")
         ns_of[e.pid] = ns_id if ns_id and ctx.images.exists(image, id=ns_id) else 0
-    for e in ctx.alive:
-        ns_id, fork = ns_of[e.pid], f"pstree:fork:{e.pid}"
+    for e in alive:
+        ns_id, born = ns_of[e.pid], ("task", e.pid)
         if ns_id and ns_id not in made:
             entries = ctx.images.read(image, id=ns_id)
             if not entries:
@@ -166,7 +167,7 @@ def collect(ctx, graph, plugin: str, kind: str, image: str) -> list:
             entry = entries[0]              # the first says who owns it
             made[ns_id] = e.pid
             owner = getattr(entry, "owner_id", 0)
-            after = [fork] + ([f"userns:make:{owner}"] if owner else [])
+            after = [born] + ([("userns", owner)] if owner else [])
             graph.add(Node(key=f"{plugin}:make:{ns_id}", plugin=plugin, pid=e.pid,
                            data=("make", ns_id, entry), after=after,
                            label=f"task {e.pid} makes {kind} namespace {ns_id}"))
@@ -174,11 +175,11 @@ def collect(ctx, graph, plugin: str, kind: str, image: str) -> list:
         elif ns_id:
             graph.add(Node(key=f"{plugin}:join:{e.pid}", plugin=plugin, pid=e.pid,
                            data=("join", made[ns_id]),
-                           after=[fork, f"{plugin}:make:{ns_id}"],
+                           after=[born, f"{plugin}:make:{ns_id}"],
                            label=f"task {e.pid} joins {kind} namespace {ns_id}"))
         elif ns_of.get(e.ppid):
             graph.add(Node(key=f"{plugin}:join:{e.pid}", plugin=plugin, pid=e.pid,
-                           data=("join", os.getpid()), after=[fork],
+                           data=("join", os.getpid()), after=[born],
                            label=f"task {e.pid} back in the engine's {kind} namespace"))
     return out
 
@@ -203,7 +204,7 @@ def restore(ctx, node, kind: str, setup) -> None:
         unshare(FLAGS[kind])
         setup(entry)
         return
-    user_fd = open_published(ctx, f"userns:{owner}")
+    user_fd = open_published(ctx, ("userns", owner))
 
     def make() -> bytes:
         setns(user_fd, "user")
@@ -304,7 +305,7 @@ def pid_here(pid: int) -> int | None:
     return int(levels[depth]) if len(levels) > depth else None
 
 
-def open_published(ctx, key: str) -> int:
+def open_published(ctx, key) -> int:
     """A namespace fd the engine published (ctx.shared_fds), reopened
     through /proc/PID/fd: unlike pidfd_getfd, this works from inside a
     nested pid namespace (/proc is the engine's) and gives the same

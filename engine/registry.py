@@ -54,6 +54,10 @@ class PluginSpec:
     # sockets restored closed). None: no fallback, disabling it refuses
     # images that need its resources.
     fallback: str | None = None
+    # The image files (ImageKind patterns: "ghost-file-{id}.img") a restore
+    # needs this plugin for: a set holding one is refused while it is
+    # disabled, read from here without importing the plugin.
+    images: list[str] = attrs.field(factory=list, validator=_str_list)
     description: str = ""
     origin: str = "hooks.toml"
 
@@ -104,36 +108,36 @@ class Registry:
     pm: pluggy.PluginManager
     specs: dict[str, PluginSpec]      # every known plugin, enabled or not
     enabled: list[str]                # in hooks.toml order, then entry points
-    _node_impls: dict | None = attrs.field(default=None, init=False)
+    _node_callers: dict = attrs.field(factory=dict, init=False)
 
     @property
     def hook(self):
         return self.pm.hook
 
     def restore_node(self, ctx, node):
-        """engine_restore_node for one node, called on its owner's hookimpls
-        and every wrapper only, in pluggy's order: the other plugins return
-        None for a node not theirs (hookspecs), and each call of them all
-        writes to (so copies, in a forked task) some 60 more pages of the
-        engine. prepare_node_calls() builds the table once every plugin is
-        registered, before the forks."""
-        impls = self.prepare_node_calls().get(node.plugin, self._node_impls[None])
-        # pluggy's own executor, the one HookCaller.__call__ hands its
-        # hookimpls to (wrappers, firstresult, hook call monitoring).
-        return self.pm._hookexec("engine_restore_node", impls, {"ctx": ctx, "node": node},
-                                 True)
+        """engine_restore_node for one node, called on its owner's hookimpl
+        and every wrapper only (hookspecs): the other plugins are not asked
+        about a node not theirs, and each call of them all writes to (so
+        copies, in a forked task) some 60 more pages of the engine."""
+        return self.node_caller(node.plugin)(ctx=ctx, node=node)
 
-    def prepare_node_calls(self) -> dict:
-        if self._node_impls is None:
-            impls = self.pm.hook.engine_restore_node.get_hookimpls()
-            wrappers = [i for i in impls if i.wrapper or i.hookwrapper]
-            table = {None: []}                # a node no plugin owns: wrappers only
-            for impl in impls:
-                if impl not in wrappers:
-                    table.setdefault(impl.plugin_name, []).append(impl)
-            self._node_impls = {name: sorted(own + wrappers, key=impls.index) if wrappers
-                                else own for name, own in table.items()}
-        return self._node_impls
+    def node_caller(self, owner: str):
+        """pluggy's subset hook caller of engine_restore_node without the
+        plain hookimpls of every plugin but `owner` (a plugin's wrapper stays:
+        a module holds one function per hook name, so a plugin that wraps
+        owns no nodes). Cached; prepare_node_calls() fills the cache for the
+        enabled plugins before the forks."""
+        caller = self._node_callers.get(owner)
+        if caller is None:
+            others = [impl.plugin for impl in self.pm.hook.engine_restore_node.get_hookimpls()
+                      if not (impl.wrapper or impl.hookwrapper) and impl.plugin_name != owner]
+            caller = self._node_callers[owner] = self.pm.subset_hook_caller(
+                "engine_restore_node", remove_plugins=others)
+        return caller
+
+    def prepare_node_calls(self) -> None:
+        for name in self.enabled:
+            self.node_caller(name)
 
     def provider_of(self, resource: str) -> PluginSpec | None:
         for spec in self.specs.values():
@@ -179,14 +183,20 @@ def build(plugins: str = "default", disable: tuple[str, ...] = (),
         if spec.essential:
             chosen.add(name)
 
+    # (name, module) in the order their hooks are to run: hooks.toml's,
+    # then the entry points'. pluggy calls the plugin registered last
+    # first, so they are registered in reverse: every hook (dump claims,
+    # collect, finish) then runs in hooks.toml order, with no
+    # tryfirst/trylast to read elsewhere.
+    ordered: list[tuple[str, object]] = []
     enabled = []
     for name, spec in specs.items():
         if name not in chosen:
             pm.set_blocked(name)
             if spec.fallback:
-                _register(pm, f"{name}.fallback", spec.fallback)
+                ordered.append((f"{name}.fallback", _import(name, spec.fallback)))
             continue
-        _register(pm, name, spec.module)
+        ordered.append((name, _import(name, spec.module)))
         enabled.append(name)
 
     for ep in eps:
@@ -196,9 +206,11 @@ def build(plugins: str = "default", disable: tuple[str, ...] = (),
         if ep.name not in chosen:
             pm.set_blocked(ep.name)
             continue
-        pm.register(ep.load(), name=ep.name)
+        ordered.append((ep.name, ep.load()))
         enabled.append(ep.name)
 
+    for name, module in reversed(ordered):
+        pm.register(module, name=name)
     pm.check_pending()
     if os.environ.get("ENGINE_TRACE_HOOKS"):
         _trace_hooks(pm)
@@ -248,12 +260,11 @@ class _PluginManager(pluggy.PluginManager):
         return super().parse_hookimpl_opts(plugin, name)
 
 
-def _register(pm: pluggy.PluginManager, name: str, module_name: str) -> None:
+def _import(name: str, module_name: str):
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as e:
         raise PluginError(f"plugin {name}: cannot import {module_name}: {e}") from None
-    pm.register(module, name=name)
 
 
 def _trace_hooks(pm: pluggy.PluginManager) -> None:

@@ -24,6 +24,9 @@ import socket
 
 import attrs
 
+from engine import wire
+from engine.errors import RestoreError
+
 log = logging.getLogger("engine.tracers")
 
 WORKER_PID_TRIES = 64    # pids tried below pid_max for the worker
@@ -39,15 +42,13 @@ class Worker:
     pending: list[str] = attrs.field(factory=list)   # keys sent, not acked
 
     def trace(self, key: str) -> None:
-        from engine.restore import _send
-        _send(self.sock, ("trace", key))
+        wire.send(self.sock, ("trace", key))
         self.pending.append(key)
 
     def wait(self, done) -> None:
         """Every node sent so far acked; done(key) for each."""
-        from engine.restore import RestoreError, _recv
         while self.pending:
-            reply = _recv(self.sock)
+            reply = wire.recv(self.sock)
             if reply is None:
                 raise RestoreError(f"the second tracer (pid {self.pid}) died")
             if reply[0] == "error":
@@ -57,12 +58,10 @@ class Worker:
 
     def release(self, leave_stopped: bool) -> None:
         """Tell it to let its tasks go (at once with the engine's)."""
-        from engine.restore import _send
-        _send(self.sock, ("release", leave_stopped))
+        wire.send(self.sock, ("release", leave_stopped))
 
     def released(self) -> None:
-        from engine.restore import RestoreError, _recv
-        reply = _recv(self.sock)
+        reply = wire.recv(self.sock)
         if reply is None or reply[0] != "released":
             raise RestoreError(reply[1] if reply else
                                f"the second tracer (pid {self.pid}) died releasing its tasks")
@@ -127,7 +126,7 @@ def _fork_away_from(ctx) -> int:
     fork could take the pid a task is about to be restored with)."""
     from engine.tracer.binding import TracerError
     from engine.tracer.clone import clone_with_pid
-    dumped = {e.pid for e in ctx.pstree} | {t for e in ctx.pstree for t in e.threads}
+    dumped = ctx.reserved_pids
     with open("/proc/sys/kernel/pid_max") as f:
         top = int(f.read()) - 2        # pid_max - 1: the rootless worker's
     for pid in range(top, top - WORKER_PID_TRIES, -1):
@@ -143,18 +142,18 @@ def _fork_away_from(ctx) -> int:
 
 def _serve(ctx, sock: socket.socket) -> None:
     """The worker's loop. Never returns."""
-    from engine.restore import _one_line, _recv, _run_hook, _send
+    from engine.executor import run_node
     from engine.tracer.restore import attach_stopped, release
     try:
         for end in list(ctx.channels.values()) + list(ctx.task_ends.values()):
             end.close()
         ctx.channels, ctx.task_ends, ctx.tracer_worker = {}, {}, None
         failed = False
-        while (msg := _recv(sock)) is not None:
+        while (msg := wire.recv(sock)) is not None:
             kind, arg = msg
             if kind == "release":
                 release(list(ctx.tracees.values()), leave_stopped=arg)
-                _send(sock, ("released", None))
+                wire.send(sock, ("released", None))
                 break
             if failed:
                 continue                # the engine is undoing the restore
@@ -163,11 +162,11 @@ def _serve(ctx, sock: socket.socket) -> None:
                 if node.pid not in ctx.tracees:
                     ctx.tracees[node.pid] = attach_stopped(node.pid)
                 log.debug("node %s (in second tracer %s)", node.key, node.pid)
-                _run_hook(ctx, node)
+                run_node(ctx, node)
             except Exception as e:  # noqa: BLE001 - reported; the engine kills us
                 failed = True
-                _send(sock, ("error", _one_line(e)))
+                wire.send(sock, ("error", wire.one_line(e)))
                 continue
-            _send(sock, ("ok", arg))
+            wire.send(sock, ("ok", arg))
     finally:
         os._exit(0)

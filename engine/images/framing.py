@@ -23,6 +23,8 @@ class ImageError(Exception):
 def read_entries(path, kind: ImageKind) -> list:
     """The entries of an image; for a kind with a payload, (entry, bytes) pairs."""
     name = str(path).rsplit("/", 1)[-1]
+    if not kind.module:
+        raise ImageError(name, f"read by plugin {kind.plugin}, which is disabled")
     try:
         with open(path, "rb") as f:
             data = f.read()

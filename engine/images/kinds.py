@@ -2,8 +2,12 @@
 
 Every CRIU image starts with IMG_COMMON_MAGIC then its own magic, except
 inventory.img (its magic alone) and raw images such as pages-N.img (no
-header at all). A plugin adds kinds of its own through
-``engine_register_images(registry)``.
+header at all). The engine registers only its own kinds (ENGINE); each
+plugin registers the kinds it writes and reads through
+``engine_register_images(registry)``, and lists in its hooks.toml `images`
+those a restore needs it for. A disabled plugin registers nothing: its
+`images` become declared() kinds, so that a set holding one is refused
+naming the resource (engine.restore checks ImageKind.resource).
 """
 from __future__ import annotations
 
@@ -25,13 +29,16 @@ class ImageKind:
     head: str | None = None   # a different message for the first entry (pagemap)
     common: bool = True       # IMG_COMMON_MAGIC before the magic
     magic_name: str = ""
-    # The resource a set holding this image needs restored (hooks.toml
-    # `provides`); None for images every restore reads.
+    # The resource a set holding this image needs restored: that of the
+    # plugin whose hooks.toml `images` lists its pattern (plugin_kinds), or
+    # None for images a restore does without (cpuinfo) or always reads.
     resource: str | None = None
     # Name of the entry field giving the length of raw bytes that follow
     # each entry (pipes-data.img: `bytes`), a tuple of them when several
     # buffers follow back to back (tcp-stream: inq_len, outq_len), or None.
     payload: str | tuple[str, ...] | None = None
+    # The disabled plugin a declared() kind stands for; None otherwise.
+    plugin: str | None = None
 
     def message_class(self, first: bool = False):
         mod = importlib.import_module(self.module)
@@ -52,56 +59,40 @@ class ImageKind:
 
 
 P = "engine.images.proto."
-BUILTIN = [
+# The engine's own kinds: what the engine itself reads or writes whatever
+# plugins are on. files.img holds every fd plugin's file_entry bodies and
+# is read while the restore graph is built; fdinfo-N.img (the fd tables,
+# the files plugin's) is read by the engine's fd sharing (engine.fds.park)
+# and by every fd plugin, and must decode when files is disabled, for the
+# refusal to name the resource. seccomp and timens are CRIU's, which no
+# plugin restores yet: decoded here for `engine show`; the plugin that
+# comes to restore one registers it instead. Every other kind is
+# registered by its plugin (engine_register_images).
+ENGINE = [
     ImageKind("inventory", "inventory.img", 0x58313116, P + "tree_pb2", "inventory_entry",
               common=False, magic_name="INVENTORY"),
-    ImageKind("pstree", "pstree.img", 0x50273030, P + "tree_pb2", "pstree_entry",
-              magic_name="PSTREE", resource="tasks"),
-    ImageKind("core", "core-{id}.img", 0x55053847, P + "core_pb2", "core_entry",
-              magic_name="CORE", resource="registers"),
-    ImageKind("ids", "ids-{id}.img", 0x54432030, P + "core_pb2", "task_kobj_ids_entry",
-              magic_name="IDS"),
-    ImageKind("mm", "mm-{id}.img", 0x57492820, P + "mm_pb2", "mm_entry", magic_name="MM",
-              resource="memory"),
-    ImageKind("pagemap", "pagemap-{id}.img", 0x56084025, P + "mm_pb2", "pagemap_entry",
-              head="pagemap_head", magic_name="PAGEMAP", resource="memory"),
-    ImageKind("fs", "fs-{id}.img", 0x51403912, P + "tree_pb2", "fs_entry", magic_name="FS",
-              resource="fs"),
     ImageKind("files", "files.img", 0x56303138, P + "files_pb2", "file_entry",
               magic_name="FILES"),
     ImageKind("fdinfo", "fdinfo-{id}.img", 0x56213732, P + "files_pb2", "fdinfo_entry",
-              magic_name="FDINFO", resource="fds"),
-    ImageKind("pipes-data", "pipes-data.img", 0x56453709, P + "files_pb2", "pipe_data_entry",
-              magic_name="PIPES_DATA", payload="bytes"),
-    ImageKind("fifo-data", "fifo-data.img", 0x59333054, P + "files_pb2", "pipe_data_entry",
-              magic_name="FIFO_DATA", payload="bytes"),
-    ImageKind("sk-queues", "sk-queues.img", 0x56264026, P + "sockets_pb2", "sk_packet_entry",
-              magic_name="SK_QUEUES", payload="length"),
-    ImageKind("remap-fpath", "remap-fpath.img", 0x59133954, P + "files_pb2",
-              "remap_file_path_entry", magic_name="REMAP_FPATH"),
-    ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",
-              "ghost_file_entry", magic_name="GHOST_FILE", payload="size"),
+              magic_name="FDINFO"),
     ImageKind("seccomp", "seccomp.img", 0x64413049, P + "tree_pb2", "seccomp_entry",
               magic_name="SECCOMP"),
     ImageKind("timens", "timens-{id}.img", 0x43114433, P + "tree_pb2", "timens_entry",
               magic_name="TIMENS"),
-    ImageKind("cpuinfo", "cpuinfo.img", 0x61404013, P + "cpuinfo_pb2", "cpuinfo_entry",
-              magic_name="CPUINFO"),
-    ImageKind("userns", "userns-{id}.img", 0x55474906, P + "userns_pb2", "userns_entry",
-              magic_name="USERNS", resource="userns"),
-    ImageKind("utsns", "utsns-{id}.img", 0x54473203, P + "utsns_pb2", "utsns_entry",
-              magic_name="UTSNS", resource="utsns"),
-    ImageKind("ipcns-var", "ipcns-var-{id}.img", 0x53115007, P + "ipc_var_pb2", "ipc_var_entry",
-              magic_name="IPC_VAR", resource="ipcns"),
-    ImageKind("netns", "netns-{id}.img", 0x55933752, P + "netdev_pb2", "netns_entry",
-              magic_name="NETNS", resource="netns"),
-    ImageKind("netdev", "netdev-{id}.img", 0x57373951, P + "netdev_pb2", "net_device_entry",
-              magic_name="NETDEV", resource="netns"),
-    ImageKind("mountpoints", "mountpoints-{id}.img", 0x55563928, P + "mnt_pb2", "mnt_entry",
-              magic_name="MNTS", resource="mntns"),
-    ImageKind("pidns", "pidns-{id}.img", 0x61157326, P + "pidns_pb2", "pidns_entry",
-              magic_name="PIDNS", resource="pidns"),
 ]
+
+
+def kind_name(pattern: str) -> str:
+    """The kind a file name pattern names: "ghost-file-{id}.img" -> "ghost-file"."""
+    head, brace, rest = pattern.partition("{")
+    base = head + rest.partition("}")[2] if brace else pattern
+    return base.removesuffix(".img").rstrip("-")
+
+
+def declared(pattern: str, plugin: str, resource: str | None) -> ImageKind:
+    """A kind known only by its file name, from a disabled plugin's hooks.toml
+    `images`: enough to refuse a set holding one; reading it fails."""
+    return ImageKind(kind_name(pattern), pattern, 0, "", "", plugin=plugin, resource=resource)
 
 
 _ID_DIGITS = {10: frozenset("0123456789"), 16: frozenset("0123456789abcdef")}
@@ -130,8 +121,13 @@ class KindRegistry:
         for kind in kinds:
             self.register(kind)
 
-    def register(self, kind: ImageKind) -> None:
-        if kind.name in self._kinds:
+    def register(self, kind: ImageKind, replace: bool = False) -> None:
+        known = self._kinds.get(kind.name)
+        if known is not None and not replace:
+            # The same kind again (a test registering a plugin's kinds into
+            # a full registry) is no conflict; resource is stamped later.
+            if attrs.evolve(kind, resource=known.resource) == known:
+                return
             raise ValueError(f"image kind {kind.name} registered twice")
         self._kinds[kind.name] = kind
         self._index = None
@@ -172,5 +168,69 @@ class KindRegistry:
         return self._index
 
 
+def engine_registry() -> KindRegistry:
+    """The engine's own kinds only."""
+    return KindRegistry(attrs.evolve(k) for k in ENGINE)
+
+
+def plugin_kinds(reg, decode_all: bool = False) -> KindRegistry:
+    """The kinds of one run: the engine's, every enabled plugin's
+    (engine_register_images), and, for each disabled plugin, a declared()
+    kind per pattern of its hooks.toml `images` (no import: a plugin that is
+    off is never run), so that a restore refuses a set needing it. Each kind
+    a plugin's `images` lists needs that plugin's resource.
+
+    decode_all (`engine show`): a disabled built-in plugin's kinds are
+    registered as if it were on, so every image decodes."""
+    kinds = engine_registry()
+    reg.hook.engine_register_images.call_historic(kwargs={"registry": kinds})
+    for name, spec in reg.specs.items():
+        if decode_all and not reg.is_enabled(name) and spec.origin == "hooks.toml":
+            _register_from(spec.module, kinds)
+    _add_needs(reg.specs, kinds)
+    return kinds
+
+
+def _add_needs(specs: dict, kinds: KindRegistry) -> None:
+    """Each pattern of a plugin's `images` needs the plugin's own resource
+    (the first it provides that no plugin before it does); a pattern no
+    registered kind has becomes a declared() kind."""
+    providers: dict[str, str] = {}
+    for name, spec in specs.items():
+        for resource in spec.provides:
+            providers.setdefault(resource, name)
+    by_pattern = {k.pattern: k for k in kinds}
+    for name, spec in specs.items():
+        own = next((r for r in spec.provides if providers[r] == name), None)
+        for pattern in spec.images:
+            kind = by_pattern.get(pattern)
+            if kind is None:
+                kinds.register(declared(pattern, name, own))
+            elif kind.resource is None:
+                kinds.register(attrs.evolve(kind, resource=own), replace=True)
+
+
+def _register_from(module_name: str, kinds: KindRegistry) -> None:
+    import importlib
+    hook = getattr(importlib.import_module(module_name), "engine_register_images", None)
+    if hook is not None:
+        hook(registry=kinds)
+
+
+_BUILTIN_KINDS: list[ImageKind] | None = None
+
+
 def default_registry() -> KindRegistry:
-    return KindRegistry(BUILTIN)
+    """Every kind engine knows without a plugin manager (tests, `engine.testing`,
+    a reader of an image set): the engine's and every hooks.toml plugin's,
+    each needing the resource of the plugin whose `images` lists it."""
+    global _BUILTIN_KINDS
+    if _BUILTIN_KINDS is None:
+        from engine.registry import load_specs
+        specs = load_specs()
+        kinds = engine_registry()
+        for spec in specs.values():
+            _register_from(spec.module, kinds)
+        _add_needs(specs, kinds)
+        _BUILTIN_KINDS = list(kinds)
+    return KindRegistry(attrs.evolve(k) for k in _BUILTIN_KINDS)

@@ -14,12 +14,17 @@ import mmap
 import os
 
 from engine.images.framing import ImageError, read_entries, write_entries
-from engine.images.kinds import default_registry
+from engine.images.kinds import ImageKind
 
 PAGE = 4096
 PE_PARENT = 1 << 0
 PE_LAZY = 1 << 1
 PE_PRESENT = 1 << 2
+
+# Defined beside its format's reader and writer, which need no registry;
+# registered by the mem plugin, whose images these are.
+PAGEMAP = ImageKind("pagemap", "pagemap-{id}.img", 0x56084025, "engine.images.proto.mm_pb2",
+                    "pagemap_entry", head="pagemap_head", magic_name="PAGEMAP")
 
 
 class PagemapWriter:
@@ -44,8 +49,7 @@ class PagemapWriter:
         if self._pages.closed:
             return
         self._pages.close()
-        kinds = default_registry()
-        kind = kinds.get("pagemap")
+        kind = PAGEMAP
         head = kind.message_class(first=True)(pages_id=self.pages_id)
         entry_cls = kind.message_class()
         # CRIU 4.x reads the count from field 5 (`pages`); field 2 keeps older
@@ -57,7 +61,7 @@ class PagemapWriter:
 
 class PagemapReader:
     def __init__(self, image_dir: str, pid: int):
-        kind = default_registry().get("pagemap")
+        kind = PAGEMAP
         self.name = f"pagemap-{pid}.img"
         entries = read_entries(os.path.join(str(image_dir), self.name), kind)
         if not entries:

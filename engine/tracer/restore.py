@@ -39,7 +39,7 @@ from engine.tracer.xstate import to_xstate
 
 # what pthread_create passes: one mm, fs, fd table and signal handlers
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
-# ctx.spawn's tasks die with the engine until release (engine/restore.py)
+# ctx.spawn's tasks die with the engine until release (engine/executor.py)
 PR_SET_PDEATHSIG = 1
 SIGSTOP = 19
 SYS_PAUSE = 34

@@ -8,8 +8,8 @@ interval and POSIX timers: timers); for the task, comm, personality, the
 64 sigactions, exit signal, the child subreaper flag
 (task_core_entry.child_subreaper, field 18 as in CRIU; pstree restores it,
 because orphans of its helper tasks depend on it); ids-PID.img with the
-object ids of the task; inventory.img for the image set (written last of the
-tree-wide images, so a set without it is known to be incomplete).
+object ids of the task; the root's ids in inventory.img (which the engine
+writes last).
 Restore: in the tracer, last of the task (after its memory, its threads
 and every plugin providing `task-state`): the scratch page goes, then
 every thread's registers and xstate (criu/pie/restorer.c order); a task
@@ -34,7 +34,8 @@ PR_GET_CHILD_SUBREAPER = 37
 PAGE = 4096
 MODE_NATIVE = 1
 TASK_ALIVE = 1
-IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
+# task_kobj_ids_entry's object ids: files sets files_id, core the others
+OBJECT_IDS = ("vm_id", "files_id", "fs_id", "sighand_id")
 SIGSTOP = 19
 
 
@@ -45,6 +46,18 @@ class TaskCore(NamedTuple):
 
 
 _NS_IDS = StashKey()      # (kind, inode) -> namespace id in ids-PID.img
+
+
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("core", "core-{id}.img", 0x55053847, P + "core_pb2", "core_entry",
+                                magic_name="CORE"))
+    registry.register(ImageKind("ids", "ids-{id}.img", 0x54432030, P + "core_pb2", "task_kobj_ids_entry",
+                                magic_name="IDS"))
 
 
 # --- dump ----------------------------------------------------------------
@@ -66,13 +79,9 @@ def engine_dump_task(ctx, task):
 
 
 @hookimpl
-def engine_dump_finish(ctx):
-    from engine.images.proto import tree_pb2
+def engine_dump_inventory(ctx, inventory):
     root = next(iter(ctx.tasks.values()))
-    inv = tree_pb2.inventory_entry(img_version=IMG_VERSION, fdinfo_per_id=True,
-                                        ns_per_id=True, lsmtype=0)
-    inv.root_ids.CopyFrom(_ids_entry(ctx, root))
-    ctx.images.write("inventory", [inv])
+    inventory.root_ids.CopyFrom(_ids_entry(ctx, root))
 
 
 # --- restore ---------------------------------------------------------------
@@ -80,10 +89,7 @@ def engine_dump_finish(ctx):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     from plugins.core import convert
-    inv = ctx.images.read_one("inventory")
-    if inv.img_version != IMG_VERSION:
-        raise ImageError("inventory.img", f"img_version {inv.img_version} is not {IMG_VERSION}")
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         threads = []
         for tid in task.threads or [task.pid]:   # pstree checked the task is one of them
             image = f"core-{tid}.img"
@@ -130,6 +136,8 @@ def _ids_entry(ctx, task):
     from engine import ns
     from engine.images.proto import core_pb2
     ns_ids = ctx.stash.setdefault(_NS_IDS, {})
+    for name in OBJECT_IDS:          # those no plugin set: objects of its own
+        task.ids.setdefault(name, ctx.new_id())
     entry = core_pb2.task_kobj_ids_entry(**task.ids)
     for kind in ns.KINDS:
         try:

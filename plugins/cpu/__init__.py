@@ -65,6 +65,16 @@ XFEATURES = {0: "x87", 1: "sse", 2: "avx (ymm)", 3: "mpx bndregs", 4: "mpx bndcs
 CHECKS = ("ins", "fpu", "none")
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("cpuinfo", "cpuinfo.img", 0x61404013, P + "cpuinfo_pb2", "cpuinfo_entry",
+                                magic_name="CPUINFO"))
+
+
 # --- options -----------------------------------------------------------------
 
 @hookimpl

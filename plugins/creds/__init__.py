@@ -52,8 +52,9 @@ class TaskCreds(NamedTuple):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    in_tree = {e.pid for e in ctx.pstree}
-    for task in ctx.alive:
+    tasks = ctx.provided("tasks")
+    in_tree = {e.pid for e in tasks.entries}
+    for task in tasks.alive:
         pdeath = {}
         for tid in task.threads or [task.pid]:
             image = f"core-{tid}.img"

@@ -38,6 +38,7 @@ import os
 import stat as st
 import struct
 
+from engine.images.entries import add_file
 from engine import hookimpl
 from engine.fds import CLAIMING, FD_FLOOR, claiming_fdinfo, fdinfo
 from engine.graph import Node
@@ -66,6 +67,18 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 MAX_OFF = (1 << 63) - 1
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("remap-fpath", "remap-fpath.img", 0x59133954, P + "files_pb2",
+                                "remap_file_path_entry", magic_name="REMAP_FPATH"))
+    registry.register(ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",
+                                "ghost_file_entry", magic_name="GHOST_FILE", payload="size"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
@@ -84,7 +97,8 @@ def engine_dump_task(ctx, task):
             entries.append(_dump_one(ctx, task, pidfd, fd, seen))
     finally:
         os.close(pidfd)
-    ctx.images.write("fdinfo", entries, id=task.ids["files_id"])
+    files_id = task.ids.setdefault("files_id", ctx.new_id())
+    ctx.images.write("fdinfo", entries, id=files_id)
 
 
 def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
@@ -110,7 +124,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
             entry = ctx.hook.engine_dump_fd(ctx=ctx, task=task, fd=fd, link=link, stat=stat)
             if entry is None:
                 raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
-            file_id, ftype = ctx.add_file(entry), entry.type
+            file_id, ftype = add_file(ctx, entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
                 _dump_ghost(ctx, pid, fd, file_id, stat)
             fown = _fown_of(entry)
@@ -124,7 +138,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
                                   flags=fcntl.FD_CLOEXEC if cloexec else 0)
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("/"):
         return None           # sockets, pipes, anon inodes: other plugins' business
@@ -153,6 +167,8 @@ def engine_dump_finish(ctx):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
+    files = {e.id: e for e in ctx.images.read("files")} if ctx.images.exists("files") else {}
+    ctx.provide("files", files)
     if ctx.images.exists("remap-fpath"):
         remaps = {}
         for i, r in enumerate(ctx.images.read("remap-fpath")):
@@ -161,7 +177,7 @@ def engine_restore_collect(ctx, graph):
                                  "is not supported")
             remaps[r.orig_id] = r.remap_id
         ctx.stash[REMAPS] = remaps
-    for file_id, entry in ctx.files.items():
+    for file_id, entry in files.items():
         if entry.HasField("reg"):
             _check_reg(file_id, entry.reg)
     import resource
@@ -170,7 +186,8 @@ def engine_restore_collect(ctx, graph):
     shared = ctx.stash[SHARED] = set()
     # Found here once per file, not by every task that installs it.
     owners = ctx.stash[OWNERS] = {}
-    for task in ctx.alive:
+    tables = []                    # (pid, table, resources it needs)
+    for task in ctx.provided("tasks").alive:
         files_id = ctx.ids(task.pid).files_id
         fdinfos = ctx.read("fdinfo", id=files_id) if ctx.images.exists(
             "fdinfo", id=files_id) else []
@@ -179,7 +196,7 @@ def engine_restore_collect(ctx, graph):
         fds: set[int] = set()
         for i, fi in enumerate(fdinfos):
             fd, file_id, ftype = fi.fd, fi.id, fi.type
-            entry = ctx.files.get(file_id)
+            entry = files.get(file_id)
             if entry is None or entry.type != ftype or fd >= fd_limit or fd in fds:
                 _refuse_fdinfo(ctx, f"fdinfo-{files_id}.img: entry {i}: fd {fd}", fi,
                                fds, fd_limit)
@@ -194,17 +211,22 @@ def engine_restore_collect(ctx, graph):
             kinds.setdefault(ftype, entry)
             table.append((fd, file_id, fi.flags & fcntl.FD_CLOEXEC))
         needs = sorted(f"file:{_type_name(entry)}" for entry in kinds.values())
-        # An open file another task makes first is taken from it (shared_fds):
-        # after that task's table. Tables of other tasks may run in parallel.
-        after = sorted({f"files:table:{first_user[file_id]}" for _, file_id, _ in table
-                        if first_user[file_id] != task.pid})
-        graph.add(Node(key=f"files:table:{task.pid}", plugin="files", where="task",
-                       pid=task.pid, data=table, needs=needs, after=after,
-                       label=f"fd table of {task.pid} ({len(table)} fds)"))
+        tables.append((task.pid, table, needs))
+    # An open file made by another node (the first task holding it, a pipe
+    # or socket a plugin makes) is taken from it (shared_fds): after the
+    # nodes providing ("file", id). Tables of other tasks run in parallel.
+    for pid, table, needs in tables:
+        ids = sorted({file_id for _, file_id, _ in table})
+        graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",
+                       pid=pid, data=table, needs=needs,
+                       after=[("file", i) for i in ids],
+                       provides=[("file", i) for i in ids
+                                 if i in shared and first_user[i] == pid],
+                       label=f"fd table of {pid} ({len(table)} fds)"))
 
 
 def _refuse_fdinfo(ctx, where: str, fi, fds: set, fd_limit: int):
-    entry = ctx.files.get(fi.id)
+    entry = ctx.provided("files").get(fi.id)
     if entry is None:
         raise ValueError(f"{where}: file id {fi.id} is not in files.img")
     if fi.type != entry.type:
@@ -216,8 +238,6 @@ def _refuse_fdinfo(ctx, where: str, fi, fds: set, fd_limit: int):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "files":
-        return None
     opened: dict[int, int] = {}                    # file id -> fd number installed
     # Helpers kept open while the table is made (pipe ends) go above it.
     floor = ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
@@ -230,7 +250,7 @@ def engine_restore_node(ctx, node):
             # Another task made this open file first: take a copy of it.
             fd = ctx.take_fd(file_id)
         else:
-            entry = ctx.files[file_id]
+            entry = ctx.provided("files")[file_id]
             fd = ctx.hook.engine_restore_file(ctx=ctx, entry=entry)
             if fd is None:
                 raise ValueError(f"files.img: file id {file_id}: no plugin opens "
@@ -246,7 +266,7 @@ def engine_restore_node(ctx, node):
     return True
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def engine_restore_file(ctx, entry):
     if not entry.HasField("reg"):
         return None

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import os
 
+from engine.images.entries import add_file
 from engine import hookimpl
 from engine.graph import Node
+
+
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("fs", "fs-{id}.img", 0x51403912, P + "tree_pb2", "fs_entry",
+                                magic_name="FS"))
 
 
 @hookimpl
@@ -22,7 +33,7 @@ def engine_dump_task(ctx, task):
     ids = {}
     for name in ("cwd", "root"):
         path = os.readlink(f"/proc/{pid}/{name}")
-        ids[name] = ctx.add_file(regular_file(path, os.stat(f"/proc/{pid}/{name}"),
+        ids[name] = add_file(ctx, regular_file(path, os.stat(f"/proc/{pid}/{name}"),
                                               flags=os.O_RDONLY | os.O_DIRECTORY, pos=0))
     umask = _umask(pid)
     ctx.images.write("fs", [tree_pb2.fs_entry(cwd_id=ids["cwd"], root_id=ids["root"],
@@ -31,14 +42,14 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         if not ctx.images.exists("fs", id=task.pid):
             continue
         fs = ctx.images.read_one("fs", id=task.pid)
         paths = {}
         for name in ("cwd", "root"):
             file_id = getattr(fs, f"{name}_id")
-            entry = ctx.files.get(file_id)
+            entry = ctx.provided("files").get(file_id)
             if entry is None or not entry.HasField("reg"):
                 raise ValueError(f"fs-{task.pid}.img: {name}_id {file_id} is not a "
                                  "file entry of files.img")
@@ -50,8 +61,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "fs":
-        return None
     paths, umask = node.data
     try:
         # chdir first: both paths are as seen from the engine's root.

@@ -31,6 +31,16 @@ SYSCTLS = {
 NEXT_IDS = ("msg_next_id", "sem_next_id", "shm_next_id")
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("ipcns-var", "ipcns-var-{id}.img", 0x53115007, P + "ipc_var_pb2",
+                                "ipc_var_entry", magic_name="IPC_VAR"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
@@ -61,8 +71,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "ipcns":
-        return None
     from engine import ns
     ns.restore(ctx, node, "ipc", _write)
     return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from engine.images.entries import add_file
 from engine import hookimpl
 from engine.graph import Node
 from engine.stash import StashKey
@@ -31,6 +32,18 @@ MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
              "mm_start_stack", "mm_start_brk", "mm_brk", "mm_arg_start", "mm_arg_end",
              "mm_env_start", "mm_env_end")
 VMA_FIELDS = ("start", "end", "pgoff", "prot", "flags", "status", "madv")
+
+
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    from engine.images.pagemap import PAGEMAP
+    P = "engine.images.proto."
+    registry.register(ImageKind("mm", "mm-{id}.img", 0x57492820, P + "mm_pb2", "mm_entry",
+                                magic_name="MM"))
+    registry.register(PAGEMAP)
 
 
 # --- dump ----------------------------------------------------------------
@@ -68,7 +81,7 @@ def engine_dump_task(ctx, task):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     from engine.tracer import model
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         image = f"mm-{task.pid}.img"
         mm = ctx.images.read_one("mm", id=task.pid)
         state = _mm_state(ctx, mm, image)
@@ -83,8 +96,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "mem":
-        return None
     from engine.images.pagemap import PagemapReader
     from engine.tracer import restore_memory
     pages = PagemapReader(ctx.images.dir, node.pid)
@@ -103,7 +114,7 @@ def _file_id(ctx, path: str) -> int:
     from engine.images.entries import regular_file
     ids = ctx.stash.setdefault(MAPPED_FILES, {})
     if path not in ids:
-        ids[path] = ctx.add_file(regular_file(path, os.stat(path), flags=os.O_RDONLY, pos=0))
+        ids[path] = add_file(ctx, regular_file(path, os.stat(path), flags=os.O_RDONLY, pos=0))
     return ids[path]
 
 
@@ -124,7 +135,7 @@ def _mm_state(ctx, mm, image: str):
         prev_end = v.end
         path = None
         if v.shmid and v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
-            entry = ctx.files.get(v.shmid)
+            entry = ctx.provided("files").get(v.shmid)
             if entry is None or not entry.HasField("reg"):
                 raise ValueError(f"{_where(image, i, v)}: shmid {v.shmid} is not a file "
                                  "of files.img")
@@ -134,7 +145,7 @@ def _mm_state(ctx, mm, image: str):
                         v.shmid, path))
     exe = None
     if mm.HasField("exe_file_id"):
-        entry = ctx.files.get(mm.exe_file_id)
+        entry = ctx.provided("files").get(mm.exe_file_id)
         if entry is None or not entry.HasField("reg"):
             raise ValueError(f"{image}: exe_file_id {mm.exe_file_id} is not a file of files.img")
         exe = entry.reg.name

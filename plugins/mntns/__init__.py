@@ -49,6 +49,16 @@ MOUNT_ATTRS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "noatime":
                "strictatime": 0x20, "nodiratime": 0x80}
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("mountpoints", "mountpoints-{id}.img", 0x55563928, P + "mnt_pb2",
+                                "mnt_entry", magic_name="MNTS"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
@@ -106,8 +116,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "mntns":
-        return None
     from engine import ns
     if node.data[0] != "make":
         ns.restore(ctx, node, "mnt", None)

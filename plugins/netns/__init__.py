@@ -32,6 +32,18 @@ EEXIST = 17
 NETS = StashKey()                   # ns id -> (links, addr messages, route messages)
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("netns", "netns-{id}.img", 0x55933752, P + "netdev_pb2", "netns_entry",
+                                magic_name="NETNS"))
+    registry.register(ImageKind("netdev", "netdev-{id}.img", 0x57373951, P + "netdev_pb2", "net_device_entry",
+                                magic_name="NETDEV"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
@@ -72,8 +84,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "netns":
-        return None
     from engine import ns
     if node.data[0] == "make":
         # Imported here: a helper inside a user namespace may not read them.

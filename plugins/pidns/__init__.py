@@ -10,7 +10,8 @@ owner outside the tree.
 
 Restore: every task of a nested namespace is forked by its parent with
 clone3 and a full set_tid array (its pid at every level, innermost first:
-ctx.clone_args, read by ctx.spawn). The first task of a namespace, its init
+the resource ``pidns`` (pid -> clone flags and pids),
+read by pstree's forks). The first task of a namespace, its init
 (pid 1 there), is forked with CLONE_NEWPID when the engine's own user
 namespace owns it. When one of the tree's owns it, the kernel wants the
 namespace made from inside that user namespace, but set_tid at the outer
@@ -34,6 +35,16 @@ from engine.graph import Node
 log = logging.getLogger("engine.plugins.pidns")
 
 PIDFD_GET_PID_FOR_CHILDREN_NAMESPACE = 0xFF06      # _IO(PIDFS_IOCTL_MAGIC, 6)
+
+
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("pidns", "pidns-{id}.img", 0x61157326, P + "pidns_pb2", "pidns_entry",
+                                magic_name="PIDNS"))
 
 
 # --- dump ----------------------------------------------------------------
@@ -89,7 +100,10 @@ def engine_restore_collect(ctx, graph):
                 raise ValueError(f"{where}: ns_pid {list(t.ns_pid)} does not start with "
                                  f"pid {t.pid}")
             levels[t.pid], ns_of[t.pid] = list(reversed(t.ns_pid)), ns_id
-    by_pid = {e.pid: e for e in ctx.pstree}
+    tasks = ctx.provided("tasks").entries
+    by_pid = {e.pid: e for e in tasks}
+    clone_args = {}                 # pid -> (clone flags, its pid at every level)
+    ctx.provide("pidns", clone_args)
     for pid, tids in levels.items():
         if pid not in by_pid:
             raise ValueError(f"pidns-{ns_of[pid]}.img: task {pid} is not in pstree.img")
@@ -99,35 +113,31 @@ def engine_restore_collect(ctx, graph):
             if ns_of.get(ppid) != ns_of[pid]:
                 raise ValueError(f"{where}: forked into its pid namespace from outside it "
                                  "(not supported)")
-            ctx.clone_args[pid] = (0, tids)
+            clone_args[pid] = (0, tids)
             continue
         if ns_of.get(ppid, 0) != entry.parent_id or ppid == 0:
             raise ValueError(f"{where}: the init of its pid namespace, but its parent is "
                              "not in the parent namespace")
         if not entry.owner_id:
-            ctx.clone_args[pid] = (ns.CLONE_NEWPID, tids)
+            clone_args[pid] = (ns.CLONE_NEWPID, tids)
             continue
-        ctx.clone_args[pid] = (0, tids)
+        clone_args[pid] = (0, tids)
         p_id, make, leave = ns_of[pid], f"pidns:make:{ns_of[pid]}", f"pidns:leave:{ns_of[pid]}"
+        siblings = [e.pid for e in tasks if e.ppid == ppid and e.pid != pid]
+        # The fork in between is the init's alone: pstree forks task P after
+        # the nodes providing ("pidns", P).
         graph.add(Node(key=make, plugin="pidns", pid=ppid, data=("make", p_id, entry),
-                       after=[f"pstree:fork:{ppid}", f"userns:make:{entry.owner_id}"],
+                       after=[("task", ppid), ("userns", entry.owner_id)],
+                       provides=[("pidns", pid)],
                        label=f"task {ppid} joins a new pid namespace {p_id} made inside "
                              f"user namespace {entry.owner_id}, for its children"))
         graph.add(Node(key=leave, plugin="pidns", pid=ppid, data=("leave",),
-                       after=[f"pstree:fork:{pid}"],
+                       after=[("task", pid)], provides=[("pidns", s) for s in siblings],
                        label=f"task {ppid} forks into its own pid namespace again"))
-        # The fork in between is the init's alone (node-level edges on
-        # pstree's fork nodes of this parent).
-        graph.nodes[f"pstree:fork:{pid}"].after.append(make)
-        for e in ctx.pstree:
-            if e.ppid == ppid and e.pid != pid:
-                graph.nodes[f"pstree:fork:{e.pid}"].after.append(leave)
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "pidns":
-        return None
     from engine import ns
     if node.data[0] == "make":
         _make(ctx, node.data[1], node.data[2])
@@ -151,7 +161,7 @@ def _make(ctx, ns_id, entry) -> None:
     import fcntl
 
     from engine import ns
-    user_fd = ns.open_published(ctx, f"userns:{entry.owner_id}")
+    user_fd = ns.open_published(ctx, ("userns", entry.owner_id))
 
     def make() -> None:
         ns.setns(user_fd, "user")

@@ -25,8 +25,10 @@ import logging
 import os
 import stat as st
 
+from engine.images.entries import add_file
 from engine import hookimpl
 from engine.fds import claiming_fdinfo, park, pidfd_getfd
+from engine.graph import Node
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.pipes")
@@ -45,6 +47,18 @@ PIPE_FILES = StashKey()     # restore: pipe_id -> [(file id, is the read end)]
 FIFO_DATA = StashKey()      # restore: pipe_id -> (bytes, size)
 FIFO_READERS = StashKey()   # dump: fifo inode -> (pid, fd) of a read end
 FIFO_HOLDERS = StashKey()   # restore, in a task: pipe_id -> helper O_RDWR fd
+
+
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("pipes-data", "pipes-data.img", 0x56453709, P + "files_pb2",
+                                "pipe_data_entry", magic_name="PIPES_DATA", payload="bytes"))
+    registry.register(ImageKind("fifo-data", "fifo-data.img", 0x59333054, P + "files_pb2",
+                                "pipe_data_entry", magic_name="FIFO_DATA", payload="bytes"))
 
 
 # --- dump ----------------------------------------------------------------
@@ -93,44 +107,56 @@ def engine_dump_finish(ctx):
 
 # --- restore ---------------------------------------------------------------
 
-@hookimpl(trylast=True)
+@hookimpl
 def engine_restore_collect(ctx, graph):
-    # trylast: the fd tables (plugins/files) exist, to order them.
+    files = ctx.provided("files")
     if ctx.images.exists("fifo-data"):
         ctx.stash[FIFO_DATA] = _read_data(ctx, "fifo-data")
-    for file_id, entry in ctx.files.items():
+    for file_id, entry in files.items():
         if entry.HasField("fifo"):
-            reg = ctx.files.get(entry.fifo.regf_id)
+            reg = files.get(entry.fifo.regf_id)
             if reg is None or not reg.HasField("reg"):
                 raise ValueError(f"files.img: FIFO id {file_id}: regf_id "
                                  f"{entry.fifo.regf_id} is not a REG entry")
     if ctx.images.exists("pipes-data"):
         ctx.stash[DATA] = _read_data(ctx, "pipes-data")
     ends = ctx.stash[PIPE_FILES] = {}
-    for file_id, entry in ctx.files.items():
+    for file_id, entry in files.items():
         if entry.HasField("pipe"):
             ends.setdefault(entry.pipe.pipe_id, []).append(
                 (file_id, entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY))
-    _order_tables(ctx, graph)
+    _pipe_nodes(ctx, graph, files)
 
 
-def _order_tables(ctx, graph) -> None:
+def _pipe_nodes(ctx, graph, files) -> None:
     """The first task (pstree order) holding an end of a pipe makes it and
-    publishes both ends; the fd tables of the others take them: after it."""
-    pipe_of = {fid: e.pipe.pipe_id for fid, e in ctx.files.items() if e.HasField("pipe")}
+    publishes both ends; every fd table holding an end comes after it (it
+    provides ("file", id) for each end)."""
+    pipe_of = {fid: e.pipe.pipe_id for fid, e in files.items() if e.HasField("pipe")}
     if not pipe_of:
         return
-    maker: dict[int, str] = {}
-    for task in ctx.alive:
-        table = graph.nodes.get(f"files:table:{task.pid}")
+    maker: dict[int, int] = {}              # pipe_id -> pid
+    for task in ctx.provided("tasks").alive:
         files_id = ctx.ids(task.pid).files_id
-        if table is None or not ctx.images.exists("fdinfo", id=files_id):
+        if not ctx.images.exists("fdinfo", id=files_id):
             continue
         for fi in ctx.read("fdinfo", id=files_id):
             if fi.id in pipe_of:
-                first = maker.setdefault(pipe_of[fi.id], table.key)
-                if first != table.key and first not in table.after:
-                    table.after.append(first)
+                maker.setdefault(pipe_of[fi.id], task.pid)
+    ends = ctx.stash[PIPE_FILES]
+    for pipe_id, pid in maker.items():
+        graph.add(Node(key=f"pipes:make:{pipe_id}", plugin="pipes", where="task", pid=pid,
+                       data=pipe_id, provides=[("file", fid) for fid, _ in ends[pipe_id]],
+                       label=f"pipe {pipe_id} made by {pid}"))
+
+
+@hookimpl
+def engine_restore_node(ctx, node):
+    files = ctx.provided("files")
+    rfd, wfd = _open_pipe(ctx, node.data)
+    for file_id, reader in ctx.stash[PIPE_FILES][node.data]:
+        _set_status(rfd if reader else wfd, files[file_id].pipe.flags)
+    return True
 
 
 @hookimpl
@@ -139,17 +165,24 @@ def engine_restore_file(ctx, entry):
         return _open_fifo(ctx, entry)
     if not entry.HasField("pipe"):
         return None
+    # A pipe no task holds, only a unix queue (an fd in flight).
+    rfd, wfd = _open_pipe(ctx, entry.pipe.pipe_id)
+    fd = os.dup(rfd if entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY else wfd)
+    _set_status(fd, entry.pipe.flags)
+    return fd
+
+
+def _open_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     pipes = ctx.stash.setdefault(OPEN_PIPES, {})
-    pipe_id = entry.pipe.pipe_id
     if pipe_id not in pipes:
         pipes[pipe_id] = _make_pipe(ctx, pipe_id)
-    rfd, wfd = pipes[pipe_id]
-    end = rfd if entry.pipe.flags & os.O_ACCMODE == os.O_RDONLY else wfd
-    fd = os.dup(end)
-    # Status flags through F_SETFL (O_ASYNC needs it to arm SIGIO).
+    return pipes[pipe_id]
+
+
+def _set_status(fd: int, flags: int) -> None:
+    """Status flags through F_SETFL (O_ASYNC needs it to arm SIGIO)."""
     status = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, (status & ~SETFL) | (entry.pipe.flags & SETFL))
-    return fd
+    fcntl.fcntl(fd, fcntl.F_SETFL, (status & ~SETFL) | (flags & SETFL))
 
 
 # --- helpers -----------------------------------------------------------------
@@ -185,14 +218,14 @@ def _dump_fifo(ctx, task, fd, link, stat):
     flags = claiming_fdinfo(ctx, task.pid, fd)["flags"]
     if flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR):
         ctx.stash.setdefault(FIFO_READERS, {}).setdefault(stat.st_ino, (task.pid, fd))
-    reg_id = ctx.add_file(regular_file(link, stat, flags=flags & ~os.O_CLOEXEC, pos=0))
+    reg_id = add_file(ctx, regular_file(link, stat, flags=flags & ~os.O_CLOEXEC, pos=0))
     entry = files_pb2.file_entry(type=files_pb2.FIFO, id=0)
     entry.fifo.id, entry.fifo.pipe_id, entry.fifo.regf_id = 0, stat.st_ino, reg_id
     return entry
 
 
 def _open_fifo(ctx, entry) -> int:
-    reg = ctx.files[entry.fifo.regf_id].reg
+    reg = ctx.provided("files")[entry.fifo.regf_id].reg
     holders = ctx.stash.setdefault(FIFO_HOLDERS, {})
     pipe_id = entry.fifo.pipe_id
     where = f"files.img: FIFO id {entry.id} ({reg.name})"

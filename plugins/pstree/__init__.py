@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 
+import attrs
+
 from engine import hookimpl
 
 log = logging.getLogger("engine.plugins.pstree")
@@ -28,6 +30,27 @@ log = logging.getLogger("engine.plugins.pstree")
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
 PR_SET_CHILD_SUBREAPER = 36
+
+
+@attrs.frozen
+class TaskTree:
+    """The resource ``tasks``: the tree as pstree.img has it."""
+    entries: list                     # pstree_entry, parents first
+    exits: dict[int, int]             # pid -> wait status, for tasks gone before release
+
+    @property
+    def alive(self) -> list:
+        return [e for e in self.entries if e.pid not in self.exits]
+
+
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("pstree", "pstree.img", 0x50273030, P + "tree_pb2", "pstree_entry",
+                                magic_name="PSTREE"))
 
 
 # --- dump ----------------------------------------------------------------
@@ -62,33 +85,36 @@ def engine_dump_finish(ctx):
 
 # --- restore ---------------------------------------------------------------
 
-@hookimpl(tryfirst=True)
+@hookimpl
 def engine_restore_collect(ctx, graph):
-    # tryfirst: every other plugin's collect walks ctx.pstree.
     from plugins.pstree.plan import plan
     entries = ctx.images.read("pstree")
     _validate(entries)
-    ctx.pstree = entries
-    ctx.zombies = _zombies(ctx, entries)
-    nodes = plan(entries, ctx.zombies, _subreapers(ctx, entries), _pid_free,
-                 siblings_may_fork=lambda: _one_namespace_set(ctx))
+    exits = _zombies(ctx, entries)
+    tree = TaskTree(entries=entries, exits=exits)
+    nodes = plan(entries, dict(exits), _subreapers(ctx, entries), _pid_free,
+                 siblings_may_fork=lambda: _one_namespace_set(ctx, tree))
     for node in nodes:
         if node.data.helper:
             # Gone before release, like a zombie: no memory, no registers.
-            ctx.zombies[node.data.pid] = 0
+            exits[node.data.pid] = 0
         graph.add(node)
+    ctx.reserved_pids.update(n.data.pid for n in nodes)
+    ctx.reserved_pids.update(t for e in entries for t in e.threads)
+    ctx.provide("tasks", tree)
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "pstree":
-        return None
     proc, kind = node.data, node.key.split(":")[1]
     if kind == "fork":
+        exits = ctx.provided("tasks").exits
+        flags, tids = ctx.provided("pidns", {}).get(proc.pid, (0, None))
         # A parent that exits before release (a zombie, a helper) orphans
         # its children on purpose: they must not die with it.
         ctx.spawn(proc.pid, sibling=proc.by_sibling is not None,
-                  die_with_parent=proc.forker is None or proc.forker not in ctx.zombies)
+                  die_with_parent=proc.forker is None or proc.forker not in exits,
+                  flags=flags, tids=tids)
     elif kind == "reaper":
         for pid in proc.after_deaths:
             _wait_dead(pid)
@@ -102,7 +128,7 @@ def engine_restore_node(ctx, node):
     elif kind == "join":
         _join_group(proc)
     elif kind == "exit":
-        ctx.exit_status = proc.zombie or 0
+        ctx.exit_after_nodes(proc.zombie or 0)
     elif kind == "reap":
         os.waitpid(proc.pid, 0)
     else:
@@ -112,13 +138,13 @@ def engine_restore_node(ctx, node):
 
 # --- helpers -----------------------------------------------------------------
 
-def _one_namespace_set(ctx) -> bool:
+def _one_namespace_set(ctx, tree: TaskTree) -> bool:
     """Every live task in the same namespaces: no task makes one that its
     siblings are then born in (what a fork by a sibling needs; a namespace
     the restore makes is made by the root, and joined by every other)."""
     from engine import ns
     return len({tuple(getattr(ctx.ids(e.pid), f"{kind}_ns_id") for kind in ns.KINDS)
-                for e in ctx.alive}) == 1
+                for e in tree.alive}) == 1
 
 
 def _zombies(ctx, entries) -> dict[int, int]:

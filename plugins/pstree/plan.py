@@ -313,8 +313,14 @@ class _Planner:
 
         def add(kind, proc, where_pid, after, label):
             key = f"pstree:{kind}:{proc.pid}"
+            provides = []
+            if kind == "fork":
+                # The task exists; it is born in the pid namespace whoever
+                # provides ("pidns", pid) made ready in its forker.
+                provides, after = [("task", proc.pid)], after + [("pidns", proc.pid)]
             out[key] = Node(key=key, plugin="pstree", where="engine" if where_pid is None
-                            else "task", pid=where_pid, data=proc, after=after, label=label)
+                            else "task", pid=where_pid, data=proc, after=after,
+                            provides=provides, label=label)
 
         sibling_forks: dict[int, list[str]] = {}     # sibling -> the forks it does
         for proc in procs:
@@ -383,7 +389,8 @@ class _Planner:
         return list(out.values())
 
     def _check_order(self, nodes: dict[str, Node]) -> None:
-        ts = graphlib.TopologicalSorter({k: n.after for k, n in nodes.items()})
+        ts = graphlib.TopologicalSorter({k: [a for a in n.after if isinstance(a, str)]
+                                         for k, n in nodes.items()})
         try:
             ts.prepare()
         except graphlib.CycleError as e:

@@ -36,7 +36,7 @@ CAP_SYS_RESOURCE = 24
 @hookimpl
 def engine_restore_collect(ctx, graph):
     engine = _engine_rlimits()           # read once a restore, not per task
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         image = f"core-{task.pid}.img"
         dumped = _rlimits(ctx.read_one("core", id=task.pid), image)
         limits = _to_set(dumped, image, engine)

@@ -47,7 +47,7 @@ from plugins.sk_inet.inet import (GOT_FIN, KINDS, SENT_FIN, STATES, TCP_ESTABLIS
 log = logging.getLogger("engine.plugins.sk_inet")
 
 DIAG = StashKey()        # dump: inode -> sock_diag facts
-STREAMS = StashKey()     # dump: inode -> (pid, fd, conn, SO_REUSEADDR) of established TCP
+STREAMS = StashKey()     # dump: inode -> (pid, fd, conn, SO_REUSEADDR, state) of connected TCP
 LOCKED = StashKey()      # dump: connections in the lock, to undo on failure
 TCP_DATA = StashKey()    # restore: inode -> (tcp_stream_entry, inq, outq)
 CONNS = StashKey()       # restore: connections to lock, then unlock
@@ -76,7 +76,7 @@ def engine_addoption(parser):
 # --- dump ----------------------------------------------------------------
 
 # trylast: unix sockets are claimed first (no sock_diag inet query for them).
-@hookimpl(trylast=True)
+@hookimpl
 def engine_dump_fd(ctx, task, fd, link, stat):
     if not link.startswith("socket:["):
         return None
@@ -141,7 +141,7 @@ def engine_dump_abort(ctx, error):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    socks = {fid: e.isk for fid, e in ctx.files.items() if e.HasField("isk")}
+    socks = {fid: e.isk for fid, e in ctx.provided("files").items() if e.HasField("isk")}
     if not socks:
         return
     from plugins.sk_inet import pending, restore
@@ -151,10 +151,10 @@ def engine_restore_collect(ctx, graph):
         if connected(i):
             data[i.ino] = restore.read_stream(ctx, i)
             established.add(fid)
-    ctx.stash[TCP_DATA], ctx.stash[CONNS] = data, connections(ctx.files.values())
+    ctx.stash[TCP_DATA], ctx.stash[CONNS] = data, connections(ctx.provided("files").values())
     _check_fins({conn(i): i.state for i in socks.values() if connected(i)}, "images")
     tables = {}
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         files_id = ctx.ids(task.pid).files_id
         if ctx.images.exists("fdinfo", id=files_id):
             tables[task.pid] = ctx.read("fdinfo", id=files_id)
@@ -190,8 +190,6 @@ def engine_restore_file(ctx, entry):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "sk_inet":
-        return None
     from plugins.sk_inet import netlock, pending, repair
     unsent = ctx.stash.get(UNSENT, {})
     waiting = ctx.stash.get(RECONNECTING, {})

@@ -31,4 +31,4 @@ def engine_restore_file(ctx, entry):
 
 @hookimpl
 def engine_restore_finish(ctx):
-    netlock.unlock(connections(ctx.files.values()))
+    netlock.unlock(connections(ctx.provided("files").values()))

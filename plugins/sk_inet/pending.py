@@ -30,6 +30,7 @@ import os
 import select
 import socket
 
+from engine.images.entries import add_file
 from engine.fds import pidfd_getfd
 from engine.stash import StashKey
 
@@ -84,7 +85,7 @@ def take(ctx, describe) -> None:
                         "family": info["family"], "proto": socket.IPPROTO_TCP,
                         "state": TCP_ESTABLISHED, "uid": info["uid"], "rqueue": 0,
                         "wqueue": 0, "ino": ino}, os.O_RDWR)
-                    ctx.add_file(server)
+                    add_file(ctx, server)
                     ctx.images.write("tcp-stream", [(entry, inq + outq)], id=ino)
 
 

@@ -45,7 +45,7 @@ class TaskThreads(NamedTuple):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         threads = []
         for tid in task.threads or [task.pid]:   # pstree checked the task is one of them
             threads.append(_thread(ctx.read_one("core", id=tid), tid, f"core-{tid}.img"))

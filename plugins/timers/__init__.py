@@ -46,7 +46,7 @@ class TaskTimers(NamedTuple):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         data = task_timers(ctx.read_one("core", id=task.pid), f"core-{task.pid}.img",
                            task.threads or [task.pid])
         if any(map(any, data.itimers)) or data.posix:

@@ -13,7 +13,7 @@ from plugins.timers import task_timers
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         image = f"core-{task.pid}.img"
         held = task_timers(ctx.read_one("core", id=task.pid), image, task.threads or [task.pid])
         if any(map(any, held.itimers)) or held.posix:

@@ -44,6 +44,16 @@ from engine import hookimpl
 log = logging.getLogger("engine.plugins.unix")
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("sk-queues", "sk-queues.img", 0x56264026, P + "sockets_pb2",
+                                "sk_packet_entry", magic_name="SK_QUEUES", payload="length"))
+
+
 # --- options ----------------------------------------------------------------
 
 @hookimpl
@@ -70,7 +80,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
                           f"task {task.pid}: fd {fd} ({link})")
 
 
-@hookimpl(tryfirst=True)
+@hookimpl
 def engine_dump_finish(ctx):
     # First: fds found in flight become entries other plugins finish (pipe data).
     from plugins.unix import dump as _dump
@@ -79,18 +89,16 @@ def engine_dump_finish(ctx):
 
 # --- restore ---------------------------------------------------------------
 
-@hookimpl(trylast=True)
+@hookimpl
 def engine_restore_collect(ctx, graph):
     # Last: the fd tables' nodes exist, and are made to wait for the sockets.
-    if any(e.HasField("usk") for e in ctx.files.values()):
+    if any(e.HasField("usk") for e in ctx.provided("files").values()):
         from plugins.unix import collect as _collect
         _collect.collect(ctx, graph)
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "unix":
-        return None
     from plugins.unix import restore as _restore
     _restore.run(ctx, node)
     return True

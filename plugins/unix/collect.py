@@ -42,7 +42,7 @@ class Unit:
 # --- collect ------------------------------------------------------------------
 
 def collect(ctx, graph) -> None:
-    socks = {fid: e.usk for fid, e in ctx.files.items() if e.HasField("usk")}
+    socks = {fid: e.usk for fid, e in ctx.provided("files").items() if e.HasField("usk")}
     if not socks:
         return
     ctx.stash[SOCKS] = socks
@@ -58,8 +58,9 @@ def collect(ctx, graph) -> None:
     for unit in units.values():
         names = ", ".join(f"{i}{_show(socks[i])}" for i in unit.ids)
         what = "pair" if len(unit.ids) == 2 else "socket"
+        # fd tables take the sockets it makes (shared_fds): after it.
         graph.add(Node(key=unit.key, plugin="unix", where="task", pid=unit.pid, data=unit,
-                       after=sorted(unit.after),
+                       after=sorted(unit.after), provides=[("file", i) for i in unit.ids],
                        label=f"unix {TYPES[socks[unit.ids[0]].type]} {what} {names}"))
     for fid, u in socks.items():
         if u.deleted and fid in unit_of:
@@ -69,11 +70,6 @@ def collect(ctx, graph) -> None:
             graph.add(Node(key=f"unix:unlink:{fid}", plugin="unix", where="task",
                            pid=unit_of[fid].pid, data=fid, after=sorted(users),
                            label=f"unlink deleted name of unix socket {fid}"))
-    # fd tables take the sockets these nodes made (shared_fds): after them.
-    for pid, fids in _fd_tables(ctx).items():
-        table = graph.nodes.get(f"files:table:{pid}")
-        if table is not None:
-            table.after += sorted({unit_of[f].key for f in fids if f in unit_of})
 
 
 def _limits() -> dict[str, int]:
@@ -190,7 +186,7 @@ def _read_queues(ctx, socks, limits) -> dict[int, list]:
             if len(scm.rights) > SCM_MAX_FD:
                 raise ValueError(f"{where}: {len(scm.rights)} rights are over {SCM_MAX_FD}")
             for r in scm.rights:
-                if r not in ctx.files or (r in socks and socks[r].uflags & USK_EXTERN):
+                if r not in ctx.provided("files") or (r in socks and socks[r].uflags & USK_EXTERN):
                     raise ValueError(f"{where}: right {r} is not a file of files.img")
         queues.setdefault(p.id_for, []).append((p, data))
     return queues
@@ -305,7 +301,7 @@ def _check_refill(fid, u, socks, by_ino) -> None:
 def _fd_tables(ctx, numbers: bool = False) -> dict[int, list[int]]:
     """pid -> file ids of its fd table (or the fd numbers)."""
     out = {}
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         files_id = ctx.ids(task.pid).files_id
         if ctx.images.exists("fdinfo", id=files_id):
             out[task.pid] = [fi.fd if numbers else fi.id

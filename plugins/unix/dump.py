@@ -15,6 +15,7 @@ import struct
 
 import attrs
 
+from engine.images.entries import add_file
 from engine.fds import fdinfo, pidfd_getfd
 from engine.stash import StashKey
 
@@ -134,7 +135,7 @@ def finish(ctx) -> None:
     seen = ctx.stash.get(SEEN, {})
     if not seen:
         return
-    ids = {e.usk.ino: e.id for e in ctx.files if e.HasField("usk")}
+    ids = {e.usk.ino: e.id for e in ctx.entries("files") if e.HasField("usk")}
     packets, done = [], set()
     while len(done) < len(seen):
         for ino in sorted(set(seen) - done):
@@ -245,7 +246,7 @@ def _inflight_id(ctx, fd: int, ids: dict[int, int]) -> int:
         if stat.st_ino in ids:
             return ids[stat.st_ino]
         entry = describe(ctx, me, fd, stat.st_ino, f"in-flight fd ({link})")
-        ids[stat.st_ino] = ctx.add_file(entry)
+        ids[stat.st_ino] = add_file(ctx, entry)
         return ids[stat.st_ino]
     found = _same_open_file(ctx, fd, stat)
     if found is not None:
@@ -257,7 +258,7 @@ def _inflight_id(ctx, fd: int, ids: dict[int, int]) -> int:
     entry = ctx.hook.engine_dump_fd(ctx=ctx, task=engine, fd=fd, link=link, stat=stat)
     if entry is None:
         raise ValueError(f"in-flight fd ({link}): no plugin can dump it")
-    file_id = ctx.add_file(entry)
+    file_id = add_file(ctx, entry)
     ctx.stash.setdefault(_INFLIGHT, []).append((fd, stat, file_id))
     return file_id
 
@@ -346,5 +347,5 @@ def _check_peers(ctx, seen: dict[int, Seen], ids: dict[int, int]) -> None:
         e.opts.so_sndbuf = e.opts.so_rcvbuf = u.opts.so_sndbuf
         e.opts.so_snd_tmo_sec = e.opts.so_snd_tmo_usec = 0
         e.opts.so_rcv_tmo_sec = e.opts.so_rcv_tmo_usec = 0
-        ids[u.peer] = ctx.add_file(ext)
+        ids[u.peer] = add_file(ctx, ext)
         log.info("%s: peer %s (%r) is external", where, u.peer, s.peername)

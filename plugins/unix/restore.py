@@ -218,7 +218,7 @@ def _open_inflight(ctx, fid) -> int:
         return os.dup(opened[fid])
     if fid in ctx.shared_fds:
         return ctx.take_fd(fid)
-    entry = ctx.files[fid]
+    entry = ctx.provided("files")[fid]
     if entry.HasField("usk"):
         raise ValueError(f"sk-queues.img: in-flight unix socket id {fid} was not made yet")
     fd = ctx.hook.engine_restore_file(ctx=ctx, entry=entry)

@@ -34,6 +34,16 @@ CAP_SETGID, CAP_SETUID = 6, 7
 NS_FDS = StashKey()                  # userns id -> fd held by the engine
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("userns", "userns-{id}.img", 0x55474906, P + "userns_pb2", "userns_entry",
+                                magic_name="USERNS"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
@@ -70,12 +80,10 @@ def engine_dump_finish(ctx):
 
 # --- restore ---------------------------------------------------------------
 
-@hookimpl(trylast=True)
+@hookimpl
 def engine_restore_collect(ctx, graph):
-    # trylast: a task joins its namespace after every other task-side node
-    # of it, so those must all be in the graph already.
     tasks = {}
-    for e in ctx.alive:
+    for e in ctx.provided("tasks").alive:
         ns_id = ctx.ids(e.pid).user_ns_id
         if ns_id and ctx.images.exists("userns", id=ns_id):
             tasks.setdefault(ns_id, []).append(e.pid)
@@ -92,22 +100,21 @@ def engine_restore_collect(ctx, graph):
         entry = entries[ns_id]
         after = [f"userns:make:{entry.parent_id}"] if entry.parent_id else []
         graph.add(Node(key=f"userns:make:{ns_id}", plugin="userns", where="engine",
-                       data=(ns_id, entry), after=after,
+                       data=(ns_id, entry), after=after, provides=[("userns", ns_id)],
                        label=f"user namespace {ns_id} (maps written from its parent)"))
+    # A task joins its namespace after every other node of its own
+    # (hooks.toml: after_in_task = ["*"]): until then it keeps the engine's
+    # privileges.
     for ns_id, pids in tasks.items():
         for pid in pids:
-            mine = [n.key for n in graph.nodes.values()
-                    if n.pid == pid and n.where == "task" and n.plugin != "userns"]
             graph.add(Node(key=f"userns:join:{pid}", plugin="userns", pid=pid,
                            data=(ns_id, _groups(ctx, pid), entries[ns_id].setgroups_deny),
-                           after=[f"userns:make:{ns_id}", *mine],
+                           after=[f"userns:make:{ns_id}"],
                            label=f"task {pid} joins user namespace {ns_id}"))
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "userns":
-        return None
     from engine import ns
     if node.key.startswith("userns:make:"):
         ns_id, entry = node.data
@@ -117,13 +124,13 @@ def engine_restore_node(ctx, node):
         fd = _make(entry, fds.get(entry.parent_id), parent)
         fds[ns_id] = fd
         # Tasks reopen it through /proc/ENGINE/fd (engine/ns.py open_published).
-        ctx.shared_fds[f"userns:{ns_id}"] = (os.getpid(), fd)
+        ctx.publish_fd(("userns", ns_id), fd)
         return True
     ns_id, groups, deny = node.data
     if deny and sorted(os.getgroups()) != sorted(groups):
         # setgroups(2) is refused inside for good: take the groups now.
         os.setgroups(groups)
-    fd = ns.open_published(ctx, f"userns:{ns_id}")
+    fd = ns.open_published(ctx, ("userns", ns_id))
     try:
         ns.setns(fd, "user")
     finally:

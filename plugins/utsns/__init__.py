@@ -20,6 +20,16 @@ log = logging.getLogger("engine.plugins.utsns")
 MAX_NAME = 64                       # __NEW_UTS_LEN
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    P = "engine.images.proto."
+    registry.register(ImageKind("utsns", "utsns-{id}.img", 0x54473203, P + "utsns_pb2", "utsns_entry",
+                                magic_name="UTSNS"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
@@ -47,8 +57,6 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "utsns":
-        return None
     from engine import ns
     ns.restore(ctx, node, "uts", _set_names)
     return True

@@ -143,3 +143,51 @@ def test_after_in_task_is_a_list_of_strings(tmp_path):
                                                       'after_in_task = "tasks"'))
     with pytest.raises(registry.PluginError, match="plugin files: after_in_task must be a list"):
         registry.build(hooks_toml=path)
+
+
+def test_pairs_resolve_to_the_nodes_providing_them(reg):
+    """A node names another plugin's work by (resource, id); the pair goes to
+    whichever nodes provide it, and a pair nobody provides adds no edge."""
+    g = Graph(reg())
+    g.add(Node("pstree:fork:7", "pstree", pid=1, provides=[("task", 7)]))
+    g.add(Node("fs:7", "fs", pid=7, after=[("task", 7), ("file", 99)]))
+    origins = {}
+    deps = g.edges(origins)
+    assert "pstree:fork:7" in deps["fs:7"]
+    assert ("pstree:fork:7", "node: after ('task', 7)") in origins["fs:7"]
+    assert [n.key for n in g.order()] == ["pstree:fork:7", "fs:7"]
+
+
+def test_a_node_cannot_name_another_plugins_node(reg):
+    g = Graph(reg())
+    g.add(Node("pstree:fork:7", "pstree", pid=1))
+    g.add(Node("fs:7", "fs", pid=7, after=["pstree:fork:7"]))
+    with pytest.raises(GraphError, match="names node pstree:fork:7 of plugin pstree: a node "
+                                         r"names another plugin's work by a \(resource, id\)"):
+        g.order()
+
+
+EVERY_TOML = IN_TASK_TOML + """
+[plugins.userns]
+module = "plugins.userns"
+provides = ["userns"]
+after_in_task = ["*"]
+runs_in = "task"
+"""
+
+
+def test_every_plugin_in_the_task_comes_first_with_a_star(tmp_path):
+    """after_in_task = ["*"]: after every other plugin's nodes in its own task
+    (and the engine's), never after a tracer node (those come after it)."""
+    g = Graph(registry.build(hooks_toml=_hooks_toml(tmp_path, EVERY_TOML)))
+    g.add(Node("pstree:fork:1", "pstree", where="engine"))
+    for pid in (1, 2):
+        g.add(Node(f"pstree:ids:{pid}", "pstree", pid=pid, after=["pstree:fork:1"]))
+        g.add(Node(f"files:{pid}", "files", pid=pid))
+        g.add(Node(f"mem:{pid}", "mem", pid=pid))
+        g.add(Node(f"userns:join:{pid}", "userns", pid=pid))
+    origins = {}
+    deps = g.edges(origins)
+    assert sorted(deps["userns:join:2"]) == ["files:2", "pstree:fork:1", "pstree:ids:2"]
+    assert ("files:2", "hooks.toml userns.after_in_task '*'") in origins["userns:join:2"]
+    assert "userns:join:2" in g.predecessors()["mem:2"]

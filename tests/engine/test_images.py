@@ -107,8 +107,7 @@ def test_missing_image_is_named(tmp_path):
 
 def test_file_names_are_told_apart_by_kind_and_id():
     from engine.images.kinds import ImageKind
-    kinds = default_registry()
-    kinds.register(ImageKind("tcp-stream", "tcp-stream-{id:x}.img", 1, "m", "e"))
+    kinds = default_registry()                   # tcp-stream, hex ids, is sk_inet's
     # A kind registered later whose pattern also matches: the first one wins.
     kinds.register(ImageKind("core-shadow", "core-{id}.img", 2, "m", "e"))
     found = {name: kinds.for_filename(name) for name in (
@@ -120,3 +119,101 @@ def test_file_names_are_told_apart_by_kind_and_id():
         "tcp-stream-1a.img": ("tcp-stream", 0x1a), "pipes-data.img": ("pipes-data", None)}
     assert kinds.get("userns").id_of("userns-7.img") == 7
     assert kinds.get("userns").id_of("userns-x.img") is None
+
+
+# --- who registers which kind --------------------------------------------------
+
+# Images a restore does without when their plugin is off (hooks.toml says why).
+NOT_NEEDED = {"cpuinfo.img"}
+
+
+def _own_kinds(spec):
+    from engine.images.kinds import KindRegistry, _register_from
+    kinds = KindRegistry()
+    _register_from(spec.module, kinds)
+    return kinds
+
+
+def test_each_plugin_lists_the_images_it_registers():
+    """hooks.toml `images` (read for a disabled plugin, without importing it)
+    says what the plugin's engine_register_images says, kind names included."""
+    from engine.images.kinds import ENGINE, kind_name
+    from engine.registry import load_specs
+    engine_patterns = {k.pattern for k in ENGINE}
+    for name, spec in load_specs().items():
+        kinds = list(_own_kinds(spec))
+        assert all(k.name == kind_name(k.pattern) for k in kinds), name
+        registered = {k.pattern for k in kinds} - NOT_NEEDED
+        # A plugin may list an engine kind it needs (files: fdinfo-N.img).
+        assert registered == set(spec.images) - engine_patterns, name
+
+
+def test_a_disabled_plugins_images_are_declared_needing_its_resource():
+    from engine.registry import build
+    from engine.images.kinds import plugin_kinds
+    kinds = plugin_kinds(build(disable=("pipes", "files")))
+    kind, _ = kinds.for_filename("pipes-data.img")
+    assert (kind.resource, kind.plugin) == ("file:PIPE", "pipes")
+    with pytest.raises(ImageError, match="^pipes-data.img: read by plugin pipes, which is "
+                                         "disabled$"):
+        read_entries("/nonexistent/pipes-data.img", kind)
+    # An engine kind a disabled plugin lists still decodes, needing its resource.
+    fdinfo = kinds.get("fdinfo")
+    assert fdinfo.module and fdinfo.resource == "fds"
+    assert kinds.get("cpuinfo").resource is None
+    enabled = plugin_kinds(build())
+    assert enabled.get("pipes-data").module and enabled.get("pipes-data").resource == "file:PIPE"
+
+
+def test_restore_refuses_a_disabled_plugins_image_naming_the_resource(dumped_counter):
+    from engine.testing import engine_fails, task_gone
+    target, img = dumped_counter
+    line = engine_fails("restore", "-D", img, "--disable", "fs")
+    assert line.endswith(f"fs-{target.pid}.img: needs fs, provided by plugin fs, "
+                         "which is disabled"), line
+    assert task_gone(target.pid)
+
+
+def test_show_decodes_every_image_of_a_dump_whatever_is_disabled(dumped_counter, engine_cli):
+    import json
+    target, img = dumped_counter
+    shown = json.loads(engine_cli("show", img, "--disable", "fs").stdout)
+    assert sorted(shown) == sorted(p.name for p in img.iterdir())
+    assert not {name: s["error"] for name, s in shown.items() if "error" in s}
+    assert shown[f"fs-{target.pid}.img"]["entries"][0]["umask"] is not None
+
+
+def _filled(msg):
+    """`msg` with every required field set (zero values), recursively."""
+    for field in msg.DESCRIPTOR.fields:
+        if not field.is_required:
+            continue
+        if field.message_type is not None:
+            _filled(getattr(msg, field.name))
+        elif field.enum_type is not None:
+            setattr(msg, field.name, field.enum_type.values[0].number)
+        else:
+            setattr(msg, field.name, field.default_value)
+    return msg
+
+
+def test_every_file_entry_body_decodes_with_crit(tmp_path):
+    """CRIU's decoder reads each body of our file_entry under the same name:
+    same field numbers and wire types (Debian's crit 3.17 predates pidfd,
+    which it keeps as an unknown field)."""
+    import json
+    import subprocess
+    from engine.images.proto import files_pb2
+    bodies = [f for f in files_pb2.file_entry.DESCRIPTOR.fields if f.message_type is not None]
+    entries = []
+    for i, field in enumerate(bodies):
+        entry = files_pb2.file_entry(type=files_pb2.UND, id=i)
+        _filled(getattr(entry, field.name)).id = i
+        entries.append(entry)
+    ImageDir(tmp_path).write("files", entries)
+    out = subprocess.run(["crit", "decode", "-i", str(tmp_path / "files.img")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    decoded = json.loads(out.stdout)["entries"]
+    assert [set(e) - {"type", "id"} for e in decoded] == [
+        set() if f.name == "pidfd" else {f.name} for f in bodies]

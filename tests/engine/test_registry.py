@@ -93,8 +93,10 @@ def test_a_node_goes_to_its_plugin_and_through_every_wrapper():
         return result
 
     reg = registry.build()
-    reg.pm.register(types.SimpleNamespace(engine_restore_node=hookimpl(restore)), name="owner")
-    reg.pm.register(types.SimpleNamespace(engine_restore_node=watch), name="watcher")
+    owner, watcher = types.ModuleType("owner"), types.ModuleType("watcher")
+    owner.engine_restore_node, watcher.engine_restore_node = hookimpl(restore), watch
+    reg.pm.register(owner, name="owner")
+    reg.pm.register(watcher, name="watcher")
     assert reg.restore_node(None, Node(key="owner:1", plugin="owner")) is True
     assert reg.restore_node(None, Node(key="nobody:1", plugin="nobody")) is None
     assert seen == [("owner:1", True), ("nobody:1", None)]

@@ -73,9 +73,19 @@ def test_tables_taking_a_shared_file_come_after_its_maker(build_target, target_r
     tables = [i for i, line in enumerate(tree) if line.startswith("fd table of ")]
     assert len(tables) == 2, tree
     first, second = (tree[i].split()[3] for i in tables)
-    assert tree[tables[1] + 1].startswith(f"    after fd table of {first} "), tree
+
+    def edges(i):                    # the indented lines under node line i
+        out = []
+        for line in tree[i + 1:]:
+            if not line.startswith("    "):
+                break
+            out.append(line)
+        return out
+    # The edge says where it came from: the table's own ("file", id) pair.
+    assert any(line.startswith(f"    after fd table of {first} ")
+               and "(node: after ('file', " in line for line in edges(tables[1])), tree
     assert first != second
-    assert not tree[tables[0] + 1].startswith("    after fd table"), tree
+    assert not any("after fd table" in line for line in edges(tables[0])), tree
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])

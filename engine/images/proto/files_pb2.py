@@ -22,38 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from engine.images.proto import bpfmap_file_pb2 as engine_dot_images_dot_proto_dot_bpfmap__file__pb2
+from engine.images.proto import eventfd_pb2 as engine_dot_images_dot_proto_dot_eventfd__pb2
+from engine.images.proto import eventpoll_pb2 as engine_dot_images_dot_proto_dot_eventpoll__pb2
+from engine.images.proto import ext_file_pb2 as engine_dot_images_dot_proto_dot_ext__file__pb2
 from engine.images.proto import fown_pb2 as engine_dot_images_dot_proto_dot_fown__pb2
-from engine.images.proto import sockets_pb2 as engine_dot_images_dot_proto_dot_sockets__pb2
+from engine.images.proto import fsnotify_pb2 as engine_dot_images_dot_proto_dot_fsnotify__pb2
+from engine.images.proto import memfd_pb2 as engine_dot_images_dot_proto_dot_memfd__pb2
+from engine.images.proto import netlink_sk_pb2 as engine_dot_images_dot_proto_dot_netlink__sk__pb2
+from engine.images.proto import ns_pb2 as engine_dot_images_dot_proto_dot_ns__pb2
+from engine.images.proto import packet_sock_pb2 as engine_dot_images_dot_proto_dot_packet__sock__pb2
+from engine.images.proto import pidfd_pb2 as engine_dot_images_dot_proto_dot_pidfd__pb2
+from engine.images.proto import signalfd_pb2 as engine_dot_images_dot_proto_dot_signalfd__pb2
 from engine.images.proto import sk_inet_pb2 as engine_dot_images_dot_proto_dot_sk__inet__pb2
+from engine.images.proto import sockets_pb2 as engine_dot_images_dot_proto_dot_sockets__pb2
+from engine.images.proto import timerfd_pb2 as engine_dot_images_dot_proto_dot_timerfd__pb2
+from engine.images.proto import tty_pb2 as engine_dot_images_dot_proto_dot_tty__pb2
+from engine.images.proto import tun_pb2 as engine_dot_images_dot_proto_dot_tun__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65ngine/images/proto/files.proto\x1a\x1e\x65ngine/images/proto/fown.proto\x1a!engine/images/proto/sockets.proto\x1a!engine/images/proto/sk_inet.proto\"\xf7\x01\n\x0ereg_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x0b\n\x03pos\x18\x03 \x02(\x04\x12\x19\n\x04\x66own\x18\x05 \x02(\x0b\x32\x0b.fown_entry\x12\x0c\n\x04name\x18\x06 \x02(\t\x12\x12\n\x06mnt_id\x18\x07 \x01(\x11:\x02-1\x12\x0c\n\x04size\x18\x08 \x01(\x04\x12\x0b\n\x03\x65xt\x18\t \x01(\x08\x12\x0c\n\x04mode\x18\n \x01(\r\x12\x10\n\x08\x62uild_id\x18\x0b \x03(\r\x12\x10\n\x08\x63hecksum\x18\x0c \x01(\r\x12\x17\n\x0f\x63hecksum_config\x18\r \x01(\r\x12\x1a\n\x12\x63hecksum_parameter\x18\x0e \x01(\r\"S\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\r\n\x05\x66lags\x18\x03 \x02(\r\x12\x19\n\x04\x66own\x18\x04 \x02(\x0b\x32\x0b.fown_entry\":\n\nfifo_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\x0f\n\x07regf_id\x18\x03 \x01(\r\"?\n\x0fpipe_data_entry\x12\x0f\n\x07pipe_id\x18\x01 \x02(\r\x12\r\n\x05\x62ytes\x18\x02 \x02(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\"*\n\x07timeval\x12\x0e\n\x06tv_sec\x18\x01 \x02(\x04\x12\x0f\n\x07tv_usec\x18\x02 \x02(\x04\"\xc7\x01\n\x10ghost_file_entry\x12\x0b\n\x03uid\x18\x01 \x02(\r\x12\x0b\n\x03gid\x18\x02 \x02(\r\x12\x0c\n\x04mode\x18\x03 \x02(\r\x12\x0b\n\x03\x64\x65v\x18\x04 \x01(\r\x12\x0b\n\x03ino\x18\x05 \x01(\x04\x12\x0c\n\x04rdev\x18\x06 \x01(\r\x12\x16\n\x04\x61tim\x18\x07 \x01(\x0b\x32\x08.timeval\x12\x16\n\x04mtim\x18\x08 \x01(\x0b\x32\x08.timeval\x12\x0e\n\x06\x63hunks\x18\t \x01(\x08\x12\x0c\n\x04size\x18\n \x01(\x04\x12\x15\n\rsymlnk_target\x18\x0b \x01(\t\"[\n\x15remap_file_path_entry\x12\x0f\n\x07orig_id\x18\x01 \x02(\r\x12\x10\n\x08remap_id\x18\x02 \x02(\r\x12\x1f\n\nremap_type\x18\x03 \x01(\x0e\x32\x0b.remap_type\"n\n\x0c\x66\x64info_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x17\n\x04type\x18\x03 \x02(\x0e\x32\t.fd_types\x12\n\n\x02\x66\x64\x18\x04 \x02(\r\x12\x1e\n\x16xattr_security_selinux\x18\x05 \x01(\t\"\xbf\x01\n\nfile_entry\x12\x17\n\x04type\x18\x01 \x02(\x0e\x32\t.fd_types\x12\n\n\x02id\x18\x02 \x02(\r\x12\x1c\n\x03reg\x18\x03 \x01(\x0b\x32\x0f.reg_file_entry\x12\x1b\n\x03isk\x18\x04 \x01(\x0b\x32\x0e.inet_sk_entry\x12\x1b\n\x03usk\x18\x10 \x01(\x0b\x32\x0e.unix_sk_entry\x12\x19\n\x04\x66ifo\x18\x11 \x01(\x0b\x32\x0b.fifo_entry\x12\x19\n\x04pipe\x18\x12 \x01(\x0b\x32\x0b.pipe_entry*\x9f\x02\n\x08\x66\x64_types\x12\x07\n\x03UND\x10\x00\x12\x07\n\x03REG\x10\x01\x12\x08\n\x04PIPE\x10\x02\x12\x08\n\x04\x46IFO\x10\x03\x12\n\n\x06INETSK\x10\x04\x12\n\n\x06UNIXSK\x10\x05\x12\x0b\n\x07\x45VENTFD\x10\x06\x12\r\n\tEVENTPOLL\x10\x07\x12\x0b\n\x07INOTIFY\x10\x08\x12\x0c\n\x08SIGNALFD\x10\t\x12\x0c\n\x08PACKETSK\x10\n\x12\x07\n\x03TTY\x10\x0b\x12\x0c\n\x08\x46\x41NOTIFY\x10\x0c\x12\r\n\tNETLINKSK\x10\r\x12\x06\n\x02NS\x10\x0e\x12\x08\n\x04TUNF\x10\x0f\x12\x07\n\x03\x45XT\x10\x10\x12\x0b\n\x07TIMERFD\x10\x11\x12\t\n\x05MEMFD\x10\x12\x12\n\n\x06\x42PFMAP\x10\x13\x12\t\n\x05PIDFD\x10\x14\x12\r\n\x07\x43TL_TTY\x10\xfe\xff\x03\x12\x11\n\x0b\x41UTOFS_PIPE\x10\xff\xff\x03*/\n\nremap_type\x12\n\n\x06LINKED\x10\x00\x12\t\n\x05GHOST\x10\x01\x12\n\n\x06PROCFS\x10\x02')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65ngine/images/proto/files.proto\x1a%engine/images/proto/bpfmap_file.proto\x1a!engine/images/proto/eventfd.proto\x1a#engine/images/proto/eventpoll.proto\x1a\"engine/images/proto/ext_file.proto\x1a\x1e\x65ngine/images/proto/fown.proto\x1a\"engine/images/proto/fsnotify.proto\x1a\x1f\x65ngine/images/proto/memfd.proto\x1a$engine/images/proto/netlink_sk.proto\x1a\x1c\x65ngine/images/proto/ns.proto\x1a%engine/images/proto/packet_sock.proto\x1a\x1f\x65ngine/images/proto/pidfd.proto\x1a\"engine/images/proto/signalfd.proto\x1a!engine/images/proto/sk_inet.proto\x1a!engine/images/proto/sockets.proto\x1a!engine/images/proto/timerfd.proto\x1a\x1d\x65ngine/images/proto/tty.proto\x1a\x1d\x65ngine/images/proto/tun.proto\"\xf7\x01\n\x0ereg_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x0b\n\x03pos\x18\x03 \x02(\x04\x12\x19\n\x04\x66own\x18\x05 \x02(\x0b\x32\x0b.fown_entry\x12\x0c\n\x04name\x18\x06 \x02(\t\x12\x12\n\x06mnt_id\x18\x07 \x01(\x11:\x02-1\x12\x0c\n\x04size\x18\x08 \x01(\x04\x12\x0b\n\x03\x65xt\x18\t \x01(\x08\x12\x0c\n\x04mode\x18\n \x01(\r\x12\x10\n\x08\x62uild_id\x18\x0b \x03(\r\x12\x10\n\x08\x63hecksum\x18\x0c \x01(\r\x12\x17\n\x0f\x63hecksum_config\x18\r \x01(\r\x12\x1a\n\x12\x63hecksum_parameter\x18\x0e \x01(\r\"S\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\r\n\x05\x66lags\x18\x03 \x02(\r\x12\x19\n\x04\x66own\x18\x04 \x02(\x0b\x32\x0b.fown_entry\":\n\nfifo_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\x0f\n\x07regf_id\x18\x03 \x01(\r\"?\n\x0fpipe_data_entry\x12\x0f\n\x07pipe_id\x18\x01 \x02(\r\x12\r\n\x05\x62ytes\x18\x02 \x02(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\"*\n\x07timeval\x12\x0e\n\x06tv_sec\x18\x01 \x02(\x04\x12\x0f\n\x07tv_usec\x18\x02 \x02(\x04\"\xc7\x01\n\x10ghost_file_entry\x12\x0b\n\x03uid\x18\x01 \x02(\r\x12\x0b\n\x03gid\x18\x02 \x02(\r\x12\x0c\n\x04mode\x18\x03 \x02(\r\x12\x0b\n\x03\x64\x65v\x18\x04 \x01(\r\x12\x0b\n\x03ino\x18\x05 \x01(\x04\x12\x0c\n\x04rdev\x18\x06 \x01(\r\x12\x16\n\x04\x61tim\x18\x07 \x01(\x0b\x32\x08.timeval\x12\x16\n\x04mtim\x18\x08 \x01(\x0b\x32\x08.timeval\x12\x0e\n\x06\x63hunks\x18\t \x01(\x08\x12\x0c\n\x04size\x18\n \x01(\x04\x12\x15\n\rsymlnk_target\x18\x0b \x01(\t\"[\n\x15remap_file_path_entry\x12\x0f\n\x07orig_id\x18\x01 \x02(\r\x12\x10\n\x08remap_id\x18\x02 \x02(\r\x12\x1f\n\nremap_type\x18\x03 \x01(\x0e\x32\x0b.remap_type\"n\n\x0c\x66\x64info_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x17\n\x04type\x18\x03 \x02(\x0e\x32\t.fd_types\x12\n\n\x02\x66\x64\x18\x04 \x02(\r\x12\x1e\n\x16xattr_security_selinux\x18\x05 \x01(\t\"\xa0\x05\n\nfile_entry\x12\x17\n\x04type\x18\x01 \x02(\x0e\x32\t.fd_types\x12\n\n\x02id\x18\x02 \x02(\r\x12\x1c\n\x03reg\x18\x03 \x01(\x0b\x32\x0f.reg_file_entry\x12\x1b\n\x03isk\x18\x04 \x01(\x0b\x32\x0e.inet_sk_entry\x12\x1b\n\x03nsf\x18\x05 \x01(\x0b\x32\x0e.ns_file_entry\x12\x1f\n\x03psk\x18\x06 \x01(\x0b\x32\x12.packet_sock_entry\x12\x1f\n\x04nlsk\x18\x07 \x01(\x0b\x32\x11.netlink_sk_entry\x12 \n\x03\x65\x66\x64\x18\x08 \x01(\x0b\x32\x13.eventfd_file_entry\x12#\n\x04\x65pfd\x18\t \x01(\x0b\x32\x15.eventpoll_file_entry\x12\x1d\n\x04sgfd\x18\n \x01(\x0b\x32\x0f.signalfd_entry\x12\x1c\n\x04tunf\x18\x0b \x01(\x0b\x32\x0e.tunfile_entry\x12\x1b\n\x03tfd\x18\x0c \x01(\x0b\x32\x0e.timerfd_entry\x12 \n\x03ify\x18\r \x01(\x0b\x32\x13.inotify_file_entry\x12!\n\x03\x66\x66y\x18\x0e \x01(\x0b\x32\x14.fanotify_file_entry\x12\x1c\n\x03\x65xt\x18\x0f \x01(\x0b\x32\x0f.ext_file_entry\x12\x1b\n\x03usk\x18\x10 \x01(\x0b\x32\x0e.unix_sk_entry\x12\x19\n\x04\x66ifo\x18\x11 \x01(\x0b\x32\x0b.fifo_entry\x12\x19\n\x04pipe\x18\x12 \x01(\x0b\x32\x0b.pipe_entry\x12\x1c\n\x03tty\x18\x13 \x01(\x0b\x32\x0f.tty_file_entry\x12 \n\x05memfd\x18\x14 \x01(\x0b\x32\x11.memfd_file_entry\x12\x1f\n\x03\x62pf\x18\x15 \x01(\x0b\x32\x12.bpfmap_file_entry\x12\x1b\n\x05pidfd\x18\x16 \x01(\x0b\x32\x0c.pidfd_entry*\x9f\x02\n\x08\x66\x64_types\x12\x07\n\x03UND\x10\x00\x12\x07\n\x03REG\x10\x01\x12\x08\n\x04PIPE\x10\x02\x12\x08\n\x04\x46IFO\x10\x03\x12\n\n\x06INETSK\x10\x04\x12\n\n\x06UNIXSK\x10\x05\x12\x0b\n\x07\x45VENTFD\x10\x06\x12\r\n\tEVENTPOLL\x10\x07\x12\x0b\n\x07INOTIFY\x10\x08\x12\x0c\n\x08SIGNALFD\x10\t\x12\x0c\n\x08PACKETSK\x10\n\x12\x07\n\x03TTY\x10\x0b\x12\x0c\n\x08\x46\x41NOTIFY\x10\x0c\x12\r\n\tNETLINKSK\x10\r\x12\x06\n\x02NS\x10\x0e\x12\x08\n\x04TUNF\x10\x0f\x12\x07\n\x03\x45XT\x10\x10\x12\x0b\n\x07TIMERFD\x10\x11\x12\t\n\x05MEMFD\x10\x12\x12\n\n\x06\x42PFMAP\x10\x13\x12\t\n\x05PIDFD\x10\x14\x12\r\n\x07\x43TL_TTY\x10\xfe\xff\x03\x12\x11\n\x0b\x41UTOFS_PIPE\x10\xff\xff\x03*/\n\nremap_type\x12\n\n\x06LINKED\x10\x00\x12\t\n\x05GHOST\x10\x01\x12\n\n\x06PROCFS\x10\x02')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'engine.images.proto.files_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FD_TYPES']._serialized_start=1243
-  _globals['_FD_TYPES']._serialized_end=1530
-  _globals['_REMAP_TYPE']._serialized_start=1532
-  _globals['_REMAP_TYPE']._serialized_end=1579
-  _globals['_REG_FILE_ENTRY']._serialized_start=138
-  _globals['_REG_FILE_ENTRY']._serialized_end=385
-  _globals['_PIPE_ENTRY']._serialized_start=387
-  _globals['_PIPE_ENTRY']._serialized_end=470
-  _globals['_FIFO_ENTRY']._serialized_start=472
-  _globals['_FIFO_ENTRY']._serialized_end=530
-  _globals['_PIPE_DATA_ENTRY']._serialized_start=532
-  _globals['_PIPE_DATA_ENTRY']._serialized_end=595
-  _globals['_TIMEVAL']._serialized_start=597
-  _globals['_TIMEVAL']._serialized_end=639
-  _globals['_GHOST_FILE_ENTRY']._serialized_start=642
-  _globals['_GHOST_FILE_ENTRY']._serialized_end=841
-  _globals['_REMAP_FILE_PATH_ENTRY']._serialized_start=843
-  _globals['_REMAP_FILE_PATH_ENTRY']._serialized_end=934
-  _globals['_FDINFO_ENTRY']._serialized_start=936
-  _globals['_FDINFO_ENTRY']._serialized_end=1046
-  _globals['_FILE_ENTRY']._serialized_start=1049
-  _globals['_FILE_ENTRY']._serialized_end=1240
+  _globals['_FD_TYPES']._serialized_start=2213
+  _globals['_FD_TYPES']._serialized_end=2500
+  _globals['_REMAP_TYPE']._serialized_start=2502
+  _globals['_REMAP_TYPE']._serialized_end=2549
+  _globals['_REG_FILE_ENTRY']._serialized_start=627
+  _globals['_REG_FILE_ENTRY']._serialized_end=874
+  _globals['_PIPE_ENTRY']._serialized_start=876
+  _globals['_PIPE_ENTRY']._serialized_end=959
+  _globals['_FIFO_ENTRY']._serialized_start=961
+  _globals['_FIFO_ENTRY']._serialized_end=1019
+  _globals['_PIPE_DATA_ENTRY']._serialized_start=1021
+  _globals['_PIPE_DATA_ENTRY']._serialized_end=1084
+  _globals['_TIMEVAL']._serialized_start=1086
+  _globals['_TIMEVAL']._serialized_end=1128
+  _globals['_GHOST_FILE_ENTRY']._serialized_start=1131
+  _globals['_GHOST_FILE_ENTRY']._serialized_end=1330
+  _globals['_REMAP_FILE_PATH_ENTRY']._serialized_start=1332
+  _globals['_REMAP_FILE_PATH_ENTRY']._serialized_end=1423
+  _globals['_FDINFO_ENTRY']._serialized_start=1425
+  _globals['_FDINFO_ENTRY']._serialized_end=1535
+  _globals['_FILE_ENTRY']._serialized_start=1538
+  _globals['_FILE_ENTRY']._serialized_end=2210
 # @@protoc_insertion_point(module_scope)

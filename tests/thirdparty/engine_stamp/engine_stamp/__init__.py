@@ -35,15 +35,13 @@ def engine_addoption(parser):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    for task in ctx.alive:
+    for task in ctx.provided("tasks").alive:
         graph.add(Node(key=f"stamp:{task.pid}", plugin="stamp", pid=task.pid,
                        label=f"stamp {task.pid}"))
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    if node.plugin != "stamp":
-        return None
     _write(ctx, f"task {os.getpid()} {os.getcwd()}")
     logging.getLogger("engine.plugins.stamp").warning("stamped task %d", os.getpid())
     return True
