@@ -227,24 +227,30 @@ TASK_STATE = ("mem", "threads", "rlimits", "creds", "timers", "core")
 def test_task_state_plugins_run_in_their_order(build_target, target_runner, engine_cli,
                                                tmp_path):
     """Each piece of a task's state is a tracer node of its own plugin, and
-    hooks.toml orders them: threads before what is per thread, limits
-    before credentials, timers last of the state, registers after all."""
-    from engine.images import ImageDir
-    from engine.registry import build
-    from engine.restore import RestoreContext, build_graph
+    hooks.toml orders them (`engine plan --tree` names each edge's source):
+    threads before what is per thread, limits before credentials, timers
+    last of the state, registers after all."""
     from engine.testing import dump_to
     target = target_runner.start(build_target("ptimers", "dynamic-pie"))
     img = tmp_path / "img"
     dump_to(target, img)
-    plan = engine_cli("plan", "-D", img).stdout.splitlines()
-    tracer = [line.split("[")[1].split(";")[0] for line in plan
-              if line.endswith(f"tracer {target.pid}]")]
-    assert tracer == list(TASK_STATE), plan
-    # The order is the graph's edges, not hooks.toml's listing order.
-    graph = build_graph(RestoreContext(images=ImageDir(str(img)), registry=build(),
-                                       options=None))
-    before = {key.split(":")[0]: {k.split(":")[0] for k in keys}
-              for key, keys in graph.predecessors().items() if key.endswith(f":{target.pid}")}
+    order, tree = engine_cli("plan", "-D", img, "--tree").stdout.split("\n\n", 1)
+    plugin_of, tracer = {}, []           # label -> plugin; the task's tracer nodes, in order
+    for line in order.splitlines():
+        label, _, where = line.split("  ", 2)[-1].rpartition("  [")
+        plugin, _, runs = where.rstrip("]").partition("; ")
+        plugin_of[label] = plugin
+        if runs == f"tracer {target.pid}":
+            tracer.append(plugin)
+    assert tracer == list(TASK_STATE), order
+    # The order is the graph's edges from hooks.toml, not its listing order.
+    before: dict[str, set[str]] = {}
+    for line in tree.splitlines():
+        if not line.startswith(" "):
+            node = plugin_of[line.rpartition("  [")[0]]
+        elif "(hooks.toml" in line:
+            label = line.strip()[len("after "):].rpartition("  (")[0]
+            before.setdefault(node, set()).add(plugin_of.get(label, label))
     assert {"mem"} <= before["threads"]
     assert {"threads"} <= before["rlimits"]
     assert {"threads", "rlimits"} <= before["creds"]
