@@ -493,7 +493,7 @@ def become_subreaper() -> None:
     """Orphans below us (restored tasks) get reparented to us, not pid 1."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    from engine import libc
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
         err = ctypes.get_errno()
         raise OSError(err, f"PR_SET_CHILD_SUBREAPER: {os.strerror(err)}")
@@ -502,7 +502,7 @@ def become_subreaper() -> None:
 def is_subreaper() -> bool:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    from engine import libc
     flag = ctypes.c_int(0)
     libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
     return bool(flag.value)

@@ -25,7 +25,6 @@ log = logging.getLogger("engine.plugins.cpu")
 CAPABILITY_VER = 2
 NCAPINTS = 19
 ARCH_GET_XCOMP_SUPP = 0x1021
-SYS_ARCH_PRCTL = 158
 
 # CRIU's word index -> (cpuid leaf, subleaf, register) it is read from; the
 # words Linux synthesizes (3, 7, 8) stay zero, as they carry no instruction.
@@ -151,9 +150,9 @@ def _bit(words, word: int, bit: int) -> bool:
 
 def _xfeatures() -> int:
     """The xsave components the kernel lets user space use."""
-    from engine.tracer.binding import raw_syscall
+    from engine import libc
     mask = ctypes.c_uint64()
-    if raw_syscall(SYS_ARCH_PRCTL, ARCH_GET_XCOMP_SUPP, ctypes.addressof(mask)) != 0:
+    if libc.syscall("arch_prctl", ARCH_GET_XCOMP_SUPP, ctypes.addressof(mask)) != 0:
         return 0
     return mask.value
 

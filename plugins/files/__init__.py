@@ -53,11 +53,8 @@ OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with
 GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
 
-SYS_KCMP = 312
-SYS_PIDFD_GETFD = 438
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
-_libc = None                # one ctypes handle: each CDLL builds classes
 _FOWN_BODY: dict[int, str] = {}     # file type -> its body field holding a fown
 KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
@@ -94,7 +91,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
     link = os.readlink(f"/proc/{pid}/fd/{fd}")
     # A copy of the fd (the same open file): fstat it rather than walk
     # /proc/PID/fd/N again, and ask it for its owner.
-    copy = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    copy = _syscall("pidfd_getfd", pidfd, fd, 0)
     if copy < 0:
         raise OSError(ctypes.get_errno(), f"task {pid}: pidfd_getfd of fd {fd}")
     try:
@@ -329,19 +326,14 @@ def _restore_owner(fd: int, fown, file_id: int) -> None:
                          f"{fown.euid}): {e.strerror}") from None
 
 
-def _libc_():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
-def _syscall(*args) -> int:
-    return _libc_().syscall(*args)
+def _syscall(name: str, *args) -> int:
+    from engine import libc
+    return libc.syscall(name, *args)
 
 
 def _prctl(option: int, arg: int) -> int:
-    return _libc_().prctl(option, arg, 0, 0, 0)
+    from engine import libc
+    return libc.prctl(option, arg, 0, 0, 0)
 
 
 def _check_reg(file_id: int, reg) -> None:
@@ -411,7 +403,7 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
 
 def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     """kcmp(KCMP_FILE): 0 the same open file, 1 or 2 an order between them."""
-    r = _syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
+    r = _syscall("kcmp", pid1, pid2, KCMP_FILE, fd1, fd2)
     if r < 0:
         raise OSError(ctypes.get_errno(), f"kcmp of fd {fd1} of {pid1} and fd {fd2} of {pid2}")
     return r

@@ -20,6 +20,7 @@ flags; the helper fd goes when the task stops.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -230,15 +231,9 @@ def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     return rfd, wfd
 
 
-_libc = None
-
-
 def _peek(pid: int, fd: int) -> tuple[bytes, int]:
     """The unread bytes of the pipe whose read end is `fd` of `pid`, unconsumed."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
-    libc = _libc
+    from engine import libc
     ours = pidfd_getfd(pid, fd)
     try:
         size = fcntl.fcntl(ours, F_GETPIPE_SZ)
@@ -248,7 +243,7 @@ def _peek(pid: int, fd: int) -> tuple[bytes, int]:
             n = libc.tee(ours, w, size, SPLICE_F_NONBLOCK)
             if n < 0:
                 err = ctypes.get_errno()
-                if err == 11:            # EAGAIN: empty pipe
+                if err == errno.EAGAIN:          # an empty pipe
                     return b"", size
                 raise OSError(err, f"tee from pipe of {pid}")
             return os.read(r, n), size

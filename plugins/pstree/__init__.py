@@ -196,11 +196,8 @@ def _pid_free(pid: int) -> bool:
 
 
 def _prctl(option: int, arg: int) -> None:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, arg, 0, 0, 0):
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    from engine import libc
+    libc.check(libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
 
 
 def _wait_dead(pid: int) -> None:

@@ -64,12 +64,9 @@ def _names() -> tuple[str, str]:
 
 def _set_names(entry) -> None:
     import socket
-    import ctypes
+    from engine import libc
     socket.sethostname(entry.nodename)
     # setdomainname(2), not the sysctl: the file belongs to the initial root,
     # the call asks for CAP_SYS_ADMIN in the namespace's owner.
     name = entry.domainname.encode()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setdomainname(name, len(name)):
-        err = ctypes.get_errno()
-        raise OSError(err, f"setdomainname: {os.strerror(err)}")
+    libc.check(libc.setdomainname(name, len(name)), "setdomainname")

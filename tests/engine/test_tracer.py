@@ -7,8 +7,8 @@ task it starts; leftovers are killed on failure.
 """
 from __future__ import annotations
 
-import ctypes
 import difflib
+import errno
 import mmap
 import os
 import signal
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import libc
 from engine.tracer import TracerError
 from engine.tracer import model as m
 from engine.tracer.clone import clone_with_pid
@@ -35,8 +36,7 @@ VARIANTS = {"dynamic-pie": [], "dynamic-nopie": ["-no-pie"], "static": ["-static
 
 @pytest.fixture(scope="module", autouse=True)
 def _subreaper():
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(36, 1, 0, 0, 0) == 0          # PR_SET_CHILD_SUBREAPER
+    assert libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +291,8 @@ def test_failed_restore_names_the_step_and_kills_the_task(binaries, tmp_path):
     bad.path = str(gone)
     with pytest.raises(TracerError) as info:
         restore(state, pages)
-    assert str(info.value) == f"restore: openat {gone} of {state.pid}: No such file or directory"
+    assert str(info.value) == (f"restore: openat {gone} of task {state.pid}: "
+                               "No such file or directory")
     assert not os.path.exists(f"/proc/{state.pid}")       # killed and reaped
 
 
@@ -320,7 +321,7 @@ def test_failed_dump_leaves_the_target_running(binaries, tmp_path):
 def test_taken_pid_is_refused(binaries):
     with pytest.raises(TracerError) as info:
         clone_with_pid(os.getpid())
-    assert info.value.errno == 17 and "\n" not in str(info.value)
+    assert info.value.errno == errno.EEXIST and "\n" not in str(info.value)
 
 
 def test_xstate_split_and_rebuilt(binaries, tmp_path):
