@@ -35,10 +35,7 @@ SYS = {
     "clone3": 435, "pidfd_getfd": 438, "mount_setattr": 442,
 }
 
-# prctl(2) options the engine, its plugins and its tests use
-PR_SET_PDEATHSIG = 1
-PR_GET_PDEATHSIG = 2
-PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+# prctl(2) options that several modules use (one module's own stay there)
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 

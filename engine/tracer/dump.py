@@ -18,6 +18,7 @@ import struct
 from engine.tracer import binding as b
 from engine.tracer import model as m
 from engine.tracer.task import Tracee
+from engine.tracer.xstate import from_xstate
 
 PAGE = 4096
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
@@ -143,7 +144,7 @@ def _thread_state(t: Tracee, tid: int) -> m.ThreadState:
         elif ax in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
             regs.ax = regs.orig_ax
             regs.ip -= 2
-    fp = m.FpRegs.from_xstate(b.get_xstate(tid))
+    fp = from_xstate(b.get_xstate(tid))
     head, length = ctypes.c_uint64(), ctypes.c_size_t()
     if b.raw_syscall("get_robust_list", tid, ctypes.byref(head), ctypes.byref(length)):
         raise b.TracerError(ctypes.get_errno(), tid, "get_robust_list")

@@ -27,7 +27,6 @@ log = logging.getLogger("engine.plugins.pstree")
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
-PR_SET_CHILD_SUBREAPER = 36
 
 
 # --- dump ----------------------------------------------------------------
@@ -92,7 +91,8 @@ def engine_restore_node(ctx, node):
     elif kind == "reaper":
         for pid in proc.after_deaths:
             _wait_dead(pid)
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        from engine import libc
+        _prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     elif kind == "ids":
         if proc.leads:
             if proc.sid == proc.pid:
