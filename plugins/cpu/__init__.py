@@ -19,6 +19,7 @@ import ctypes
 import logging
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.cpu")
 
@@ -94,8 +95,8 @@ def engine_restore_collect(ctx, graph):
                          "architecture")
     missing = missing_features(dumped.x86_entry[0], current().x86_entry[0], mode)
     if missing:
-        raise ValueError(f"cpuinfo.img: this CPU lacks {', '.join(missing)} "
-                         "(--cpu-cap none restores anyway)")
+        raise ImageError("cpuinfo.img", f"this CPU lacks {', '.join(missing)} "
+                                        "(--cpu-cap none restores anyway)")
 
 
 # --- helpers -----------------------------------------------------------------
@@ -135,8 +136,8 @@ def missing_features(dumped, here, mode: str) -> list[str]:
     missing += [XFEATURES.get(b, f"xfeature {b}") for b in range(64) if lost >> b & 1]
     if mode == "ins":
         if dumped.capability_ver != CAPABILITY_VER:
-            raise ValueError(f"cpuinfo.img: capability_ver {dumped.capability_ver} is "
-                             f"not {CAPABILITY_VER}")
+            raise ImageError("cpuinfo.img", f"capability_ver {dumped.capability_ver} is "
+                                            f"not {CAPABILITY_VER}")
         had, has = list(dumped.capability), list(here.capability)
         for (word, bit), name in INSTRUCTIONS.items():
             if _bit(had, word, bit) and not _bit(has, word, bit):

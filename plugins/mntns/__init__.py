@@ -26,6 +26,7 @@ import os
 import struct
 
 from engine import hookimpl
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.mntns")
@@ -87,17 +88,18 @@ def engine_restore_collect(ctx, graph):
         for i, m in enumerate(entries, 1):
             where = f"mountpoints-{ns_id}.img: entry {i}"
             if m.fstype != FSTYPE_TMPFS:
-                raise ValueError(f"{where}: fstype {m.fstype}: only tmpfs is supported")
+                raise ImageError(where, f"fstype {m.fstype}: only tmpfs is supported")
             if not m.mountpoint.startswith("/") or ".." in m.mountpoint.split("/"):
-                raise ValueError(f"{where}: mountpoint {m.mountpoint!r} is not a clean "
-                                 "absolute path")
+                raise ImageError(where, f"mountpoint {m.mountpoint!r} is not a clean "
+                                        "absolute path")
             if not os.path.exists(_tar(ctx, m.mnt_id)):
-                raise ValueError(f"{where}: no tmpfs-dev-{m.mnt_id}.tar.gz.img")
+                raise ImageError(where, f"no tmpfs-dev-{m.mnt_id}.tar.gz.img")
         for m in entries:
             for other in entries:
                 if m is not other and m.mountpoint.startswith(other.mountpoint.rstrip("/") + "/"):
-                    raise ValueError(f"mountpoints-{ns_id}.img: {m.mountpoint} lies in the "
-                                     f"tmpfs at {other.mountpoint}: not supported yet")
+                    raise ImageError(f"mountpoints-{ns_id}.img",
+                                     f"{m.mountpoint} lies in the tmpfs at "
+                                     f"{other.mountpoint}: not supported yet")
         mounts[ns_id] = entries
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.pstree")
 
@@ -129,7 +130,7 @@ def _zombies(ctx, entries) -> dict[int, int]:
             tc = ctx.read_one("core", id=e.pid).tc
             if tc.task_state == TASK_DEAD:
                 if e.ppid == 0:
-                    raise ValueError(f"core-{e.pid}.img: the root task is dead")
+                    raise ImageError(f"core-{e.pid}.img", "the root task is dead")
                 out[e.pid] = tc.exit_code
     return out
 
@@ -165,21 +166,21 @@ def _validate(entries) -> None:
     for i, e in enumerate(entries):
         where = f"pstree.img: entry {i}"
         if not 0 < e.pid < pid_max:
-            raise ValueError(f"{where}: pid {e.pid} out of range")
+            raise ImageError(where, f"pid {e.pid} out of range")
         if e.pid in seen:
-            raise ValueError(f"{where}: pid {e.pid} listed twice")
+            raise ImageError(where, f"pid {e.pid} listed twice")
         if i == 0 and e.ppid != 0:
             pass  # the root's dumped parent is outside the tree
         elif i > 0 and e.ppid not in seen:
-            raise ValueError(f"{where}: parent {e.ppid} of {e.pid} is not an earlier task")
+            raise ImageError(where, f"parent {e.ppid} of {e.pid} is not an earlier task")
         if e.threads and e.pid not in e.threads:
-            raise ValueError(f"{where}: threads do not include the task {e.pid}")
+            raise ImageError(where, f"threads do not include the task {e.pid}")
         for tid in e.threads:
             if tid in threads:
-                raise ValueError(f"{where}: thread {tid} listed twice")
+                raise ImageError(where, f"thread {tid} listed twice")
             threads.add(tid)
         if os.path.exists(f"/proc/{e.pid}"):
-            raise ValueError(f"{where}: pid {e.pid} is in use")
+            raise ImageError(where, f"pid {e.pid} is in use")
         seen.add(e.pid)
     # the root's ppid is ignored on restore: the engine (or its caller) is the parent
     entries[0].ppid = 0

@@ -14,6 +14,7 @@ import logging
 import os
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.utsns")
 
@@ -42,7 +43,7 @@ def engine_restore_collect(ctx, graph):
     for ns_id, entry in ns.collect(ctx, graph, "utsns", "uts", "utsns"):
         for field in ("nodename", "domainname"):
             if len(getattr(entry, field).encode()) > MAX_NAME:
-                raise ValueError(f"utsns-{ns_id}.img: {field} is longer than {MAX_NAME} bytes")
+                raise ImageError(f"utsns-{ns_id}.img", f"{field} is longer than {MAX_NAME} bytes")
 
 
 @hookimpl
