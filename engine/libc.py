@@ -1,11 +1,12 @@
 """The C library, loaded once, with every function the engine calls declared once.
 
-Each function below (and the few of Python's C API the tracer calls) has its argtypes and restype fixed here and never
-changed after: a call shape of its own gets a prototype of its own (the
-`syscall` entry point has two, one holding the GIL for clone3). Raw
-syscalls are called by name through `syscall(name, ...)`; SYS is the one
-table of their x86-64 numbers. Every function sets errno (use_errno):
-`check` turns a -1 into OSError("what: strerror").
+Each function below (and the few of Python's C API the tracer calls) has
+its argtypes and restype fixed here and never changed after: a call shape
+of its own gets a prototype of its own (the `syscall` entry point has two,
+one holding the GIL for clone3). Raw syscalls are called by name through
+`syscall(name, ...)`; SYS is the one table of their x86-64 numbers. Every
+function sets errno (use_errno): `check` turns a -1 into
+OSError("what: strerror").
 
 Import cost is ctypes and one dlopen(NULL): modules import this where they
 call it, so `python -m engine --help` does not load it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -255,7 +256,7 @@ def _finish(sock, u) -> None:
         try:
             sock.shutdown(u.shutdown - 1)      # READ/WRITE/BOTH -> SHUT_RD/WR/RDWR
         except OSError as e:
-            if e.errno != 107:                 # ENOTCONN: nothing left to shut
+            if e.errno != errno.ENOTCONN:      # nothing left to shut
                 raise
     flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
     fcntl.fcntl(sock.fileno(), fcntl.F_SETFL,
