@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from engine import libc
-from engine.tracer import TracerError
+from engine.tracer import NotSupportedError, TracerError
 from engine.tracer import model as m
 from engine.tracer.clone import clone_with_pid
 from engine.tracer.dump import collect_task, dump_pages, freeze
@@ -322,6 +322,16 @@ def test_taken_pid_is_refused(binaries):
     with pytest.raises(TracerError) as info:
         clone_with_pid(os.getpid())
     assert info.value.errno == errno.EEXIST and "\n" not in str(info.value)
+
+
+def test_tracer_errors_read_as_sentences():
+    assert str(TracerError(errno.ESRCH, 42, "PTRACE_SEIZE")) == \
+        "PTRACE_SEIZE of task 42: No such process"
+    assert str(TracerError(0, 42, "exited (signal 9) while traced")) == \
+        "task 42: exited (signal 9) while traced"
+    refused = NotSupportedError(42, "restore without a vdso")
+    assert str(refused) == "task 42: restore without a vdso is not supported"
+    assert isinstance(refused, TracerError) and refused.errno == errno.EOPNOTSUPP
 
 
 def test_xstate_split_and_rebuilt(binaries, tmp_path):
