@@ -9,9 +9,6 @@ import ctypes
 import errno
 import os
 
-PTRACE_SEIZE = 0x4206
-PTRACE_DETACH = 17
-
 
 def _clone3() -> str | None:
     from engine import libc
@@ -23,6 +20,7 @@ def _clone3() -> str | None:
 def _ptrace_seize() -> str | None:
     import signal
     from engine import libc
+    from engine.tracer.binding import PTRACE_DETACH, PTRACE_SEIZE
     pid = os.fork()
     if pid == 0:
         # It must still live when seized: an exiting task gives EPERM.

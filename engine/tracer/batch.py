@@ -13,7 +13,9 @@ names it. Results are read back from their slots in one process_vm_readv.
 Arguments that are bytes (or a function of the address they land at, for a
 struct pointing into itself) are copied into the data area and passed by
 address; At(n) is the address of the call's first such argument plus n,
-Result(i) the result of call i (loaded from its slot when in this run). Nothing is compiled: the code is these few fixed encodings.
+Result(i) the result of call i (loaded from its slot when in this run).
+Nothing is compiled: the code is these few fixed encodings, which
+tests/engine/test_batch.py compares with what GNU as makes of them.
 """
 from __future__ import annotations
 
