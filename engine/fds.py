@@ -13,8 +13,6 @@ import os
 from engine.images.fdinfo import read_common
 from engine.stash import StashKey
 
-SYS_PIDFD_GETFD = 438
-_libc = None
 
 
 def fdinfo(pid: int, fd: int) -> dict[str, int]:
@@ -39,12 +37,10 @@ def claiming_fdinfo(ctx, pid: int, fd: int) -> dict[str, int]:
 
 def pidfd_getfd(pid: int, fd: int) -> int:
     """A copy of fd `fd` of task `pid` (the same open file), ours to close."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
+    from engine import libc
     pidfd = os.pidfd_open(pid)
     try:
-        copy = _libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        copy = libc.syscall("pidfd_getfd", pidfd, fd, 0)
         if copy < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"pidfd_getfd of fd {fd} of {pid}: {os.strerror(err)}")

@@ -4,14 +4,16 @@ Dump: `freeze(pid) -> Tracee`, `collect_task(tracee) -> TaskState`,
 `dump_pages(tracee, vmas, sink)`. Restore: `clone_with_pid`,
 `wait_for_tracer` (in the task), then `restore_task` (or its parts
 `attach_stopped`, `restore_memory`, `restore_threads`), `release`.
-Errors are `TracerError(errno, pid, op)`, one line. Data is plain attrs
+Errors are `TracerError(errno, pid, op)`, one line ("OP of task PID:
+strerror"); what the tracer cannot do is a `NotSupportedError(pid, what)`
+("task PID: WHAT is not supported"). Data is plain attrs
 classes (engine.tracer.model) under CRIU's names; no images here.
 Loaded lazily: importing this package imports nothing heavy.
 """
-from engine.tracer.binding import TracerError
+from engine.tracer.binding import NotSupportedError, TracerError
 
-__all__ = ["TracerError", "freeze", "collect_task", "dump_pages", "zombie_status",
-           "clone_with_pid", "wait_for_tracer", "restore_task", "restore_memory",
+__all__ = ["TracerError", "NotSupportedError", "freeze", "collect_task", "dump_pages",
+           "zombie_status", "clone_with_pid", "wait_for_tracer", "restore_task", "restore_memory",
            "restore_threads", "attach_stopped", "release"]
 
 
