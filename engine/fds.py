@@ -49,8 +49,9 @@ def pidfd_getfd(pid: int, fd: int) -> int:
         os.close(pidfd)
 
 
-# Inside a restored task: the first fd number above every fd of its image.
-FD_FLOOR = StashKey()
+# pid -> the first fd number above every fd of the task's image, set at
+# collect by the plugin that restores fd tables, for park().
+FD_FLOORS = StashKey()
 
 
 def park(ctx, fd: int) -> int:
@@ -61,12 +62,7 @@ def park(ctx, fd: int) -> int:
     Without this, a pipe made while fds 5 and 6 are free holds them, and the
     image's own fd 6 is later dup2'd over the pipe's write end.
     """
-    floor = ctx.stash.get(FD_FLOOR, None)
-    if floor is None:
-        files_id = ctx.ids(ctx.self_pid).files_id
-        fds = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
-            "fdinfo", id=files_id) else []
-        floor = ctx.stash[FD_FLOOR] = max((fi.fd for fi in fds), default=-1) + 1
+    floor = ctx.stash.get(FD_FLOORS, {}).get(ctx.self_pid, 0)
     _room_above(floor)
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     os.close(fd)

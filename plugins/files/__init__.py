@@ -40,7 +40,7 @@ import struct
 
 from engine.images.entries import add_file
 from engine import hookimpl
-from engine.fds import CLAIMING, FD_FLOOR, claiming_fdinfo, fdinfo
+from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo
 from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
@@ -213,6 +213,9 @@ def engine_restore_collect(ctx, graph):
     # An open file made by another node (the first task holding it, a pipe
     # or socket a plugin makes) is taken from it (shared_fds): after the
     # nodes providing ("file", id). Tables of other tasks run in parallel.
+    # Helpers other nodes keep open in a task go above its image's fds.
+    ctx.stash[FD_FLOORS] = {pid: max((fd for fd, _, _ in table), default=-1) + 1
+                            for pid, table, _ in tables}
     for pid, table, needs in tables:
         ids = sorted({file_id for _, file_id, _ in table})
         graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",
@@ -238,7 +241,7 @@ def _refuse_fdinfo(ctx, where: str, fi, fds: set, fd_limit: int):
 def engine_restore_node(ctx, node):
     opened: dict[int, int] = {}                    # file id -> fd number installed
     # Helpers kept open while the table is made (pipe ends) go above it.
-    floor = ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
+    floor = ctx.stash[FD_FLOORS][node.pid]
     _room_for(floor + len(node.data) + 64)
     shared, owners = ctx.stash[SHARED], ctx.stash[OWNERS]
     for number, file_id, cloexec in node.data:
