@@ -15,7 +15,6 @@ is printed first: no whole `engine restore` can take less.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dump_restore import engine, import_floor, wait_for  # noqa: E402
+from dump_restore import become_subreaper, engine, import_floor, wait_for  # noqa: E402
 from tree_threads import kill_tree, reap_all  # noqa: E402
 
 MANY_FDS = r"""
@@ -83,7 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=5)
     opts = ap.parse_args()
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    become_subreaper()
     print(f"import floor (python + pluggy, attrs, protobuf) {import_floor(opts.n) * 1000:7.1f} ms"
           f"   (median of {opts.n})")
     with tempfile.TemporaryDirectory() as d:

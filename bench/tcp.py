@@ -8,14 +8,13 @@ Run as root from the repo: `.venv/bin/python bench/tcp.py [-n 5] [--conns 100]`.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dump_restore import build, one_run  # noqa: E402
+from dump_restore import become_subreaper, build, one_run  # noqa: E402
 
 
 def main() -> None:
@@ -23,7 +22,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=5)
     ap.add_argument("--conns", type=int, default=100)
     opts = ap.parse_args()
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)          # subreaper: restored tasks come back
+    become_subreaper()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         exe = build("tcpmany", work)

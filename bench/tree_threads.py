@@ -16,7 +16,6 @@ within minutes.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dump_restore import TARGETS, engine, import_floor, wait_for  # noqa: E402
+from dump_restore import TARGETS, become_subreaper, engine, import_floor, wait_for  # noqa: E402
 
 FANOUT = r"""
 #include <signal.h>
@@ -148,7 +147,7 @@ def main() -> None:
     ap.add_argument("--against", type=Path, metavar="DIR",
                     help="another checkout of the engine to compare with, run for run")
     opts = ap.parse_args()
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    become_subreaper()
     if opts.against is not None:
         with tempfile.TemporaryDirectory() as d:
             compare(opts, _cases(Path(d)), Path(d))

@@ -10,14 +10,13 @@ put back after. Run as root from the repo:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dump_restore import build, one_run  # noqa: E402
+from dump_restore import become_subreaper, build, one_run  # noqa: E402
 
 SYSCTLS = ("wmem_max", "rmem_max")
 WANT = 16 << 20
@@ -28,7 +27,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=5)
     ap.add_argument("--kib", type=int, default=4096)
     opts = ap.parse_args()
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)          # subreaper: restored tasks are ours
+    become_subreaper()
     saved = {k: Path(f"/proc/sys/net/core/{k}").read_text() for k in SYSCTLS}
     try:
         for k in SYSCTLS:

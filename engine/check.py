@@ -6,50 +6,43 @@ engine itself), printed as one line; the exit code is non-zero if any fails.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
-
-SYS_CLONE3 = 435
-SYS_PIDFD_OPEN = 434
-SYS_PIDFD_GETFD = 438
-PTRACE_SEIZE = 0x4206
-PTRACE_DETACH = 17
-
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def _clone3() -> str | None:
+    from engine import libc
     # An empty clone_args fails with EINVAL on kernels that know clone3.
-    r = _libc().syscall(SYS_CLONE3, None, 0)
-    return None if r == -1 and ctypes.get_errno() == 22 else "clone3 missing"
+    r = libc.syscall("clone3", None, 0)
+    return None if r == -1 and ctypes.get_errno() == errno.EINVAL else "clone3 missing"
 
 
 def _ptrace_seize() -> str | None:
     import signal
+    from engine import libc
+    from engine.tracer.binding import PTRACE_DETACH, PTRACE_SEIZE
     pid = os.fork()
     if pid == 0:
         # It must still live when seized: an exiting task gives EPERM.
         while True:
             signal.pause()
     try:
-        libc = _libc()
         if libc.ptrace(PTRACE_SEIZE, pid, 0, 0) != 0:
             return f"PTRACE_SEIZE: {os.strerror(ctypes.get_errno())}"
         libc.ptrace(PTRACE_DETACH, pid, 0, 0)
         return None
     finally:
-        os.kill(pid, 9)
+        os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 
 
 def _pidfd_getfd() -> str | None:
-    libc = _libc()
-    pidfd = libc.syscall(SYS_PIDFD_OPEN, os.getpid(), 0)
+    from engine import libc
+    pidfd = libc.syscall("pidfd_open", os.getpid(), 0)
     if pidfd < 0:
         return "pidfd_open missing"
     try:
-        fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, 0, 0)
+        fd = libc.syscall("pidfd_getfd", pidfd, 0, 0)
         if fd < 0:
             return f"pidfd_getfd: {os.strerror(ctypes.get_errno())}"
         os.close(fd)

@@ -13,8 +13,6 @@ import os
 from engine.images.fdinfo import read_common
 from engine.stash import StashKey
 
-SYS_PIDFD_GETFD = 438
-_libc = None
 
 
 def fdinfo(pid: int, fd: int) -> dict[str, int]:
@@ -39,12 +37,10 @@ def claiming_fdinfo(ctx, pid: int, fd: int) -> dict[str, int]:
 
 def pidfd_getfd(pid: int, fd: int) -> int:
     """A copy of fd `fd` of task `pid` (the same open file), ours to close."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
+    from engine import libc
     pidfd = os.pidfd_open(pid)
     try:
-        copy = _libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        copy = libc.syscall("pidfd_getfd", pidfd, fd, 0)
         if copy < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"pidfd_getfd of fd {fd} of {pid}: {os.strerror(err)}")
@@ -53,8 +49,9 @@ def pidfd_getfd(pid: int, fd: int) -> int:
         os.close(pidfd)
 
 
-# Inside a restored task: the first fd number above every fd of its image.
-FD_FLOOR = StashKey()
+# pid -> the first fd number above every fd of the task's image, set at
+# collect by the plugin that restores fd tables, for park().
+FD_FLOORS = StashKey()
 
 
 def park(ctx, fd: int) -> int:
@@ -65,12 +62,7 @@ def park(ctx, fd: int) -> int:
     Without this, a pipe made while fds 5 and 6 are free holds them, and the
     image's own fd 6 is later dup2'd over the pipe's write end.
     """
-    floor = ctx.stash.get(FD_FLOOR, None)
-    if floor is None:
-        files_id = ctx.ids(ctx.self_pid).files_id
-        fds = ctx.images.read("fdinfo", id=files_id) if ctx.images.exists(
-            "fdinfo", id=files_id) else []
-        floor = ctx.stash[FD_FLOOR] = max((fi.fd for fi in fds), default=-1) + 1
+    floor = ctx.stash.get(FD_FLOORS, {}).get(ctx.self_pid, 0)
     _room_above(floor)
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     os.close(fd)

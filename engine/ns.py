@@ -8,7 +8,6 @@ is named by its nsfs inode.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 
@@ -25,22 +24,15 @@ KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 NS_GET_USERNS = 0xB701          # _IO(0xb7, 0x1): the owning user namespace
 NS_GET_PARENT = 0xB702          # _IO(0xb7, 0x2): the parent (user and pid namespaces)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(r: int, what: str) -> None:
-    if r < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
 def setns(fd: int, kind: str) -> None:
     """Move the calling task into the namespace open at `fd`."""
-    _check(_libc.setns(fd, FLAGS[kind]), f"setns({kind})")
+    from engine import libc
+    libc.check(libc.setns(fd, FLAGS[kind]), f"setns({kind})")
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+    from engine import libc
+    libc.check(libc.unshare(flags), f"unshare({flags:#x})")
 
 
 def inode(pid: int | str, kind: str) -> int:

@@ -68,8 +68,8 @@ def restore(ctx: RestoreContext) -> list[int]:
     graph = build_graph(ctx)
     order = graph.order()            # cycles and missing providers: nothing started
     pids = sorted({n.pid for n in graph.nodes.values() if n.pid is not None})
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    from engine import libc
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for pid in pids:
         a, b = socket.socketpair()
         ctx.channels[pid], ctx.task_ends[pid] = a, b

@@ -73,7 +73,7 @@ def enter(pidfile: str | None = None) -> None:
 
 
 def _mount(source, target, fstype, flags) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
+    from engine import libc
     enc = [None if s is None else s.encode() for s in (source, target, fstype)]
     if libc.mount(enc[0], enc[1], enc[2], flags, None):
         err = ctypes.get_errno()

@@ -57,8 +57,6 @@ VARIANTS = {
     "static-nopie": ["-fno-pie", "-no-pie", "-static"],
 }
 BASE_CFLAGS = ["-g", "-Wall", "-Wextra", "-std=gnu11"]
-PR_SET_CHILD_SUBREAPER = 36
-PR_GET_CHILD_SUBREAPER = 37
 
 
 # --- targets: headers and builds ---
@@ -493,8 +491,8 @@ def become_subreaper() -> None:
     """Orphans below us (restored tasks) get reparented to us, not pid 1."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
+    from engine import libc
+    if libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
         err = ctypes.get_errno()
         raise OSError(err, f"PR_SET_CHILD_SUBREAPER: {os.strerror(err)}")
 
@@ -502,9 +500,9 @@ def become_subreaper() -> None:
 def is_subreaper() -> bool:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    from engine import libc
     flag = ctypes.c_int(0)
-    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
+    libc.prctl(libc.PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
     return bool(flag.value)
 
 

@@ -18,6 +18,7 @@ half-done restore runs on.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -135,7 +136,7 @@ def _fork_away_from(ctx) -> int:
         try:
             return clone_with_pid(pid)
         except TracerError as e:
-            if e.errno != 17:          # EEXIST: taken, try the next
+            if e.errno != errno.EEXIST:      # taken: try the next
                 raise
     raise OSError(f"no free pid for the second tracer below {top + 2}")
 

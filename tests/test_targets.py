@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from engine import libc
 from engine.testing import (children, is_subreaper, kill_children,
                             list_targets, parse_header)
 
@@ -42,15 +43,10 @@ def test_close_stdio(build_target, target_runner):
 
 # --- poking at a live target ---
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p,
-                        ctypes.c_void_p]
-libc.ptrace.restype = ctypes.c_long
 PTRACE_GETFPREGS, PTRACE_SETFPREGS, PTRACE_DETACH = 14, 15, 17
 PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207
 PTRACE_SETSIGMASK = 0x420B
 WALL = 0x40000000
-SYS_PIDFD_GETFD = 438
 
 
 class IoVec(ctypes.Structure):
@@ -87,7 +83,7 @@ def peek_u64(pid, addr):
 def pidfd_getfd(pid, fd):
     pidfd = os.pidfd_open(pid)
     try:
-        return _check(libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0),
+        return _check(libc.syscall("pidfd_getfd", pidfd, fd, 0),
                       "pidfd_getfd")
     finally:
         os.close(pidfd)

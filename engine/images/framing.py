@@ -13,7 +13,11 @@ from engine.images.kinds import IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, ImageKind
 U32 = struct.Struct("<I")
 
 
-class ImageError(Exception):
+class ImageError(ValueError):
+    """An image that cannot be read or restored: "IMAGE: what is wrong",
+    IMAGE naming the file (and the entry or field, when one is at fault).
+    A ValueError, as the checks that raise it were before it existed."""
+
     def __init__(self, image: str, what: str):
         super().__init__(f"{image}: {what}")
         self.image = image

@@ -103,16 +103,9 @@ class PagemapReader:
 
     def close(self) -> None:
         if self.buffer is not None:
-            _libc().munmap(ctypes.c_void_p(self.address), ctypes.c_size_t(self.size))
+            from engine import libc
+            libc.munmap(self.address, self.size)
             self.buffer = None
-
-
-def _libc():
-    lib = ctypes.CDLL(None, use_errno=True)
-    lib.mmap.restype = ctypes.c_void_p
-    lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                         ctypes.c_int, ctypes.c_long]
-    return lib
 
 
 def _map_readonly(fd: int, size: int) -> int:
@@ -120,7 +113,8 @@ def _map_readonly(fd: int, size: int) -> int:
     4 KiB at a time costs more than the copy itself."""
     if not size:
         return 0
-    addr = _libc().mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_POPULATE, fd, 0)
+    from engine import libc
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_POPULATE, fd, 0)
     if addr in (None, ctypes.c_void_p(-1).value):
         raise OSError(ctypes.get_errno(), "mmap of the pages file")
     return addr

@@ -13,11 +13,14 @@ names it. Results are read back from their slots in one process_vm_readv.
 Arguments that are bytes (or a function of the address they land at, for a
 struct pointing into itself) are copied into the data area and passed by
 address; At(n) is the address of the call's first such argument plus n,
-Result(i) the result of call i (loaded from its slot when in this run). Nothing is compiled: the code is these few fixed encodings.
+Result(i) the result of call i (loaded from its slot when in this run).
+Nothing is compiled: the code is these few fixed encodings, which
+tests/engine/test_batch.py compares with what GNU as makes of them.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import struct
 
 from engine.tracer import binding as b
@@ -78,7 +81,7 @@ class Batch:
                 or len(self._data) + need > self.data_size):
             self.run()
         if _MAX_CALL + 1 > self.code_size or need > self.data_size:
-            raise b.TracerError(7, self.t.pid, f"{nr}: arguments too big for the scratch page")
+            raise b.TracerError(errno.E2BIG, self.t.pid, f"{nr}: arguments for the scratch page")
         regs: list = []
         base = None
         for a in args:
@@ -145,7 +148,7 @@ class Batch:
                 raise b.TracerError(-r, pid, name)
             self.results.append(r)
         if end != self.code_at + len(code):
-            raise b.TracerError(0, pid, f"syscall batch stopped at {end:#x}")
+            raise b.TracerError(0, pid, f"its syscall batch stopped at {end:#x}, not at its end")
 
 
 def _blob_size(blob) -> int:

@@ -1,20 +1,21 @@
-"""Thin ctypes binding: ptrace, process_vm_*, raw syscalls, cpuid.
+"""Thin binding: ptrace, process_vm_*, raw syscalls, cpuid.
 
-Every failure raises TracerError(errno, pid, op), one line. Nothing here
-knows what a task state is; engine/tracer/task.py builds on this.
+Every failure raises TracerError(errno, pid, op), one line; a refusal of
+something the tracer cannot do is a NotSupportedError. Nothing here knows
+what a task state is; engine/tracer/task.py builds on this. The C functions
+themselves are declared once, in engine.libc (here as `libc`).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import struct
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.restype = ctypes.c_long
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-libc.syscall.restype = ctypes.c_long
+from engine import libc
+from engine.libc import SYS  # noqa: F401 - the tracer's name for the table
 
 PTRACE_PEEKDATA = 2
 PTRACE_POKEDATA = 5
@@ -37,25 +38,35 @@ NT_X86_XSTATE = 0x202
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000
 
-SYS = {"read": 0, "write": 1, "open": 2, "close": 3, "mmap": 9, "mprotect": 10,
-       "munmap": 11, "brk": 12, "rt_sigaction": 13, "mremap": 25, "madvise": 28,
-       "getpid": 39, "kill": 62, "sigaltstack": 131, "prctl": 157, "arch_prctl": 158,
-       "set_tid_address": 218, "openat": 257, "set_robust_list": 273,
-       "get_robust_list": 274, "rseq": 334, "process_vm_readv": 310,
-       "process_vm_writev": 311, "clone3": 435, "setresuid": 117, "setresgid": 119,
-       "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capset": 126, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
-       "getitimer": 36, "setitimer": 38, "timer_create": 222, "timer_settime": 223,
-       "timer_gettime": 224, "timer_getoverrun": 225, "prlimit64": 302}
 IOV_MAX = 1024
 
 
 class TracerError(OSError):
+    """`op` on task `pid` failed with `err`: "OP of task PID: strerror".
+
+    Without an errno (0) the op is the whole story, a sentence about the
+    task: "task PID: OP"; without a pid (0) the task part is left out."""
+
     def __init__(self, err: int, pid: int, op: str):
-        super().__init__(err, f"{op} of {pid}: {os.strerror(err) if err else 'failed'}")
+        if err:
+            text = f"{op} of task {pid}: {os.strerror(err)}" if pid else \
+                f"{op}: {os.strerror(err)}"
+        else:
+            text = f"task {pid}: {op}" if pid else op
+        super().__init__(err, text)
         self.pid, self.op = pid, op
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class NotSupportedError(TracerError):
+    """The task holds something the tracer cannot dump or restore:
+    "task PID: WHAT is not supported" (errno EOPNOTSUPP)."""
+
+    def __init__(self, pid: int, what: str):
+        super().__init__(0, pid, f"{what} is not supported")
+        self.errno = errno.EOPNOTSUPP
 
 
 class UserRegs(ctypes.Structure):
@@ -70,10 +81,9 @@ class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-def raw_syscall(nr: int, *args) -> int:
-    """syscall(2) with every integer passed as a full 64-bit word."""
-    return libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) if isinstance(a, int)
-                                             else a for a in args))
+def raw_syscall(name: str, *args) -> int:
+    """syscall(2) of the call `name` (a SYS key) in the engine itself."""
+    return libc.syscall(name, *args)
 
 
 def ptrace(req: int, pid: int, addr=0, data=0, op: str = "ptrace") -> int:
@@ -89,7 +99,7 @@ def wait_stop(pid: int) -> int:
     _, status = os.waitpid(pid, WALL)
     if os.WIFEXITED(status) or os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-        raise TracerError(0, pid, f"wait (task exited, signal {sig})")
+        raise TracerError(0, pid, f"exited (signal {sig}) while traced")
     return status
 
 
@@ -149,7 +159,7 @@ def get_rseq(pid: int) -> tuple[int, int, int]:
     return conf[0], conf[1] & 0xFFFFFFFF, conf[1] >> 32
 
 
-def _vm_io(fn: int, pid: int, pairs, op: str) -> int:
+def _vm_io(fn: str, pid: int, pairs, op: str) -> int:
     """pairs: [(local address, remote address, length)]; all or error."""
     done = 0
     for i in range(0, len(pairs), IOV_MAX):
@@ -159,18 +169,18 @@ def _vm_io(fn: int, pid: int, pairs, op: str) -> int:
         want = sum(n for _, _, n in chunk)
         got = raw_syscall(fn, pid, local, len(chunk), remote, len(chunk), 0)
         if got != want:
-            err = ctypes.get_errno() if got < 0 else 14  # EFAULT on a short copy
+            err = ctypes.get_errno() if got < 0 else errno.EFAULT   # a short copy
             raise TracerError(err, pid, f"{op} at {chunk[0][1]:#x}")
         done += got
     return done
 
 
 def read_mem(pid: int, pairs) -> int:
-    return _vm_io(SYS["process_vm_readv"], pid, pairs, "process_vm_readv")
+    return _vm_io("process_vm_readv", pid, pairs, "process_vm_readv")
 
 
 def write_mem(pid: int, pairs) -> int:
-    return _vm_io(SYS["process_vm_writev"], pid, pairs, "process_vm_writev")
+    return _vm_io("process_vm_writev", pid, pairs, "process_vm_writev")
 
 
 def peek(pid: int, addr: int, size: int) -> bytes:
@@ -184,14 +194,6 @@ def poke(pid: int, addr: int, data: bytes) -> None:
     write_mem(pid, [(ctypes.addressof(buf), addr, len(data))])
 
 
-class _PyBuffer(ctypes.Structure):
-    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
-                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int),
-                ("ndim", ctypes.c_int), ("format", ctypes.c_char_p),
-                ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
-
-
 @contextlib.contextmanager
 def buffer_address(obj):
     """The address of a ctypes array or of any buffer (a read-only mmap of
@@ -199,16 +201,13 @@ def buffer_address(obj):
     if isinstance(obj, ctypes.Array):
         yield ctypes.addressof(obj)
         return
-    view = _PyBuffer()
-    get = ctypes.pythonapi.PyObject_GetBuffer
-    get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-    if get(obj, ctypes.byref(view), 0) != 0:      # PyBUF_SIMPLE: contiguous bytes
+    view = libc.PyBuffer()
+    if libc.PyObject_GetBuffer(obj, ctypes.byref(view), 0) != 0:   # PyBUF_SIMPLE: contiguous
         raise TypeError(f"{type(obj).__name__} has no contiguous buffer")
     try:
         yield view.buf or 0
     finally:
-        ctypes.pythonapi.PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+        libc.PyBuffer_Release(ctypes.byref(view))
 
 
 _CPUID_CODE = bytes.fromhex("53" "89f8" "89f1" "4989d0" "0fa2" "418900" "41895804"

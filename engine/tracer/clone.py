@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import signal
 
+from engine import libc
 from engine.tracer import binding as b
 
 
@@ -18,13 +19,6 @@ class CloneArgs(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
         "tls", "set_tid", "set_tid_size", "cgroup")]
-
-
-# Called through PyDLL, so the GIL stays held across clone3 as os.fork
-# holds it: no other thread runs Python between the clone and the child's
-# PyOS_AfterFork_Child.
-_libc = ctypes.PyDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def clone_with_pid(pid: int, python_hooks: bool = True, flags: int = 0,
@@ -45,14 +39,14 @@ def clone_with_pid(pid: int, python_hooks: bool = True, flags: int = 0,
     # refuses one given too.
     args = CloneArgs(flags=flags, exit_signal=0 if flags & CLONE_PARENT else signal.SIGCHLD,
                      set_tid=ctypes.addressof(arr), set_tid_size=len(tids))
-    api = ctypes.pythonapi
     if python_hooks:
-        api.PyOS_BeforeFork()
-    r = _libc.syscall(ctypes.c_long(b.SYS["clone3"]), ctypes.byref(args),
-                      ctypes.c_long(ctypes.sizeof(args)))
+        libc.PyOS_BeforeFork()
+    # The GIL held across clone3, as os.fork holds it: no other thread runs
+    # Python between the clone and the child's PyOS_AfterFork_Child.
+    r = libc.syscall_holding_gil("clone3", ctypes.byref(args), ctypes.sizeof(args))
     err = ctypes.get_errno()
     if python_hooks:
-        (api.PyOS_AfterFork_Child if r == 0 else api.PyOS_AfterFork_Parent)()
+        (libc.PyOS_AfterFork_Child if r == 0 else libc.PyOS_AfterFork_Parent)()
     if r < 0:
         raise b.TracerError(err, pid, "clone3 with set_tid")
     return r

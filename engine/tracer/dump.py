@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 import mmap
 import os
 import re
@@ -18,10 +19,10 @@ from engine.tracer import binding as b
 from engine.tracer import model as m
 from engine.tracer.proc import creds_from_status, proc_status
 from engine.tracer.task import Tracee
+from engine.tracer.xstate import from_xstate
 
 PAGE = 4096
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
-EINTR = 4
 PR_GET_TID_ADDRESS = 40
 PR_GET_PDEATHSIG = 2
 ITIMERS = (0, 1, 2)       # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF: process-wide
@@ -59,7 +60,7 @@ def freeze(pid: int) -> Tracee:
                 try:
                     leader.others.append(Tracee.seize(tid))
                 except b.TracerError as e:
-                    if e.errno != 3:         # ESRCH: the thread exited meanwhile
+                    if e.errno != errno.ESRCH:    # the thread exited meanwhile
                         raise
     except BaseException:
         leader.detach()
@@ -140,13 +141,13 @@ def _thread_state(t: Tracee, tid: int) -> m.ThreadState:
         # Stopped inside a syscall: make it restart or fail as the kernel
         # would on a signal (criu/arch/x86/crtools.c).
         if ax == -ERESTART_RESTARTBLOCK:
-            regs.ax = ctypes.c_uint64(-EINTR).value
+            regs.ax = ctypes.c_uint64(-errno.EINTR).value
         elif ax in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
             regs.ax = regs.orig_ax
             regs.ip -= 2
-    fp = m.FpRegs.from_xstate(b.get_xstate(tid))
+    fp = from_xstate(b.get_xstate(tid))
     head, length = ctypes.c_uint64(), ctypes.c_size_t()
-    if b.raw_syscall(b.SYS["get_robust_list"], tid, ctypes.byref(head), ctypes.byref(length)):
+    if b.raw_syscall("get_robust_list", tid, ctypes.byref(head), ctypes.byref(length)):
         raise b.TracerError(ctypes.get_errno(), tid, "get_robust_list")
     rseq = b.get_rseq(tid)
     state = m.ThreadState(tid=tid, regs=m.Regs.from_user_regs(regs), fpregs=fp,
@@ -238,7 +239,7 @@ def _vmas(pid: int, sp: int = 0):
             if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
                 if vma is not None:
                     yield vma
-                vma = _vma_from_maps_line(head)
+                vma = _vma_from_maps_line(pid, head)
                 if vma.start <= sp < vma.end or "[stack]" in line:
                     vma.status |= m.VMA_AREA_STACK
             elif head[0] == "VmFlags:" and vma is not None:
@@ -247,14 +248,13 @@ def _vmas(pid: int, sp: int = 0):
                     if flag in VMFLAG_MADV:
                         vma.madv |= 1 << VMFLAG_MADV[flag]
                     if flag in VMFLAG_REFUSED and not vma.status & SPECIAL:
-                        raise b.TracerError(0, pid, f"VMA {vma.start:#x}-{vma.end:#x}: "
-                                                    f"{VMFLAG_REFUSED[flag]} mappings are "
-                                                    "not supported")
+                        raise b.NotSupportedError(pid, f"VMA {vma.start:#x}-{vma.end:#x}: "
+                                                       f"a {VMFLAG_REFUSED[flag]} mapping")
     if vma is not None:
         yield vma
 
 
-def _vma_from_maps_line(head) -> m.Vma:
+def _vma_from_maps_line(pid: int, head) -> m.Vma:
     lo, hi = (int(x, 16) for x in head[0].split("-"))
     perms, offset, inode = head[1], int(head[2], 16), int(head[4])
     name = head[5].strip() if len(head) > 5 else ""
@@ -285,8 +285,8 @@ def _vma_from_maps_line(head) -> m.Vma:
                 v.status |= m.VMA_AREA_HEAP
     else:
         if name.endswith(" (deleted)"):
-            raise b.TracerError(0, 0, f"VMA {lo:#x}-{hi:#x}: mapped file {name} is deleted "
-                                      "(not supported yet)")
+            raise b.NotSupportedError(pid, f"VMA {lo:#x}-{hi:#x}: a deleted mapped file "
+                                           f"({name[:-len(' (deleted)')]})")
         v.path = name
         v.status = m.VMA_AREA_REGULAR | (m.VMA_FILE_SHARED if shared else m.VMA_FILE_PRIVATE)
     return v
@@ -385,7 +385,7 @@ def _present_runs(fd: int, v: m.Vma) -> list[tuple[int, int]]:
         n = min(PAGEMAP_SPAN, v.end // PAGE - lo)
         raw = os.pread(fd, n * 8, lo * 8)
         if len(raw) != n * 8:
-            raise b.TracerError(5, 0, f"short read of pagemap at {lo * PAGE:#x}")
+            raise b.TracerError(errno.EIO, 0, f"reading pagemap at {lo * PAGE:#x} (short)")
         for match in _RUN.finditer(raw[7::8].translate(table)):
             start, length = (lo + match.start()) * PAGE, (match.end() - match.start()) * PAGE
             if runs and runs[-1][0] + runs[-1][1] == start:

@@ -138,14 +138,14 @@ def _move_vdso(bt, vmas, specials, avoid) -> int | None:
     ours = {name: (lo, hi) for lo, hi, name in specials}
     theirs = [v for v in vmas if v.status & (m.VMA_AREA_VVAR | m.VMA_AREA_VDSO)]
     if "[vdso]" not in ours or not theirs:
-        raise b.TracerError(0, bt.t.pid, "restore without a vdso is not supported")
+        raise b.NotSupportedError(bt.t.pid, "restore without a vdso")
     lo, hi = min(s for s, _ in ours.values()), max(e for _, e in ours.values())
     dlo, dhi = min(v.start for v in theirs), max(v.end for v in theirs)
     dvdso = next((v.start for v in theirs if v.status & m.VMA_AREA_VDSO), None)
     if dhi - dlo != hi - lo or dvdso - dlo != ours["[vdso]"][0] - lo:
-        raise b.TracerError(0, bt.t.pid, f"vdso layout differs from the dump "
-                                         f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
-                                         f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
+        raise b.NotSupportedError(bt.t.pid, f"a vdso laid out unlike the dump's "
+                                            f"({dhi - dlo:#x} bytes, vdso at +{dvdso - dlo:#x}; "
+                                            f"here {hi - lo:#x}, +{ours['[vdso]'][0] - lo:#x})")
     engine = engine_vdso()
     at = None
     if engine is not None and engine[0] == ours["[vdso]"][0]:

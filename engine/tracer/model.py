@@ -66,7 +66,8 @@ class Regs:
 
 @attrs.define
 class FpRegs:
-    """The xsave area as CRIU splits it (user_x86_fpregs_entry + xsave)."""
+    """The xsave area as CRIU splits it (user_x86_fpregs_entry + xsave);
+    engine.tracer.xstate converts it to and from the kernel's buffer."""
     cwd: int = 0x37F
     swd: int = 0
     twd: int = 0
@@ -86,17 +87,6 @@ class FpRegs:
     pkru: list[int] = attrs.field(factory=list)           # 2 words, as CRIU (pkru_state)
     bndreg_state: list[int] = attrs.field(factory=list)   # MPX, absent on this CPU
     bndcsr_state: list[int] = attrs.field(factory=list)
-
-    @classmethod
-    def from_xstate(cls, raw: bytes) -> "FpRegs":
-        """Split an NT_X86_XSTATE buffer at this CPU's XSAVE offsets."""
-        from engine.tracer.xstate import from_xstate
-        return from_xstate(raw)
-
-    def to_xstate(self) -> bytes:
-        """The NT_X86_XSTATE buffer for PTRACE_SETREGSET (this CPU's layout)."""
-        from engine.tracer.xstate import to_xstate
-        return to_xstate(self)
 
 
 @attrs.define

@@ -111,7 +111,7 @@ def set_registers(t: Tracee, threads: list[m.ThreadState]) -> None:
     by_tid = {th.tid: th for th in threads}
     missing = [x.pid for x in task_threads(t) if x.pid not in by_tid]
     if missing:
-        raise b.TracerError(0, t.pid, f"restore: no registers for thread {missing[0]}")
+        raise b.TracerError(0, t.pid, f"no registers for thread {missing[0]}")
     t.syscall_at = t.vdso_syscall or t.find_syscall_in_vdso()
     t.checked("munmap", t.scratch, SCRATCH_PAGES * PAGE, what="scratch page")
     t.scratch = None

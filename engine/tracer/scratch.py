@@ -12,8 +12,11 @@ injected mmap at a free spot (setup_scratch), as before.
 from __future__ import annotations
 
 import ctypes
+import errno
+import signal
 import struct
 
+from engine import libc
 from engine.tracer import binding as b
 from engine.tracer.task import Tracee
 
@@ -44,7 +47,7 @@ def wait_for_tracer() -> None:
     if stub is not None:
         ctypes.CFUNCTYPE(None)(stub)()        # never returns
     while True:
-        b.libc.pause()
+        libc.pause()
 
 
 # --- the engine's side -------------------------------------------------------
@@ -67,10 +70,7 @@ def prepare_forks() -> None:
     maps = read_maps("self")
     size = SCRATCH_PAGES * PAGE
     want = free_spot([(lo, hi) for lo, hi, _ in maps], size)
-    b.libc.mmap.restype = ctypes.c_void_p
-    b.libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                            ctypes.c_int, ctypes.c_long]
-    got = b.libc.mmap(want, size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
+    got = libc.mmap(want, size, mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     if got != want:
         return                         # tasks map their own, as before
@@ -102,14 +102,14 @@ def _own_rseq_page() -> int | None:
     unregisters it: the kernel writes there), 0 without rseq, None if
     unknown (no stub then)."""
     try:
-        offset = ctypes.c_long.in_dll(b.libc, "__rseq_offset").value
-        size = ctypes.c_uint.in_dll(b.libc, "__rseq_size").value
+        offset = ctypes.c_long.in_dll(libc.handle, "__rseq_offset").value
+        size = ctypes.c_uint.in_dll(libc.handle, "__rseq_size").value
     except ValueError:
         return None
     if not size:
         return 0
     tp = ctypes.c_ulong()
-    if b.raw_syscall(b.SYS["arch_prctl"], ARCH_GET_FS, ctypes.byref(tp)) != 0:
+    if libc.syscall("arch_prctl", ARCH_GET_FS, ctypes.byref(tp)) != 0:
         return None
     area = tp.value + offset
     if area // PAGE != (area + 31) // PAGE:
@@ -152,7 +152,7 @@ def engine_zero_actions() -> frozenset[int]:
         out = set()
         old = (ctypes.c_uint64 * 4)()
         for sig in range(1, 65):
-            if sig != 17 and b.raw_syscall(b.SYS["rt_sigaction"], sig, 0, old, 8) == 0 \
+            if sig != signal.SIGCHLD and libc.syscall("rt_sigaction", sig, 0, old, 8) == 0 \
                     and not any(old):
                 out.add(sig)
         _prepared["zero_actions"] = frozenset(out)
@@ -174,7 +174,7 @@ def free_spot(taken, size: int) -> int:
         lo = 0x7E0000000000 - k * 0x40000000
         if all(hi <= lo or lo + size <= s for s, hi in taken):
             return lo
-    raise b.TracerError(12, 0, "no free address for the scratch page")
+    raise b.TracerError(errno.ENOMEM, 0, "finding a free address for the scratch page")
 
 
 def scratch_batch(t: Tracee, scratch: int):

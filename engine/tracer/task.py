@@ -108,7 +108,7 @@ class Tracee:
                 at = self.read(start, end - start).find(SYSCALL_INSN)
                 if at >= 0:
                     return start + at
-        raise b.TracerError(0, self.pid, "finding a syscall instruction in [vdso]")
+        raise b.NotSupportedError(self.pid, "a [vdso] without a syscall instruction")
 
     def syscall(self, nr: int | str, *args: int) -> int:
         """Run syscall `nr` (a number or a binding.SYS name) in the task;

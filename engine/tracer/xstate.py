@@ -3,7 +3,7 @@
 Standard (non-compacted) XSAVE layout, as ptrace gives it: the 512-byte
 FXSAVE legacy area, the 64-byte header (xstate_bv first), then each
 component at the offset CPUID leaf 0xD reports (AVX is 576 everywhere;
-PKRU is 2432 on this AMD machine, 2688 on Intel with AVX-512).
+PKRU is 2432 on AMD Zen, 2688 on Intel with AVX-512).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def layout() -> tuple[int, int, dict[int, int]]:
 
 
 def from_xstate(raw: bytes) -> FpRegs:
+    """Split an NT_X86_XSTATE buffer at this CPU's XSAVE offsets."""
     values = LEGACY.unpack_from(raw, 0)
     fp = FpRegs(**dict(zip(LEGACY_NAMES, values[:8])))
     fp.st_space = list(values[8:40])
@@ -49,6 +50,7 @@ def from_xstate(raw: bytes) -> FpRegs:
 
 
 def to_xstate(fp: FpRegs) -> bytes:
+    """The NT_X86_XSTATE buffer for PTRACE_SETREGSET (this CPU's layout)."""
     mask, size, offsets = layout()
     buf = bytearray(size)
     LEGACY.pack_into(buf, 0, *(getattr(fp, n) for n in LEGACY_NAMES),

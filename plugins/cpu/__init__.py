@@ -19,13 +19,13 @@ import ctypes
 import logging
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.cpu")
 
 CAPABILITY_VER = 2
 NCAPINTS = 19
 ARCH_GET_XCOMP_SUPP = 0x1021
-SYS_ARCH_PRCTL = 158
 
 # CRIU's word index -> (cpuid leaf, subleaf, register) it is read from; the
 # words Linux synthesizes (3, 7, 8) stay zero, as they carry no instruction.
@@ -105,8 +105,8 @@ def engine_restore_collect(ctx, graph):
                          "architecture")
     missing = missing_features(dumped.x86_entry[0], current().x86_entry[0], mode)
     if missing:
-        raise ValueError(f"cpuinfo.img: this CPU lacks {', '.join(missing)} "
-                         "(--cpu-cap none restores anyway)")
+        raise ImageError("cpuinfo.img", f"this CPU lacks {', '.join(missing)} "
+                                        "(--cpu-cap none restores anyway)")
 
 
 # --- helpers -----------------------------------------------------------------
@@ -146,8 +146,8 @@ def missing_features(dumped, here, mode: str) -> list[str]:
     missing += [XFEATURES.get(b, f"xfeature {b}") for b in range(64) if lost >> b & 1]
     if mode == "ins":
         if dumped.capability_ver != CAPABILITY_VER:
-            raise ValueError(f"cpuinfo.img: capability_ver {dumped.capability_ver} is "
-                             f"not {CAPABILITY_VER}")
+            raise ImageError("cpuinfo.img", f"capability_ver {dumped.capability_ver} is "
+                                            f"not {CAPABILITY_VER}")
         had, has = list(dumped.capability), list(here.capability)
         for (word, bit), name in INSTRUCTIONS.items():
             if _bit(had, word, bit) and not _bit(has, word, bit):
@@ -161,9 +161,9 @@ def _bit(words, word: int, bit: int) -> bool:
 
 def _xfeatures() -> int:
     """The xsave components the kernel lets user space use."""
-    from engine.tracer.binding import raw_syscall
+    from engine import libc
     mask = ctypes.c_uint64()
-    if raw_syscall(SYS_ARCH_PRCTL, ARCH_GET_XCOMP_SUPP, ctypes.addressof(mask)) != 0:
+    if libc.syscall("arch_prctl", ARCH_GET_XCOMP_SUPP, ctypes.addressof(mask)) != 0:
         return 0
     return mask.value
 

@@ -153,7 +153,7 @@ def _same_userns(pid: int) -> bool:
 def _creds_now(status: dict[str, list[str]]):
     """The task's credentials, from its /proc status; securebits are the
     engine's (it inherited them)."""
-    from engine.tracer.binding import libc
+    from engine import libc
     from engine.tracer.proc import creds_from_status
     return creds_from_status(status, libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0))
 

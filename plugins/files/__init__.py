@@ -40,8 +40,9 @@ import struct
 
 from engine.images.entries import add_file
 from engine import hookimpl
-from engine.fds import CLAIMING, FD_FLOOR, claiming_fdinfo, fdinfo
+from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo
 from engine.graph import Node
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.files")
@@ -54,11 +55,8 @@ OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with
 GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
 
-SYS_KCMP = 312
-SYS_PIDFD_GETFD = 438
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
-_libc = None                # one ctypes handle: each CDLL builds classes
 _FOWN_BODY: dict[int, str] = {}     # file type -> its body field holding a fown
 KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
@@ -108,7 +106,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
     link = os.readlink(f"/proc/{pid}/fd/{fd}")
     # A copy of the fd (the same open file): fstat it rather than walk
     # /proc/PID/fd/N again, and ask it for its owner.
-    copy = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    copy = _syscall("pidfd_getfd", pidfd, fd, 0)
     if copy < 0:
         raise OSError(ctypes.get_errno(), f"task {pid}: pidfd_getfd of fd {fd}")
     try:
@@ -173,8 +171,8 @@ def engine_restore_collect(ctx, graph):
         remaps = {}
         for i, r in enumerate(ctx.images.read("remap-fpath")):
             if r.remap_type != 1:      # GHOST; linked and procfs remaps are not written by us
-                raise ValueError(f"remap-fpath.img: entry {i}: remap_type {r.remap_type} "
-                                 "is not supported")
+                raise ImageError("remap-fpath.img", f"entry {i}: remap_type {r.remap_type} "
+                                                    "is not supported")
             remaps[r.orig_id] = r.remap_id
         ctx.stash[REMAPS] = remaps
     for file_id, entry in files.items():
@@ -215,6 +213,9 @@ def engine_restore_collect(ctx, graph):
     # An open file made by another node (the first task holding it, a pipe
     # or socket a plugin makes) is taken from it (shared_fds): after the
     # nodes providing ("file", id). Tables of other tasks run in parallel.
+    # Helpers other nodes keep open in a task go above its image's fds.
+    ctx.stash[FD_FLOORS] = {pid: max((fd for fd, _, _ in table), default=-1) + 1
+                            for pid, table, _ in tables}
     for pid, table, needs in tables:
         ids = sorted({file_id for _, file_id, _ in table})
         graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",
@@ -228,19 +229,19 @@ def engine_restore_collect(ctx, graph):
 def _refuse_fdinfo(ctx, where: str, fi, fds: set, fd_limit: int):
     entry = ctx.provided("files").get(fi.id)
     if entry is None:
-        raise ValueError(f"{where}: file id {fi.id} is not in files.img")
+        raise ImageError(where, f"file id {fi.id} is not in files.img")
     if fi.type != entry.type:
-        raise ValueError(f"{where}: type {fi.type} but file id {fi.id} in "
-                         f"files.img is {_type_name(entry)}")
-    raise ValueError(f"{where}: " + ("used twice" if fi.fd in fds else
-                                     f"over the open files limit ({fd_limit})"))
+        raise ImageError(where, f"type {fi.type} but file id {fi.id} in "
+                                f"files.img is {_type_name(entry)}")
+    raise ImageError(where, "used twice" if fi.fd in fds else
+                     f"over the open files limit ({fd_limit})")
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
     opened: dict[int, int] = {}                    # file id -> fd number installed
     # Helpers kept open while the table is made (pipe ends) go above it.
-    floor = ctx.stash[FD_FLOOR] = max((number for number, _, _ in node.data), default=-1) + 1
+    floor = ctx.stash[FD_FLOORS][node.pid]
     _room_for(floor + len(node.data) + 64)
     shared, owners = ctx.stash[SHARED], ctx.stash[OWNERS]
     for number, file_id, cloexec in node.data:
@@ -253,8 +254,8 @@ def engine_restore_node(ctx, node):
             entry = ctx.provided("files")[file_id]
             fd = ctx.hook.engine_restore_file(ctx=ctx, entry=entry)
             if fd is None:
-                raise ValueError(f"files.img: file id {file_id}: no plugin opens "
-                                 f"type {_type_name(entry)}")
+                raise ImageError("files.img", f"file id {file_id}: no plugin opens "
+                                              f"type {_type_name(entry)}")
         ctx.install_fd(fd, number)
         if file_id not in opened:
             opened[file_id] = number
@@ -277,13 +278,13 @@ def engine_restore_file(ctx, entry):
     try:
         now = os.stat(reg.name)
     except OSError as e:
-        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): {e.strerror}") from None
+        raise ImageError("files.img", f"file id {entry.id} ({reg.name}): {e.strerror}") from None
     if reg.HasField("mode") and now.st_mode != reg.mode:
-        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): mode changed: "
-                         f"{reg.mode:o} -> {now.st_mode:o}")
+        raise ImageError("files.img", f"file id {entry.id} ({reg.name}): mode changed: "
+                                      f"{reg.mode:o} -> {now.st_mode:o}")
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
-        raise ValueError(f"files.img: file id {entry.id} ({reg.name}): size changed: "
-                         f"{reg.size} -> {now.st_size}")
+        raise ImageError("files.img", f"file id {entry.id} ({reg.name}): size changed: "
+                                      f"{reg.size} -> {now.st_size}")
     fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC)
     if reg.flags & fcntl.FASYNC:
         # open(2) keeps O_ASYNC without arming SIGIO; F_SETFL arms it.
@@ -344,24 +345,19 @@ def _restore_owner(fd: int, fown, file_id: int) -> None:
                 os.setresuid(*saved)
                 _prctl(PR_SET_DUMPABLE, dumpable)   # a uid change clears it
     except OSError as e:
-        raise ValueError(f"files.img: file id {file_id}: fown (pid_type {fown.pid_type}, "
-                         f"pid {fown.pid}, signum {fown.signum}, uid {fown.uid}, euid "
-                         f"{fown.euid}): {e.strerror}") from None
+        raise ImageError("files.img", f"file id {file_id}: fown (pid_type {fown.pid_type}, "
+                                      f"pid {fown.pid}, signum {fown.signum}, uid {fown.uid}, euid "
+                                      f"{fown.euid}): {e.strerror}") from None
 
 
-def _libc_():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
-def _syscall(*args) -> int:
-    return _libc_().syscall(*args)
+def _syscall(name: str, *args) -> int:
+    from engine import libc
+    return libc.syscall(name, *args)
 
 
 def _prctl(option: int, arg: int) -> int:
-    return _libc_().prctl(option, arg, 0, 0, 0)
+    from engine import libc
+    return libc.prctl(option, arg, 0, 0, 0)
 
 
 def _check_reg(file_id: int, reg) -> None:
@@ -371,10 +367,10 @@ def _check_reg(file_id: int, reg) -> None:
     offset lseek cannot take."""
     where = f"files.img: file id {file_id} ({reg.name})"
     if reg.flags & OPEN_ONLY:
-        raise ValueError(f"{where}: flags {reg.flags:#o} hold open-time flags "
-                         f"{reg.flags & OPEN_ONLY:#o}, which no open file keeps")
+        raise ImageError(where, f"flags {reg.flags:#o} hold open-time flags "
+                                f"{reg.flags & OPEN_ONLY:#o}, which no open file keeps")
     if reg.pos > MAX_OFF:
-        raise ValueError(f"{where}: pos {reg.pos} is over the largest offset ({MAX_OFF})")
+        raise ImageError(where, f"pos {reg.pos} is over the largest offset ({MAX_OFF})")
 
 
 def _dump_ghost(ctx, pid: int, fd: int, file_id: int, stat) -> None:
@@ -400,11 +396,11 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
     image = f"ghost-file-{ghost_id}.img"
     found = ctx.images.read("ghost-file", id=ghost_id)
     if len(found) != 1 or found[0][0].chunks:
-        raise ValueError(f"{image}: want one entry with the content after it "
-                         "(chunked ghosts are not supported)")
+        raise ImageError(image, "want one entry with the content after it "
+                                "(chunked ghosts are not supported)")
     g, data = found[0]
     if not st.S_ISREG(g.mode):
-        raise ValueError(f"{image}: mode {g.mode:o} is not a regular file's")
+        raise ImageError(image, f"mode {g.mode:o} is not a regular file's")
     tmp = f"{reg.name}.engine-ghost.{entry.id}"
     try:
         # Private (0600, no set-id bits) while it has a name; its owner and
@@ -412,7 +408,7 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
         # exec the image's content through the path meanwhile.
         rw = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
-        raise ValueError(f"{image}: cannot recreate {reg.name}: {e.strerror}") from None
+        raise ImageError(image, f"cannot recreate {reg.name}: {e.strerror}") from None
     try:
         view = memoryview(data)
         while view:
@@ -431,7 +427,7 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
 
 def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     """kcmp(KCMP_FILE): 0 the same open file, 1 or 2 an order between them."""
-    r = _syscall(SYS_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
+    r = _syscall("kcmp", pid1, pid2, KCMP_FILE, fd1, fd2)
     if r < 0:
         raise OSError(ctypes.get_errno(), f"kcmp of fd {fd1} of {pid1} and fd {fd2} of {pid2}")
     return r

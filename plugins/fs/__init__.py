@@ -11,6 +11,7 @@ import os
 from engine.images.entries import add_file
 from engine import hookimpl
 from engine.graph import Node
+from engine.images import ImageError
 
 
 # --- registration ---------------------------------------------------------
@@ -51,8 +52,8 @@ def engine_restore_collect(ctx, graph):
             file_id = getattr(fs, f"{name}_id")
             entry = ctx.provided("files").get(file_id)
             if entry is None or not entry.HasField("reg"):
-                raise ValueError(f"fs-{task.pid}.img: {name}_id {file_id} is not a "
-                                 "file entry of files.img")
+                raise ImageError(f"fs-{task.pid}.img", f"{name}_id {file_id} is not a "
+                                                       "file entry of files.img")
             paths[name] = entry.reg.name
         graph.add(Node(key=f"fs:{task.pid}", plugin="fs", pid=task.pid,
                        data=(paths, fs.umask if fs.HasField("umask") else None),
@@ -68,7 +69,7 @@ def engine_restore_node(ctx, node):
         if paths["root"] != "/":
             os.chroot(paths["root"])
     except OSError as e:
-        raise ValueError(f"fs-{node.pid}.img: {e.filename}: {e.strerror}") from None
+        raise ImageError(f"fs-{node.pid}.img", f"{e.filename}: {e.strerror}") from None
     if umask is not None:
         os.umask(umask)
     return True

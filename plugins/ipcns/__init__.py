@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.ipcns")
 
@@ -65,8 +66,8 @@ def engine_restore_collect(ctx, graph):
     from engine import ns
     for ns_id, entry in ns.collect(ctx, graph, "ipcns", "ipc", "ipcns-var"):
         if len(entry.sem_ctls) != 4:
-            raise ValueError(f"ipcns-var-{ns_id}.img: sem_ctls has {len(entry.sem_ctls)} "
-                             "values, want 4")
+            raise ImageError(f"ipcns-var-{ns_id}.img", f"sem_ctls has {len(entry.sem_ctls)} "
+                                                       "values, want 4")
 
 
 @hookimpl

@@ -17,6 +17,7 @@ import logging
 from engine.images.entries import add_file
 from engine import hookimpl
 from engine.graph import Node
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.mem")
@@ -127,18 +128,18 @@ def _mm_state(ctx, mm, image: str):
     # an error, keyword arguments) is left out of the loop.
     for i, v in enumerate(mm.vmas):
         if v.start % PAGE or v.end % PAGE or v.start >= v.end:
-            raise ValueError(f"{_where(image, i, v)}: not a page-aligned range")
+            raise ImageError(_where(image, i, v), "not a page-aligned range")
         if v.end > TASK_SIZE and not v.status & VMA_AREA_VSYSCALL:
-            raise ValueError(f"{_where(image, i, v)}: outside user space")
+            raise ImageError(_where(image, i, v), "outside user space")
         if v.start < prev_end:
-            raise ValueError(f"{_where(image, i, v)}: overlaps the previous VMA")
+            raise ImageError(_where(image, i, v), "overlaps the previous VMA")
         prev_end = v.end
         path = None
         if v.shmid and v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             entry = ctx.provided("files").get(v.shmid)
             if entry is None or not entry.HasField("reg"):
-                raise ValueError(f"{_where(image, i, v)}: shmid {v.shmid} is not a file "
-                                 "of files.img")
+                raise ImageError(_where(image, i, v), f"shmid {v.shmid} is not a file "
+                                                      "of files.img")
             path = entry.reg.name
         # Vma's fields in order: VMA_FIELDS, shmid, path.
         vmas.append(Vma(v.start, v.end, v.pgoff, v.prot, v.flags, v.status, v.madv,
@@ -147,7 +148,7 @@ def _mm_state(ctx, mm, image: str):
     if mm.HasField("exe_file_id"):
         entry = ctx.provided("files").get(mm.exe_file_id)
         if entry is None or not entry.HasField("reg"):
-            raise ValueError(f"{image}: exe_file_id {mm.exe_file_id} is not a file of files.img")
+            raise ImageError(image, f"exe_file_id {mm.exe_file_id} is not a file of files.img")
         exe = entry.reg.name
     return MmState(vmas=vmas, auxv=list(mm.mm_saved_auxv), exe=exe,
                    **{f: getattr(mm, f) for f in MM_FIELDS})

@@ -26,6 +26,7 @@ import os
 import struct
 
 from engine import hookimpl
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.mntns")
@@ -37,9 +38,6 @@ MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128,
       "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21, "strictatime": 1 << 24}
 MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
 # The new mount API: a tmpfs is made detached, filled, then moved in place.
-SYS_MOVE_MOUNT, SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT, SYS_MOUNT_SETATTR = 429, 430, 431, 432, 442
-SYSCALL_NAMES = {429: "move_mount", 430: "fsopen", 431: "fsconfig", 432: "fsmount",
-                 442: "mount_setattr"}
 FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
 FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 1, 6
 MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
@@ -100,17 +98,18 @@ def engine_restore_collect(ctx, graph):
         for i, m in enumerate(entries, 1):
             where = f"mountpoints-{ns_id}.img: entry {i}"
             if m.fstype != FSTYPE_TMPFS:
-                raise ValueError(f"{where}: fstype {m.fstype}: only tmpfs is supported")
+                raise ImageError(where, f"fstype {m.fstype}: only tmpfs is supported")
             if not m.mountpoint.startswith("/") or ".." in m.mountpoint.split("/"):
-                raise ValueError(f"{where}: mountpoint {m.mountpoint!r} is not a clean "
-                                 "absolute path")
+                raise ImageError(where, f"mountpoint {m.mountpoint!r} is not a clean "
+                                        "absolute path")
             if not os.path.exists(_tar(ctx, m.mnt_id)):
-                raise ValueError(f"{where}: no tmpfs-dev-{m.mnt_id}.tar.gz.img")
+                raise ImageError(where, f"no tmpfs-dev-{m.mnt_id}.tar.gz.img")
         for m in entries:
             for other in entries:
                 if m is not other and m.mountpoint.startswith(other.mountpoint.rstrip("/") + "/"):
-                    raise ValueError(f"mountpoints-{ns_id}.img: {m.mountpoint} lies in the "
-                                     f"tmpfs at {other.mountpoint}: not supported yet")
+                    raise ImageError(f"mountpoints-{ns_id}.img",
+                                     f"{m.mountpoint} lies in the tmpfs at "
+                                     f"{other.mountpoint}: not supported yet")
         mounts[ns_id] = entries
 
 
@@ -197,26 +196,26 @@ def _setup(ctx, mounts, owned: bool) -> None:
     _sys("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
     maps = (_read_map("/proc/self/uid_map"), _read_map("/proc/self/gid_map")) if owned else None
     for m, dirfd, f in zip(mounts, dirfds, tars):
-        fs = _sys("syscall", SYS_FSOPEN, b"tmpfs", FSOPEN_CLOEXEC)
-        _sys("syscall", SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, b"source", m.source.encode(), 0)
+        fs = _sys("fsopen", b"tmpfs", FSOPEN_CLOEXEC)
+        _sys("fsconfig", fs, FSCONFIG_SET_STRING, b"source", m.source.encode(), 0)
         for opt in m.options.split(","):
             key, _, value = opt.partition("=")
             # uid=/gid= are in the engine's view, taken in the mounter's: the
             # root directory's owner comes back with its files instead.
             if key in ("rw", "ro", "uid", "gid", "seclabel"):
                 continue
-            _sys("syscall", SYS_FSCONFIG, fs, FSCONFIG_SET_STRING if value else 0,
+            _sys("fsconfig", fs, FSCONFIG_SET_STRING if value else 0,
                  key.encode(), value.encode() if value else None, 0)
-        _sys("syscall", SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0)
+        _sys("fsconfig", fs, FSCONFIG_CMD_CREATE, None, None, 0)
         attrs = sum(bit for opt, bit in MOUNT_ATTRS.items() if m.flags & MS[opt])
-        mnt = _sys("syscall", SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC, attrs & ~MOUNT_ATTR_RDONLY)
+        mnt = _sys("fsmount", fs, FSMOUNT_CLOEXEC, attrs & ~MOUNT_ATTR_RDONLY)
         os.close(fs)
         os.fchdir(mnt)
         _unpack(f, maps)
         if m.flags & MS["ro"]:
             attr = struct.pack("<4Q", MOUNT_ATTR_RDONLY, 0, 0, 0)
-            _sys("syscall", SYS_MOUNT_SETATTR, mnt, b"", AT_EMPTY_PATH, attr, len(attr))
-        _sys("syscall", SYS_MOVE_MOUNT, mnt, b"", dirfd, b"",
+            _sys("mount_setattr", mnt, b"", AT_EMPTY_PATH, attr, len(attr))
+        _sys("move_mount", mnt, b"", dirfd, b"",
              MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)
         os.close(mnt)
         os.close(dirfd)
@@ -224,14 +223,9 @@ def _setup(ctx, mounts, owned: bool) -> None:
 
 
 def _sys(name, *args) -> int:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    r = getattr(libc, name)(*args)
-    if r < 0:
-        err = ctypes.get_errno()
-        what = name if name != "syscall" else SYSCALL_NAMES.get(args[0], args[0])
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return r
+    """The mount(3) of the C library, or the raw syscall `name`: OSError on failure."""
+    from engine import libc
+    return libc.check(libc.mount(*args) if name == "mount" else libc.syscall(name, *args), name)
 
 
 def _read_map(path):

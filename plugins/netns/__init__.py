@@ -19,6 +19,7 @@ import os
 import struct
 
 from engine import hookimpl
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.netns")
@@ -76,8 +77,8 @@ def engine_restore_collect(ctx, graph):
         links = ctx.images.read("netdev", id=ns_id) if ctx.images.exists("netdev", id=ns_id) else []
         for link in links:
             if link.type != ND_LOOPBACK:
-                raise ValueError(f"netdev-{ns_id}.img: link {link.name}: type {link.type} "
-                                 "is not supported (only the loopback)")
+                raise ImageError(f"netdev-{ns_id}.img", f"link {link.name}: type {link.type} "
+                                                        "is not supported (only the loopback)")
         nets[ns_id] = (links, _messages(ctx, f"ifaddr-{ns_id}.img"),
                        _messages(ctx, f"route-{ns_id}.img"))
 
@@ -126,14 +127,14 @@ def _messages(ctx, fname: str) -> list[bytes]:
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or struct.unpack_from("<I", data)[0] != IP_DUMP_MAGIC:
-        raise ValueError(f"{fname}: not an `ip save` dump (magic)")
+        raise ImageError(fname, "not an `ip save` dump (magic)")
     out, pos = [], 4
     while pos < len(data):
         if pos + 16 > len(data):
-            raise ValueError(f"{fname}: truncated message at offset {pos}")
+            raise ImageError(fname, f"truncated message at offset {pos}")
         (size,) = struct.unpack_from("<I", data, pos)
         if size < 16 or pos + size > len(data):
-            raise ValueError(f"{fname}: message at offset {pos} has a bad length {size}")
+            raise ImageError(fname, f"message at offset {pos} has a bad length {size}")
         out.append(data[pos:pos + size])
         pos += (size + 3) & ~3
     return out

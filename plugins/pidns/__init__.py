@@ -31,6 +31,7 @@ import os
 
 from engine import hookimpl
 from engine.graph import Node
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.pidns")
 
@@ -94,11 +95,11 @@ def engine_restore_collect(ctx, graph):
         for i, t in enumerate(entry.tasks):
             where = f"{image}: tasks {i}"
             if len(t.ns_pid) != depth + 1:
-                raise ValueError(f"{where}: {len(t.ns_pid)} levels, the namespace is at "
-                                 f"depth {depth}")
+                raise ImageError(where, f"{len(t.ns_pid)} levels, the namespace is at "
+                                        f"depth {depth}")
             if t.ns_pid[0] != t.pid or not all(0 < p for p in t.ns_pid):
-                raise ValueError(f"{where}: ns_pid {list(t.ns_pid)} does not start with "
-                                 f"pid {t.pid}")
+                raise ImageError(where, f"ns_pid {list(t.ns_pid)} does not start with "
+                                        f"pid {t.pid}")
             levels[t.pid], ns_of[t.pid] = list(reversed(t.ns_pid)), ns_id
     tasks = ctx.provided("tasks").entries
     by_pid = {e.pid: e for e in tasks}
@@ -106,18 +107,18 @@ def engine_restore_collect(ctx, graph):
     ctx.provide("pidns", clone_args)
     for pid, tids in levels.items():
         if pid not in by_pid:
-            raise ValueError(f"pidns-{ns_of[pid]}.img: task {pid} is not in pstree.img")
+            raise ImageError(f"pidns-{ns_of[pid]}.img", f"task {pid} is not in pstree.img")
         entry, ppid = entries[ns_of[pid]], by_pid[pid].ppid
         where = f"pidns-{ns_of[pid]}.img: task {pid}"
         if tids[0] != 1:
             if ns_of.get(ppid) != ns_of[pid]:
-                raise ValueError(f"{where}: forked into its pid namespace from outside it "
-                                 "(not supported)")
+                raise ImageError(where, "forked into its pid namespace from outside it "
+                                        "(not supported)")
             clone_args[pid] = (0, tids)
             continue
         if ns_of.get(ppid, 0) != entry.parent_id or ppid == 0:
-            raise ValueError(f"{where}: the init of its pid namespace, but its parent is "
-                             "not in the parent namespace")
+            raise ImageError(where, "the init of its pid namespace, but its parent is "
+                                    "not in the parent namespace")
         if not entry.owner_id:
             clone_args[pid] = (ns.CLONE_NEWPID, tids)
             continue
@@ -186,8 +187,8 @@ def _depth(ns_id, entries) -> int:
     depth, seen = 0, set()
     while ns_id:
         if ns_id in seen or ns_id not in entries:
-            raise ValueError(f"pidns-{ns_id}.img: parent_id: missing, or the parents "
-                             "form a cycle")
+            raise ImageError(f"pidns-{ns_id}.img", "parent_id: missing, or the parents "
+                                                   "form a cycle")
         seen.add(ns_id)
         depth, ns_id = depth + 1, entries[ns_id].parent_id
     return depth

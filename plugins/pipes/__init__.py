@@ -20,6 +20,7 @@ flags; the helper fd goes when the task stops.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -29,6 +30,7 @@ from engine.images.entries import add_file
 from engine import hookimpl
 from engine.fds import claiming_fdinfo, park, pidfd_getfd
 from engine.graph import Node
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.pipes")
@@ -116,8 +118,8 @@ def engine_restore_collect(ctx, graph):
         if entry.HasField("fifo"):
             reg = files.get(entry.fifo.regf_id)
             if reg is None or not reg.HasField("reg"):
-                raise ValueError(f"files.img: FIFO id {file_id}: regf_id "
-                                 f"{entry.fifo.regf_id} is not a REG entry")
+                raise ImageError("files.img", f"FIFO id {file_id}: regf_id "
+                                              f"{entry.fifo.regf_id} is not a REG entry")
     if ctx.images.exists("pipes-data"):
         ctx.stash[DATA] = _read_data(ctx, "pipes-data")
     ends = ctx.stash[PIPE_FILES] = {}
@@ -200,14 +202,14 @@ def _read_data(ctx, kind: str) -> dict[int, tuple[bytes, int]]:
         where = f"{kind}.img: entry {i} (pipe {e.pipe_id})"
         size = e.size if e.HasField("size") else 0
         if size > max_size:
-            raise ValueError(f"{where}: size {size} is over /proc/sys/fs/pipe-max-size "
-                             f"({max_size})")
+            raise ImageError(where, f"size {size} is over /proc/sys/fs/pipe-max-size "
+                                    f"({max_size})")
         room = size or DEFAULT_PIPE_SIZE
         if len(payload) > room:
-            raise ValueError(f"{where}: bytes {len(payload)} do not fit in a pipe of "
-                             f"{room} bytes (size {size})")
+            raise ImageError(where, f"bytes {len(payload)} do not fit in a pipe of "
+                                    f"{room} bytes (size {size})")
         if e.pipe_id in out:
-            raise ValueError(f"{where}: a second entry for the same pipe")
+            raise ImageError(where, "a second entry for the same pipe")
         out[e.pipe_id] = (payload, size)
     return out
 
@@ -234,7 +236,7 @@ def _open_fifo(ctx, entry) -> int:
             holder = park(ctx, os.open(reg.name, os.O_RDWR | os.O_NONBLOCK))
             if not st.S_ISFIFO(os.fstat(holder).st_mode):
                 os.close(holder)
-                raise ValueError(f"{where}: is no longer a FIFO")
+                raise ImageError(where, "is no longer a FIFO")
             holders[pipe_id] = holder
             data, size = ctx.stash.get(FIFO_DATA, {}).get(pipe_id, (b"", 0))
             if size:
@@ -245,7 +247,7 @@ def _open_fifo(ctx, entry) -> int:
         # The holder is a reader and a writer, so neither open blocks.
         return os.open(reg.name, reg.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
     except OSError as e:
-        raise ValueError(f"{where}: {e.strerror}") from None
+        raise ImageError(where, f"{e.strerror}") from None
 
 
 def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
@@ -263,15 +265,9 @@ def _make_pipe(ctx, pipe_id: int) -> tuple[int, int]:
     return rfd, wfd
 
 
-_libc = None
-
-
 def _peek(pid: int, fd: int) -> tuple[bytes, int]:
     """The unread bytes of the pipe whose read end is `fd` of `pid`, unconsumed."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)   # once: each CDLL builds classes
-    libc = _libc
+    from engine import libc
     ours = pidfd_getfd(pid, fd)
     try:
         size = fcntl.fcntl(ours, F_GETPIPE_SZ)
@@ -281,7 +277,7 @@ def _peek(pid: int, fd: int) -> tuple[bytes, int]:
             n = libc.tee(ours, w, size, SPLICE_F_NONBLOCK)
             if n < 0:
                 err = ctypes.get_errno()
-                if err == 11:            # EAGAIN: empty pipe
+                if err == errno.EAGAIN:          # an empty pipe
                     return b"", size
                 raise OSError(err, f"tee from pipe of {pid}")
             return os.read(r, n), size

@@ -24,12 +24,12 @@ import os
 import attrs
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.pstree")
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
-PR_SET_CHILD_SUBREAPER = 36
 
 
 @attrs.frozen
@@ -118,7 +118,8 @@ def engine_restore_node(ctx, node):
     elif kind == "reaper":
         for pid in proc.after_deaths:
             _wait_dead(pid)
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        from engine import libc
+        _prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     elif kind == "ids":
         if proc.leads:
             if proc.sid == proc.pid:
@@ -155,7 +156,7 @@ def _zombies(ctx, entries) -> dict[int, int]:
             tc = ctx.read_one("core", id=e.pid).tc
             if tc.task_state == TASK_DEAD:
                 if e.ppid == 0:
-                    raise ValueError(f"core-{e.pid}.img: the root task is dead")
+                    raise ImageError(f"core-{e.pid}.img", "the root task is dead")
                 out[e.pid] = tc.exit_code
     return out
 
@@ -191,21 +192,21 @@ def _validate(entries) -> None:
     for i, e in enumerate(entries):
         where = f"pstree.img: entry {i}"
         if not 0 < e.pid < pid_max:
-            raise ValueError(f"{where}: pid {e.pid} out of range")
+            raise ImageError(where, f"pid {e.pid} out of range")
         if e.pid in seen:
-            raise ValueError(f"{where}: pid {e.pid} listed twice")
+            raise ImageError(where, f"pid {e.pid} listed twice")
         if i == 0 and e.ppid != 0:
             pass  # the root's dumped parent is outside the tree
         elif i > 0 and e.ppid not in seen:
-            raise ValueError(f"{where}: parent {e.ppid} of {e.pid} is not an earlier task")
+            raise ImageError(where, f"parent {e.ppid} of {e.pid} is not an earlier task")
         if e.threads and e.pid not in e.threads:
-            raise ValueError(f"{where}: threads do not include the task {e.pid}")
+            raise ImageError(where, f"threads do not include the task {e.pid}")
         for tid in e.threads:
             if tid in threads:
-                raise ValueError(f"{where}: thread {tid} listed twice")
+                raise ImageError(where, f"thread {tid} listed twice")
             threads.add(tid)
         if os.path.exists(f"/proc/{e.pid}"):
-            raise ValueError(f"{where}: pid {e.pid} is in use")
+            raise ImageError(where, f"pid {e.pid} is in use")
         seen.add(e.pid)
     # the root's ppid is ignored on restore: the engine (or its caller) is the parent
     entries[0].ppid = 0
@@ -222,11 +223,8 @@ def _pid_free(pid: int) -> bool:
 
 
 def _prctl(option: int, arg: int) -> None:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, arg, 0, 0, 0):
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    from engine import libc
+    libc.check(libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
 
 
 def _wait_dead(pid: int) -> None:

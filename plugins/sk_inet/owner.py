@@ -10,7 +10,6 @@ A uid with no mapping there is refused at collect unless
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import socket
@@ -56,7 +55,7 @@ def owned_socket(family: int, stype: int, proto: int, uid: int) -> socket.socket
         return socket.socket(family, stype, proto)
     from engine.ns import effective_caps
     caps = effective_caps()
-    libc = ctypes.CDLL(None, use_errno=True)
+    from engine import libc
     if caps & (1 << CAP_SETUID):
         old = libc.setfsuid(uid)
         try:

@@ -32,6 +32,7 @@ import socket
 
 from engine.images.entries import add_file
 from engine.fds import pidfd_getfd
+from engine.images import ImageError
 from engine.stash import StashKey
 
 from plugins.sk_inet import repair
@@ -133,15 +134,15 @@ def plan(socks: dict, referenced: set, data: dict) -> dict[int, bytes]:
             continue
         where = f"files.img: inet socket id {fid}"
         if e.src_port not in ports:
-            raise ValueError(f"{where}: established, held by no fd and on no listener's port")
+            raise ImageError(where, "established, held by no fd and on no listener's port")
         client = by_tuple.get(key(e, "dst", "src"))
         if client is None:
-            raise ValueError(f"{where}: a connection not yet accepted whose client is not "
-                             "in the images")
+            raise ImageError(where, "a connection not yet accepted whose client is not "
+                                    "in the images")
         _, e_inq, e_outq = data[e.ino]
         _, c_inq, c_outq = data[client.ino]
         if e_outq or c_inq:
-            raise ValueError(f"{where}: a connection never accepted has data from the server")
+            raise ImageError(where, "a connection never accepted has data from the server")
         out[client.ino] = e_inq + c_outq
     return out
 

@@ -12,6 +12,7 @@ from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, KINDS, MAX_BUF, SO_BU
                                   SO_RCVBUFFORCE, SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED,
                                   WORDS, addr, connected)
 from plugins.sk_inet.owner import uid_here
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.sk_inet")
 
@@ -19,52 +20,52 @@ log = logging.getLogger("engine.plugins.sk_inet")
 def check_entry(ctx, fid: int, i) -> None:
     where = f"files.img: inet socket id {fid}"
     if i.family not in WORDS:
-        raise ValueError(f"{where}: family {i.family} is not AF_INET or AF_INET6")
+        raise ImageError(where, f"family {i.family} is not AF_INET or AF_INET6")
     states = KINDS.get((i.type, i.proto))
     if states is None:
-        raise ValueError(f"{where}: type {i.type} with proto {i.proto} is not TCP or UDP")
+        raise ImageError(where, f"type {i.type} with proto {i.proto} is not TCP or UDP")
     if i.state not in states:
-        raise ValueError(f"{where}: state {STATES.get(i.state, i.state)} is not supported "
-                         f"for {'TCP' if i.proto == socket.IPPROTO_TCP else 'UDP'}")
+        raise ImageError(where, f"state {STATES.get(i.state, i.state)} is not supported "
+                                f"for {'TCP' if i.proto == socket.IPPROTO_TCP else 'UDP'}")
     if i.ifname:
         try:
             socket.if_nametoindex(i.ifname)
         except OSError:
-            raise ValueError(f"{where}: ifname {i.ifname!r}: no such interface") from None
+            raise ImageError(where, f"ifname {i.ifname!r}: no such interface") from None
     for field in ("src_addr", "dst_addr"):
         n = len(getattr(i, field))
         if n not in (0, WORDS[i.family]):
-            raise ValueError(f"{where}: {field} has {n} words, want {WORDS[i.family]}")
+            raise ImageError(where, f"{field} has {n} words, want {WORDS[i.family]}")
     for field in ("src_port", "dst_port"):
         if getattr(i, field) > 0xFFFF:
-            raise ValueError(f"{where}: {field} = {getattr(i, field)} is not a port")
+            raise ImageError(where, f"{field} = {getattr(i, field)} is not a port")
     if (i.state == TCP_ESTABLISHED or connected(i)) and not (i.dst_port and len(i.dst_addr)):
-        raise ValueError(f"{where}: dst_port: a connected socket needs its peer")
+        raise ImageError(where, "dst_port: a connected socket needs its peer")
     for field in ("so_sndbuf", "so_rcvbuf"):
         value = getattr(i.opts, field)
         if not 0 < value <= MAX_BUF:
-            raise ValueError(f"{where}: opts.{field} = {value} is not a buffer size")
+            raise ImageError(where, f"opts.{field} = {value} is not a buffer size")
     if i.HasField("uid") and uid_here(i.uid) is None and not getattr(
             ctx.options, "sk_inet_uid_fallback", False):
-        raise ValueError(f"{where}: uid {i.uid} has no mapping in the restoring user "
-                         "namespace (--sk-inet-uid-fallback restores it as ours)")
+        raise ImageError(where, f"uid {i.uid} has no mapping in the restoring user "
+                                "namespace (--sk-inet-uid-fallback restores it as ours)")
 
 
 def read_stream(ctx, i):
     name = f"tcp-stream-{i.ino:x}.img"
     if not ctx.images.exists("tcp-stream", id=i.ino):
-        raise ValueError(f"{name}: missing, for established TCP socket {i.ino}")
+        raise ImageError(name, f"missing, for established TCP socket {i.ino}")
     found = ctx.images.read("tcp-stream", id=i.ino)
     if len(found) != 1:
-        raise ValueError(f"{name}: {len(found)} entries, want exactly 1")
+        raise ImageError(name, f"{len(found)} entries, want exactly 1")
     e, data = found[0]
     if e.HasField("unsq_len") and e.unsq_len > e.outq_len:
-        raise ValueError(f"{name}: unsq_len = {e.unsq_len} is more than outq_len = "
-                         f"{e.outq_len}")
+        raise ImageError(name, f"unsq_len = {e.unsq_len} is more than outq_len = "
+                               f"{e.outq_len}")
     if not 0 < e.mss_clamp <= 0xFFFF:
-        raise ValueError(f"{name}: mss_clamp = {e.mss_clamp} is not an MSS")
+        raise ImageError(name, f"mss_clamp = {e.mss_clamp} is not an MSS")
     if e.snd_wscale > 14 or e.rcv_wscale > 14:
-        raise ValueError(f"{name}: snd_wscale/rcv_wscale over 14")
+        raise ImageError(name, "snd_wscale/rcv_wscale over 14")
     return e, data[:e.inq_len], data[e.inq_len:]
 
 

@@ -70,7 +70,7 @@ def restore_threads(t, sigactions, threads, shared_signals=()) -> None:
     from engine.tracer import TracerError, clone_threads, task_batch, task_threads
     by_tid = {th.tid: th for th in threads}
     if t.pid not in by_tid:
-        raise TracerError(0, t.pid, "restore: the thread list lacks the task itself")
+        raise TracerError(0, t.pid, "the thread list lacks the task itself")
     bt = task_batch(t)
     _sigactions_into(bt, sigactions)
     clone_threads(t, [th.tid for th in threads], bt)

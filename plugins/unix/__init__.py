@@ -40,6 +40,7 @@ import logging
 import socket
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.unix")
 
@@ -108,5 +109,5 @@ def engine_restore_node(ctx, node):
 def engine_restore_file(ctx, entry):
     if not entry.HasField("usk"):
         return None
-    raise ValueError(f"files.img: unix socket id {entry.id} was not made by its node "
-                     f"({socket.SocketKind(entry.usk.type).name})")
+    raise ImageError("files.img", f"unix socket id {entry.id} was not made by its node "
+                                  f"({socket.SocketKind(entry.usk.type).name})")

@@ -18,6 +18,7 @@ import stat as st
 import attrs
 
 from engine.graph import Node
+from engine.images import ImageError
 from engine.stash import StashKey
 
 from .dump import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TYPES, USK_EXTERN, SCM_MAX_FD
@@ -84,82 +85,82 @@ def _check(fid: int, u, socks, by_ino, limits) -> None:
     """One line naming the entry and field for anything the kernel could not hold."""
     where = f"files.img: unix socket id {fid}"
     if u.type not in TYPES:
-        raise ValueError(f"{where}: type {u.type} is not stream, dgram or seqpacket")
+        raise ImageError(where, f"type {u.type} is not stream, dgram or seqpacket")
     kind = TYPES[u.type]
     if u.state not in (TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN):
         what = "connecting" if u.state == 2 else f"in state {u.state}"
-        raise ValueError(f"{where}: state: a {kind} socket {what} cannot be restored")
+        raise ImageError(where, f"state: a {kind} socket {what} cannot be restored")
     if u.state == TCP_LISTEN and u.type == socket.SOCK_DGRAM:
-        raise ValueError(f"{where}: state: a dgram socket cannot be listening")
+        raise ImageError(where, "state: a dgram socket cannot be listening")
     if u.state == TCP_LISTEN and u.peer:
-        raise ValueError(f"{where}: peer: a listening socket has no peer")
+        raise ImageError(where, "peer: a listening socket has no peer")
     # CRIU writes the send queue length here for a socket that does not listen.
     if u.state == TCP_LISTEN and u.backlog > limits["somaxconn"]:
-        raise ValueError(f"{where}: backlog {u.backlog} is not a listen queue "
-                         f"(net.core.somaxconn is {limits['somaxconn']})")
+        raise ImageError(where, f"backlog {u.backlog} is not a listen queue "
+                                f"(net.core.somaxconn is {limits['somaxconn']})")
     # A connected dgram socket shows TCP_CLOSE on kernels before 5.15 (CRIU images).
     if u.state == TCP_CLOSE and u.peer and u.type != socket.SOCK_DGRAM:
-        raise ValueError(f"{where}: peer: a closed {kind} socket has peer {u.peer}")
+        raise ImageError(where, f"peer: a closed {kind} socket has peer {u.peer}")
     if u.uflags & ~USK_EXTERN:
-        raise ValueError(f"{where}: uflags {u.uflags:#x} are not supported")
+        raise ImageError(where, f"uflags {u.uflags:#x} are not supported")
     if u.shutdown and u.uflags & USK_EXTERN:
-        raise ValueError(f"{where}: shutdown: an external socket is not restored")
+        raise ImageError(where, "shutdown: an external socket is not restored")
     if len(u.name) > 108 or (u.name[:1] not in (b"", b"\0") and len(u.name) > 107):
-        raise ValueError(f"{where}: name of {len(u.name)} bytes is too long")
+        raise ImageError(where, f"name of {len(u.name)} bytes is too long")
     if u.deleted and u.name[:1] in (b"", b"\0"):
-        raise ValueError(f"{where}: deleted: only a path name can be deleted")
+        raise ImageError(where, "deleted: only a path name can be deleted")
     if u.name_dir and not u.name_dir.startswith("/"):
-        raise ValueError(f"{where}: name_dir {u.name_dir!r} is not absolute")
+        raise ImageError(where, f"name_dir {u.name_dir!r} is not absolute")
     if u.name[:1] not in (b"", b"\0", b"/") and not u.name_dir:
-        raise ValueError(f"{where}: name {u.name!r} is relative and has no name_dir")
+        raise ImageError(where, f"name {u.name!r} is relative and has no name_dir")
     if u.name[:1] not in (b"", b"\0") and not u.uflags & USK_EXTERN:
         path = _path(u)
         if not os.path.isdir(os.path.dirname(path) or b"/"):
-            raise ValueError(f"{where}: name: no directory {_printable(os.path.dirname(path))} "
-                             "to bind in")
+            raise ImageError(where, f"name: no directory {_printable(os.path.dirname(path))} "
+                                    "to bind in")
         if os.path.lexists(path) and not st.S_ISSOCK(os.lstat(path).st_mode):
-            raise ValueError(f"{where}: name: {_printable(path)} exists and is not a socket")
+            raise ImageError(where, f"name: {_printable(path)} exists and is not a socket")
     if u.type == socket.SOCK_STREAM or u.type == socket.SOCK_SEQPACKET:
         if u.state == TCP_ESTABLISHED and u.uflags & USK_EXTERN:
-            raise ValueError(f"{where}: a connected {kind} socket cannot be external")
+            raise ImageError(where, f"a connected {kind} socket cannot be external")
     for field, sysctl in (("so_sndbuf", "wmem_max"), ("so_rcvbuf", "rmem_max")):
         value = getattr(u.opts, field)
         # The kernel doubles what setsockopt is given (socket(7)).
         if not 0 < value or value // 2 > limits[sysctl]:
-            raise ValueError(f"{where}: opts.{field} = {value} is beyond the system "
-                             f"maximum (net.core.{sysctl} = {limits[sysctl]}, doubled)")
+            raise ImageError(where, f"opts.{field} = {value} is beyond the system "
+                                    f"maximum (net.core.{sysctl} = {limits[sysctl]}, doubled)")
     for field in ("so_snd_tmo_usec", "so_rcv_tmo_usec"):
         if getattr(u.opts, field) >= 1000000:
-            raise ValueError(f"{where}: opts.{field} = {getattr(u.opts, field)} "
-                             "is not below a second")
+            raise ImageError(where, f"opts.{field} = {getattr(u.opts, field)} "
+                                    "is not below a second")
     if u.opts.HasField("so_peek_off") and u.opts.so_peek_off < -1:
-        raise ValueError(f"{where}: opts.so_peek_off = {u.opts.so_peek_off} is negative")
+        raise ImageError(where, f"opts.so_peek_off = {u.opts.so_peek_off} is negative")
     if not u.peer:
         return
     pfid = by_ino.get(u.peer)
     if pfid is None:
-        raise ValueError(f"{where}: peer {u.peer} is not in the image (a peer outside "
-                         "the tree is dumped as an external entry)")
+        raise ImageError(where, f"peer {u.peer} is not in the image (a peer outside "
+                                "the tree is dumped as an external entry)")
     p = socks[pfid]
     if p.type != u.type:
-        raise ValueError(f"{where}: peer {u.peer} is of another type")
+        raise ImageError(where, f"peer {u.peer} is of another type")
     if p.state == TCP_LISTEN and u.type == socket.SOCK_DGRAM:
-        raise ValueError(f"{where}: peer {u.peer} is listening")
+        raise ImageError(where, f"peer {u.peer} is listening")
     mutual = p.peer == u.ino and p.state != TCP_LISTEN
     if u.type != socket.SOCK_DGRAM and not mutual and p.state != TCP_LISTEN:
-        raise ValueError(f"{where}: peer {u.peer} is not connected back")
+        raise ImageError(where, f"peer {u.peer} is not connected back")
     if not mutual and not p.name:
-        raise ValueError(f"{where}: peer {u.peer} has no name to connect to")
+        raise ImageError(where, f"peer {u.peer} has no name to connect to")
     if p.uflags & USK_EXTERN and u.type != socket.SOCK_DGRAM:
-        raise ValueError(f"{where}: only a dgram socket may have an external peer")
+        raise ImageError(where, "only a dgram socket may have an external peer")
     if p.uflags & USK_EXTERN and p.name[:1] != b"\0":
         try:
             there = os.stat(_path(p)).st_mode
         except OSError:
             there = 0
         if not st.S_ISSOCK(there):
-            raise ValueError(f"{where}: its external peer {_printable(_path(p))} is not "
-                             "there to connect to")
+            raise ImageError(where, f"its external peer {_printable(_path(p))} is not "
+                                    "there to connect to")
 
 
 def _read_queues(ctx, socks, limits) -> dict[int, list]:
@@ -172,22 +173,22 @@ def _read_queues(ctx, socks, limits) -> dict[int, list]:
         where = f"sk-queues.img: entry {i}"
         u = socks.get(p.id_for)
         if u is None:
-            raise ValueError(f"{where}: id_for {p.id_for} is not a unix socket of files.img")
+            raise ImageError(where, f"id_for {p.id_for} is not a unix socket of files.img")
         if u.state == TCP_LISTEN or u.uflags & USK_EXTERN:
-            raise ValueError(f"{where}: id_for {p.id_for}: a listening or external "
-                             "socket has no messages")
+            raise ImageError(where, f"id_for {p.id_for}: a listening or external "
+                                    "socket has no messages")
         total[p.id_for] = total.get(p.id_for, 0) + p.length
         if total[p.id_for] > cap:
-            raise ValueError(f"{where}: length: {total[p.id_for]} bytes queued for socket "
-                             f"{p.id_for} is beyond any buffer the system allows ({cap})")
+            raise ImageError(where, f"length: {total[p.id_for]} bytes queued for socket "
+                                    f"{p.id_for} is beyond any buffer the system allows ({cap})")
         for scm in p.scm:
             if scm.type != socket.SCM_RIGHTS:
-                raise ValueError(f"{where}: scm type {scm.type} is not SCM_RIGHTS")
+                raise ImageError(where, f"scm type {scm.type} is not SCM_RIGHTS")
             if len(scm.rights) > SCM_MAX_FD:
-                raise ValueError(f"{where}: {len(scm.rights)} rights are over {SCM_MAX_FD}")
+                raise ImageError(where, f"{len(scm.rights)} rights are over {SCM_MAX_FD}")
             for r in scm.rights:
                 if r not in ctx.provided("files") or (r in socks and socks[r].uflags & USK_EXTERN):
-                    raise ValueError(f"{where}: right {r} is not a file of files.img")
+                    raise ImageError(where, f"right {r} is not a file of files.img")
         queues.setdefault(p.id_for, []).append((p, data))
     return queues
 
@@ -269,8 +270,8 @@ def _owners(ctx, socks, units, unit_of, queues) -> None:
     ctx.stash[FD_BASE] = {pid: max(n + 1, 64) for pid, n in top.items()}
     for unit in units.values():
         if unit.pid is None:
-            raise ValueError(f"files.img: unix socket id {unit.ids[0]} is held by no task, "
-                             "not even in flight in a queue a task holds")
+            raise ImageError("files.img", f"unix socket id {unit.ids[0]} is held by no task, "
+                                          "not even in flight in a queue a task holds")
     by_ino = {u.ino: f for f, u in socks.items()}
     for fid, u in socks.items():
         if queues.get(fid):
@@ -289,13 +290,13 @@ def _check_refill(fid, u, socks, by_ino) -> None:
                                                       or not u.name):
         return                                          # its peer was closed
     if p is not None and p.state == TCP_LISTEN:
-        raise ValueError(f"{where}: a connection not yet accepted has no messages")
+        raise ImageError(where, "a connection not yet accepted has no messages")
     if u.type != socket.SOCK_DGRAM:
-        raise ValueError(f"{where}: a {TYPES[u.type]} socket with no peer has no messages")
+        raise ImageError(where, f"a {TYPES[u.type]} socket with no peer has no messages")
     if p is not None and p.uflags & USK_EXTERN:
-        raise ValueError(f"{where}: messages from an external peer cannot be sent again")
+        raise ImageError(where, "messages from an external peer cannot be sent again")
     if not u.name:
-        raise ValueError(f"{where}: messages for an unnamed socket with no peer")
+        raise ImageError(where, "messages for an unnamed socket with no peer")
 
 
 def _fd_tables(ctx, numbers: bool = False) -> dict[int, list[int]]:

@@ -297,15 +297,13 @@ def _index_task_fds(ctx) -> dict:
     return out
 
 
-_libc = None
+KCMP_FILE = 0
 
 
 def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     import ctypes
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    r = _libc.syscall(312, pid1, pid2, 0, fd1, fd2)      # kcmp(KCMP_FILE)
+    from engine import libc
+    r = libc.syscall("kcmp", pid1, pid2, KCMP_FILE, fd1, fd2)
     if r < 0:
         raise OSError(ctypes.get_errno(), "kcmp")
     return r

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -13,6 +14,7 @@ import socket
 import stat as st
 import struct
 
+from engine.images import ImageError
 from engine.stash import StashKey
 
 from .collect import FD_BASE, QUEUES, SOCKS, _limits, _path, _printable
@@ -197,8 +199,9 @@ def _fill(ctx, fid, sender, socks, to=None) -> None:
                 try:
                     n = sender.sendmsg([view], anc, socket.MSG_DONTWAIT, *address)
                 except BlockingIOError:
-                    raise ValueError(f"sk-queues.img: socket id {fid}: message {i} does not "
-                                     "fit in the socket buffers the system allows") from None
+                    raise ImageError("sk-queues.img",
+                                     f"socket id {fid}: message {i} does not fit in the "
+                                     "socket buffers the system allows") from None
                 view, anc = view[n:], []
                 if not view:
                     break
@@ -220,10 +223,10 @@ def _open_inflight(ctx, fid) -> int:
         return ctx.take_fd(fid)
     entry = ctx.provided("files")[fid]
     if entry.HasField("usk"):
-        raise ValueError(f"sk-queues.img: in-flight unix socket id {fid} was not made yet")
+        raise ImageError("sk-queues.img", f"in-flight unix socket id {fid} was not made yet")
     fd = ctx.hook.engine_restore_file(ctx=ctx, entry=entry)
     if fd is None:
-        raise ValueError(f"files.img: in-flight file id {fid}: no plugin opens it")
+        raise ImageError("files.img", f"in-flight file id {fid}: no plugin opens it")
     fd = opened[fid] = _high(fd, ctx.stash[FD_BASE].get(ctx.self_pid, 64))
     ctx.publish_fd(fid, fd)
     return os.dup(fd)
@@ -253,7 +256,7 @@ def _finish(sock, u) -> None:
         try:
             sock.shutdown(u.shutdown - 1)      # READ/WRITE/BOTH -> SHUT_RD/WR/RDWR
         except OSError as e:
-            if e.errno != 107:                 # ENOTCONN: nothing left to shut
+            if e.errno != errno.ENOTCONN:      # nothing left to shut
                 raise
     flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
     fcntl.fcntl(sock.fileno(), fcntl.F_SETFL,

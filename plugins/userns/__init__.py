@@ -25,6 +25,7 @@ import os
 
 from engine import hookimpl
 from engine.graph import Node
+from engine.images import ImageError
 from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.userns")
@@ -175,11 +176,11 @@ def _check_chain(ns_id, entries) -> None:
     seen, cur = set(), ns_id
     while cur:
         if cur in seen:
-            raise ValueError(f"userns-{ns_id}.img: parent_id: the parents form a cycle")
+            raise ImageError(f"userns-{ns_id}.img", "parent_id: the parents form a cycle")
         seen.add(cur)
         parent = entries[cur].parent_id
         if parent and parent not in entries:
-            raise ValueError(f"userns-{cur}.img: parent_id: no userns-{parent}.img")
+            raise ImageError(f"userns-{cur}.img", f"parent_id: no userns-{parent}.img")
         cur = parent
 
 
@@ -204,17 +205,17 @@ def _check_maps(ns_id, entry, entries, held) -> None:
         extents = [(e.first, e.lower_first, e.count) for e in getattr(entry, field)]
         where = f"{image}: {field}"
         if not extents:
-            raise ValueError(f"{where}: empty")
+            raise ImageError(where, "empty")
         if len(extents) > MAX_EXTENTS:
-            raise ValueError(f"{where}: {len(extents)} lines, the kernel takes {MAX_EXTENTS}")
+            raise ImageError(where, f"{len(extents)} lines, the kernel takes {MAX_EXTENTS}")
         for i, (first, lower, count) in enumerate(extents):
             if count == 0 or first + count > 1 << 32 or lower + count > 1 << 32:
-                raise ValueError(f"{where}: line {i} ({first} {lower} {count}) is empty or wraps")
+                raise ImageError(where, f"line {i} ({first} {lower} {count}) is empty or wraps")
             for j, (f2, l2, c2) in enumerate(extents[:i]):
                 if first < f2 + c2 and f2 < first + count:
-                    raise ValueError(f"{where}: lines {j} and {i} overlap (ids inside)")
+                    raise ImageError(where, f"lines {j} and {i} overlap (ids inside)")
                 if lower < l2 + c2 and l2 < lower + count:
-                    raise ValueError(f"{where}: lines {j} and {i} overlap (ids outside)")
+                    raise ImageError(where, f"lines {j} and {i} overlap (ids outside)")
         if entry.parent_id:
             parent = [(e.first, e.lower_first, e.count)
                       for e in getattr(entries[entry.parent_id], field)]
@@ -223,16 +224,16 @@ def _check_maps(ns_id, entry, entries, held) -> None:
             parent, whose = held[field], "the restoring engine"
         else:
             if extents != [(extents[0][0], own, 1)]:
-                raise ValueError(f"{where}: maps ids the restoring user does not hold "
-                                 f"(unprivileged: only its own id {own}, one id)")
+                raise ImageError(where, "maps ids the restoring user does not hold "
+                                        f"(unprivileged: only its own id {own}, one id)")
             if field == "gid_map" and not entry.setgroups_deny:
-                raise ValueError(f"{image}: setgroups_deny: an unprivileged gid_map "
-                                 "needs setgroups denied")
+                raise ImageError(image, "setgroups_deny: an unprivileged gid_map "
+                                        "needs setgroups denied")
             continue
         for i, (first, lower, count) in enumerate(extents):
             if not _covered(lower, count, parent):
-                raise ValueError(f"{where}: line {i} maps ids {lower}-{lower + count - 1}, "
-                                 f"which {whose} does not hold")
+                raise ImageError(where, f"line {i} maps ids {lower}-{lower + count - 1}, "
+                                        f"which {whose} does not hold")
 
 
 def _covered(lower, count, parent) -> bool:

@@ -14,6 +14,7 @@ import logging
 import os
 
 from engine import hookimpl
+from engine.images import ImageError
 
 log = logging.getLogger("engine.plugins.utsns")
 
@@ -52,7 +53,7 @@ def engine_restore_collect(ctx, graph):
     for ns_id, entry in ns.collect(ctx, graph, "utsns", "uts", "utsns"):
         for field in ("nodename", "domainname"):
             if len(getattr(entry, field).encode()) > MAX_NAME:
-                raise ValueError(f"utsns-{ns_id}.img: {field} is longer than {MAX_NAME} bytes")
+                raise ImageError(f"utsns-{ns_id}.img", f"{field} is longer than {MAX_NAME} bytes")
 
 
 @hookimpl
@@ -72,12 +73,9 @@ def _names() -> tuple[str, str]:
 
 def _set_names(entry) -> None:
     import socket
-    import ctypes
+    from engine import libc
     socket.sethostname(entry.nodename)
     # setdomainname(2), not the sysctl: the file belongs to the initial root,
     # the call asks for CAP_SYS_ADMIN in the namespace's owner.
     name = entry.domainname.encode()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setdomainname(name, len(name)):
-        err = ctypes.get_errno()
-        raise OSError(err, f"setdomainname: {os.strerror(err)}")
+    libc.check(libc.setdomainname(name, len(name)), "setdomainname")

@@ -1,6 +1,5 @@
 """The dump's write order: every image first, inventory.img (the completion
 marker a reader trusts) last, filled through engine_dump_inventory."""
-import ctypes
 import json
 import os
 import struct
@@ -33,14 +32,15 @@ def _closed_for_writing(fd: int) -> list[str]:
 def test_hook_engine_dump_inventory(build_target, target_runner, tmp_path):
     """inventory.img is written once no other image will be, and the core's
     engine_dump_inventory gave it the root's ids (those of ids-ROOT.img)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    from engine import libc
     target = target_runner.start(build_target("sharedfd"))
     img = tmp_path / "img"
     img.mkdir()
     fd = libc.inotify_init1(IN_NONBLOCK)
-    assert fd >= 0, os.strerror(ctypes.get_errno())
+    libc.check(fd, "inotify_init1")
     try:
-        assert libc.inotify_add_watch(fd, os.fsencode(img), IN_CLOSE_WRITE) >= 0
+        libc.check(libc.inotify_add_watch(fd, os.fsencode(img), IN_CLOSE_WRITE),
+                   "inotify_add_watch")
         dump_to(target, img)
         order = _closed_for_writing(fd)
     finally:

@@ -12,8 +12,8 @@ task it starts; leftovers are killed on failure.
 """
 from __future__ import annotations
 
-import ctypes
 import difflib
+import errno
 import mmap
 import os
 import signal
@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.tracer import TracerError
+from engine import libc
+from engine.tracer import NotSupportedError, TracerError
 from engine.tracer import model as m
 from engine.tracer.clone import clone_with_pid
 from engine.tracer.dump import collect_task, dump_pages, freeze
 from engine.tracer.restore import (attach_stopped, release, restore_memory, set_registers,
                                    wait_for_tracer)
-from engine.tracer.xstate import COMPONENTS
+from engine.tracer.xstate import COMPONENTS, from_xstate, to_xstate
 from plugins.threads import restore_threads
 
 TARGETS = Path(__file__).parent / "tracer_targets"
@@ -42,8 +43,7 @@ VARIANTS = {"dynamic-pie": [], "dynamic-nopie": ["-no-pie"], "static": ["-static
 
 @pytest.fixture(scope="module", autouse=True)
 def _subreaper():
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(36, 1, 0, 0, 0) == 0          # PR_SET_CHILD_SUBREAPER
+    assert libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +306,7 @@ def test_failed_restore_names_the_step_and_kills_the_task(binaries, tmp_path):
     bad.path = str(gone)
     with pytest.raises(TracerError) as info:
         restore(state, pages)
-    assert str(info.value) == f"openat {gone} of {state.pid}: No such file or directory"
+    assert str(info.value) == f"openat {gone} of task {state.pid}: No such file or directory"
     assert not os.path.exists(f"/proc/{state.pid}")       # killed and reaped
 
 
@@ -335,7 +335,17 @@ def test_failed_dump_leaves_the_target_running(binaries, tmp_path):
 def test_taken_pid_is_refused(binaries):
     with pytest.raises(TracerError) as info:
         clone_with_pid(os.getpid())
-    assert info.value.errno == 17 and "\n" not in str(info.value)
+    assert info.value.errno == errno.EEXIST and "\n" not in str(info.value)
+
+
+def test_tracer_errors_read_as_sentences():
+    assert str(TracerError(errno.ESRCH, 42, "PTRACE_SEIZE")) == \
+        "PTRACE_SEIZE of task 42: No such process"
+    assert str(TracerError(0, 42, "exited (signal 9) while traced")) == \
+        "task 42: exited (signal 9) while traced"
+    refused = NotSupportedError(42, "restore without a vdso")
+    assert str(refused) == "task 42: restore without a vdso is not supported"
+    assert isinstance(refused, TracerError) and refused.errno == errno.EOPNOTSUPP
 
 
 def test_xstate_split_and_rebuilt(binaries, tmp_path):
@@ -345,16 +355,16 @@ def test_xstate_split_and_rebuilt(binaries, tmp_path):
         raw = t.get_xstate()
     finally:
         t.detach()
-    fp = m.FpRegs.from_xstate(raw)
+    fp = from_xstate(raw)
     assert fp.xstate_bv & 0b110 == 0b110        # SSE + AVX in use
-    assert fp.to_xstate() == raw
+    assert to_xstate(fp) == raw
     # An image without the components the task never used (as CRIU writes
     # on a CPU without them) gives the same buffer: their xstate_bv bit is
     # clear, so the kernel inits them either way.
     unused = [name for comp, (name, _, _) in COMPONENTS.items()
               if not fp.xstate_bv & (1 << comp)]
     criu = m.FpRegs(**{k: v for k, v in m.attrs.asdict(fp).items() if k not in unused})
-    assert criu.to_xstate() == raw
+    assert to_xstate(criu) == raw
     assert target.verdict() == "PASS"
 
 
