@@ -35,8 +35,8 @@ ARCH_GET_FS = 0x1003
 def wait_for_tracer() -> None:
     """Called in the forked task (clone_with_pid returned 0) once its
     task-side work is done: never returns. It blocks in pause(), where
-    attach_stopped / restore_task (polling /proc/PID/syscall for 34) seize
-    it and replace the whole process image; only its fd table, cwd, creds
+    attach_stopped (polling /proc/PID/syscall for 34) seizes
+    it and replaces the whole process image; only its fd table, cwd, creds
     and namespaces are kept. It must be single-threaded.
 
     A task forked after prepare_forks() first unmaps nearly all of itself
