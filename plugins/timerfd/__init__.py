@@ -23,6 +23,9 @@ Restore: timerfd_create(clockid, 0) (the ALARM clocks need CAP_WAKE_ALARM,
 which root has), timerfd_settime(settime_flags, the time left, the
 interval), then TFD_IOC_SET_TICKS for the unread expirations, as CRIU; then
 F_SETFL back to the dumped O_NONBLOCK; close-on-exec is the fd table's.
+CRIU arms its timerfds last, in the restorer, lest one expire before the
+task's signal handlers are back; here they are armed with the fd table:
+an expiration only counts a tick (a timerfd has no fasync, so no SIGIO).
 Time between dump and restore does not count, as in CRIU: a relative timer
 is re-armed with the time left as dumped, and an absolute one
 (TFD_TIMER_ABSTIME) at the clock's now plus the time left as dumped (CRIU

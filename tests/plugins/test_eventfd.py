@@ -51,3 +51,15 @@ def test_crit_decodes_eventfd(build_target, target_runner, tmp_path):
     bodies = [e["efd"] for e in json.loads(out)["entries"] if "efd" in e]
     assert sorted(b["counter"] for b in bodies) == sorted([0x1234567, 0x123456789ab, 3, 0x42])
     assert any(b["flags"] & 1 for b in bodies)      # the semaphore bit
+
+
+def test_disabled_plugin_refuses_the_image(build_target, target_runner, engine_cli, tmp_path):
+    """--disable eventfd: an image holding eventfds is refused before
+    anything starts, naming the resource; no task left."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("eventfd"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    line = engine_fails("restore", "--disable", "eventfd", "-D", img)
+    assert "file:EVENTFD" in line, line
+    assert task_gone(target.pid)
