@@ -29,6 +29,7 @@ import logging
 import os
 
 from engine import hookimpl
+from engine.images.entries import file_entry
 from engine.fds import claiming_fdinfo
 from engine.images import ImageError
 
@@ -48,18 +49,13 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if link != LINK:
         return None
     from engine.images import fdinfo
-    from engine.images.proto import files_pb2
     flags = claiming_fdinfo(ctx, task.pid, fd)["flags"] & ~os.O_CLOEXEC
     info = fdinfo.read(task.pid, fd)
     if "eventfd-count" not in info:
         raise ValueError(f"task {task.pid}: fd {fd} ({link}): fdinfo shows no eventfd-count")
     if info.get("eventfd-semaphore"):
         flags |= EFD_SEMAPHORE
-    entry = files_pb2.file_entry(type=files_pb2.EVENTFD, id=0)
-    entry.efd.id, entry.efd.flags, entry.efd.counter = 0, flags, info["eventfd-count"]
-    entry.efd.fown.uid = entry.efd.fown.euid = entry.efd.fown.signum = 0
-    entry.efd.fown.pid_type = entry.efd.fown.pid = 0
-    return entry
+    return file_entry("EVENTFD", "efd", flags=flags, counter=info["eventfd-count"])
 
 
 # --- restore ---------------------------------------------------------------

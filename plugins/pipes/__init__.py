@@ -26,7 +26,7 @@ import logging
 import os
 import stat as st
 
-from engine.images.entries import add_file
+from engine.images.entries import add_file, file_entry
 from engine import hookimpl
 from engine.fds import claiming_fdinfo, park, pidfd_getfd
 from engine.graph import Node
@@ -71,18 +71,13 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         return _dump_fifo(ctx, task, fd, link, stat)
     if not link.startswith("pipe:["):
         return None
-    from engine.images.proto import files_pb2
     flags = claiming_fdinfo(ctx, task.pid, fd)["flags"]
     inode = stat.st_ino
     ctx.stash.setdefault(USERS, {}).setdefault(inode, set()).add(task.pid)
     if flags & os.O_ACCMODE == os.O_RDONLY:
         ctx.stash.setdefault(READ_ENDS, {}).setdefault(inode, (task.pid, fd))
-    entry = files_pb2.file_entry(type=files_pb2.PIPE, id=0)
-    entry.pipe.id, entry.pipe.pipe_id = 0, inode
-    entry.pipe.flags = flags & ~os.O_CLOEXEC          # f_flags, as CRIU keeps them
-    entry.pipe.fown.uid = entry.pipe.fown.euid = entry.pipe.fown.signum = 0
-    entry.pipe.fown.pid_type = entry.pipe.fown.pid = 0
-    return entry
+    # f_flags, as CRIU keeps them
+    return file_entry("PIPE", "pipe", pipe_id=inode, flags=flags & ~os.O_CLOEXEC)
 
 
 @hookimpl

@@ -28,6 +28,7 @@ import signal
 import struct
 
 from engine import hookimpl
+from engine.images.entries import file_entry
 from engine.fds import claiming_fdinfo
 from engine.images import ImageError
 
@@ -47,16 +48,11 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if link != LINK:
         return None
     from engine.images import fdinfo
-    from engine.images.proto import files_pb2
     flags = claiming_fdinfo(ctx, task.pid, fd)["flags"] & ~os.O_CLOEXEC
     info = fdinfo.read(task.pid, fd)
     if "sigmask" not in info:
         raise ValueError(f"task {task.pid}: fd {fd} ({link}): fdinfo shows no sigmask")
-    entry = files_pb2.file_entry(type=files_pb2.SIGNALFD, id=0)
-    entry.sgfd.id, entry.sgfd.flags, entry.sgfd.sigmask = 0, flags, info["sigmask"]
-    entry.sgfd.fown.uid = entry.sgfd.fown.euid = entry.sgfd.fown.signum = 0
-    entry.sgfd.fown.pid_type = entry.sgfd.fown.pid = 0
-    return entry
+    return file_entry("SIGNALFD", "sgfd", flags=flags, sigmask=info["sigmask"])
 
 
 # --- restore ---------------------------------------------------------------

@@ -52,6 +52,7 @@ import struct
 import time
 
 from engine import hookimpl
+from engine.images.entries import file_entry
 from engine.fds import claiming_fdinfo, pidfd_getfd
 from engine.images import ImageError
 
@@ -75,7 +76,6 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if link != LINK:
         return None
     from engine.images import fdinfo
-    from engine.images.proto import files_pb2
     flags = claiming_fdinfo(ctx, task.pid, fd)["flags"] & ~os.O_CLOEXEC
     info = fdinfo.read(task.pid, fd)
     if not {"clockid", "ticks", "settime flags", "it_value", "it_interval"} <= info.keys():
@@ -83,14 +83,10 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if _expired_periodic(info) and not info["settime flags"] & TFD_TIMER_CANCEL_ON_SET:
         _count_missed_periods(task.pid, fd)
         info = fdinfo.read(task.pid, fd)
-    entry = files_pb2.file_entry(type=files_pb2.TIMERFD, id=0)
-    t = entry.tfd
-    t.id, t.flags, t.clockid = 0, flags, info["clockid"]
-    t.ticks, t.settime_flags = info["ticks"], info["settime flags"]
-    t.vsec, t.vnsec = info["it_value"]
-    t.isec, t.insec = info["it_interval"]
-    t.fown.uid = t.fown.euid = t.fown.signum = t.fown.pid_type = t.fown.pid = 0
-    return entry
+    (vsec, vnsec), (isec, insec) = info["it_value"], info["it_interval"]
+    return file_entry("TIMERFD", "tfd", flags=flags, clockid=info["clockid"],
+                      ticks=info["ticks"], settime_flags=info["settime flags"],
+                      vsec=vsec, vnsec=vnsec, isec=isec, insec=insec)
 
 
 def _expired_periodic(info: dict) -> bool:
