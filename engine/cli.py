@@ -45,6 +45,9 @@ def _dump_arguments(d: argparse.ArgumentParser) -> None:
 
 def _restore_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    r.add_argument("--verify", action="store_true",
+                   help="check the restored tree against the dump's fingerprint before "
+                        "letting it run; refuse it on any difference")
     r.add_argument("--leave-stopped", action="store_true",
                    help="leave every task stopped (SIGSTOP) after restore")
     r.add_argument("--pidfile", metavar="FILE", help="write the root pid here")

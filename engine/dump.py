@@ -86,6 +86,11 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
         ctx.hook.engine_dump_finish(ctx=ctx)
         for kind, entries in ctx._entries.items():
             ctx.images.write(kind, entries)
+        from engine import verify
+        verify.write(ctx.images.dir, pids, pids[0], {      # for restore --verify
+            pid: [(th.rseq_abi_pointer, th.rseq_abi_size) for th in task.state.threads
+                  if th.rseq_abi_pointer]
+            for pid, task in ctx.tasks.items() if task.state is not None})
         _write_inventory(ctx)
     except BaseException as e:
         try:

@@ -90,6 +90,8 @@ def restore(ctx: RestoreContext) -> list[int]:
         from engine import tracers
         ctx.tracer_worker = tracers.start(ctx, order)
         _run(ctx, order)
+        if getattr(ctx.options, "verify", False):
+            _verify(ctx)
         _release(ctx)
     except BaseException as e:
         _undo(ctx)
@@ -285,6 +287,24 @@ def _tell_to_stop(ctx: RestoreContext, pid: int) -> None:
         _reply(ctx, pid, ["its stop"], wire.recv(ctx.channels[pid]))
         ctx.channels.pop(pid).close()
     ctx.stopped.add(pid)
+
+
+def _verify(ctx: RestoreContext) -> None:
+    """The restored tree, still stopped, against the dump's fingerprint: each
+    difference is one line of the log, and the restore is refused."""
+    from engine import verify
+    try:
+        dumped = verify.read(ctx.images.dir)
+    except ValueError as e:
+        raise RestoreError(str(e)) from None
+    pids = [int(p) for p in dumped["tasks"]]
+    volatile = {int(p): [tuple(r) for r in v] for p, v in dumped.get("volatile", {}).items()}
+    differences = verify.compare(dumped, verify.fingerprint_tree(pids, pids[0], volatile))
+    for line in differences:
+        log.error("verify: %s", line)
+    if differences:
+        raise RestoreError(f"--verify: {len(differences)} difference(s) from the dump, "
+                           f"the first: {differences[0]}")
 
 
 def _release(ctx: RestoreContext) -> None:

@@ -1,0 +1,295 @@
+"""The state audit: `engine dump` fingerprints every task, `engine restore
+--verify` checks the restored tree against it before release.
+
+The fingerprint is what the kernel shows of each task in /proc, read the
+same way at both ends, never what a plugin believes it dumped: credentials,
+signal dispositions, scheduling, limits, prctl-visible state, the maps with
+a checksum of every mapping's contents, the fd table (kind, flags, offset
+and each kind's own fdinfo lines, locks included), cwd and root, timers,
+threads and their names, and which tasks share a namespace, a pipe or a
+socket. Numbers the kernel hands out afresh (inodes of pipes, sockets and
+namespaces, mount ids) are replaced by their order of first appearance in
+the tree, so sharing is compared, not the numbers. It is stored beside the
+images as FINGERPRINT (JSON, not a CRIU image: crit and CRIU pass it by).
+
+Left out, on purpose, because they legitimately differ: the task's run
+state, tracer, context switch counts, memory use (RSS: the restore maps what
+the dump saw present), pending signals (a restored timer may fire while the
+tree waits for release), the blocked mask (every signal stays blocked until
+release, then the dumped one is set), the root's parent, and time values of
+timers and timerfds (they run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+
+FINGERPRINT = "engine-fingerprint.json"
+VERSION = 1
+
+# /proc/PID/status lines compared (the others are counters, sizes, run state)
+STATUS_KEYS = (
+    "Name", "Umask", "Uid", "Gid", "Groups", "NStgid", "NSpid", "NSpgid", "NSsid", "Threads",
+    "SigIgn", "SigCgt", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
+    "Seccomp", "Seccomp_filters", "Speculation_Store_Bypass", "SpeculationIndirectBranch",
+    "Cpus_allowed_list", "Mems_allowed_list", "THP_enabled", "untag_mask", "CoreDumping",
+)
+# /proc/PID/stat fields (1-based, as proc(5) numbers them) compared
+STAT_FIELDS = {"pgrp": 5, "session": 6, "tty_nr": 7, "priority": 18, "nice": 19,
+               "exit_signal": 38, "rt_priority": 40, "policy": 41}
+# per-task /proc files compared as text
+TEXT_FILES = ("limits", "timers", "oom_score_adj", "loginuid", "sessionid", "personality",
+              "coredump_filter", "timerslack_ns")
+# fdinfo lines that change by themselves or name numbers given afresh
+VOLATILE_FDINFO = {"mnt_id", "ino", "it_value", "ticks", "eventfd-id"}
+VOLATILE_TOKENS = re.compile(r"\s*\b(ino|sdev|pos|fhandle-bytes|fhandle-type|f_handle|mnt_id)"
+                             r":\s*\S+")
+# pseudo-files whose contents are the kernel's own, not the task's
+NO_CHECKSUM = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
+KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
+
+
+class Canon:
+    """Numbers the kernel hands out afresh, by order of first appearance."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        own = {}
+        for kind in KINDS:
+            try:
+                own[kind] = os.stat(f"/proc/self/ns/{kind}").st_ino
+            except OSError:
+                pass
+        self.own = own
+
+    def name(self, key: str) -> str:
+        return f"#{self.seen.setdefault(key, len(self.seen))}"
+
+    def ns(self, kind: str, ino: int) -> str:
+        return "the engine's" if self.own.get(kind) == ino else self.name(f"{kind}:{ino}")
+
+
+def fingerprint_tree(pids: list[int], root: int, volatile: dict) -> dict:
+    """Every task's fingerprint, in tree order (parents first). `volatile`:
+    pid -> [(address, length)] of memory the kernel writes by itself (each
+    thread's rseq area: the CPU it last ran on), left out of checksums."""
+    canon = Canon()
+    return {"version": VERSION, "volatile": {str(p): v for p, v in volatile.items()},
+            "tasks": {str(pid): task_fingerprint(pid, canon, pid == root,
+                                                 volatile.get(pid, ()))
+                      for pid in pids}}
+
+
+def task_fingerprint(pid: int, canon: Canon, is_root: bool = False, volatile=()) -> dict:
+    proc = f"/proc/{pid}"
+    out: dict = {}
+    status = _status(pid)
+    out["status"] = {k: status.get(k) for k in STATUS_KEYS}
+    if status.get("State", "").startswith("Z"):
+        out["zombie"] = True
+        return out
+    stat = _read(f"{proc}/stat").rsplit(")", 1)[1].split()
+    out["stat"] = {name: stat[i - 3] for name, i in STAT_FIELDS.items()}
+    if not is_root:
+        out["stat"]["ppid"] = stat[1]
+    for name in TEXT_FILES:
+        out[name] = _read(f"{proc}/{name}", default=None)
+    out["ns"] = {}
+    for kind in KINDS:
+        try:
+            out["ns"][kind] = canon.ns(kind, os.stat(f"{proc}/ns/{kind}").st_ino)
+        except OSError:
+            pass
+    out["cwd"], out["root"] = (_link(f"{proc}/{name}") for name in ("cwd", "root"))
+    out["threads"] = {tid: _read(f"{proc}/task/{tid}/comm").strip()
+                      for tid in sorted(os.listdir(f"{proc}/task"), key=int)}
+    out["maps"] = _maps(pid, volatile)
+    out["fds"] = _fds(pid, canon)
+    return out
+
+
+def _maps(pid: int, volatile) -> dict:
+    """Each mapping by its range: protections, offset, name, and a CRC-32
+    of the pages that are the task's own (_crc). Read through
+    /proc/PID/mem (PROT_NONE ones too). Neighbours the kernel may or may
+    not merge (same protections and name, offsets that follow: merged
+    after mprotect at restore, kept apart at dump by an anon_vma) count as
+    one mapping."""
+    merged: list[list] = []          # [lo, hi, perms, offset, name, used]
+    for head, used in _smaps(pid):
+        parts = head.split(None, 5)
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        perms, offset, name = parts[1], int(parts[2], 16), parts[5] if len(parts) > 5 else ""
+        last = merged[-1] if merged else None
+        if last is not None and last[1] == lo and last[2] == perms and last[4] == name \
+                and (not name.startswith("/") or last[3] + (last[1] - last[0]) == offset):
+            last[1], last[5] = hi, last[5] or used
+        else:
+            merged.append([lo, hi, perms, offset, name, used])
+    out = {}
+    mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    pagemap = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for lo, hi, perms, offset, name, used in merged:
+            crc = None if name in NO_CHECKSUM else 0 if not used else \
+                _crc(mem, pagemap, lo, hi, name.startswith(SHARED_ANON),
+                     [(a, n) for a, n in volatile if lo <= a < hi])
+            out[f"{lo:x}-{hi:x}"] = [perms, f"{offset:x}", name, crc]
+    finally:
+        os.close(mem)
+        os.close(pagemap)
+    return out
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+ZERO = bytes(PAGE)
+PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
+# shared memory whose pages are the tree's own (made by the restore)
+SHARED_ANON = ("/dev/zero", "/SYSV", "/memfd:", "[shmem]")
+
+
+def _crc(mem: int, pagemap: int, lo: int, hi: int, shared_anon: bool, volatile,
+         chunk: int = 1 << 18):
+    """CRC-32 over (address, contents) of the task's own pages in [lo, hi):
+    resident or swapped, not all zeros (a page the restore leaves
+    unpopulated reads as the zeros it held), and not a page of a file's
+    cache (which the file, not the task, holds: a page of a private file
+    mapping counts once written, when it is the task's copy)."""
+    import struct
+    crc = 0
+    try:
+        for at in range(lo, hi, chunk * PAGE):
+            count = min(chunk, (hi - at) // PAGE)
+            entries = struct.unpack(f"<{count}Q", os.pread(pagemap, count * 8,
+                                                           at // PAGE * 8))
+            run = None
+            for i, e in enumerate(entries + (0,)):
+                if e & (PM_PRESENT | PM_SWAP) and i < count and \
+                        (shared_anon or not e & PM_FILE):
+                    run = i if run is None else run
+                    continue
+                if run is not None:
+                    start = at + run * PAGE
+                    data = os.pread(mem, (i - run) * PAGE, start)
+                    if volatile:
+                        data = bytearray(data)
+                        for addr, length in volatile:
+                            if start <= addr < start + len(data):
+                                data[addr - start:addr - start + length] = bytes(length)
+                        data = bytes(data)
+                    for k in range(0, len(data), PAGE):
+                        page = data[k:k + PAGE]
+                        if page != ZERO:
+                            crc = zlib.crc32(page, zlib.crc32(
+                                (at + run * PAGE + k).to_bytes(8, "little"), crc))
+                    run = None
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+    return crc
+
+
+def _fds(pid: int, canon: Canon) -> dict:
+    out = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in sorted(names, key=int):
+        link = _link(f"/proc/{pid}/fd/{name}")
+        m = re.fullmatch(r"(\w+):\[(\d+)\]", link or "")
+        if m:                              # pipe:[123], socket:[456]: shared or not
+            link = f"{m.group(1)}:{canon.name(link)}"
+        info = []
+        for line in _read(f"/proc/{pid}/fdinfo/{name}", default="").splitlines():
+            key = line.split(":", 1)[0]
+            if key in VOLATILE_FDINFO:
+                continue
+            # tfd:, inotify wd:, fanotify lines hold several key:value pairs
+            info.append(" ".join(VOLATILE_TOKENS.sub("", line).split())
+                        if line.count(":") > 1 else line)
+        out[name] = [link, info]
+    return out
+
+
+def compare(dumped: dict, restored: dict) -> list[str]:
+    """One line per difference, naming the task and the field."""
+    lines = []
+    for pid, want in dumped["tasks"].items():
+        got = restored["tasks"].get(pid)
+        if got is None:
+            lines.append(f"task {pid}: not restored")
+            continue
+        lines += _diff(f"task {pid}", want, got)
+    return lines
+
+
+def _diff(where: str, want, got) -> list[str]:
+    if isinstance(want, dict) and isinstance(got, dict):
+        lines = []
+        for key in sorted(set(want) | set(got), key=str):
+            if key not in got:
+                lines.append(f"{where}: {key}: dumped {_short(want[key])}, not restored")
+            elif key not in want:
+                lines.append(f"{where}: {key}: restored {_short(got[key])}, not dumped")
+            else:
+                lines += _diff(f"{where}: {key}", want[key], got[key])
+        return lines
+    if want != got:
+        return [f"{where}: dumped {_short(want)}, restored {_short(got)}"]
+    return []
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def write(images_dir: str, pids: list[int], root: int, volatile: dict) -> None:
+    with open(os.path.join(images_dir, FINGERPRINT), "w") as f:
+        json.dump(fingerprint_tree(pids, root, volatile), f)
+
+
+def read(images_dir: str) -> dict:
+    path = os.path.join(images_dir, FINGERPRINT)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{FINGERPRINT}: missing: the dump wrote no fingerprint, "
+                         "--verify cannot check the restore") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{FINGERPRINT}: unreadable: {e}") from None
+    if not isinstance(data, dict) or data.get("version") != VERSION \
+            or not isinstance(data.get("tasks"), dict):
+        raise ValueError(f"{FINGERPRINT}: version: not a fingerprint this engine reads")
+    return data
+
+
+def _status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        key, _, value = line.partition(":")
+        out[key] = " ".join(value.split())
+    return out
+
+
+_RAISE = object()
+
+
+def _read(path: str, default=_RAISE):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        if default is _RAISE:
+            raise
+        return default
+
+
+def _link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
