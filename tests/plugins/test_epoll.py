@@ -1,0 +1,69 @@
+"""epoll: registrations with their flags and data, targets found by kcmp,
+epoll in epoll, an epoll shared after fork, and images that must be refused."""
+import pytest
+
+from engine.testing import dump_to
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_epoll_registrations(build_target, target_runner, dump_restore, tmp_path, variant):
+    """ET/WAKEUP, a fired ONESHOT, EXCLUSIVE, a target re-numbered by dup2
+    and an LT target left ready: each registration back, each reported."""
+    target = target_runner.start(build_target("epoll", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_epoll_nested_and_shared(build_target, target_runner, dump_restore, tmp_path, variant):
+    """An epoll inside an epoll, both shared with a child: one file each,
+    registered once, the outer one ready through the inner one."""
+    target = target_runner.start(build_target("epoll", variant), "--nested")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def test_epoll_image_matches_fdinfo(build_target, target_runner, tmp_path):
+    """files.img: the re-numbered target keeps its dumped fd (40) and names
+    the file of fd 50; every tfd id is a file of the task's table."""
+    target = target_runner.start(build_target("epoll"))
+    images = dump_to(target, tmp_path / "img")
+    files = {e.id: e for e in images.read("files")}
+    epolls = [e for e in files.values() if e.HasField("epfd")]
+    assert len(epolls) == 1 and len(epolls[0].epfd.tfd) == 5
+    table = {}
+    for name in (tmp_path / "img").glob("fdinfo-*.img"):
+        table.update({fi.fd: fi.id for fi in images.read("fdinfo", id=int(name.stem[7:]))})
+    by_data = {t.data: t for t in epolls[0].epfd.tfd}
+    duped = by_data[0xD00D]
+    assert duped.tfd == 40 and 40 not in table and duped.id == table[50]
+    assert all(t.id == table[t.tfd] for t in epolls[0].epfd.tfd if t.tfd != 40)
+
+
+def _spoil(files, how):
+    epoll = next(e for e in files if e.HasField("epfd"))
+    target = epoll.epfd.tfd[0]
+    if how == "id":
+        target.id = 9999
+    else:
+        target.events |= 1 << 20
+    return epoll.id
+
+
+@pytest.mark.parametrize("how, want", [
+    ("id", "tfd 0 (fd {fd}): id 9999 is not in files.img"),
+    ("events", "tfd 0 (fd {fd}): events {events:#x} has bits 0x100000 epoll does not define"),
+])
+def test_hostile_epoll_is_refused(build_target, target_runner, tmp_path, how, want):
+    """files.img edited with the protobuf classes: one line naming files.img,
+    the epoll and the field; no task left."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("epoll"))
+    img = tmp_path / "img"
+    images = dump_to(target, img)
+    files = images.read("files")
+    epoll_id = _spoil(files, how)
+    images.write("files", files)
+    first = next(e for e in files if e.HasField("epfd")).epfd.tfd[0]
+    line = engine_fails("restore", "-D", img)
+    assert f"files.img: EVENTPOLL id {epoll_id}: " in line, line
+    assert want.format(fd=first.tfd, events=first.events) in line, line
+    assert task_gone(target.pid)
