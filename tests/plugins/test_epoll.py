@@ -67,3 +67,31 @@ def test_hostile_epoll_is_refused(build_target, target_runner, tmp_path, how, wa
     assert f"files.img: EVENTPOLL id {epoll_id}: " in line, line
     assert want.format(fd=first.tfd, events=first.events) in line, line
     assert task_gone(target.pid)
+
+
+def test_epoll_target_held_by_other_tasks(build_target, target_runner, dump_restore, tmp_path):
+    """A pipe the epoll's task closed after registering it, held by two
+    children: taken from the child that publishes it, reported when the
+    child writes into it after restore."""
+    target = target_runner.start(build_target("epoll"), "--remote", "2")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("args, want", [
+    (("--remote", "1"), "is a file only task {kid} holds: task {pid}, which restores "
+                        "the epoll, cannot reach it"),
+    (("--orphan",), "is a file no longer in any fd of the tree (only the epoll holds it)"),
+    (("--inflight",), "in-flight fd (anon_inode:[eventpoll]): an epoll with 1 registered "
+                      "target(s) in an SCM_RIGHTS queue is not supported"),
+])
+def test_epoll_dump_refuses(build_target, target_runner, engine_cli, tmp_path, args, want):
+    """What could not come back is refused at dump, naming task, fd and
+    target; the target runs on untouched."""
+    from engine.testing import engine_fails
+    target = target_runner.start(build_target("epoll"), *args)
+    kids = open(f"/proc/{target.pid}/task/{target.pid}/children").read().split()
+    line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "img")
+    assert want.format(kid=kids[0] if kids else 0, pid=target.pid) in line, line
+    if "--inflight" not in args:
+        assert f"task {target.pid}: fd 3 (anon_inode:[eventpoll]): target fd " in line, line
+    assert target.verdict() == "PASS"

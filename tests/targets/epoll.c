@@ -8,7 +8,8 @@
  *       its fd, events and data, and epoll_wait reports each when ready (the
  *       LT one at once). --nested: an epoll inside an epoll, both shared with
  *       a child after fork: the child waits on both, and its EPOLL_CTL_MOD is
- *       seen by the parent (one file, registered once). */
+ *       seen by the parent (one file, registered once). --remote N,
+ *       --orphan, --inflight: targets or the epoll held elsewhere (below). */
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/epoll.h>
@@ -218,11 +219,83 @@ static void nested(void)
 	tgt_check(reported(outer, D_OUTER), "outer epoll: inner not reported");
 }
 
+/* Targets only held elsewhere. --remote N: a pipe held only by N children
+ * (the epoll's task closed it after registering it); a child writes into it
+ * after restore and the epoll reports it. --orphan: a socket only in flight
+ * in an SCM_RIGHTS queue. --inflight: the epoll itself only in flight. */
+#define D_REMOTE 0x5E3073ULL
+
+static void send_fd(int sk, int fd)
+{
+	char c = 'f', cbuf[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {.iov_base = &c, .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	if (sendmsg(sk, &msg, 0) != 1)
+		tgt_die("sendmsg: %m");
+}
+
+static void elsewhere(void)
+{
+	int ep, x[2], q[2], go[2], done[2], i, status, kids = tgt_arg_long("remote", 0);
+	pid_t pids[4];
+
+	ep = epoll_create1(0);
+	if (ep < 0 || pipe(x) || pipe(go) || pipe(done) ||
+	    socketpair(AF_UNIX, SOCK_STREAM, 0, q))
+		tgt_die("setup: %m");
+	add(ep, x[0], EPOLLIN, D_REMOTE);
+	for (i = 0; i < kids && i < 4; i++) {
+		pids[i] = fork();
+		if (pids[i] == 0) {
+			char c;
+
+			signal(SIGTERM, SIG_DFL);
+			close(done[1]);
+			if (read(go[0], &c, 1) != 1)
+				_exit(10);
+			if (i == 0 && write(x[1], "r", 1) != 1)
+				_exit(11);
+			/* Hold the pipe (the registration goes with its last fd)
+			 * until the parent has seen it. */
+			while (read(done[0], &c, 1) > 0)
+				;
+			_exit(0);
+		}
+	}
+	if (tgt_flag("inflight"))
+		add(ep, go[0], EPOLLIN, D_REMOTE);	/* a target that stays */
+	if (tgt_flag("orphan") || tgt_flag("inflight"))
+		send_fd(q[0], tgt_flag("orphan") ? x[0] : ep);
+	close(x[0]);
+	close(x[1]);
+	if (tgt_flag("inflight"))
+		close(ep);
+	tgt_ready();
+	tgt_wait_stop();
+	for (i = 0; i < kids && i < 4; i++)
+		tgt_check(write(go[1], "g", 1) == 1, "go: %m");
+	if (kids)
+		tgt_check(reported(ep, D_REMOTE), "the children's pipe is not reported");
+	close(done[1]);
+	for (i = 0; i < kids && i < 4; i++)
+		tgt_check(waitpid(pids[i], &status, 0) == pids[i] && WIFEXITED(status) &&
+			  WEXITSTATUS(status) == 0, "child %d failed: %#x", i, status);
+}
+
 int main(int argc, char **argv)
 {
 	tgt_init(argc, argv);
 	if (tgt_flag("nested"))
 		nested();
+	else if (tgt_arg("remote", NULL) || tgt_flag("orphan") || tgt_flag("inflight"))
+		elsewhere();
 	else
 		flat();
 	tgt_finish();
