@@ -30,6 +30,8 @@ the task's own fd holding that file id, or a copy taken from the task that
 published it (a file shared by several tasks). An epoll shared by tasks is
 one file: registered once. Level-triggered readiness is the kernel's own:
 a target ready at restore is reported by the next epoll_wait.
+A tfd with id 0 (CRIU 4.x writes none) names the target by its fd in the
+epoll's task, as CRIU restores it.
 Refused at collect (files.img, naming the field): a tfd naming a file id
 not in files.img or the epoll itself, events with bits the kernel does not
 define, EPOLLEXCLUSIVE with bits it refuses, and a target the holding task
@@ -56,7 +58,6 @@ log = logging.getLogger("engine.plugins.epoll")
 
 LINK = "anon_inode:[eventpoll]"
 PENDING = StashKey()        # dump: [(pid, epoll fd, file_entry)] whose tfd ids are to fill
-HOLDER_FDS = StashKey()     # restore: pid -> {fd: file id} of the task's image table
 
 KCMP_EPOLL_TFD = 7
 EPOLL_CTL_ADD, EPOLL_CTL_MOD = 1, 3
@@ -173,14 +174,32 @@ def _target_file(pid: int, efd: int, tfd: int, toff: int, tables, where: str) ->
 def engine_restore_collect(ctx, graph):
     files = ctx.provided("files")
     epolls = {fid: e.epfd for fid, e in files.items() if e.HasField("epfd")}
-    for fid, epfd in epolls.items():
-        for i, target in enumerate(epfd.tfd):
-            _check_target(files, fid, i, target)
     busy = {fid for fid, epfd in epolls.items() if len(epfd.tfd)}
     if not busy:
         return
-    tables = ctx.stash[HOLDER_FDS] = {}
-    holders: dict[int, list[int]] = {}
+    tables, holders = _restored_tables(ctx)
+    for fid in sorted(busy):
+        if fid not in holders:
+            raise ImageError("files.img", f"EVENTPOLL id {fid}: {len(epolls[fid].tfd)} "
+                                          "targets but no task holds the epoll")
+        pid = holders[fid][0]
+        table = tables[pid]
+        ids = [_target_id(files, table, fid, i, t) for i, t in enumerate(epolls[fid].tfd)]
+        plan = [_plan_target(table, holders, fid, i, t, tid)
+                for i, (t, tid) in enumerate(zip(epolls[fid].tfd, ids))]
+        after = [("file", tid) for tid in ids]
+        after += [f"epoll:ctl:{tid}" for tid in ids if tid in busy]
+        epoll_fd = min(fd for fd, file_id in table.items() if file_id == fid)
+        graph.add(Node(key=f"epoll:ctl:{fid}", plugin="epoll", where="task", pid=pid,
+                       data=(fid, epoll_fd, plan), after=after,
+                       label=f"epoll {fid}: {len(plan)} targets"))
+
+
+def _restored_tables(ctx):
+    """pid -> {fd: file id} of each task's image table (recomputed from
+    fdinfo-N.img: the files plugin's is its own), and file id -> pids
+    holding it, in pstree order."""
+    tables, holders = {}, {}
     for task in ctx.provided("tasks").alive:
         files_id = ctx.ids(task.pid).files_id
         if not ctx.images.exists("fdinfo", id=files_id):
@@ -188,26 +207,23 @@ def engine_restore_collect(ctx, graph):
         table = tables[task.pid] = {fi.fd: fi.id for fi in ctx.read("fdinfo", id=files_id)}
         for file_id in dict.fromkeys(table.values()):
             holders.setdefault(file_id, []).append(task.pid)
-    for fid in sorted(busy):
-        if fid not in holders:
-            raise ImageError("files.img", f"EVENTPOLL id {fid}: {len(epolls[fid].tfd)} "
-                                          "targets but no task holds the epoll")
-        pid = holders[fid][0]
-        plan = [_plan_target(tables[pid], holders, fid, i, t)
-                for i, t in enumerate(epolls[fid].tfd)]
-        after = [("file", t.id) for t in epolls[fid].tfd]
-        after += [f"epoll:ctl:{t.id}" for t in epolls[fid].tfd if t.id in busy]
-        epoll_fd = min(fd for fd, file_id in tables[pid].items() if file_id == fid)
-        graph.add(Node(key=f"epoll:ctl:{fid}", plugin="epoll", where="task", pid=pid,
-                       data=(fid, epoll_fd, plan), after=after,
-                       label=f"epoll {fid}: {len(plan)} targets"))
+    return tables, holders
 
 
-def _check_target(files, fid: int, i: int, target) -> None:
+def _target_id(files, table: dict, fid: int, i: int, target) -> int:
+    """The target's file id, its values checked."""
     where = f"EVENTPOLL id {fid}: tfd {i} (fd {target.tfd})"
-    entry = files.get(target.id)
-    if entry is None or target.id == fid:
-        raise ImageError("files.img", f"{where}: id {target.id} is "
+    file_id = target.id
+    if file_id == 0:
+        # CRIU 4.x writes no id: its tfd is the fd of the epoll's task that
+        # holds the target (criu/eventpoll.c restores by that number).
+        file_id = table.get(target.tfd)
+        if file_id is None:
+            raise ImageError("files.img", f"{where}: id 0 and fd {target.tfd} is not in "
+                                          "the fd table of the epoll's task")
+    entry = files.get(file_id)
+    if entry is None or file_id == fid:
+        raise ImageError("files.img", f"{where}: id {file_id} is "
                          f"{'the epoll itself' if entry else 'not in files.img'}")
     unknown = target.events & ~KNOWN_EVENTS
     if unknown:
@@ -217,21 +233,22 @@ def _check_target(files, fid: int, i: int, target) -> None:
                                            or entry.HasField("epfd")):
         raise ImageError("files.img", f"{where}: events {target.events:#x}: EPOLLEXCLUSIVE "
                                       "only goes with IN/OUT/ERR/HUP/WAKEUP/ET, on a non-epoll")
+    return file_id
 
 
-def _plan_target(table: dict, holders: dict, fid: int, i: int, target):
-    """(events, data, dumped number, fd of the task holding the file or None
-    to take it from the task that publishes it)."""
-    if table.get(target.tfd) == target.id:
+def _plan_target(table: dict, holders: dict, fid: int, i: int, target, file_id: int):
+    """(events, data, dumped number, file id, fd of the task holding the
+    file or None to take it from the task that publishes it)."""
+    if table.get(target.tfd) == file_id:
         source = target.tfd
     else:
-        source = next((fd for fd, file_id in table.items() if file_id == target.id), None)
-        if source is None and len(holders.get(target.id, ())) < 2:
+        source = next((fd for fd, held in table.items() if held == file_id), None)
+        if source is None and len(holders.get(file_id, ())) < 2:
             # Only files in several tables are published (plugins.files).
             raise ImageError("files.img", f"EVENTPOLL id {fid}: tfd {i} (fd {target.tfd}): "
-                                          f"id {target.id} is in no fd table the epoll's "
+                                          f"id {file_id} is in no fd table the epoll's "
                                           "task can take it from")
-    return target.events, target.data, target.tfd, target.id, source
+    return target.events, target.data, target.tfd, file_id, source
 
 
 @hookimpl

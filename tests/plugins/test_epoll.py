@@ -95,3 +95,18 @@ def test_epoll_dump_refuses(build_target, target_runner, engine_cli, tmp_path, a
     if "--inflight" not in args:
         assert f"task {target.pid}: fd 3 (anon_inode:[eventpoll]): target fd " in line, line
     assert target.verdict() == "PASS"
+
+
+def test_epoll_as_criu_writes_it(build_target, target_runner, engine_cli, tmp_path):
+    """CRIU 4.2 writes every tfd id as 0 and tfd as the fd of the epoll's
+    task holding the target: such an image restores by those fds."""
+    target = target_runner.start(build_target("epoll"), "--nested")
+    img = tmp_path / "img"
+    images = dump_to(target, img)
+    files = images.read("files")
+    for entry in files:
+        for t in entry.epfd.tfd if entry.HasField("epfd") else ():
+            t.id = 0
+    images.write("files", files)
+    engine_cli("restore", "-D", img)
+    assert target.verdict() == "PASS"
