@@ -15,8 +15,9 @@ once every fd table has its ids (fdinfo-N.img). Refused at dump: a target
 whose file is in no fd of the tree (the kernel keeps it alive only through
 the epoll), a target the restoring task could not reach (held only by one
 other task, so never published to it), and an epoll with targets that is
-only in flight in an SCM_RIGHTS queue (its targets would have to be
-registered by the unix plugin's queue); an empty one in flight is fine.
+in flight in an SCM_RIGHTS queue (its targets would have to be registered
+by the unix plugin's queue, which may also open its own copy of an epoll a
+task holds); an empty one in flight is fine.
 
 Restore: ``engine_restore_file`` makes an empty epoll (epoll_create1, its
 O_NONBLOCK/O_ASYNC set back with F_SETFL). One node per epoll file with
@@ -122,8 +123,15 @@ def engine_dump_finish(ctx):
     for pid, table in tables.items():
         for file_id in dict.fromkeys(table.values()):
             holders.setdefault(file_id, []).append(pid)
+    in_flight = _in_flight(ctx)
     for pid, fd, entry in pending:
         where = f"task {pid}: fd {fd} ({LINK})"
+        if entry.id in in_flight:
+            # The unix plugin would send a copy it may open anew (with no
+            # target) rather than this one: its restore is not ordered
+            # after this task's table and our node.
+            raise ValueError(f"{where}: it is also in flight in an SCM_RIGHTS queue, "
+                             f"with {len(entry.epfd.tfd)} registered target(s): not supported")
         restorer = holders[entry.id][0]
         seen: dict[int, int] = {}
         for target in entry.epfd.tfd:
@@ -134,6 +142,15 @@ def engine_dump_finish(ctx):
                 raise ValueError(f"{where}: target fd {target.tfd} is a file only task "
                                  f"{users[0]} holds: task {restorer}, which restores the "
                                  "epoll, cannot reach it")
+
+
+def _in_flight(ctx) -> set[int]:
+    """File ids in flight in unix queues (sk-queues.img, written by the
+    unix plugin's dump_finish, which runs before ours)."""
+    if not ctx.images.exists("sk-queues"):
+        return set()
+    return {file_id for packet, _ in ctx.images.read("sk-queues")
+            for scm in packet.scm for file_id in scm.rights}
 
 
 def _dumped_tables(ctx) -> dict[int, dict[int, int]]:

@@ -222,7 +222,8 @@ static void nested(void)
 /* Targets only held elsewhere. --remote N: a pipe held only by N children
  * (the epoll's task closed it after registering it); a child writes into it
  * after restore and the epoll reports it. --orphan: a socket only in flight
- * in an SCM_RIGHTS queue. --inflight: the epoll itself only in flight. */
+ * in an SCM_RIGHTS queue. --inflight: the epoll itself only in flight;
+ * --sent: in flight and still held. */
 #define D_REMOTE 0x5E3073ULL
 
 static void send_fd(int sk, int fd)
@@ -269,9 +270,9 @@ static void elsewhere(void)
 			_exit(0);
 		}
 	}
-	if (tgt_flag("inflight"))
+	if (tgt_flag("inflight") || tgt_flag("sent"))
 		add(ep, go[0], EPOLLIN, D_REMOTE);	/* a target that stays */
-	if (tgt_flag("orphan") || tgt_flag("inflight"))
+	if (tgt_flag("orphan") || tgt_flag("inflight") || tgt_flag("sent"))
 		send_fd(q[0], tgt_flag("orphan") ? x[0] : ep);
 	close(x[0]);
 	close(x[1]);
@@ -294,7 +295,8 @@ int main(int argc, char **argv)
 	tgt_init(argc, argv);
 	if (tgt_flag("nested"))
 		nested();
-	else if (tgt_arg("remote", NULL) || tgt_flag("orphan") || tgt_flag("inflight"))
+	else if (tgt_arg("remote", NULL) || tgt_flag("orphan") || tgt_flag("inflight") ||
+		 tgt_flag("sent"))
 		elsewhere();
 	else
 		flat();
