@@ -77,6 +77,13 @@ def test_epoll_target_held_by_other_tasks(build_target, target_runner, dump_rest
     assert dump_restore(target, tmp_path / "img") == "PASS"
 
 
+def test_empty_epoll_in_flight(build_target, target_runner, dump_restore, tmp_path):
+    """An epoll with no target, only in an SCM_RIGHTS queue: received after
+    restore as an empty epoll."""
+    target = target_runner.start(build_target("epoll"), "--inflight", "--empty")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
 @pytest.mark.parametrize("args, want", [
     (("--remote", "1"), "is a file only task {kid} holds: task {pid}, which restores "
                         "the epoll, cannot reach it"),

@@ -223,7 +223,8 @@ static void nested(void)
  * (the epoll's task closed it after registering it); a child writes into it
  * after restore and the epoll reports it. --orphan: a socket only in flight
  * in an SCM_RIGHTS queue. --inflight: the epoll itself only in flight;
- * --sent: in flight and still held. */
+ * --sent: in flight and still held; --inflight --empty: an empty epoll in
+ * flight, received after restore. */
 #define D_REMOTE 0x5E3073ULL
 
 static void send_fd(int sk, int fd)
@@ -240,6 +241,23 @@ static void send_fd(int sk, int fd)
 	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
 	if (sendmsg(sk, &msg, 0) != 1)
 		tgt_die("sendmsg: %m");
+}
+
+static int recv_fd(int sk)
+{
+	char c, cbuf[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {.iov_base = &c, .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf)};
+	struct cmsghdr *cm;
+	int fd = -1;
+
+	if (recvmsg(sk, &msg, MSG_DONTWAIT) != 1)
+		return -1;
+	cm = CMSG_FIRSTHDR(&msg);
+	if (cm && cm->cmsg_type == SCM_RIGHTS)
+		memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+	return fd;
 }
 
 static void elsewhere(void)
@@ -270,7 +288,7 @@ static void elsewhere(void)
 			_exit(0);
 		}
 	}
-	if (tgt_flag("inflight") || tgt_flag("sent"))
+	if ((tgt_flag("inflight") && !tgt_flag("empty")) || tgt_flag("sent"))
 		add(ep, go[0], EPOLLIN, D_REMOTE);	/* a target that stays */
 	if (tgt_flag("orphan") || tgt_flag("inflight") || tgt_flag("sent"))
 		send_fd(q[0], tgt_flag("orphan") ? x[0] : ep);
@@ -284,6 +302,17 @@ static void elsewhere(void)
 		tgt_check(write(go[1], "g", 1) == 1, "go: %m");
 	if (kids)
 		tgt_check(reported(ep, D_REMOTE), "the children's pipe is not reported");
+	if (tgt_flag("empty")) {
+		char path[64], link[64] = "";
+
+		ep = recv_fd(q[1]);
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", ep);
+		tgt_check(ep >= 0 && readlink(path, link, sizeof(link) - 1) > 0 &&
+			  !strcmp(link, "anon_inode:[eventpoll]"), "in-flight epoll: fd %d is %s",
+			  ep, link);
+		tgt_check(epoll_wait(ep, &(struct epoll_event){0}, 1, 0) == 0,
+			  "in-flight epoll: not an empty epoll: %m");
+	}
 	close(done[1]);
 	for (i = 0; i < kids && i < 4; i++)
 		tgt_check(waitpid(pids[i], &status, 0) == pids[i] && WIFEXITED(status) &&
