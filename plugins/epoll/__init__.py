@@ -41,6 +41,10 @@ A fired one-shot is disabled again (the kernel adds EPOLLERR|EPOLLHUP to
 every ADD; only a firing clears them): added waiting for anything into the
 still empty epoll, fired by one epoll_wait(0) if ready; one not ready keeps
 EPOLLERR|EPOLLHUP, as CRIU registers it, until the program re-arms it.
+Not kept: whether an edge-triggered target's last edge was already
+reported. A target with unread data at restore is reported once more, as
+after any EPOLL_CTL_ADD (the kernel has no call to mark it seen); a program
+using EPOLLET reads until EAGAIN, so it only wakes once for nothing.
 """
 from __future__ import annotations
 
@@ -181,8 +185,7 @@ def _target_file(pid: int, efd: int, tfd: int, toff: int, tables, where: str) ->
         if r < 0 and ctypes.get_errno() not in (errno.EBADF, errno.ENOENT):
             raise OSError(ctypes.get_errno(), f"{where}: kcmp of target fd {tfd} with "
                                               f"fd {fd} of {other}")
-    raise ValueError(f"{where}: target fd {tfd} is a file no longer in any fd of the tree "
-                     "(only the epoll holds it)")
+    raise ValueError(f"{where}: target fd {tfd} is a file no longer in any fd of the tree")
 
 
 # --- restore ---------------------------------------------------------------
@@ -277,6 +280,8 @@ def engine_restore_node(ctx, node):
     for events, data, number, target_id, source in plan:
         if not _fired_oneshot(events):
             _register(ctx, fid, epoll_fd, events, data, number, target_id, source, False)
+    log.debug("epoll %d (fd %d): %d targets, %d fired one-shots", fid, epoll_fd, len(plan),
+              len(fired))
     return True
 
 
