@@ -44,7 +44,11 @@ PR_GET_MDWE, PR_GET_MEMORY_MERGE = 66, 68
 PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET = 77, 2
 SPECULATION_KINDS = (0, 1, 2)          # PR_SPEC_STORE_BYPASS, _INDIRECT_BRANCH, _L1D_FLUSH
 PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG = 0x4211
-PR_TSC_ENABLE = 1
+PIDTYPE_PID = 0
+# Not in engine/libc.SYS (x86-64 numbers, arch/x86/entry/syscalls/syscall_64.tbl)
+SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS = 252, 1
+IOPRIO_DEFAULT = 0                      # IOPRIO_CLASS_NONE: follows nice
+SYSVIPC = ("shm", "sem", "msg")
 # /proc/PID/status keys compared with the engine's, per thread: state -> keys
 STATUS_LIKE_ENGINE = {
     "transparent huge pages disabled (PR_SET_THP_DISABLE)": ("THP_enabled",),
@@ -79,6 +83,9 @@ class Engine:
         self.sched = _sched(os.getpid())
         self.prctl = _prctls(lambda *args: _local_prctl(*args))
         self.locked = _locked_inodes()
+        self.uclamp = _uclamp("self")
+        self.sched_core = _sched_core(os.getpid())
+        self.ipc_ns_checked: set[int] = {_ns_inode("self", "ipc")}
 
 
 _ENGINE: StashKey[Engine] = StashKey()
@@ -101,10 +108,15 @@ def engine_dump_task(ctx, task):
         _check_status(who, status, engine)
         _check_sched(who, _sched(tid), engine.sched)
         _check_user_dispatch(who, tid)
+        if engine.sched_core is not None and _sched_core(tid) != engine.sched_core:
+            _refuse(who, "core scheduling cookie (PR_SCHED_CORE)")
+        if engine.uclamp and _uclamp(tid) != engine.uclamp:
+            _refuse(who, "utilization clamp", f"{_uclamp(tid)}, the engine's {engine.uclamp}")
     _check_proc_files(pid, engine)
     _check_maps(pid)
     _check_fds(pid, engine)
     _check_prctls(pid, task.tracee, engine)
+    _check_sysvipc(pid, engine)
 
 
 # --- checks -----------------------------------------------------------------------
@@ -161,6 +173,11 @@ def _check_proc_files(pid: int, engine: Engine) -> None:
         for kind in kinds:
             if _ns_inode(pid, kind) != engine.ns[kind]:
                 _refuse(pid, what, f"ns/{kind} is not the engine's")
+    if _ns_inode(pid, "user") != _ns_inode("self", "user"):
+        # a user namespace of the tree comes back with uid and gid maps only
+        projid = _read_or_none(f"/proc/{pid}/projid_map")
+        if projid:
+            _refuse(pid, "project id map", _short(projid))
     autogroup = _read_or_none(f"/proc/{pid}/autogroup") or ""
     if autogroup and not autogroup.rstrip().endswith(" nice 0"):
         _refuse(pid, "autogroup nice", autogroup.strip())
@@ -209,10 +226,35 @@ def _check_fds(pid: int, engine: Engine) -> None:
 
 def _check_prctls(pid: int, tracee, engine: Engine) -> None:
     _check_dumpable(pid, tracee, engine)
+    ioprio = tracee.syscall(SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS, 0)
+    if ioprio >= 0 and ioprio != IOPRIO_DEFAULT:
+        _refuse(pid, "I/O priority", f"class {ioprio >> 13}, level {ioprio & 0x1FFF}")
     theirs = _prctls(lambda *args: _remote_prctl(tracee, *args))
     for what, (value, ours) in _pairs(theirs, engine.prctl).items():
         if value != ours:
             _refuse(pid, what, f"{value}, the engine's {ours}")
+
+
+def _check_sysvipc(pid: int, engine: Engine) -> None:
+    """Objects of an IPC namespace of the tree (ipcns restores its sysctls
+    only); those of the engine's own namespace are not the tree's."""
+    from engine import ns
+    inode = _ns_inode(pid, "ipc")
+    if inode in engine.ipc_ns_checked:
+        return
+    engine.ipc_ns_checked.add(inode)
+    counts = ns.run_in(pid, ("ipc",), _sysvipc_counts)
+    held = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    if held:
+        _refuse(pid, "System V IPC objects in its IPC namespace", held)
+
+
+def _sysvipc_counts() -> dict[str, int]:
+    out = {}
+    for kind in SYSVIPC:
+        with open(f"/proc/sysvipc/{kind}") as f:
+            out[kind] = len(f.readlines()) - 1      # a header line first
+    return out
 
 
 def _check_dumpable(pid: int, tracee, engine: Engine) -> None:
@@ -284,6 +326,23 @@ def _sched(tid: int) -> dict:
     return {"policy": os.sched_getscheduler(tid),
             "rt_priority": os.sched_getparam(tid).sched_priority,
             "nice": os.getpriority(os.PRIO_PROCESS, tid)}
+
+
+def _uclamp(tid) -> tuple[str, ...]:
+    """The uclamp lines of /proc/TID/sched; () on a kernel without them."""
+    text = _read_or_none(f"/proc/{tid}/sched") or ""
+    return tuple(line.split()[-1] for line in text.splitlines() if line.startswith("uclamp."))
+
+
+def _sched_core(tid: int) -> int | None:
+    """The task's core scheduling cookie; None on a kernel without it."""
+    import ctypes
+    from engine import libc
+    cookie = ctypes.c_uint64()
+    if libc.prctl(PR_SCHED_CORE, PR_SCHED_CORE_GET, tid, PIDTYPE_PID,
+                  ctypes.addressof(cookie)) != 0:
+        return None
+    return cookie.value
 
 
 def _locked_inodes() -> set[tuple[int, int, int]]:

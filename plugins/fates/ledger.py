@@ -377,7 +377,7 @@ def every_fate():
 
 def refused_states() -> list[str]:
     """What the dump refuses, each once, as its refusal names it."""
-    return sorted({f.what for _, _, f in every_fate() if f.fate == "refused"})
+    return sorted({f.what for _, _, f in every_fate() if f.fate == "refused"}, key=str.lower)
 
 
 def dropped_states() -> dict[str, list[str]]:
@@ -387,3 +387,21 @@ def dropped_states() -> dict[str, list[str]]:
         if f.fate == "dropped":
             out.setdefault(f.what, []).append(f"{key} ({table})")
     return out
+
+
+def readme_text() -> str:
+    """The README's "What does not come back" part, as the ledger says it
+    (tests/plugins/test_fates.py checks the README holds it word for word)."""
+    lines = ["Refused at dump (the dump fails naming the task and the state, and",
+             "leaves the tree running untouched); a per-task attribute when it",
+             "is not the engine's own, which a restored task inherits:", ""]
+    lines += _wrap(", ".join(refused_states()) + ".")
+    lines += ["", "Dropped on purpose:", ""]
+    for why, keys in sorted(dropped_states().items(), key=lambda item: item[1][0].lower()):
+        lines += _wrap(f"- {', '.join(keys)}: {why}.", indent="  ")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width=72, subsequent_indent=indent, break_on_hyphens=False)
