@@ -6,7 +6,6 @@
  *       uid was 1000 (F_GETOWNER_UIDS must still say 1000, not the root
  *       of the restore: its signals keep uid 1000's permission) */
 #include "target.h"
-#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #ifndef F_GETOWNER_UIDS
@@ -78,10 +77,6 @@ int main(int argc, char **argv)
 	own(fd_uid, F_OWNER_TID, getpid(), "file as 1000");
 	if (setresuid(0, 0, 0))
 		tgt_die("setresuid back: %m");
-	/* The uid change cleared the dumpable flag, which nothing restores
-	 * (the dump refuses a task not dumpable): set it back. */
-	if (prctl(PR_SET_DUMPABLE, 1))
-		tgt_die("PR_SET_DUMPABLE: %m");
 	if (write(p[1], "x", 1) != 1)
 		tgt_die("write: %m");
 	for (i = 0; i < 100 && !got_usr1; i++)
