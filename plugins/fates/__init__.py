@@ -14,7 +14,7 @@ the dumping engine's: personality, oom_score_adj, loginuid, sessionid,
 coredump filter, timer slack, scheduling policy, nice, CPU affinity, cgroup,
 LSM label, cgroup and time namespaces. File locks are found from /proc/locks,
 read once per dump, then from the fdinfo of the task's fds on a locked
-inode. What only the task can ask (prctl: dumpable, TSC, machine-check
+inode. What only the task can ask (prctl: timer slack, TSC, machine-check
 policy, I/O flusher, speculation control, MDWE, KSM, THP) is asked by
 remote syscalls in the leader; other threads are checked through their
 /proc status (seccomp, no_new_privs, affinity, speculation) and scheduling.
@@ -37,7 +37,7 @@ log = logging.getLogger("engine.plugins.fates")
 REFUSES = {f.what for _, _, f in ledger.every_fate() if f.fate == "refused" and f.by == "fates"}
 
 PAGE = 4096
-PR_GET_DUMPABLE, PR_GET_TSC, PR_GET_TIMERSLACK, PR_MCE_KILL_GET = 3, 25, 30, 34
+PR_GET_TSC, PR_GET_TIMERSLACK, PR_MCE_KILL_GET = 25, 30, 34
 PR_GET_THP_DISABLE, PR_GET_SPECULATION_CTRL, PR_GET_IO_FLUSHER = 42, 52, 58
 PR_SCHED_CORE, PR_SCHED_CORE_GET = 62, 0
 PR_GET_MDWE, PR_GET_MEMORY_MERGE = 66, 68
@@ -64,7 +64,7 @@ STATUS_LIKE_ENGINE = {
 PROC_LIKE_ENGINE = {
     "personality": "personality", "oom_score_adj": "oom_score_adj",
     "audit login uid": "loginuid", "audit session id": "sessionid",
-    "coredump filter": "coredump_filter", "timer slack": "timerslack_ns",
+    "coredump filter": "coredump_filter",
     "cgroup": "cgroup", "LSM label": "attr/current",
 }
 NS_LIKE_ENGINE = {"cgroup namespace": ("cgroup",), "time namespace": ("time", "time_for_children")}
@@ -225,7 +225,6 @@ def _check_fds(pid: int, engine: Engine) -> None:
 
 
 def _check_prctls(pid: int, tracee, engine: Engine) -> None:
-    _check_dumpable(pid, tracee, engine)
     ioprio = tracee.syscall(SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS, 0)
     if ioprio >= 0 and ioprio != IOPRIO_DEFAULT:
         _refuse(pid, "I/O priority", f"class {ioprio >> 13}, level {ioprio & 0x1FFF}")
@@ -255,20 +254,6 @@ def _sysvipc_counts() -> dict[str, int]:
         with open(f"/proc/sysvipc/{kind}") as f:
             out[kind] = len(f.readlines()) - 1      # a header line first
     return out
-
-
-def _check_dumpable(pid: int, tracee, engine: Engine) -> None:
-    """A task that made itself not dumpable (ssh-agent does) comes back
-    dumpable, as the engine it is forked from. A change of uid or gid clears
-    the flag (to fs.suid_dumpable) alike at dump and restore, so only a task
-    with the engine's ids is checked."""
-    ids = ("Uid", "Gid")
-    if any(_status(pid).get(k) != engine.status.get(k) for k in ids):
-        return
-    ours = _local_prctl(PR_GET_DUMPABLE, 0)
-    theirs = _remote_prctl(tracee, PR_GET_DUMPABLE, 0)
-    if theirs is not None and theirs != ours:
-        _refuse(pid, "not dumpable (PR_SET_DUMPABLE)", f"{theirs}, the engine's {ours}")
 
 
 def _pairs(theirs: dict, ours: dict) -> dict:

@@ -240,7 +240,7 @@ def _set_timerslack(pid):
     (_set_affinity, "CPU affinity (Cpus_allowed_list 0, the engine's "),
     (_set_batch, "scheduling policy (policy 3, the engine's 0)"),
     (_set_coredump_filter, "coredump filter (coredump_filter 00000007, the engine's "),
-    (_set_timerslack, "timer slack (timerslack_ns 12345, the engine's "),
+    (_set_timerslack, "timer slack (12345, the engine's "),
 ])
 def test_task_attributes_nothing_restores_are_refused(build_target, target_runner, tmp_path,
                                                       change, want):
