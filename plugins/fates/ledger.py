@@ -1,0 +1,414 @@
+"""The ledger: every kind of kernel state a task can hold, and its fate.
+
+Each key is in exactly one of three lists (STYLE habit 18, issue 15):
+``restored`` (by the plugin named), ``refused`` at dump (by the plugin
+named, with the words of its one-line refusal), or ``dropped`` on purpose
+(with the reason). tests/plugins/test_fates.py reads what this kernel shows
+(/proc/PID/status keys, /proc/PID entries, fdinfo lines of every fd kind the
+engine handles, the prctl options it knows) and fails on a key that is in no
+list; the README's "What does not come back" is generated from here.
+
+A per-task value nothing restores comes back as the engine's own (a restored
+task is forked from the engine and inherits it), so ``refused`` here means:
+refused when the task's value is not the engine's (or, for what only the
+task can ask, not the kernel's default), which is what `plugins.fates`
+checks.
+
+Plugins named here that land from parallel branches (issue 16's eventfd,
+signalfd, timerfd, epoll; issue 14's split of core into threads, rlimits,
+creds, timers) are listed in LANDING until they are on main.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Fate(NamedTuple):
+    fate: str          # "restored" | "refused" | "dropped"
+    by: str            # the plugin restoring or refusing it; "" when dropped
+    what: str          # refused: the state as the refusal names it; dropped: why
+
+
+def restored(plugin: str) -> Fate:
+    return Fate("restored", plugin, "")
+
+
+def refused(what: str, by: str = "fates") -> Fate:
+    return Fate("refused", by, what)
+
+
+def dropped(why: str) -> Fate:
+    return Fate("dropped", "", why)
+
+
+LANDING = {"eventfd", "signalfd", "timerfd", "epoll", "threads", "rlimits", "creds", "timers"}
+
+COUNTER = "a counter the kernel keeps and offers no way to set"
+RESIDENCY = ("which pages sit in RAM, swap or page tables is the kernel's choice, not the "
+             "program's; their contents come back (mem)")
+DIFFERENT_ARCH = "not on x86-64: this kernel returns EINVAL"
+# The one entry dropped without a solid reason, until a plugin restores it
+# (mm_entry.dumpable, field 15, as CRIU's restorer does): refusing it would
+# refuse every program that ever changed a uid and back (the kernel then
+# clears the flag, as PR_SET_DUMPABLE 0 does, and a dump cannot tell which).
+DUMPABLE = ("not restored yet (CRIU restores mm_entry.dumpable): a restored task is dumpable "
+            "unless its ids differ from the engine's, and a dump cannot tell PR_SET_DUMPABLE "
+            "from the kernel clearing the flag on a change of uid, which most daemons make")
+
+# --- /proc/PID/status, every key Linux 6.18 prints on x86-64 --------------------
+STATUS = {
+    "Name": restored("threads"),
+    "Umask": restored("fs"),
+    "State": restored("core"),            # stopped comes back stopped; zombies: pstree
+    "Tgid": restored("pstree"),
+    "Ngid": dropped("the NUMA balancing group, which the kernel forms from page faults; "
+                    "no call sets it"),
+    "Pid": restored("pstree"),
+    "PPid": restored("pstree"),
+    "TracerPid": refused("traced by another process", by="engine"),   # PTRACE_SEIZE: EPERM
+    "Uid": restored("creds"),
+    "Gid": restored("creds"),
+    "FDSize": dropped("the fd table's allocated size, which the kernel grows on demand; "
+                      "every fd comes back at its number (files)"),
+    "Groups": restored("creds"),
+    "NStgid": restored("pidns"),
+    "NSpid": restored("pidns"),
+    "NSpgid": restored("pstree"),
+    "NSsid": restored("pstree"),
+    "Kthread": refused("a kernel thread", by="engine"),             # PTRACE_SEIZE: EPERM
+    "VmPeak": dropped("a high-water mark: " + COUNTER),
+    "VmSize": restored("mem"),
+    "VmLck": restored("mem"),             # VM_LOCKED mappings come back MAP_LOCKED
+    "VmPin": refused("pinned pages (VmPin)"),
+    "VmHWM": dropped("a high-water mark: " + COUNTER),
+    "VmRSS": dropped(RESIDENCY),
+    "RssAnon": dropped(RESIDENCY),
+    "RssFile": dropped(RESIDENCY),
+    "RssShmem": dropped(RESIDENCY),
+    "VmData": restored("mem"),
+    "VmStk": restored("mem"),
+    "VmExe": restored("mem"),
+    "VmLib": restored("mem"),
+    "VmPTE": dropped(RESIDENCY),
+    "VmSwap": dropped(RESIDENCY),
+    "HugetlbPages": refused("a hugetlb mapping", by="mem"),
+    "CoreDumping": dropped("set only while the kernel writes the task's core file, "
+                           "after which the task dies"),
+    "THP_enabled": refused("transparent huge pages disabled (PR_SET_THP_DISABLE)"),
+    "untag_mask": refused("tagged addresses (LAM, ARCH_ENABLE_TAGGED_ADDR)"),
+    "Threads": restored("threads"),
+    "SigQ": restored("threads"),          # the signals queued; the limit is rlimits'
+    "SigPnd": restored("threads"),
+    "ShdPnd": restored("threads"),
+    "SigBlk": restored("threads"),
+    "SigIgn": restored("threads"),
+    "SigCgt": restored("threads"),
+    "CapInh": restored("creds"),
+    "CapPrm": restored("creds"),
+    "CapEff": restored("creds"),
+    "CapBnd": restored("creds"),
+    "CapAmb": restored("creds"),
+    "NoNewPrivs": refused("no_new_privs"),
+    "Seccomp": refused("seccomp"),
+    "Seccomp_filters": refused("seccomp"),
+    "Speculation_Store_Bypass": refused("speculation control (PR_SET_SPECULATION_CTRL)"),
+    "SpeculationIndirectBranch": refused("speculation control (PR_SET_SPECULATION_CTRL)"),
+    "Cpus_allowed": refused("CPU affinity"),
+    "Cpus_allowed_list": refused("CPU affinity"),
+    "Mems_allowed": refused("cgroup"),    # a cpuset's memory nodes
+    "Mems_allowed_list": refused("cgroup"),
+    "voluntary_ctxt_switches": dropped(COUNTER),
+    "nonvoluntary_ctxt_switches": dropped(COUNTER),
+    # Printed by kernels built with x86 user shadow stacks
+    "x86_Thread_features": refused("x86 thread features (shadow stack)"),
+    "x86_Thread_features_locked": refused("x86 thread features (shadow stack)"),
+}
+
+# --- /proc/PID/fdinfo/N lines, by the fd kinds the engine handles ----------------
+FDINFO_COMMON = {
+    "pos": restored("files"),
+    "flags": restored("files"),
+    "mnt_id": restored("files"),          # the file is reopened by its path
+    "ino": restored("files"),
+    "lock": refused("file lock"),
+}
+FDINFO = {
+    "regular file": {},
+    "pipe": {},
+    "unix socket": {"scm_fds": restored("unix")},
+    "tcp socket": {},
+    "udp socket": {},
+    "eventfd": {"eventfd-count": restored("eventfd"), "eventfd-semaphore": restored("eventfd"),
+                "eventfd-id": dropped("an id the kernel allocates for the fdinfo file; "
+                                      "no call chooses it")},
+    "epoll": {"tfd": restored("epoll")},
+    "signalfd": {"sigmask": restored("signalfd")},
+    "timerfd": {"clockid": restored("timerfd"), "ticks": restored("timerfd"),
+                "settime flags": restored("timerfd"), "it_value": restored("timerfd"),
+                "it_interval": restored("timerfd")},
+}
+
+# --- fd kinds (the link of /proc/PID/fd/N) ----------------------------------------
+UNKNOWN_FD = "an fd no plugin can dump"
+FD_KINDS = {
+    "regular file": restored("files"),
+    "directory": restored("files"),
+    "device": restored("files"),
+    "pipe": restored("pipes"),
+    "FIFO": restored("pipes"),
+    "unix socket": restored("unix"),
+    "tcp socket": restored("sk_inet"),
+    "udp socket": restored("sk_inet"),
+    "eventfd": restored("eventfd"),
+    "epoll": restored("epoll"),
+    "signalfd": restored("signalfd"),
+    "timerfd": restored("timerfd"),
+    "memfd": refused("memfd"),            # files would take it for a deleted file
+    "io_uring": refused(UNKNOWN_FD, by="files"),
+    "inotify": refused(UNKNOWN_FD, by="files"),
+    "fanotify": refused(UNKNOWN_FD, by="files"),
+    "pidfd": refused(UNKNOWN_FD, by="files"),
+    "perf_event": refused(UNKNOWN_FD, by="files"),
+    "bpf": refused(UNKNOWN_FD, by="files"),
+    "userfaultfd": refused(UNKNOWN_FD, by="files"),
+    "other sockets (netlink, packet, ...)": refused(UNKNOWN_FD, by="files"),
+}
+
+# --- file locks, as /proc/locks names them ---------------------------------------
+LOCKS = {
+    "POSIX": refused("file lock"),
+    "FLOCK": refused("file lock"),
+    "OFDLCK": refused("file lock"),
+    "LEASE": refused("file lock"),
+    "DELEG": refused("file lock"),
+}
+
+# --- mappings (/proc/PID/maps) that are more than memory ----------------------------
+MAPPINGS = {
+    "SysV shared memory (/SYSV*)": refused("System V shared memory attached"),
+    "AIO ring ([aio])": refused("AIO context"),
+    "named anonymous memory ([anon:NAME], PR_SET_VMA)": refused("named anonymous memory"),
+    "hugetlb": refused("a hugetlb mapping", by="mem"),
+    "VM_IO, VM_PFNMAP": refused("a VM_IO or VM_PFNMAP mapping", by="mem"),
+    "deleted mapped file (memfd included)": refused("a deleted mapped file", by="mem"),
+    "NUMA memory policy (mbind, set_mempolicy)": refused("NUMA memory policy"),
+}
+
+# --- prctl(2) options this kernel may know: number -> (name, fate) ----------------
+PRCTL = {
+    1: ("PR_SET_PDEATHSIG", restored("creds")),
+    2: ("PR_GET_PDEATHSIG", restored("creds")),
+    3: ("PR_GET_DUMPABLE", dropped(DUMPABLE)),
+    4: ("PR_SET_DUMPABLE", dropped(DUMPABLE)),
+    5: ("PR_GET_UNALIGN", dropped(DIFFERENT_ARCH)),
+    6: ("PR_SET_UNALIGN", dropped(DIFFERENT_ARCH)),
+    7: ("PR_GET_KEEPCAPS", restored("creds")),          # SECBIT_KEEP_CAPS of securebits
+    8: ("PR_SET_KEEPCAPS", restored("creds")),
+    9: ("PR_GET_FPEMU", dropped(DIFFERENT_ARCH)),
+    10: ("PR_SET_FPEMU", dropped(DIFFERENT_ARCH)),
+    11: ("PR_GET_FPEXC", dropped(DIFFERENT_ARCH)),
+    12: ("PR_SET_FPEXC", dropped(DIFFERENT_ARCH)),
+    13: ("PR_GET_TIMING", dropped("one value exists (PR_TIMING_STATISTICAL)")),
+    14: ("PR_SET_TIMING", dropped("one value exists (PR_TIMING_STATISTICAL)")),
+    15: ("PR_SET_NAME", restored("threads")),
+    16: ("PR_GET_NAME", restored("threads")),
+    19: ("PR_GET_ENDIAN", dropped(DIFFERENT_ARCH)),
+    20: ("PR_SET_ENDIAN", dropped(DIFFERENT_ARCH)),
+    21: ("PR_GET_SECCOMP", refused("seccomp")),
+    22: ("PR_SET_SECCOMP", refused("seccomp")),
+    23: ("PR_CAPBSET_READ", restored("creds")),
+    24: ("PR_CAPBSET_DROP", restored("creds")),
+    25: ("PR_GET_TSC", refused("rdtsc faulting (PR_SET_TSC)")),
+    26: ("PR_SET_TSC", refused("rdtsc faulting (PR_SET_TSC)")),
+    27: ("PR_GET_SECUREBITS", restored("creds")),
+    28: ("PR_SET_SECUREBITS", restored("creds")),
+    29: ("PR_SET_TIMERSLACK", refused("timer slack")),
+    30: ("PR_GET_TIMERSLACK", refused("timer slack")),
+    31: ("PR_TASK_PERF_EVENTS_DISABLE", refused(UNKNOWN_FD, by="files")),   # perf_event fds
+    32: ("PR_TASK_PERF_EVENTS_ENABLE", refused(UNKNOWN_FD, by="files")),
+    33: ("PR_MCE_KILL", refused("machine-check kill policy (PR_MCE_KILL)")),
+    34: ("PR_MCE_KILL_GET", refused("machine-check kill policy (PR_MCE_KILL)")),
+    35: ("PR_SET_MM", restored("mem")),
+    36: ("PR_SET_CHILD_SUBREAPER", restored("pstree")),
+    37: ("PR_GET_CHILD_SUBREAPER", restored("pstree")),
+    38: ("PR_SET_NO_NEW_PRIVS", refused("no_new_privs")),
+    39: ("PR_GET_NO_NEW_PRIVS", refused("no_new_privs")),
+    40: ("PR_GET_TID_ADDRESS", restored("threads")),
+    41: ("PR_SET_THP_DISABLE", refused("transparent huge pages disabled (PR_SET_THP_DISABLE)")),
+    42: ("PR_GET_THP_DISABLE", refused("transparent huge pages disabled (PR_SET_THP_DISABLE)")),
+    43: ("PR_MPX_ENABLE_MANAGEMENT", dropped("removed from Linux in 5.4")),
+    44: ("PR_MPX_DISABLE_MANAGEMENT", dropped("removed from Linux in 5.4")),
+    45: ("PR_SET_FP_MODE", dropped(DIFFERENT_ARCH)),
+    46: ("PR_GET_FP_MODE", dropped(DIFFERENT_ARCH)),
+    47: ("PR_CAP_AMBIENT", restored("creds")),
+    50: ("PR_SVE_SET_VL", dropped(DIFFERENT_ARCH)),
+    51: ("PR_SVE_GET_VL", dropped(DIFFERENT_ARCH)),
+    52: ("PR_GET_SPECULATION_CTRL", refused("speculation control (PR_SET_SPECULATION_CTRL)")),
+    53: ("PR_SET_SPECULATION_CTRL", refused("speculation control (PR_SET_SPECULATION_CTRL)")),
+    54: ("PR_PAC_RESET_KEYS", dropped(DIFFERENT_ARCH)),
+    55: ("PR_SET_TAGGED_ADDR_CTRL", dropped(DIFFERENT_ARCH)),   # x86: LAM, see untag_mask
+    56: ("PR_GET_TAGGED_ADDR_CTRL", dropped(DIFFERENT_ARCH)),
+    57: ("PR_SET_IO_FLUSHER", refused("I/O flusher (PR_SET_IO_FLUSHER)")),
+    58: ("PR_GET_IO_FLUSHER", refused("I/O flusher (PR_SET_IO_FLUSHER)")),
+    59: ("PR_SET_SYSCALL_USER_DISPATCH", refused("syscall user dispatch")),
+    60: ("PR_PAC_SET_ENABLED_KEYS", dropped(DIFFERENT_ARCH)),
+    61: ("PR_PAC_GET_ENABLED_KEYS", dropped(DIFFERENT_ARCH)),
+    62: ("PR_SCHED_CORE", refused("core scheduling cookie (PR_SCHED_CORE)")),
+    63: ("PR_SME_SET_VL", dropped(DIFFERENT_ARCH)),
+    64: ("PR_SME_GET_VL", dropped(DIFFERENT_ARCH)),
+    65: ("PR_SET_MDWE", refused("memory-deny-write-execute (PR_SET_MDWE)")),
+    66: ("PR_GET_MDWE", refused("memory-deny-write-execute (PR_SET_MDWE)")),
+    67: ("PR_SET_MEMORY_MERGE", refused("KSM for the whole process (PR_SET_MEMORY_MERGE)")),
+    68: ("PR_GET_MEMORY_MERGE", refused("KSM for the whole process (PR_SET_MEMORY_MERGE)")),
+    69: ("PR_RISCV_V_SET_CONTROL", dropped(DIFFERENT_ARCH)),
+    70: ("PR_RISCV_V_GET_CONTROL", dropped(DIFFERENT_ARCH)),
+    71: ("PR_RISCV_SET_ICACHE_FLUSH_CTX", dropped(DIFFERENT_ARCH)),
+    72: ("PR_PPC_GET_DEXCR", dropped(DIFFERENT_ARCH)),
+    73: ("PR_PPC_SET_DEXCR", dropped(DIFFERENT_ARCH)),
+    74: ("PR_GET_SHADOW_STACK_STATUS", dropped(DIFFERENT_ARCH)),   # x86: arch_prctl, status
+    75: ("PR_SET_SHADOW_STACK_STATUS", dropped(DIFFERENT_ARCH)),
+    76: ("PR_LOCK_SHADOW_STACK_STATUS", dropped(DIFFERENT_ARCH)),
+    77: ("PR_TIMER_CREATE_RESTORE_IDS", refused("PR_TIMER_CREATE_RESTORE_IDS on")),
+    78: ("PR_FUTEX_HASH", dropped("the private futex hash's size: the kernel sizes it from "
+                                  "the thread count, as it does again after restore; "
+                                  "futexes behave the same at any size")),
+    0x59616D61: ("PR_SET_PTRACER", dropped("Yama's ptrace exception: write-only (no call "
+                                           "reads it back) and it names a pid outside the "
+                                           "tree")),
+    0x53564D41: ("PR_SET_VMA", refused("named anonymous memory")),
+}
+
+# --- scheduling and the rest of a task's attributes ---------------------------------
+SCHED = {
+    "policy": refused("scheduling policy"),
+    "reset-on-fork": refused("scheduling policy"),
+    "rt_priority": refused("scheduling policy"),
+    "nice": refused("nice"),
+    "deadline runtime, deadline, period": refused("scheduling policy"),
+    "util_min, util_max (uclamp)": refused("utilization clamp"),
+    "cpu affinity": refused("CPU affinity"),
+    "ioprio": refused("I/O priority"),
+    "autogroup nice": refused("autogroup nice"),
+}
+
+# --- /proc/PID entries: every one, by the state it shows ----------------------------
+PROC = {
+    "arch_status": dropped("AVX-512 use as the kernel last saw it on a context switch"),
+    "attr": refused("LSM label"),
+    "autogroup": refused("autogroup nice"),
+    "auxv": restored("mem"),
+    "cgroup": refused("cgroup"),
+    "clear_refs": dropped("write-only: clears the kernel's referenced and soft-dirty bits"),
+    "cmdline": restored("mem"),
+    "comm": restored("threads"),
+    "coredump_filter": refused("coredump filter"),
+    "cpu_resctrl_groups": refused("cgroup"),
+    "cpuset": refused("cgroup"),
+    "cwd": restored("fs"),
+    "environ": restored("mem"),
+    "exe": restored("mem"),
+    "fail-nth": dropped("fault injection for kernel testing"),
+    "fd": restored("files"),
+    "fdinfo": restored("files"),
+    "gid_map": restored("userns"),
+    "io": dropped(COUNTER),
+    "ksm_merging_pages": dropped(COUNTER),
+    "ksm_stat": refused("KSM for the whole process (PR_SET_MEMORY_MERGE)"),
+    "latency": dropped("latency tracing for kernel debugging"),
+    "limits": restored("rlimits"),
+    "loginuid": refused("audit login uid"),
+    "make-it-fail": dropped("fault injection for kernel testing"),
+    "map_files": restored("mem"),
+    "maps": restored("mem"),
+    "mem": restored("mem"),
+    "mountinfo": restored("mntns"),
+    "mounts": restored("mntns"),
+    "mountstats": restored("mntns"),
+    "net": restored("netns"),
+    "ns": restored("pidns"),              # each namespace by its plugin: see NAMESPACES
+    "numa_maps": refused("NUMA memory policy"),
+    "oom_adj": refused("oom_score_adj"),
+    "oom_score": dropped("computed by the kernel from memory use and oom_score_adj"),
+    "oom_score_adj": refused("oom_score_adj"),
+    "pagemap": restored("mem"),
+    "patch_state": dropped("kernel live patching's transition state"),
+    "personality": refused("personality"),
+    "projid_map": refused("project id map"),
+    "root": restored("fs"),
+    "sched": refused("scheduling policy"),
+    "schedstat": dropped(COUNTER),
+    "sessionid": refused("audit session id"),
+    "setgroups": restored("userns"),
+    "smaps": restored("mem"),
+    "smaps_rollup": restored("mem"),
+    "stack": dropped("the kernel stack of a blocked task; its syscall is restarted (core)"),
+    "stat": restored("core"),             # each field is a status or sched key above
+    "statm": restored("mem"),
+    "status": restored("core"),           # each key: see STATUS
+    "syscall": restored("core"),          # an interrupted syscall is restarted
+    "task": restored("threads"),
+    "timens_offsets": refused("time namespace"),
+    "timers": restored("timers"),
+    "timerslack_ns": refused("timer slack"),
+    "uid_map": restored("userns"),
+    "wchan": dropped("where in the kernel a blocked task waits; its syscall is restarted"),
+}
+
+NAMESPACES = {
+    "uts": restored("utsns"), "ipc": restored("ipcns"), "net": restored("netns"),
+    "mnt": restored("mntns"), "pid": restored("pidns"), "pid_for_children": restored("pidns"),
+    "user": restored("userns"),
+    "cgroup": refused("cgroup namespace"),
+    "time": refused("time namespace"), "time_for_children": refused("time namespace"),
+}
+
+SYSV_IPC = {
+    "objects in a dumped IPC namespace (ipcs: shm, sem, msg)":
+        refused("System V IPC objects in its IPC namespace"),
+}
+
+# Every table, by name (the README and the tests walk them).
+TABLES = {"status": STATUS, "fdinfo (every fd)": FDINFO_COMMON, "fd kinds": FD_KINDS,
+          "file locks": LOCKS, "mappings": MAPPINGS, "sched": SCHED, "/proc/PID": PROC,
+          "namespaces": NAMESPACES, "System V IPC": SYSV_IPC,
+          **{f"fdinfo ({kind})": keys for kind, keys in FDINFO.items()},
+          "prctl": {name: fate for name, fate in PRCTL.values()}}
+
+
+def every_fate():
+    """(table, key, Fate) of every entry."""
+    for table, entries in TABLES.items():
+        for key, fate in entries.items():
+            yield table, key, fate
+
+
+def refused_states() -> list[str]:
+    """What the dump refuses, each once, as its refusal names it."""
+    return sorted({f.what for _, _, f in every_fate() if f.fate == "refused"}, key=str.lower)
+
+
+def dropped_states() -> dict[str, list[str]]:
+    """reason -> the keys dropped for it."""
+    out: dict[str, list[str]] = {}
+    for table, key, f in every_fate():
+        if f.fate == "dropped":
+            out.setdefault(f.what, []).append(f"{key} ({table})")
+    return out
+
+
+def readme_text() -> str:
+    """The README's "What does not come back" part, as the ledger says it
+    (tests/plugins/test_fates.py checks the README holds it word for word)."""
+    lines = ["Refused at dump (the dump fails naming the task and the state, and",
+             "leaves the tree running untouched); a per-task attribute when it",
+             "is not the engine's own, which a restored task inherits:", ""]
+    lines += _wrap(", ".join(refused_states()) + ".")
+    lines += ["", "Dropped on purpose:", ""]
+    for why, keys in sorted(dropped_states().items(), key=lambda item: item[1][0].lower()):
+        lines += _wrap(f"- {', '.join(keys)}: {why}.", indent="  ")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width=72, subsequent_indent=indent, break_on_hyphens=False)

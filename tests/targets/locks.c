@@ -1,0 +1,79 @@
+/* engine-target: variants=dynamic-pie,static-nopie ; flags=-O2 ;
+ * what: file locks, as sqlite in WAL mode holds them: a POSIX write lock
+ *       on bytes 100-199 of posix.db, a shared flock on flock.db, an OFD
+ *       write lock on the first byte of ofd.db and a read lease on
+ *       lease.db (each lock only with --KIND, or all by default); on
+ *       SIGTERM it checks each is still held, through the fd's own
+ *       "lock:" lines in /proc/self/fdinfo */
+#include "target.h"
+#include <sys/file.h>
+
+static int has_lock(int fd, const char *kind, const char *mode)
+{
+	char path[64], line[256];
+	int found = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "lock:", 5) && strstr(line, kind) && strstr(line, mode))
+			found = 1;
+	fclose(f);
+	return found;
+}
+
+static int open_file(const char *name, int flags)
+{
+	int fd = open(name, flags | O_CREAT, 0644);
+
+	if (fd < 0)
+		tgt_die("open %s: %m", name);
+	return fd;
+}
+
+int main(int argc, char **argv)
+{
+	int all, posix = -1, flocked = -1, ofd = -1, leased = -1;
+	struct flock fl = { .l_whence = SEEK_SET };
+
+	tgt_init(argc, argv);
+	all = !tgt_flag("posix") && !tgt_flag("flock") && !tgt_flag("ofd") && !tgt_flag("lease");
+	if (all || tgt_flag("posix")) {
+		posix = open_file("posix.db", O_RDWR);
+		fl.l_type = F_WRLCK, fl.l_start = 100, fl.l_len = 100;
+		if (fcntl(posix, F_SETLK, &fl))
+			tgt_die("F_SETLK: %m");
+	}
+	if (all || tgt_flag("flock")) {
+		flocked = open_file("flock.db", O_RDWR);
+		if (flock(flocked, LOCK_SH | LOCK_NB))
+			tgt_die("flock: %m");
+	}
+	if (all || tgt_flag("ofd")) {
+		ofd = open_file("ofd.db", O_RDWR);
+		fl.l_type = F_WRLCK, fl.l_start = 0, fl.l_len = 1, fl.l_pid = 0;
+		if (fcntl(ofd, F_OFD_SETLK, &fl))
+			tgt_die("F_OFD_SETLK: %m");
+	}
+	if (all || tgt_flag("lease")) {
+		close(open_file("lease.db", O_RDWR));
+		leased = open_file("lease.db", O_RDONLY);
+		if (fcntl(leased, F_SETLEASE, F_RDLCK))
+			tgt_die("F_SETLEASE: %m");
+	}
+	tgt_ready();
+	while (!tgt_stop)
+		pause();
+	if (posix >= 0)
+		tgt_check(has_lock(posix, "POSIX", "WRITE"), "the POSIX lock is gone");
+	if (flocked >= 0)
+		tgt_check(has_lock(flocked, "FLOCK", "READ"), "the flock is gone");
+	if (ofd >= 0)
+		tgt_check(has_lock(ofd, "OFDLCK", "WRITE"), "the OFD lock is gone");
+	if (leased >= 0)
+		tgt_check(has_lock(leased, "LEASE", "READ"), "the lease is gone");
+	tgt_finish();
+}
