@@ -28,12 +28,37 @@ def test_engine_testing_is_not_loaded():
 """
 
 
-def _pytest_outside(project, test_text, *args):
+OVERLAPPING = """
+import os
+import time
+
+import pytest
+
+
+def _stay(name):
+    for word in ("in", "out"):
+        with open(os.environ["STAYS"], "a") as log:
+            log.write(f"{name} {word}\\n")
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_shared(n):
+    _stay(f"shared{n}")
+
+
+@pytest.mark.serial
+def test_alone():
+    _stay("alone")
+"""
+
+
+def _pytest_outside(project, test_text, *args, env=None):
     """pytest run on a project of its own (no conftest), as another
     project's test run would be, with this checkout importable."""
     project.mkdir()
     (project / "test_outside.py").write_text(test_text)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ if env is None else env, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            *args, str(project)], cwd=project, env=env,
@@ -59,3 +84,25 @@ def test_a_plugin_author_loads_it_with_dash_p(tmp_path):
     proc = _pytest_outside(tmp_path / "project", USES_THE_FIXTURES, "-p", "engine.testing")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+def test_a_serial_test_runs_while_no_other_test_runs(tmp_path):
+    """Three xdist workers: the shared tests overlap, the serial one
+    overlaps none."""
+    from engine.testing.serial import HELD_ENV
+    stays = tmp_path / "stays"
+    # A lock of its own (TMPDIR), not the one this test holds.
+    env = {k: v for k, v in os.environ.items() if k != HELD_ENV}
+    env.update(STAYS=str(stays), TMPDIR=str(tmp_path))
+    proc = _pytest_outside(tmp_path / "project", OVERLAPPING, "-p", "engine.testing",
+                           "-n", "3", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    inside, most = set(), 0
+    for name, word in (line.split() for line in stays.read_text().splitlines()):
+        if word == "in":
+            assert "alone" not in inside and (name != "alone" or not inside), inside
+            inside.add(name)
+        else:
+            inside.remove(name)
+        most = max(most, len(inside))
+    assert most > 1            # the workers did run tests side by side

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# One xdist worker runs them all (--dist loadgroup): one pip install of
+# engine_stamp, whose build writes into its source directory.
+pytestmark = pytest.mark.xdist_group("thirdparty")
+
 HERE = Path(__file__).resolve().parent
 
 

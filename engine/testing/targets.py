@@ -147,7 +147,9 @@ def compile_target(spec: TargetSpec, variant: str, outdir: Path) -> Path:
 
 
 class TargetBuilder:
-    """Builds targets into one directory, once per (name, variant)."""
+    """Builds targets into one directory, once per (name, variant). The
+    directory may be shared by several builders (pytest-xdist workers): a
+    lock file per target lets one build it, the others wait and use it."""
 
     def __init__(self, outdir: Path, directory: Path | None = None):
         self.outdir = outdir
@@ -175,7 +177,18 @@ class TargetBuilder:
         key = (spec.name, variant)
         if key not in self._built:
             try:
-                self._built[key] = compile_target(spec, variant, self.outdir)
+                self._built[key] = self._build_once(spec, variant)
             except RuntimeError as e:
                 pytest.fail(str(e), pytrace=False)
         return self._built[key]
+
+    def _build_once(self, spec: TargetSpec, variant: str) -> Path:
+        import fcntl
+        with open(self.outdir / f"{spec.name}-{variant}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = self.outdir / f"{spec.name}-{variant}.built"
+            if done.exists():
+                return self.outdir / f"{spec.name}-{variant}"
+            exe = compile_target(spec, variant, self.outdir)
+            done.touch()
+            return exe
