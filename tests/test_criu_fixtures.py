@@ -20,6 +20,7 @@ PIDS = {"counter": 30001, "files": 30011, "pipe": 30031, "tcp": 30051, "threads"
         "tree": 30021, "unix": 30041}
 
 
+@pytest.mark.serial         # fixed pids: no other test's task may sit there
 @pytest.mark.parametrize("mode", sorted(PIDS))
 def test_criu_image_set_restores(mode, engine_cli, tmp_path):
     if not FIXTURES.exists():

@@ -6,11 +6,16 @@ one node per task that appends "task PID CWD" from inside the restored task.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# One xdist worker runs them all (--dist loadgroup): one pip install of
+# engine_stamp, not one per worker.
+pytestmark = pytest.mark.xdist_group("thirdparty")
 
 HERE = Path(__file__).resolve().parent
 
@@ -18,9 +23,13 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def stamp_site(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
+    # Built from a copy: the build writes into its source directory, which
+    # another run or worker may be building from at the same time.
+    source = shutil.copytree(HERE / "thirdparty" / "engine_stamp",
+                             tmp_path_factory.mktemp("stamp-src") / "engine_stamp",
+                             ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(site),
-                    str(HERE / "thirdparty" / "engine_stamp")], check=True)
+                    "--no-build-isolation", "--target", str(site), str(source)], check=True)
     return site
 
 

@@ -233,6 +233,7 @@ def _merged(vmas) -> list[m.Vma]:
 
 # --- tests --------------------------------------------------------------------
 
+@pytest.mark.serial     # under load its target may be seized before nanosleep
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_dump_kill_restore_runs_on(binaries, tmp_path, variant):
     target = Target(binaries[variant], tmp_path)

@@ -157,6 +157,7 @@ def _kill_and_reap(pids):
         time.sleep(0.001)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=programs())
@@ -246,6 +247,7 @@ def _spoiled(img, edit):
         _entry(free + 1, free, sid=tree[0].sid, pgid=tree[0].pgid)]), 1,
      "is not an earlier task"),
 ], ids=["session-leader-outside-its-group", "group-across-sessions", "parent-cycle"])
+@pytest.mark.serial         # its free pids must stay free of other tests' tasks
 def test_inconsistent_tree_is_refused(dumped_counter, edit, entry, words):
     """ids that no history of fork/setsid/setpgid/exit gives: refused
     before any fork, in one line naming pstree.img and the entry."""
@@ -262,6 +264,7 @@ def _entry(pid, ppid, sid, pgid):
     return tree_pb2.pstree_entry(pid=pid, ppid=ppid, pgid=pgid, sid=sid, threads=[pid])
 
 
+@pytest.mark.serial         # its free pids must stay free of other tests' tasks
 def test_session_nobody_can_be_born_in_is_refused(dumped_counter):
     """A child in a session that neither its parent nor the parent's birth
     can give (the leader is gone), under a parent that is no child subreaper:
