@@ -143,6 +143,21 @@ def _maps(pid: int, volatile) -> dict:
     return out
 
 
+def _smaps(pid: int):
+    """(maps line, whether any of its pages is resident or swapped)."""
+    head, used = None, False
+    for line in _read(f"/proc/{pid}/smaps").splitlines():
+        first = line.split(None, 1)[0]
+        if not first.endswith(":"):
+            if head is not None:
+                yield head, used
+            head, used = line, False
+        elif first in ("Rss:", "Swap:") and line.split()[1] != "0":
+            used = True
+    if head is not None:
+        yield head, used
+
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ZERO = bytes(PAGE)
 PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61

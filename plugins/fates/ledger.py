@@ -13,10 +13,6 @@ task is forked from the engine and inherits it), so ``refused`` here means:
 refused when the task's value is not the engine's (or, for what only the
 task can ask, not the kernel's default), which is what `plugins.fates`
 checks.
-
-Plugins named here that land from parallel branches (issue 16's eventfd,
-signalfd, timerfd, epoll; issue 14's split of core into threads, rlimits,
-creds, timers) are listed in LANDING until they are on main.
 """
 from __future__ import annotations
 
@@ -41,7 +37,6 @@ def dropped(why: str) -> Fate:
     return Fate("dropped", "", why)
 
 
-LANDING = {"eventfd", "signalfd", "timerfd", "epoll", "threads", "rlimits", "creds", "timers"}
 
 COUNTER = "a counter the kernel keeps and offers no way to set"
 RESIDENCY = ("which pages sit in RAM, swap or page tables is the kernel's choice, not the "

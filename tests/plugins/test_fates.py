@@ -38,7 +38,7 @@ def _fdinfo_keys(fd: int) -> set[str]:
 # --- the ledger is whole -------------------------------------------------------
 
 def test_every_entry_has_one_fate_and_names_who_or_why():
-    plugins = set(load_specs()) | ledger.LANDING | {"engine"}
+    plugins = set(load_specs()) | {"engine"}
     for table, key, fate in ledger.every_fate():
         assert fate.fate in FATES, (table, key)
         if fate.fate == "dropped":
