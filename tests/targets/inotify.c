@@ -1,14 +1,15 @@
 /* engine-target: variants=dynamic-pie,static-nopie ; flags=-O2 ;
- * args: --dir D (a directory of the test's own), --fanotify (also a
- *       fanotify group, which the dump refuses) ;
+ * args: --dir D (a directory of the test's own, by default
+ *       ./inotify-dir), --unread (an event left unread, for a dump to
+ *       drop), --fanotify (also a fanotify group, which the dump refuses) ;
  * what: an inotify fd (O_NONBLOCK) watching D (IN_CREATE|IN_DELETE|
  *       IN_ONLYDIR) at wd 1, a file in it (IN_ATTRIB|IN_CLOSE_WRITE|
- *       IN_ONESHOT) at wd 5 (wds 2-4 given out and removed first), renamed after the
- *       watch was added, and a second inotify fd (blocking) watching the
- *       file with IN_MODIFY|IN_EXCL_UNLINK; one event left unread (dropped by
- *       the dump). After restore: the file (under its new name) is
- *       chmod'ed, written and closed, a file made and removed in D; the
- *       events come with the right wd numbers, IN_ONESHOT fires once */
+ *       IN_ONESHOT) at wd 5 (wds 2-4 given out and removed first), renamed
+ *       after the watch was added, and a second inotify fd (blocking)
+ *       watching the file with IN_MODIFY|IN_EXCL_UNLINK. After restore: no
+ *       event queued, then the file (under its new name) is chmod'ed,
+ *       written and closed, a file removed and made in D; the events come
+ *       with the right wd numbers, IN_ONESHOT fires once */
 #include "target.h"
 
 #include <sys/inotify.h>
@@ -56,7 +57,10 @@ int main(int argc, char **argv)
 	unsigned int mask[MAX_WD] = {0};
 
 	tgt_init(argc, argv);
-	tgt_abspath(dir, tgt_arg("dir", "."));
+	/* Not the working directory: the ready file is made there. */
+	if (!tgt_arg("dir", NULL) && mkdir("inotify-dir", 0755) && errno != EEXIST)
+		tgt_die("mkdir: %m");
+	tgt_abspath(dir, tgt_arg("dir", "inotify-dir"));
 	snprintf(file, sizeof(file), "%s/watched", dir);
 	snprintf(moved, sizeof(moved), "%s/renamed", dir);
 	snprintf(made, sizeof(made), "%s/made", dir);
@@ -78,15 +82,12 @@ int main(int argc, char **argv)
 	if (rename(file, moved))
 		tgt_die("rename: %m");
 	drain(ify);
-	/* An event left unread: the dump drops it. */
 	if ((fd = open(made, O_CREAT | O_WRONLY, 0644)) < 0)
 		tgt_die("open %s: %m", made);
 	close(fd);
-	unlink(made);
-	drain(ify);
-	if ((fd = open(made, O_CREAT | O_WRONLY, 0644)) < 0)
-		tgt_die("open %s: %m", made);
-	close(fd);
+	/* --unread: an IN_CREATE left unread, which the dump drops. */
+	if (!tgt_flag("unread"))
+		drain(ify);
 	if (tgt_flag("fanotify") && syscall(__NR_fanotify_init, 0, O_RDONLY) < 0)
 		tgt_die("fanotify_init: %m");
 	tgt_info("wd_file=%d", wd_file);
@@ -97,7 +98,7 @@ int main(int argc, char **argv)
 	tgt_check(!(fcntl(ify2, F_GETFL) & O_NONBLOCK), "second fd became O_NONBLOCK");
 	errno = 0;
 	tgt_check(read_events(ify, mask, count) < 0 && errno == EAGAIN,
-		  "events queued before anything happened after restore");
+		  "events queued before anything happened (after restore)");
 	unlink(made);
 	chmod(moved, 0600);
 	if ((fd = open(moved, O_WRONLY)) < 0)
