@@ -4,7 +4,8 @@
  *       killed through the pidfd and waitid(P_PIDFD) gets CLD_KILLED), of a
  *       zombie child (waitid(P_PIDFD) gets exit 7), of a reaped child
  *       (pidfd_send_signal: ESRCH), one PIDFD_NONBLOCK (O_NONBLOCK) and, if
- *       the kernel has PIDFD_THREAD, one of our own main thread (O_EXCL).
+ *       the kernel has PIDFD_THREAD, one of our own main thread (O_EXCL);
+ *       a child holding the same open pidfds checks them when told.
  *       --outside: also a pidfd of our parent (outside the tree), which the
  *       dump refuses; --thread: also a pidfd of a second thread, refused */
 #include "target.h"
@@ -53,9 +54,12 @@ static void *idle(void *arg)
 
 int main(int argc, char **argv)
 {
-	pid_t running, zombie, reaped;
-	int run_fd, nb_fd, zombie_fd, reaped_fd, thread_fd, extra_fd = -1;
+	pid_t running, zombie, reaped, holder;
+	int run_fd, nb_fd, zombie_fd, reaped_fd, thread_fd, holder_fd, extra_fd = -1;
+	int answer[2];
+	char verdict = 0;
 	siginfo_t info;
+	sigset_t usr1;
 
 	tgt_init(argc, argv);
 	running = fork();
@@ -78,6 +82,26 @@ int main(int argc, char **argv)
 		tgt_die("waitpid: %m");
 	while (state_of(zombie) != 'Z')
 		tgt_msleep(1);
+	/* A child holding the same open pidfds: checks them when told. */
+	if (pipe(answer))
+		tgt_die("pipe: %m");
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &usr1, NULL);
+	holder = fork();
+	if (holder == 0) {
+		int sig;
+
+		sigwait(&usr1, &sig);
+		verdict = pidfd_send_signal(run_fd, 0) == 0 &&
+			  (fcntl(nb_fd, F_GETFL) & O_NONBLOCK) &&
+			  pidfd_send_signal(reaped_fd, 0) < 0 && errno == ESRCH ? 'y' : 'n';
+		_exit(write(answer[1], &verdict, 1) == 1 ? 0 : 1);
+	}
+	sigprocmask(SIG_UNBLOCK, &usr1, NULL);
+	close(answer[1]);
+	if ((holder_fd = pidfd_open(holder, 0)) < 0)
+		tgt_die("pidfd_open holder: %m");
 	thread_fd = pidfd_open(getpid(), PIDFD_THREAD);    /* EINVAL before 6.9 */
 	if (tgt_flag("outside") && (extra_fd = pidfd_open(getppid(), 0)) < 0)
 		tgt_die("pidfd_open parent: %m");
@@ -104,6 +128,11 @@ int main(int argc, char **argv)
 		tgt_check(waitid(P_PIDFD, nb_fd, &info, WEXITED) < 0 && errno == EAGAIN,
 			  "waitid on a running child's PIDFD_NONBLOCK pidfd: %m, want EAGAIN");
 	}
+	tgt_check(pidfd_send_signal(holder_fd, SIGUSR1) == 0, "SIGUSR1 to holder: %m");
+	tgt_check(read(answer[0], &verdict, 1) == 1 && verdict == 'y',
+		  "the child holding the same pidfds says %c", verdict ? verdict : '-');
+	tgt_check(waitid(P_PIDFD, holder_fd, &info, WEXITED) == 0 && info.si_status == 0,
+		  "holder: %m, status %d", info.si_status);
 	tgt_check(pidfd_send_signal(run_fd, SIGKILL) == 0, "SIGKILL to running child: %m");
 	memset(&info, 0, sizeof(info));
 	tgt_check(waitid(P_PIDFD, run_fd, &info, WEXITED) == 0, "waitid running: %m");
