@@ -88,7 +88,11 @@ def task_fingerprint(pid: int, canon: Canon, is_root: bool = False, volatile=())
     status = _status(pid)
     out["status"] = {k: status.get(k) for k in STATUS_KEYS}
     if status.get("State", "").startswith("Z"):
+        # A dead task's signal dispositions are no one's to see (CRIU's
+        # zombie core holds none); its name and ids are.
         out["zombie"] = True
+        for key in ("SigIgn", "SigCgt"):
+            out["status"].pop(key)
         return out
     stat = _read(f"{proc}/stat").rsplit(")", 1)[1].split()
     out["stat"] = {name: stat[i - 3] for name, i in STAT_FIELDS.items()}
@@ -96,6 +100,9 @@ def task_fingerprint(pid: int, canon: Canon, is_root: bool = False, volatile=())
         out["stat"]["ppid"] = stat[1]
     for name in TEXT_FILES:
         out[name] = _read(f"{proc}/{name}", default=None)
+    if out["timers"]:
+        # listed newest first: the order they were made in, not state
+        out["timers"] = sorted(out["timers"].split("ID: ")[1:])
     out["ns"] = {}
     for kind in KINDS:
         try:
@@ -224,7 +231,9 @@ def _fds(pid: int, canon: Canon) -> dict:
             # tfd:, inotify wd:, fanotify lines hold several key:value pairs
             info.append(" ".join(VOLATILE_TOKENS.sub("", line).split())
                         if line.count(":") > 1 else line)
-        out[name] = [link, info]
+        # tfd:, inotify lines come in the kernel's tree order (addresses)
+        out[name] = [link, [line for line in info if line.count(":") <= 1]
+                     + sorted(line for line in info if line.count(":") > 1)]
     return out
 
 

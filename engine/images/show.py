@@ -16,6 +16,8 @@ def image_dir_to_json(path, registry=None) -> dict:
         if fname.startswith("pages-"):
             out[fname] = {"raw_pages_bytes": os.path.getsize(full)}
             continue
+        if not fname.endswith(".img"):
+            continue                   # not an image (the fingerprint, a log)
         found = kinds.for_filename(fname)
         if found is None:
             out[fname] = {"error": "unknown image kind"}

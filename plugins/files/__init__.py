@@ -401,19 +401,29 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
     g, data = found[0]
     if not st.S_ISREG(g.mode):
         raise ImageError(image, f"mode {g.mode:o} is not a regular file's")
-    tmp = f"{reg.name}.engine-ghost.{entry.id}"
-    try:
-        # Private (0600, no set-id bits) while it has a name; its owner and
-        # mode are given only once it is unlinked, so nobody can open or
-        # exec the image's content through the path meanwhile.
-        rw = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        raise ImageError(image, f"cannot recreate {reg.name}: {e.strerror}") from None
+    # Under its own name when that is free (what /proc/PID/fd shows then,
+    # deleted, is what it showed at dump), else beside it.
+    for tmp in (reg.name, f"{reg.name}.engine-ghost.{entry.id}"):
+        try:
+            # Private (0600, no set-id bits) while it has a name; its owner and
+            # mode are given only once it is unlinked, so nobody can open or
+            # exec the image's content through the path meanwhile. O_EXCL
+            # never follows a link.
+            rw = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ImageError(image, f"cannot recreate {reg.name}: {e.strerror}") from None
+    else:
+        raise ImageError(image, f"cannot recreate {reg.name}: its name and "
+                                f"{tmp} are both taken")
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(rw, view):]
-        fd = os.open(tmp, reg.flags & ~os.O_CLOEXEC)
+        # Not through a link swapped in since the O_EXCL create.
+        fd = os.open(tmp, reg.flags & ~os.O_CLOEXEC | os.O_NOFOLLOW)
     finally:
         os.unlink(tmp)
     try:

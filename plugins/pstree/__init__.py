@@ -129,6 +129,8 @@ def engine_restore_node(ctx, node):
     elif kind == "join":
         _join_group(proc)
     elif kind == "exit":
+        if proc.zombie is not None:
+            _take_name(ctx, proc.pid)      # ps shows a zombie by its name
         ctx.exit_after_nodes(proc.zombie or 0)
     elif kind == "reap":
         os.waitpid(proc.pid, 0)
@@ -138,6 +140,15 @@ def engine_restore_node(ctx, node):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _take_name(ctx, pid: int) -> None:
+    """The dumped zombie's comm, set in the task before it exits."""
+    from engine import libc
+    comm = ctx.read_one("core", id=pid).tc.comm
+    if comm:
+        libc.check(libc.prctl(PR_SET_NAME, comm.encode()[:15] + b"\0", 0, 0, 0),
+                   "PR_SET_NAME")
+
 
 def _one_namespace_set(ctx, tree: TaskTree) -> bool:
     """Every live task in the same namespaces: no task makes one that its

@@ -26,7 +26,12 @@ def engine_restore_file(ctx, entry):
     if not entry.HasField("isk"):
         return None
     i = entry.isk
-    return socket.socket(i.family, i.type, i.proto).detach()
+    fd = socket.socket(i.family, i.type, i.proto).detach()
+    # Its status flags (O_NONBLOCK: an event loop's sockets) as dumped.
+    import fcntl
+    import os
+    fcntl.fcntl(fd, fcntl.F_SETFL, i.flags & (os.O_NONBLOCK | fcntl.FASYNC))
+    return fd
 
 
 @hookimpl
