@@ -87,6 +87,7 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
         for kind, entries in ctx._entries.items():
             ctx.images.write(kind, entries)
         _write_inventory(ctx)
+        ctx.hook.engine_dump_written(ctx=ctx)
     except BaseException as e:
         try:
             ctx.hook.engine_dump_abort(ctx=ctx, error=e)

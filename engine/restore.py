@@ -90,6 +90,7 @@ def restore(ctx: RestoreContext) -> list[int]:
         from engine import tracers
         ctx.tracer_worker = tracers.start(ctx, order)
         _run(ctx, order)
+        ctx.hook.engine_restore_ready(ctx=ctx)
         _release(ctx)
     except BaseException as e:
         _undo(ctx)
