@@ -111,8 +111,27 @@ def _wait_root(pidfile: str, scratch: bool) -> int:
         root = int(f.read())
     if scratch:
         os.unlink(pidfile)
-    _, status = os.waitpid(root, 0)
+    try:
+        _, status = os.waitpid(root, 0)
+    except ChildProcessError:
+        # Forked by a helper of the restore, not by us: wait until it is
+        # gone; its status is its parent's to read.
+        import select
+        with _pidfd(root) as fd:
+            select.select([fd], [], [])
+        return 0
     return os.waitstatus_to_exitcode(status) & 0xff
+
+
+class _pidfd:
+    def __init__(self, pid: int):
+        self.fd = os.pidfd_open(pid)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
 
 
 def _level(verbosity: str) -> int:

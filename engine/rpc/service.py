@@ -76,6 +76,19 @@ def service(address: str, ready=None) -> int:
     finally:
         listener.close()
         os.unlink(address)
+        _wait_workers()
+
+
+def _wait_workers() -> None:
+    """Each worker ends with its request: wait for them all."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def _worker(listener: socket.socket, conn: socket.socket) -> None:

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -164,6 +165,29 @@ def test_a_request_not_offered_says_so():
     assert not resp.success and "PRE_DUMP" in resp.cr_errmsg
 
 
+def test_service_answers_each_connection(tmp_path):
+    address = tmp_path / "criu.sock"
+    cmd, env = engine_command("service", "--address", address)
+    service = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if address.exists():
+                break
+            time.sleep(0.02)
+        for _ in range(2):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.connect(str(address))
+                sock.send(pb.criu_req(type=pb.VERSION).SerializeToString())
+                resp = pb.criu_resp.FromString(sock.recv(1 << 16))
+                assert resp.success and resp.version.major_number == 4
+                assert sock.recv(1 << 16) == b""       # one request per connection
+    finally:
+        service.terminate()
+        _, err = service.communicate(timeout=10)
+    assert service.returncode == 0, err
+    assert not address.exists()
+
+
 # --- the criu command ---
 
 def _criu(*args, check=True):
@@ -199,6 +223,27 @@ def test_criu_dump_and_restore(build_target, target_runner, tmp_path):
     _criu("restore", "-D", img, "-d", "--pidfile", tmp_path / "pid", "-o", "restore.log")
     assert int((tmp_path / "pid").read_text()) == target.pid
     assert target.verdict() == "PASS"
+
+
+def test_criu_restore_waits_for_the_root_without_d(build_target, target_runner, tmp_path):
+    target = target_runner.start(build_target("counter", "static-nopie"))
+    img = tmp_path / "img"
+    img.mkdir()
+    _criu("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    _, env = engine_command()
+    criu = subprocess.Popen([sys.executable, "-m", "engine.criu_cli", "restore", "-D", str(img)],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    for _ in range(500):
+        if not task_gone(target.pid):
+            break
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert criu.poll() is None, criu.stderr.read()       # still the root's parent
+    assert target.verdict() == "PASS"
+    _, err = criu.communicate(timeout=10)
+    assert criu.returncode == 0, err
 
 
 def test_criu_refuses_a_flag_it_does_not_know(tmp_path):
