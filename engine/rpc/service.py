@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 
@@ -51,28 +52,30 @@ def swrk(fd: int) -> int:
         return serve(sock)
 
 
-def service(address: str, ready=None) -> int:
-    """Listen at `address` until SIGTERM or SIGINT; one worker per
-    connection. `ready`, if given, is called once listening."""
+def service(address: str) -> int:
+    """Listen at `address` until SIGTERM or SIGINT; one worker per connection."""
     if os.path.exists(address):
         os.unlink(address)              # a socket left by an earlier service
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(address)
     listener.listen(16)
+    # A signal coming just before accept() blocks would wait for the next
+    # connection: the handlers' wakeup fd wakes the select instead.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGTERM, _stop)
     log.info("serving CRIU's RPC at %s", address)
-    if ready is not None:
-        ready()
     try:
         while True:
-            try:
+            readable, _, _ = select.select([listener, wake_r], [], [])
+            if wake_r in readable:
+                os.read(wake_r, 512)     # the handlers run as this returns
+            if listener in readable:
                 conn, _ = listener.accept()
-            except InterruptedError:
-                continue
-            if os.fork() == 0:
-                _worker(listener, conn)
-            conn.close()
+                if os.fork() == 0:
+                    _worker(listener, conn, (wake_r, wake_w))
+                conn.close()
     finally:
         listener.close()
         os.unlink(address)
@@ -91,8 +94,11 @@ def _wait_workers() -> None:
             continue
 
 
-def _worker(listener: socket.socket, conn: socket.socket) -> None:
+def _worker(listener: socket.socket, conn: socket.socket, wakeup: tuple[int, int]) -> None:
     listener.close()
+    signal.set_wakeup_fd(-1)
+    for fd in wakeup:
+        os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = 1

@@ -72,6 +72,12 @@ def test_version_says_which_criu():
     assert code == 0
 
 
+def test_engine_version_names_the_criu_it_offers():
+    cmd, env = engine_command("--version")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("engine ") and "CRIU 4.2" in out
+
+
 def test_feature_check_answers_honestly():
     req = pb.criu_req(type=pb.FEATURE_CHECK, features=pb.criu_features(
         mem_track=True, lazy_pages=True))
