@@ -91,16 +91,19 @@ def test_hook_engine_dump_written(build_target, target_runner, tmp_path):
     """DUMP with notify_scripts through the caller's images fd: the notifies
     in CRIU's order, post-dump once the set is complete; then RESTORE."""
     target = target_runner.start(build_target("counter", "static-nopie"))
-    img = tmp_path / "img"
+    img, work = tmp_path / "img", tmp_path / "work"
     img.mkdir()
-    fd = _dir_fd(img)
+    work.mkdir()
+    fd, work_fd = _dir_fd(img), _dir_fd(work)
     try:
         written = []
         resp, notifies, code, err = _call(
-            pb.criu_req(type=pb.DUMP, opts=_opts(fd, pid=target.pid, notify_scripts=True)),
+            pb.criu_req(type=pb.DUMP, opts=_opts(fd, pid=target.pid, notify_scripts=True,
+                                                 work_dir_fd=work_fd)),
             answer=lambda r: written.append(sorted(os.listdir(img))) or True)
     finally:
         os.close(fd)
+        os.close(work_fd)
     assert resp.success, f"{resp.cr_errmsg}\n{err}"
     assert [n for n, _ in notifies] == DUMP_NOTIFIES
     assert "inventory.img" in written[-1] and "inventory.img" not in written[1]
@@ -108,7 +111,8 @@ def test_hook_engine_dump_written(build_target, target_runner, tmp_path):
     target.assert_gone()
     reap_dumped_tree(img)
     assert ImageDir(str(img)).read_one("inventory").img_version == 2
-    assert "dump" in (img / "rpc.log").read_text()
+    assert "dump" in (work / "rpc.log").read_text()      # the log goes to the work dir
+    assert not (img / "rpc.log").exists()
     _restore(target, img)
 
 
@@ -192,6 +196,45 @@ def test_service_answers_each_connection(tmp_path):
         _, err = service.communicate(timeout=10)
     assert service.returncode == 0, err
     assert not address.exists()
+
+
+PYCRIU_CLIENT = """
+import os, sys, pycriu
+shim, images, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = pycriu.criu()
+c.use_binary(shim)
+c.opts.images_dir_fd = os.open(images, os.O_DIRECTORY)
+if pid:
+    c.opts.pid = pid
+    c.dump()
+else:
+    print(c.restore().pid)
+"""
+
+
+def test_pycriu_dumps_and_restores_through_the_criu_command(build_target, target_runner,
+                                                            tmp_path):
+    """CRIU's own Python client (Debian's pycriu, the system python's): it
+    runs `criu swrk FD` with fds 0-2 closed, as libcriu does."""
+    system_python = "/usr/bin/python3"
+    probe = subprocess.run([system_python, "-c", "import pycriu"], capture_output=True)
+    if probe.returncode:
+        pytest.skip("Debian's python3-criu (pycriu) is not installed")
+    shim = tmp_path / "criu"
+    _, env = engine_command()
+    shim.write_text(f"#!/bin/sh\nPYTHONPATH={env['PYTHONPATH']} "
+                    f"exec {sys.executable} -m engine.criu_cli \"$@\"\n")
+    shim.chmod(0o755)
+    target = target_runner.start(build_target("counter", "static-nopie"))
+    img = tmp_path / "img"
+    img.mkdir()
+    client = [system_python, "-c", PYCRIU_CLIENT, str(shim), str(img)]
+    subprocess.run([*client, str(target.pid)], check=True, timeout=60)
+    target.reap()
+    reap_dumped_tree(img)
+    out = subprocess.run([*client, "0"], check=True, timeout=60, capture_output=True, text=True)
+    assert int(out.stdout) == target.pid
+    assert target.verdict() == "PASS"
 
 
 # --- the criu command ---
