@@ -5,7 +5,7 @@ import os
 import socket
 import struct
 
-# CRIU reads a request into a buffer of this size at most (cr-service.c).
+# A bound on one request, against a client sending anything but CRIU's RPC.
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -74,7 +74,7 @@ def _next_size(sock: socket.socket) -> int | None:
         # An empty packet and the end of stream look alike; CRIU sends none.
         return None
     if n > MAX_MESSAGE:
-        raise ClientError(f"a {n}-byte request: more than CRIU accepts")
+        raise ClientError(f"a {n}-byte request: more than {MAX_MESSAGE} bytes")
     return n
 
 

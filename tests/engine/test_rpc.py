@@ -252,6 +252,11 @@ def test_criu_version():
     assert _criu("--version").stdout == "Version: 4.2\n"
 
 
+def test_criu_check_runs_the_engines_checks():
+    out = _criu("check").stdout
+    assert "clone3" in out and out.endswith("Looks good.\n")
+
+
 def test_criu_is_installed_by_the_package():
     import tomllib
     from engine.testing import REPO_ROOT
