@@ -1,4 +1,4 @@
-"""The `engine` command: dump, restore, show, plan, plugins, check.
+"""The `engine` command: dump, restore, show, plan, plugins, check, swrk, service.
 
 Every failure ends as one line on stderr and a non-zero exit. Imports are
 lazy: the interpreter start is most of a small run.
@@ -26,6 +26,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `only`, that subcommand alone (the one given:
     building the other five costs a few ms of every run)."""
     p = argparse.ArgumentParser(prog="engine", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action=_Version, help="print the engine's version and the "
+                   "CRIU version whose behaviour it offers, and exit")
     sub = p.add_subparsers(dest="command", required=True)
     p.subcommands = {}               # name -> its parser (for plugin options)
     for name, (text, add_arguments) in _SUBCOMMANDS.items():
@@ -71,6 +73,30 @@ def _no_arguments(c: argparse.ArgumentParser) -> None:
     pass
 
 
+def _swrk_arguments(w: argparse.ArgumentParser) -> None:
+    w.add_argument("fd", type=int, metavar="FD",
+                   help="the inherited end of a SOCK_SEQPACKET socketpair (runc gives 3)")
+    w.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _service_arguments(sv: argparse.ArgumentParser) -> None:
+    sv.add_argument("--address", required=True, metavar="PATH",
+                    help="the unix socket to listen at")
+    sv.add_argument("-v", "--verbose", action="count", default=0)
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import engine
+        from engine.rpc import criu_version_text
+        print(f"engine {engine.__version__}\n"
+              f"offers CRIU {criu_version_text()}'s RPC, command line and images")
+        parser.exit()
+
+
 _SUBCOMMANDS = {
     "dump": ("freeze a process tree and write its images", _dump_arguments),
     "restore": ("bring a dumped tree back", _restore_arguments),
@@ -78,6 +104,8 @@ _SUBCOMMANDS = {
     "plan": ("print the restore order of an image set", _plan_arguments),
     "plugins": ("list plugins, where each came from, and if it is on", _common),
     "check": ("check that this kernel has what the engine needs", _no_arguments),
+    "swrk": ("serve CRIU's RPC on an inherited socket, as `criu swrk FD`", _swrk_arguments),
+    "service": ("serve CRIU's RPC on a unix socket, as `criu service`", _service_arguments),
 }
 
 
@@ -219,9 +247,20 @@ def cmd_check(args, reg) -> int:
     return run_checks()
 
 
+def cmd_swrk(args, reg) -> int:
+    from engine.rpc.service import swrk
+    return swrk(args.fd)
+
+
+def cmd_service(args, reg) -> int:
+    from engine.rpc.service import service
+    return service(args.address)
+
+
 WITH_PLUGINS = ("dump", "restore", "plan", "plugins", "show")
 COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
-            "plan": cmd_plan, "plugins": cmd_plugins, "check": cmd_check}
+            "plan": cmd_plan, "plugins": cmd_plugins, "check": cmd_check,
+            "swrk": cmd_swrk, "service": cmd_service}
 
 
 def _kinds(reg, decode_all: bool = False):

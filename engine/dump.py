@@ -92,6 +92,7 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
                   if th.rseq_abi_pointer]
             for pid, task in ctx.tasks.items() if task.state is not None})
         _write_inventory(ctx)
+        ctx.hook.engine_dump_written(ctx=ctx)
     except BaseException as e:
         try:
             ctx.hook.engine_dump_abort(ctx=ctx, error=e)

@@ -11,6 +11,7 @@ Dump, as `engine dump -t PID -D DIR` runs it (engine/dump.py):
 4. ``engine_dump_finish`` writes images about the whole tree (pstree, ...);
    the core then writes the images plugins added entries to (files.img),
    and, last of all, inventory.img, which ``engine_dump_inventory`` fills.
+   ``engine_dump_written`` then runs, the image set complete.
 5. The core kills the tree, or resumes it with ``--leave-running``; on any
    failure it resumes the tree untouched, after ``engine_dump_abort``.
 
@@ -26,7 +27,8 @@ Restore, as `engine restore -D DIR` runs it (engine/restore.py):
 2. The core checks the graph (cycles, resources no enabled plugin provides).
 3. ``engine_restore_node`` runs for each node in graph order, in the engine,
    inside the task the node belongs to, or in the tracer, as the node says.
-4. The core releases every task together.
+4. ``engine_restore_ready`` runs, every task stopped; the core releases
+   every task together.
 5. ``engine_restore_finish`` runs once the tree runs; ``engine_restore_abort``
    runs instead when anything failed, after every started task was killed.
 
@@ -153,6 +155,21 @@ def engine_dump_inventory(ctx, inventory):
 
 
 @hookspec
+def engine_dump_written(ctx):
+    """Called once the image set is complete (inventory.img written), before
+    the tree is killed or resumed: CRIU's post-dump point.
+
+    :param ctx: the ``engine.dump.DumpContext``.
+
+    Runs in: engine (the tree is still frozen)
+    May touch: nothing of the images; it may tell someone they are there
+        (the RPC service's post-dump notify). Raising fails the dump: the
+        tree is resumed untouched, as CRIU does when post-dump fails.
+    Returns: nothing.
+    """
+
+
+@hookspec
 def engine_dump_abort(ctx, error):
     """Called once when a dump failed, before the frozen tree is let go.
 
@@ -237,6 +254,23 @@ def engine_restore_file(ctx, entry):
     Returns: a new fd (int) the caller installs at the dumped number, or
         None for a file type the plugin does not own.
         Stops at first non-None result.
+    """
+
+
+@hookspec
+def engine_restore_ready(ctx):
+    """Called once every node ran, every task stopped with its memory and
+    registers in place, just before they are all released: CRIU's
+    post-restore and pre-resume point.
+
+    :param ctx: the ``engine.context.RestoreContext``; ``ctx.started[0]``
+        is the root task's pid.
+
+    Runs in: engine
+    May touch: nothing of the tasks; it may tell someone the tree is there
+        (the RPC service's notifies). Raising fails the restore: every task
+        is killed, as before any release.
+    Returns: nothing.
     """
 
 

@@ -92,6 +92,7 @@ def restore(ctx: RestoreContext) -> list[int]:
         _run(ctx, order)
         if getattr(ctx.options, "verify", False):
             _verify(ctx)
+        ctx.hook.engine_restore_ready(ctx=ctx)
         _release(ctx)
     except BaseException as e:
         _undo(ctx)
