@@ -422,8 +422,8 @@ def _open_ghost(ctx, entry, ghost_id: int) -> int:
         view = memoryview(data)
         while view:
             view = view[os.write(rw, view):]
-        # Not through a link swapped in since the O_EXCL create.
-        fd = os.open(tmp, reg.flags & ~os.O_CLOEXEC | os.O_NOFOLLOW)
+        # The very inode made above, not whatever the path names by now.
+        fd = os.open(f"/proc/self/fd/{rw}", reg.flags & ~os.O_CLOEXEC)
     finally:
         os.unlink(tmp)
     try:

@@ -30,6 +30,7 @@ log = logging.getLogger("engine.plugins.pstree")
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
+PR_SET_NAME = 15
 
 
 @attrs.frozen
