@@ -161,20 +161,26 @@ class RestoreContext:
 
     def install_fd(self, fd: int, number: int) -> None:
         """Put open `fd` at `number` in this task (closing `fd`)."""
-        from engine import executor
-        own = self.task_ends[self.self_pid]
-        if own.fileno() == number:
-            # Our channel sits where the image wants a file: move it away,
-            # above the image's fds (else the next one wants it again).
-            from engine.fds import park
-            moved = park(self, os.dup(number))
-            self.task_ends[self.self_pid] = socket.socket(fileno=moved)
-            own.detach()
         if fd != number:
-            executor.move_log_stream(self, number)
+            self.clear_number(number)
             os.dup2(fd, number, inheritable=True)
             os.close(fd)
         self.kept_fds.add(number)
+
+    def clear_number(self, number: int) -> None:
+        """Inside a task: move what the engine itself holds at fd `number`
+        (a channel: its own, or one it keeps for the tasks it forks; the log
+        stream) above the image's fds, so a node can put a file of the image
+        there (else the next file the image wants there meets it again)."""
+        from engine import executor
+        for pid, end in self.task_ends.items():
+            if end.fileno() == number:
+                from engine.fds import park
+                moved = park(self, os.dup(number))
+                self.task_ends[pid] = socket.socket(fileno=moved)
+                end.detach()
+                os.close(number)
+        executor.move_log_stream(self, number)
 
 
 def _pid_here(pid: int) -> int:

@@ -321,6 +321,7 @@ def _register(ctx, fid, epoll_fd, events, data, number, target_id, source, keep)
     """EPOLL_CTL_ADD of one target; with `keep`, (number used, copy to close)."""
     taken = ctx.take_fd(target_id) if source is None else None
     try:
+        ctx.clear_number(number)       # the engine's own fds go elsewhere
         used, copy = _add(epoll_fd, number, source if taken is None else taken, events, data)
     except OSError as e:
         raise OSError(e.errno, f"epoll {fid}: EPOLL_CTL_ADD of fd {number} (file id "

@@ -74,10 +74,9 @@ def test_epoll_target_held_by_other_tasks(build_target, target_runner, dump_rest
     children: taken from the child that publishes it, reported when the
     child writes into it after restore."""
     target = target_runner.start(build_target("epoll"), "--remote", "2")
-    # Without --verify: the registration by the closed number 4 comes back
-    # by 5 when the task's channel to the engine sits at 4 while the node
-    # runs (the audit sees it; a known gap, see plugins/epoll).
-    assert dump_restore(target, tmp_path / "img", verify=False) == "PASS"
+    # --verify sees the registration by the closed number 4 come back by 4,
+    # although the task's channel to the engine sat there.
+    assert dump_restore(target, tmp_path / "img") == "PASS"
 
 
 def test_empty_epoll_in_flight(build_target, target_runner, dump_restore, tmp_path):
