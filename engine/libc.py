@@ -27,7 +27,7 @@ SYS = {
     "brk": 12, "rt_sigaction": 13, "mremap": 25, "madvise": 28, "getitimer": 36,
     "setitimer": 38, "getpid": 39, "kill": 62, "setgroups": 116, "setresuid": 117,
     "setresgid": 119, "setfsuid": 122, "setfsgid": 123, "capset": 126,
-    "rt_sigqueueinfo": 129, "sigaltstack": 131, "prctl": 157, "arch_prctl": 158,
+    "rt_sigqueueinfo": 129, "personality": 135, "sigaltstack": 131, "prctl": 157, "arch_prctl": 158,
     "set_tid_address": 218, "timer_create": 222, "timer_settime": 223,
     "timer_gettime": 224, "timer_getoverrun": 225, "openat": 257, "set_robust_list": 273,
     "get_robust_list": 274, "timerfd_create": 283, "timerfd_settime": 286,

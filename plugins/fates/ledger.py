@@ -327,7 +327,7 @@ PROC = {
     "oom_score_adj": refused("oom_score_adj"),
     "pagemap": restored("mem"),
     "patch_state": dropped("kernel live patching's transition state"),
-    "personality": refused("personality"),
+    "personality": restored("personality"),
     "projid_map": refused("project id map"),
     "root": restored("fs"),
     "sched": refused("scheduling policy"),
