@@ -216,17 +216,13 @@ def engine_restore_collect(ctx, graph):
 
 
 def _restored_tables(ctx):
-    """pid -> {fd: file id} of each task's image table (recomputed from
-    fdinfo-N.img: the files plugin's is its own), and file id -> pids
-    holding it, in pstree order."""
+    """pid -> {fd: file id} of each task's image table (the resource
+    ``fds``), and file id -> pids holding it, in pstree order."""
     tables, holders = {}, {}
-    for task in ctx.provided("tasks").alive:
-        files_id = ctx.ids(task.pid).files_id
-        if not ctx.images.exists("fdinfo", id=files_id):
-            continue
-        table = tables[task.pid] = {fi.fd: fi.id for fi in ctx.read("fdinfo", id=files_id)}
+    for pid, rows in ctx.provided("fds").tables.items():
+        table = tables[pid] = {fd: file_id for fd, file_id, _ in rows}
         for file_id in dict.fromkeys(table.values()):
-            holders.setdefault(file_id, []).append(task.pid)
+            holders.setdefault(file_id, []).append(pid)
     return tables, holders
 
 

@@ -38,8 +38,10 @@ import os
 import stat as st
 import struct
 
-from engine.images.entries import add_file
+import attrs
+
 from engine import hookimpl
+from engine.images.entries import add_file
 from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo
 from engine.graph import Node
 from engine.images import ImageError
@@ -75,6 +77,15 @@ def engine_register_images(registry):
                                 "remap_file_path_entry", magic_name="REMAP_FPATH"))
     registry.register(ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",
                                 "ghost_file_entry", magic_name="GHOST_FILE", payload="size"))
+
+
+@attrs.frozen
+class FdTables:
+    """The resource ``fds``: every live task's fd table as fdinfo-N.img
+    holds it, checked (collect), for the plugins that order or place work
+    by it."""
+    tables: dict        # pid -> [(fd, file id, FD_CLOEXEC)], tasks in pstree order
+    first_user: dict    # file id -> the first task (pstree order) holding it
 
 
 # --- dump ----------------------------------------------------------------
@@ -216,6 +227,8 @@ def engine_restore_collect(ctx, graph):
     # Helpers other nodes keep open in a task go above its image's fds.
     ctx.stash[FD_FLOORS] = {pid: max((fd for fd, _, _ in table), default=-1) + 1
                             for pid, table, _ in tables}
+    ctx.provide("fds", FdTables(tables={pid: table for pid, table, _ in tables},
+                                first_user=first_user))
     for pid, table, needs in tables:
         ids = sorted({file_id for _, file_id, _ in table})
         graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",

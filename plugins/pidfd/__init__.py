@@ -167,15 +167,8 @@ def _check(file_id: int, body, tasks: set[int]) -> None:
 def _holders(ctx, pidfds: dict) -> dict[int, int]:
     """file id -> the first task (pstree order) whose fd table holds it: the
     one the files plugin opens it in (others take it from there)."""
-    out: dict[int, int] = {}
-    for task in ctx.provided("tasks").alive:
-        files_id = ctx.ids(task.pid).files_id
-        if not ctx.images.exists("fdinfo", id=files_id):
-            continue
-        for fi in ctx.read("fdinfo", id=files_id):
-            if fi.id in pidfds:
-                out.setdefault(fi.id, task.pid)
-    return out
+    first_user = ctx.provided("fds").first_user
+    return {fid: first_user[fid] for fid in pidfds if fid in first_user}
 
 
 def _open_dead(ctx, entries: list) -> None:

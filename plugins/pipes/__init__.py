@@ -133,13 +133,10 @@ def _pipe_nodes(ctx, graph, files) -> None:
     if not pipe_of:
         return
     maker: dict[int, int] = {}              # pipe_id -> pid
-    for task in ctx.provided("tasks").alive:
-        files_id = ctx.ids(task.pid).files_id
-        if not ctx.images.exists("fdinfo", id=files_id):
-            continue
-        for fi in ctx.read("fdinfo", id=files_id):
-            if fi.id in pipe_of:
-                maker.setdefault(pipe_of[fi.id], task.pid)
+    for pid, table in ctx.provided("fds").tables.items():
+        for _, file_id, _ in table:
+            if file_id in pipe_of:
+                maker.setdefault(pipe_of[file_id], pid)
     ends = ctx.stash[PIPE_FILES]
     for pipe_id, pid in maker.items():
         graph.add(Node(key=f"pipes:make:{pipe_id}", plugin="pipes", where="task", pid=pid,

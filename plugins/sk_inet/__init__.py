@@ -153,15 +153,11 @@ def engine_restore_collect(ctx, graph):
             established.add(fid)
     ctx.stash[TCP_DATA], ctx.stash[CONNS] = data, connections(ctx.provided("files").values())
     _check_fins({conn(i): i.state for i in socks.values() if connected(i)}, "images")
-    tables = {}
-    for task in ctx.provided("tasks").alive:
-        files_id = ctx.ids(task.pid).files_id
-        if ctx.images.exists("fdinfo", id=files_id):
-            tables[task.pid] = ctx.read("fdinfo", id=files_id)
-    referenced = {fi.id for fdinfos in tables.values() for fi in fdinfos}
+    tables = ctx.provided("fds").tables
+    referenced = {file_id for table in tables.values() for _, file_id, _ in table}
     ctx.stash[RECONNECT] = pending.plan(socks, referenced, data)
-    for pid, fdinfos in tables.items():
-        fds = [(fi.fd, socks[fi.id].ino) for fi in fdinfos if fi.id in established]
+    for pid, table in tables.items():
+        fds = [(fd, socks[file_id].ino) for fd, file_id, _ in table if file_id in established]
         if fds:
             graph.add(Node(key=f"sk_inet:resume:{pid}", plugin="sk_inet", where="task",
                            pid=pid, data=fds,

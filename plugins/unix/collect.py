@@ -301,13 +301,8 @@ def _check_refill(fid, u, socks, by_ino) -> None:
 
 def _fd_tables(ctx, numbers: bool = False) -> dict[int, list[int]]:
     """pid -> file ids of its fd table (or the fd numbers)."""
-    out = {}
-    for task in ctx.provided("tasks").alive:
-        files_id = ctx.ids(task.pid).files_id
-        if ctx.images.exists("fdinfo", id=files_id):
-            out[task.pid] = [fi.fd if numbers else fi.id
-                             for fi in ctx.images.read("fdinfo", id=files_id)]
-    return out
+    return {pid: [fd if numbers else file_id for fd, file_id, _ in table]
+            for pid, table in ctx.provided("fds").tables.items()}
 
 
 def _show(u) -> str:
