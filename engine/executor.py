@@ -17,7 +17,6 @@ import signal
 from engine import wire
 from engine.errors import RestoreError
 
-PR_SET_PDEATHSIG = 1
 
 
 def serve(ctx, pid: int) -> None:
@@ -66,7 +65,7 @@ def run_node(ctx, node) -> None:
 
 def die_with_parent() -> None:
     from engine.tracer.binding import libc      # both loaded before the forks
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _die_as(status: int) -> None:

@@ -63,17 +63,18 @@ def park(ctx, fd: int) -> int:
     image's own fd 6 is later dup2'd over the pipe's write end.
     """
     floor = ctx.stash.get(FD_FLOORS, {}).get(ctx.self_pid, 0)
-    _room_above(floor)
+    room_for(floor + 64)
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     os.close(fd)
     return high
 
 
-def _room_above(floor: int) -> None:
-    """Raise the soft RLIMIT_NOFILE (never past the hard one) so fds above
-    `floor` can be had: a node parking a helper may run before the fd
-    table's, which raises it for the whole table."""
+def room_for(fds: int) -> None:
+    """Raise this task's soft RLIMIT_NOFILE (never past the hard one, checked
+    at collect) so `fds` fds fit: its image's and the helpers parked above
+    them (a node parking one may run before the fd table's), as CRIU raises
+    its own before prepare_fds."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft <= floor + 64:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(floor + 64, hard), hard))
+    if soft < fds and soft != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(fds, hard), hard))

@@ -38,6 +38,8 @@ SYS = {
 }
 
 # prctl(2) options that several modules use (one module's own stay there)
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 

@@ -26,6 +26,8 @@ import os
 import re
 import zlib
 
+from engine.ns import KINDS
+
 FINGERPRINT = "engine-fingerprint.json"
 VERSION = 1
 
@@ -48,7 +50,6 @@ VOLATILE_TOKENS = re.compile(r"\s*\b(ino|sdev|pos|fhandle-bytes|fhandle-type|f_h
                              r":\s*\S+")
 # pseudo-files whose contents are the kernel's own, not the task's
 NO_CHECKSUM = ("[vvar]", "[vvar_vclock]", "[vsyscall]")
-KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 
 
 class Canon:

@@ -28,6 +28,7 @@ import errno
 import struct
 import time
 
+from engine import libc
 from engine.tracer import binding as b
 from engine.tracer import model as m
 from engine.tracer.batch import Batch
@@ -40,7 +41,6 @@ from engine.tracer.xstate import to_xstate
 # what pthread_create passes: one mm, fs, fd table and signal handlers
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 # ctx.spawn's tasks die with the engine until release (engine/executor.py)
-PR_SET_PDEATHSIG = 1
 SIGSTOP = 19
 SYS_PAUSE = 34
 
@@ -136,7 +136,7 @@ def release(tracees, leave_stopped: bool = False) -> None:
         # final registers go back after.
         final = t.regs()
         t.saved = None
-        t.checked("prctl", PR_SET_PDEATHSIG, t.pdeath_signal, 0, 0, 0,
+        t.checked("prctl", libc.PR_SET_PDEATHSIG, t.pdeath_signal, 0, 0, 0,
                   what="parent-death signal")
         t.set_regs(final)
         for tracee in task_threads(t):   # nothing runs in the task after this

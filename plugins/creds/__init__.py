@@ -33,7 +33,6 @@ from engine import hookimpl
 from engine.graph import Node
 from engine.images import ImageError
 
-PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
 PR_GET_SECUREBITS = 27
 SECBIT_NO_SETUID_FIXUP = 1 << 2
@@ -83,6 +82,7 @@ def restore_creds(t, creds, pdeath: dict) -> None:
     """Into every thread of the seized task `t`: `creds` (model.Creds, or
     None to keep the engine's), then the parent-death signal of `pdeath`
     (tid -> signal), the leader's left for release."""
+    from engine import libc
     from engine.tracer import task_batch, task_threads
     from engine.tracer.proc import proc_status
     # Only comparable in our own user namespace: inside another, the image
@@ -97,7 +97,7 @@ def restore_creds(t, creds, pdeath: dict) -> None:
         if thread is t:
             t.pdeath_signal = sig          # set at release: until then ctx.spawn's holds
         elif sig:
-            tb.call("prctl", PR_SET_PDEATHSIG, sig, 0, 0, 0, what="parent-death signal")
+            tb.call("prctl", libc.PR_SET_PDEATHSIG, sig, 0, 0, 0, what="parent-death signal")
         tb.run()
 
 

@@ -42,7 +42,7 @@ import attrs
 
 from engine import hookimpl
 from engine.images.entries import add_file
-from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo
+from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo, room_for
 from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
@@ -255,7 +255,7 @@ def engine_restore_node(ctx, node):
     opened: dict[int, int] = {}                    # file id -> fd number installed
     # Helpers kept open while the table is made (pipe ends) go above it.
     floor = ctx.stash[FD_FLOORS][node.pid]
-    _room_for(floor + len(node.data) + 64)
+    room_for(floor + len(node.data) + 64)
     shared, owners = ctx.stash[SHARED], ctx.stash[OWNERS]
     for number, file_id, cloexec in node.data:
         if file_id in opened:
@@ -308,16 +308,6 @@ def engine_restore_file(ctx, entry):
 
 
 # --- helpers -----------------------------------------------------------------
-
-def _room_for(fds: int) -> None:
-    """Raise this task's soft RLIMIT_NOFILE (never past the hard one, checked
-    at collect) so its image's fds and the parked helpers above them fit, as
-    CRIU raises its own before prepare_fds."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < fds and soft != resource.RLIM_INFINITY:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(fds, hard), hard))
-
 
 def _fown_of(entry):
     """The fown_entry of a file_entry's typed body (reg, pipe, usk...), or None."""

@@ -30,7 +30,6 @@ log = logging.getLogger("engine.plugins.pstree")
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
-PR_SET_NAME = 15
 
 
 @attrs.frozen
@@ -147,7 +146,7 @@ def _take_name(ctx, pid: int) -> None:
     from engine import libc
     comm = ctx.read_one("core", id=pid).tc.comm
     if comm:
-        libc.check(libc.prctl(PR_SET_NAME, comm.encode()[:15] + b"\0", 0, 0, 0),
+        libc.check(libc.prctl(libc.PR_SET_NAME, comm.encode()[:15] + b"\0", 0, 0, 0),
                    "PR_SET_NAME")
 
 

@@ -29,7 +29,6 @@ from engine import hookimpl
 from engine.graph import Node
 from engine.images import ImageError
 
-PR_SET_NAME = 15
 SIGKILL, SIGSTOP = 9, 19
 SIGINFO_SIZE = 128
 ALL_SIGNALS = (1 << 64) - 1         # the kernel leaves SIGKILL and SIGSTOP out
@@ -112,6 +111,7 @@ def _untouched_signals(status: dict[str, list[str]]) -> set[int]:
 
 def _thread_state_into(tb, tgid: int, th) -> None:
     """What each thread holds for itself, set from inside that thread."""
+    from engine import libc
     from engine.tracer import binding as b
     # Every signal blocked until release (then the dumped mask): queued ones
     # and those the restored timers send stay pending with their siginfo,
@@ -122,7 +122,7 @@ def _thread_state_into(tb, tgid: int, th) -> None:
             what="restore")
     tb.call("set_tid_address", th.clear_tid_addr)
     if th.comm:
-        tb.call("prctl", PR_SET_NAME, th.comm.encode()[:15] + b"\0", 0, 0, 0,
+        tb.call("prctl", libc.PR_SET_NAME, th.comm.encode()[:15] + b"\0", 0, 0, 0,
                 what="PR_SET_NAME")
     if th.futex_rla_len:
         tb.call("set_robust_list", th.futex_rla, th.futex_rla_len)

@@ -12,7 +12,6 @@ import os
 import re
 import select
 import socket
-import struct
 from pathlib import Path
 
 import pytest
