@@ -67,6 +67,8 @@ def restore(ctx: RestoreContext) -> list[int]:
     """Run a restore to the end; on failure undo it and raise RestoreError."""
     graph = build_graph(ctx)
     order = graph.order()            # cycles and missing providers: nothing started
+    # Read now: a spoilt or missing one is refused before anything starts.
+    fingerprint = _fingerprint(ctx) if getattr(ctx.options, "verify", False) else None
     pids = sorted({n.pid for n in graph.nodes.values() if n.pid is not None})
     from engine import libc
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -90,8 +92,8 @@ def restore(ctx: RestoreContext) -> list[int]:
         from engine import tracers
         ctx.tracer_worker = tracers.start(ctx, order)
         _run(ctx, order)
-        if getattr(ctx.options, "verify", False):
-            _verify(ctx)
+        if fingerprint is not None:
+            _verify(fingerprint)
         ctx.hook.engine_restore_ready(ctx=ctx)
         _release(ctx)
     except BaseException as e:
@@ -290,14 +292,18 @@ def _tell_to_stop(ctx: RestoreContext, pid: int) -> None:
     ctx.stopped.add(pid)
 
 
-def _verify(ctx: RestoreContext) -> None:
+def _fingerprint(ctx: RestoreContext) -> dict:
+    from engine import verify
+    try:
+        return verify.read(ctx.images.dir)
+    except ValueError as e:
+        raise RestoreError(str(e)) from None
+
+
+def _verify(dumped: dict) -> None:
     """The restored tree, still stopped, against the dump's fingerprint: each
     difference is one line of the log, and the restore is refused."""
     from engine import verify
-    try:
-        dumped = verify.read(ctx.images.dir)
-    except ValueError as e:
-        raise RestoreError(str(e)) from None
     pids = [int(p) for p in dumped["tasks"]]
     volatile = {int(p): [tuple(r) for r in v] for p, v in dumped.get("volatile", {}).items()}
     differences = verify.compare(dumped, verify.fingerprint_tree(pids, pids[0], volatile))

@@ -289,6 +289,15 @@ def read(images_dir: str) -> dict:
     if not isinstance(data, dict) or data.get("version") != VERSION \
             or not isinstance(data.get("tasks"), dict):
         raise ValueError(f"{FINGERPRINT}: version: not a fingerprint this engine reads")
+    if not data["tasks"] or not all(p.isdigit() for p in data["tasks"]):
+        raise ValueError(f"{FINGERPRINT}: tasks: not a list of pids")
+    volatile = data.get("volatile", {})
+    if not isinstance(volatile, dict) or not all(
+            p.isdigit() and isinstance(ranges, list) and all(
+                isinstance(r, list) and len(r) == 2 and all(isinstance(n, int) and n >= 0
+                                                            for n in r) for r in ranges)
+            for p, ranges in volatile.items()):
+        raise ValueError(f"{FINGERPRINT}: volatile: not (address, length) pairs by pid")
     return data
 
 

@@ -71,3 +71,22 @@ def test_crit_still_reads_the_image_set(dumped_counter):
     import subprocess
     subprocess.run(["crit", "show", str(img / "pstree.img")], check=True,
                    capture_output=True)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("{", "unreadable"),
+    ('{"version": 99, "tasks": {}}', "version: not a fingerprint this engine reads"),
+    ('{"version": 1, "tasks": {"x": {}}}', "tasks: not a list of pids"),
+    ('{"version": 1, "tasks": {"1": {}}, "volatile": {"1": [[-1, 8]]}}',
+     "volatile: not (address, length) pairs by pid"),
+])
+def test_a_spoilt_fingerprint_is_refused(dumped_counter, text, want):
+    """The fingerprint is input too: spoilt, it is refused in one line naming
+    it and the field, before any task starts."""
+    target, img = dumped_counter
+    (img / FINGERPRINT).write_text(text)
+    proc = engine_cli("restore", "-D", img, "--verify", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith(f"engine: error: {FINGERPRINT}: {want}"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert task_gone(target.pid)
