@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--shell-job", "-j", action="store_true")
         c.add_argument("--tcp-established", action="store_true")
         c.add_argument("--ext-unix-sk", action="store_true")
+        c.add_argument("--file-locks", "-l", action="store_true")
         if name == "dump":
             c.add_argument("-t", "--tree", type=int, required=True)
             c.add_argument("-R", "--leave-running", action="store_true")
@@ -81,8 +82,9 @@ def _dump_or_restore(args) -> int:
     argv = [args.command, "-D", args.images_dir]
     if args.ext_unix_sk:
         argv.append("--ext-unix-sk")
-    # --shell-job, --tcp-established: what the engine always does (a
-    # session outside the tree is inherited; established TCP is dumped).
+    # --shell-job, --tcp-established, --file-locks: what the engine always
+    # does (a session outside the tree is inherited; established TCP and
+    # file locks are dumped and restored).
     if args.command == "dump":
         argv += ["-t", str(args.tree)] + (["--leave-running"] if args.leave_running else [])
     else:

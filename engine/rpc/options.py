@@ -11,7 +11,6 @@ SERVICE_OPTIONS = {"images_dir_fd", "images_dir", "work_dir_fd", "log_file", "lo
 
 # Why an option the engine does not honour is refused, where a reason helps.
 WHY_NOT = {
-    "file_locks": "file locks are not dumped by the engine",
     "track_mem": "no memory tracking (no soft-dirty bits here), so no incremental dumps",
     "parent_img": "no incremental dumps (no memory tracking)",
     "lazy_pages": "lazy restore is not offered",
@@ -105,6 +104,7 @@ _MAPPERS = {
     "leave_stopped": ((RESTORE,), _flag("--leave-stopped", "--leave-stopped")),
     "ext_unix_sk": (_BOTH, _flag("--ext-unix-sk", "--ext-unix-sk")),
     "tcp_established": (_BOTH, _as_is("established TCP connections are always dumped")),
+    "file_locks": (_BOTH, _as_is("file locks are always dumped and restored")),
     "shell_job": (_BOTH, _as_is("a session or group outside the tree is always inherited "
                                 "(terminals: not yet)")),
     "rst_sibling": ((RESTORE,), _as_is("the root is the service's child; it goes to the "

@@ -12,9 +12,8 @@ What nothing restores comes back as the engine's own value (a restored task
 is a fork of it), so a per-task attribute is refused when it differs from
 the dumping engine's: personality, oom_score_adj, loginuid, sessionid,
 coredump filter, timer slack, scheduling policy, nice, CPU affinity, cgroup,
-LSM label, cgroup and time namespaces. File locks are found from /proc/locks,
-read once per dump, then from the fdinfo of the task's fds on a locked
-inode. What only the task can ask (prctl: timer slack, TSC, machine-check
+LSM label, cgroup and time namespaces (file locks: plugins.file_locks).
+What only the task can ask (prctl: timer slack, TSC, machine-check
 policy, I/O flusher, speculation control, MDWE, KSM, THP) is asked by
 remote syscalls in the leader; other threads are checked through their
 /proc status (seccomp, no_new_privs, affinity, speculation) and scheduling.
@@ -82,7 +81,6 @@ class Engine:
                    for kind in kinds}
         self.sched = _sched(os.getpid())
         self.prctl = _prctls(lambda *args: _local_prctl(*args))
-        self.locked = _locked_inodes()
         self.uclamp = _uclamp("self")
         self.sched_core = _sched_core(os.getpid())
         self.ipc_ns_checked: set[int] = {_ns_inode("self", "ipc")}
@@ -204,7 +202,6 @@ def _check_maps(pid: int) -> None:
 
 
 def _check_fds(pid: int, engine: Engine) -> None:
-    from engine.images import fdinfo
     for name in os.listdir(f"/proc/{pid}/fd"):
         fd = int(name)
         try:
@@ -213,15 +210,6 @@ def _check_fds(pid: int, engine: Engine) -> None:
             continue                 # closed meanwhile (a task of the tree that is not frozen)
         if link.startswith("/memfd:") and link.endswith(" (deleted)"):
             _refuse(pid, "memfd", f"fd {fd} {link[1:-len(' (deleted)')]}")
-        if not engine.locked:
-            continue
-        st = os.stat(f"/proc/{pid}/fd/{fd}")
-        if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) not in engine.locked:
-            continue
-        # A lock on the inode may be another process's: the fd's own lines say.
-        for lock in fdinfo.read(pid, fd).get("lock", []):
-            kind = " ".join(lock.split()[1:4])
-            _refuse(pid, "file lock", f"{kind} on fd {fd} {link}")
 
 
 def _check_prctls(pid: int, tracee, engine: Engine) -> None:
@@ -328,19 +316,6 @@ def _sched_core(tid: int) -> int | None:
                   ctypes.addressof(cookie)) != 0:
         return None
     return cookie.value
-
-
-def _locked_inodes() -> set[tuple[int, int, int]]:
-    """(major, minor, inode) of every file /proc/locks lists a lock on."""
-    out = set()
-    with open("/proc/locks") as f:
-        for line in f:
-            fields = line.split()
-            if fields[1] == "->":
-                continue                 # a waiter: blocked on a lock listed above it
-            major, minor, ino = fields[5].split(":")
-            out.add((int(major, 16), int(minor, 16), int(ino)))
-    return out
 
 
 def _status(pid) -> dict[str, str]:

@@ -125,7 +125,7 @@ FDINFO_COMMON = {
     "flags": restored("files"),
     "mnt_id": restored("files"),          # the file is reopened by its path
     "ino": restored("files"),
-    "lock": refused("file lock"),
+    "lock": restored("file_locks"),
 }
 FDINFO = {
     "regular file": {},
@@ -171,11 +171,15 @@ FD_KINDS = {
 
 # --- file locks, as /proc/locks names them ---------------------------------------
 LOCKS = {
-    "POSIX": refused("file lock"),
-    "FLOCK": refused("file lock"),
-    "OFDLCK": refused("file lock"),
-    "LEASE": refused("file lock"),
-    "DELEG": refused("file lock"),
+    "POSIX": restored("file_locks"),
+    "FLOCK": restored("file_locks"),
+    "OFDLCK": restored("file_locks"),
+    "LEASE": refused("file lease or delegation", by="file_locks"),
+    "DELEG": refused("file lease or delegation", by="file_locks"),
+    "a waiter (F_SETLKW, F_OFD_SETLKW, flock without LOCK_NB)":
+        refused("blocked waiting for a file lock", by="file_locks"),
+    "a lock whose open file no fd holds (a mapping or a unix queue does)":
+        refused("a file lock that no fd of the tree shows", by="file_locks"),
 }
 
 # --- mappings (/proc/PID/maps) that are more than memory ----------------------------

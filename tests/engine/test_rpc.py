@@ -156,13 +156,13 @@ def test_an_option_not_honoured_is_refused(tmp_path):
     fd = _dir_fd(tmp_path)
     try:
         resp, _, code, _ = _call(pb.criu_req(type=pb.DUMP, opts=_opts(
-            fd, pid=os.getpid(), file_locks=True)))
+            fd, pid=os.getpid(), track_mem=True)))
     finally:
         os.close(fd)
     assert not resp.success and resp.type == pb.DUMP
-    assert "option file_locks is not supported" in resp.cr_errmsg
+    assert "option track_mem is not supported" in resp.cr_errmsg
     assert code == 1
-    assert "file_locks" in (tmp_path / "rpc.log").read_text()
+    assert "track_mem" in (tmp_path / "rpc.log").read_text()
 
 
 def test_an_images_fd_the_caller_lacks_is_refused():
@@ -301,6 +301,6 @@ def test_criu_restore_waits_for_the_root_without_d(build_target, target_runner, 
 
 
 def test_criu_refuses_a_flag_it_does_not_know(tmp_path):
-    proc = _criu("dump", "-t", os.getpid(), "-D", tmp_path, "--file-locks", check=False)
+    proc = _criu("dump", "-t", os.getpid(), "-D", tmp_path, "--manage-cgroups", check=False)
     assert proc.returncode == 1
-    assert "not supported by the engine's criu: --file-locks" in proc.stderr
+    assert "not supported by the engine's criu: --manage-cgroups" in proc.stderr

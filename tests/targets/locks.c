@@ -2,9 +2,11 @@
  * what: file locks, as sqlite in WAL mode holds them: a POSIX write lock
  *       on bytes 100-199 of posix.db, a shared flock on flock.db, an OFD
  *       write lock on the first byte of ofd.db and a read lease on
- *       lease.db (each lock only with --KIND, or all by default); on
- *       SIGTERM it checks each is still held, through the fd's own
- *       "lock:" lines in /proc/self/fdinfo */
+ *       lease.db (each lock only with --KIND, or all by default); with
+ *       --wait-flock/--wait-posix/--wait-ofd PATH, none of those: once
+ *       ready, it waits for a write lock of that kind on PATH (which the
+ *       test holds); on SIGTERM it checks each is still held (or was
+ *       taken), through the fd's own "lock:" lines in /proc/self/fdinfo */
 #include "target.h"
 #include <sys/file.h>
 
@@ -34,13 +36,37 @@ static int open_file(const char *name, int flags)
 	return fd;
 }
 
+/* Wait for a write lock of `kind` on the whole of `path`; its fd. */
+static int wait_for(const char *kind, const char *path)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	int fd = open_file(path, O_RDWR), r;
+
+	if (!strcmp(kind, "flock"))
+		r = flock(fd, LOCK_EX);
+	else
+		r = fcntl(fd, strcmp(kind, "posix") ? F_OFD_SETLKW : F_SETLKW, &fl);
+	if (r)
+		tgt_die("waiting for a %s lock: %m", kind);
+	return fd;
+}
+
 int main(int argc, char **argv)
 {
-	int all, posix = -1, flocked = -1, ofd = -1, leased = -1;
+	int all, posix = -1, flocked = -1, ofd = -1, leased = -1, waited = -1;
+	const char *waits[] = { "flock", "posix", "ofd" }, *wait_kind = NULL, *wait_path = NULL;
 	struct flock fl = { .l_whence = SEEK_SET };
+	char name[32];
+	unsigned i;
 
 	tgt_init(argc, argv);
-	all = !tgt_flag("posix") && !tgt_flag("flock") && !tgt_flag("ofd") && !tgt_flag("lease");
+	for (i = 0; i < sizeof(waits) / sizeof(*waits); i++) {
+		snprintf(name, sizeof(name), "wait-%s", waits[i]);
+		if (tgt_arg(name, NULL))
+			wait_kind = waits[i], wait_path = tgt_arg(name, NULL);
+	}
+	all = !tgt_flag("posix") && !tgt_flag("flock") && !tgt_flag("ofd") && !tgt_flag("lease")
+	      && !wait_kind;
 	if (all || tgt_flag("posix")) {
 		posix = open_file("posix.db", O_RDWR);
 		fl.l_type = F_WRLCK, fl.l_start = 100, fl.l_len = 100;
@@ -65,6 +91,8 @@ int main(int argc, char **argv)
 			tgt_die("F_SETLEASE: %m");
 	}
 	tgt_ready();
+	if (wait_kind)
+		waited = wait_for(wait_kind, wait_path);
 	while (!tgt_stop)
 		pause();
 	if (posix >= 0)
@@ -75,5 +103,9 @@ int main(int argc, char **argv)
 		tgt_check(has_lock(ofd, "OFDLCK", "WRITE"), "the OFD lock is gone");
 	if (leased >= 0)
 		tgt_check(has_lock(leased, "LEASE", "READ"), "the lease is gone");
+	if (waited >= 0)
+		tgt_check(has_lock(waited, !strcmp(wait_kind, "flock") ? "FLOCK" :
+				   !strcmp(wait_kind, "posix") ? "POSIX" : "OFDLCK", "WRITE"),
+			  "the %s lock waited for is not held", wait_kind);
 	tgt_finish();
 }
