@@ -151,6 +151,18 @@ def test_a_task_waiting_for_a_lock_is_refused(build_target, target_runner, tmp_p
     assert target.verdict() == "PASS"
 
 
+def test_a_lock_no_fd_shows_is_refused(build_target, target_runner, tmp_path):
+    """A flock whose open file only a mapping keeps (its fd closed): no fd
+    to take it back through."""
+    target = target_runner.start(build_target("locks"), "--mapped")
+    line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
+    assert not task_gone(target.pid)
+    assert re.search(rf"task {target.pid}: a file lock \(FLOCK ADVISORY WRITE {target.pid} "
+                     r"\S+ 0 EOF\) that no fd of the tree shows \(its file is held by a "
+                     r"mapping or a unix socket queue\): not supported$", line), line
+    assert target.verdict() == "PASS"
+
+
 def test_another_process_lock_on_a_file_the_task_has_open_is_not_its(
         build_target, target_runner, tmp_path):
     """Only the task's own locks count: the other process's lock on a file
@@ -247,4 +259,36 @@ def test_sqlite_wal_beside_another_process(build_target, target_runner, tmp_path
     finally:
         other.close()
     (target.workdir / "expect").write_text("from-test\n")
+    assert target.verdict() == "PASS"
+
+
+# --- CRIU's option: always on --------------------------------------------------------
+
+def test_criu_file_locks_flag_and_rpc_option_are_always_on(build_target, target_runner,
+                                                           tmp_path):
+    """`criu dump/restore --file-locks` (the shim) and criu_opts.file_locks
+    (the RPC) ask for what the engine always does: accepted, locks kept."""
+    import subprocess
+    import sys
+
+    from engine.images.proto import rpc_pb2
+    from engine.rpc import options
+    from engine.testing import engine_command, reap_dumped_tree
+    notes = []
+    argv = options.to_argv(rpc_pb2.criu_opts(images_dir_fd=-1, file_locks=True),
+                           options.RESTORE, "/img", notes)
+    assert argv == ["-D", "/img"] and "file_locks=True" in notes[0]
+    target = target_runner.start(build_target("file_locks"))
+    img = tmp_path / "img"
+    img.mkdir()
+    _, env = engine_command()
+    for args in (("dump", "-t", target.pid, "-D", img, "--file-locks"),
+                 ("restore", "-D", img, "-d", "--file-locks")):
+        proc = subprocess.run([sys.executable, "-m", "engine.criu_cli", *map(str, args)],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        if args[0] == "dump":
+            target.reap()
+            reap_dumped_tree(img)
+    _check_from_outside(target.workdir, target.pid, target.addr("child"))
     assert target.verdict() == "PASS"

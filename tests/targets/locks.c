@@ -3,12 +3,15 @@
  *       on bytes 100-199 of posix.db, a shared flock on flock.db, an OFD
  *       write lock on the first byte of ofd.db and a read lease on
  *       lease.db (each lock only with --KIND, or all by default); with
+ *       --mapped alone, an exclusive flock on mapped.db whose fd is closed
+ *       once the file is mapped MAP_SHARED (the mapping keeps the lock); with
  *       --wait-flock/--wait-posix/--wait-ofd PATH, none of those: once
  *       ready, it waits for a write lock of that kind on PATH (which the
  *       test holds); on SIGTERM it checks each is still held (or was
  *       taken), through the fd's own "lock:" lines in /proc/self/fdinfo */
 #include "target.h"
 #include <sys/file.h>
+#include <sys/mman.h>
 
 static int has_lock(int fd, const char *kind, const char *mode)
 {
@@ -66,7 +69,16 @@ int main(int argc, char **argv)
 			wait_kind = waits[i], wait_path = tgt_arg(name, NULL);
 	}
 	all = !tgt_flag("posix") && !tgt_flag("flock") && !tgt_flag("ofd") && !tgt_flag("lease")
-	      && !wait_kind;
+	      && !wait_kind && !tgt_flag("mapped");
+	if (tgt_flag("mapped")) {
+		int fd = open_file("mapped.db", O_RDWR);
+
+		if (ftruncate(fd, 4096) || flock(fd, LOCK_EX | LOCK_NB))
+			tgt_die("mapped.db: %m");
+		if (mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED)
+			tgt_die("mmap: %m");
+		close(fd);
+	}
 	if (all || tgt_flag("posix")) {
 		posix = open_file("posix.db", O_RDWR);
 		fl.l_type = F_WRLCK, fl.l_start = 100, fl.l_len = 100;
@@ -103,6 +115,13 @@ int main(int argc, char **argv)
 		tgt_check(has_lock(ofd, "OFDLCK", "WRITE"), "the OFD lock is gone");
 	if (leased >= 0)
 		tgt_check(has_lock(leased, "LEASE", "READ"), "the lease is gone");
+	if (tgt_flag("mapped")) {
+		int fd = open_file("mapped.db", O_RDONLY);
+
+		tgt_check(flock(fd, LOCK_SH | LOCK_NB) && errno == EWOULDBLOCK,
+			  "the flock of the mapped file is gone");
+		close(fd);
+	}
 	if (waited >= 0)
 		tgt_check(has_lock(waited, !strcmp(wait_kind, "flock") ? "FLOCK" :
 				   !strcmp(wait_kind, "posix") ? "POSIX" : "OFDLCK", "WRITE"),
