@@ -39,7 +39,9 @@ read-only (or a read lock on one opened write-only), a second entry for
 one lock.
 Not kept: the order of the ``lock:`` lines of one fd that shows locks
 taken back by two tasks (an OFD lock of a shared file and a POSIX lock of
-one of its holders): each task takes its own in dumped order.
+one of its holders): each task takes its own in dumped order; the pid
+/proc/locks shows for a flock whose taker has left the tree (a daemon's
+parent): the flock holds, under its new taker's pid.
 Essential: with it disabled, a dump would drop the locks silently.
 """
 from __future__ import annotations
