@@ -507,7 +507,9 @@ def _nodes(ctx, graph, ptys: dict, infos: dict, tty_files: dict) -> None:
         elif pgrp and pgrp != sid:
             graph.add(Node(key=f"tty:fg:{sid}", plugin="tty", where="task", pid=sid,
                            data=("fg", index, pgrp),
-                           after=[f"tty:ctty:{sid}", ("group", pgrp)],
+                           # `made` too: it takes the slave its maker keeps
+                           # (the maker stays until its takers are done).
+                           after=[f"tty:ctty:{sid}", ("group", pgrp)] + made,
                            label=f"pty {index}: foreground group {pgrp}"))
 
 
