@@ -10,6 +10,7 @@ mistaken for a good one: inventory.img is written last).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from engine.stash import Stash
 log = logging.getLogger("engine.dump")
 
 IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
+FREEZE_ROUNDS = 10        # listings of a tree still changing before the dump gives up
 
 
 class DumpError(Exception):
@@ -70,17 +72,9 @@ class DumpContext:
 def dump(ctx: DumpContext, root_pid: int) -> list[int]:
     from engine import tracer
 
-    pids = ctx.hook.engine_dump_tree(ctx=ctx, root_pid=root_pid) or [root_pid]
     frozen = []
     try:
-        for pid in pids:
-            status = tracer.zombie_status(pid)
-            if status is not None:
-                ctx.tasks[pid] = DumpTask(pid=pid, tracee=None, state=None, zombie=status)
-                continue
-            tracee = tracer.freeze(pid)
-            frozen.append(tracee)
-            ctx.tasks[pid] = DumpTask(pid=pid, tracee=tracee, state=tracer.collect_task(tracee))
+        pids = _freeze_tree(ctx, root_pid, frozen)
         for pid in pids:
             ctx.hook.engine_dump_task(ctx=ctx, task=ctx.tasks[pid])
         ctx.hook.engine_dump_finish(ctx=ctx)
@@ -111,6 +105,39 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
         for tracee in frozen:
             _quietly(tracee.detach)
     return pids
+
+
+def _freeze_tree(ctx: DumpContext, root_pid: int, frozen: list) -> list[int]:
+    """Freeze the tree, parents first, and list it again until the listing
+    holds no task not yet frozen: a parent still running while its first
+    children are frozen may fork one more, or reap a zombie listed a moment
+    ago (a shell's loop and its `sleep`). Once all are frozen, none can.
+    (CRIU's seize loop reads each frozen task's children again, likewise.)"""
+    from engine import tracer
+    for _ in range(FREEZE_ROUNDS):
+        pids = ctx.hook.engine_dump_tree(ctx=ctx, root_pid=root_pid) or [root_pid]
+        new = [pid for pid in pids if pid not in ctx.tasks]
+        for pid in new:
+            try:
+                status = tracer.zombie_status(pid)
+                if status is not None:
+                    ctx.tasks[pid] = DumpTask(pid=pid, tracee=None, state=None, zombie=status)
+                    continue
+                tracee = tracer.freeze(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue                # gone meanwhile: the next listing tells
+            except tracer.TracerError as e:
+                if e.errno != errno.ESRCH:
+                    raise
+                continue
+            frozen.append(tracee)
+            ctx.tasks[pid] = DumpTask(pid=pid, tracee=tracee, state=tracer.collect_task(tracee))
+        if not new:
+            # A zombie listed before its parent froze may have been reaped.
+            ctx.tasks = {pid: ctx.tasks[pid] for pid in pids}
+            return pids
+    raise DumpError(f"task {root_pid}: its tree kept changing while it was being frozen "
+                    f"({FREEZE_ROUNDS} listings)")
 
 
 def _write_inventory(ctx: DumpContext) -> None:

@@ -39,7 +39,7 @@ STATUS_KEYS = (
     "Cpus_allowed_list", "Mems_allowed_list", "THP_enabled", "untag_mask", "CoreDumping",
 )
 # /proc/PID/stat fields (1-based, as proc(5) numbers them) compared
-STAT_FIELDS = {"pgrp": 5, "session": 6, "tty_nr": 7, "priority": 18, "nice": 19,
+STAT_FIELDS = {"pgrp": 5, "session": 6, "tty_nr": 7, "tpgid": 8, "priority": 18, "nice": 19,
                "exit_signal": 38, "rt_priority": 40, "policy": 41}
 # per-task /proc files compared as text
 TEXT_FILES = ("limits", "timers", "oom_score_adj", "loginuid", "sessionid", "personality",

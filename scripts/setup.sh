@@ -4,10 +4,12 @@
 # the test targets, and a venv in .venv with engine installed editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v nft >/dev/null; then
+if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v nft >/dev/null \
+        || ! command -v tmux >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq criu gcc libc6-dev nftables iproute2 >/dev/null
+    # tmux: the terminal acceptance test (tests/programs/test_tmux.py)
+    apt-get install -y -qq criu gcc libc6-dev nftables iproute2 tmux >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

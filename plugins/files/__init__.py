@@ -153,6 +153,9 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         return None           # sockets, pipes, anon inodes: other plugins' business
     if st.S_ISFIFO(stat.st_mode) or st.S_ISSOCK(stat.st_mode):
         return None           # FIFOs are the pipes plugin's; a socket path is no file
+    if st.S_ISCHR(stat.st_mode) and (136 <= os.major(stat.st_rdev) <= 143
+                                     or stat.st_rdev in (os.makedev(5, 0), os.makedev(5, 2))):
+        return None           # ptys and /dev/tty are made again, not reopened: the tty plugin's
     if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")

@@ -318,6 +318,18 @@ class _Planner:
                 # The task exists; it is born in the pid namespace whoever
                 # provides ("pidns", pid) made ready in its forker.
                 provides, after = [("task", proc.pid)], after + [("pidns", proc.pid)]
+                if where_pid is not None and where_pid == proc.forker and not proc.early:
+                    # A child inherits its forker's controlling terminal at
+                    # birth only (no later call gives it one): after whoever
+                    # provides ("ctty", forker) made it. (A sibling's forks
+                    # come after its own fork, which came after this.)
+                    after.append(("ctty", where_pid))
+            elif kind == "ids" and proc.leads:
+                # Its session or group exists from here on (a terminal's
+                # controlling session, foreground group).
+                provides = [("group", proc.pid)]
+                if proc.sid == proc.pid:
+                    provides.append(("session", proc.pid))
             out[key] = Node(key=key, plugin="pstree", where="engine" if where_pid is None
                             else "task", pid=where_pid, data=proc, after=after,
                             provides=provides, label=label)
