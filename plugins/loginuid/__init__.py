@@ -2,16 +2,18 @@
 
 Dump: into core-PID.img (core wrote it first: this plugin is listed after
 core in hooks.toml), tc.loginuid from /proc/PID/loginuid (4294967295:
-never set), as CRIU does. The audit session id cannot be set: the kernel
-hands out a new one with every login uid written (an unset one with an
-unset login uid). So a task whose session id is not the engine's is
-refused at dump (plugins/fates), and a restore that sets the login uid
-gives the task the session id that comes with it.
-Restore, in the tracer, in the task itself (only a task can write its own
-/proc/self/loginuid), after its threads exist (the clones share the
-leader's) and before its credentials (plugin creds comes after this
-resource: changing a login uid already set takes CAP_AUDIT_CONTROL, which
-the restored credentials may drop). Only when it differs from the
+never set), as CRIU does. The kernel keeps one per thread, CRIU's image
+one per task: a thread whose login uid is not its leader's is refused at
+dump. The audit session id cannot be set: the kernel hands out a new one
+with every login uid written (an unset one with an unset login uid). So a
+task whose session id is not the engine's is refused at dump (plugin
+fates), and a restore that sets the login uid gives the task the session
+id that comes with it.
+Restore, in the tracer, by every thread itself (only a thread can write
+its own /proc/thread-self/loginuid), after the threads exist (each clone
+took the engine's) and before the credentials (plugin creds comes after
+this resource: changing a login uid already set takes CAP_AUDIT_CONTROL,
+which the restored credentials may drop). Only when it differs from the
 engine's, which the task inherited. Without CAP_AUDIT_CONTROL, when the
 engine's is set, the restore fails before anything starts, naming it; a
 kernel that refuses anyway (audit's loginuid_immutable, a user namespace)
@@ -37,8 +39,15 @@ O_WRONLY, O_CLOEXEC = 0o1, 0o2000000
 def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return
+    value = _read(task.pid)
+    for thread in task.state.threads:
+        theirs = _read(f"{task.pid}/task/{thread.tid}")
+        if theirs != value:
+            raise ValueError(f"task {task.pid}: thread {thread.tid} has audit login uid "
+                             f"{theirs}, its leader {value}: one per task is all the image "
+                             "holds")
     core = ctx.images.read_one("core", id=task.pid)
-    core.tc.loginuid = _read(task.pid)
+    core.tc.loginuid = value
     ctx.images.write("core", [core], id=task.pid)
 
 
@@ -61,25 +70,33 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
+    from engine.tracer import task_threads
+    leader = ctx.tracees[node.pid]
+    for thread in task_threads(leader):     # the kernel keeps one per thread
+        _write(leader, thread, node.pid, node.data)
+    return True
+
+
+def _write(leader, thread, pid: int, value: int) -> None:
+    """/proc/thread-self/loginuid, by the thread itself (no other may)."""
     from engine.tracer import TracerError, task_batch
     from engine.tracer.batch import Result
-    bt = task_batch(ctx.tracees[node.pid])
-    value = str(node.data).encode()
+    bt = task_batch(leader, thread)
+    text = str(value).encode()
     try:
-        fd = bt.call("openat", AT_FDCWD, b"/proc/self/loginuid\0", O_WRONLY | O_CLOEXEC, 0,
-                     what="/proc/self/loginuid")
+        fd = bt.call("openat", AT_FDCWD, b"/proc/thread-self/loginuid\0",
+                     O_WRONLY | O_CLOEXEC, 0, what="/proc/thread-self/loginuid")
         # Unchecked, so the close runs whatever it gives.
-        wrote = bt.call("write", Result(fd), value, len(value), check=False)
-        bt.call("close", Result(fd), what="/proc/self/loginuid")
+        wrote = bt.call("write", Result(fd), text, len(text), check=False)
+        bt.call("close", Result(fd), what="/proc/thread-self/loginuid")
         result = bt.run()[wrote]
     except TracerError as e:
-        raise RestoreError(f"task {node.pid}: audit login uid {node.data}: {e}") from None
+        raise RestoreError(f"task {pid}: audit login uid {value}: {e}") from None
     if result < 0:
-        raise RestoreError(f"task {node.pid}: audit login uid {node.data}: the kernel refused "
-                           f"it ({os.strerror(-result)}): a login uid already set changes "
-                           "only with CAP_AUDIT_CONTROL, in the initial user namespace, and "
-                           "while audit's loginuid_immutable is off")
-    return True
+        raise RestoreError(f"task {pid}: audit login uid {value}: the kernel refused it "
+                           f"({os.strerror(-result)}): a login uid already set changes only "
+                           "with CAP_AUDIT_CONTROL, in the initial user namespace, and while "
+                           "audit's loginuid_immutable is off")
 
 
 def _read(pid) -> int:
