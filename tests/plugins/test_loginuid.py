@@ -50,10 +50,42 @@ def test_changing_a_set_login_uid_without_cap_audit_control_fails_naming_it(
     assert task_gone(target.pid)
 
 
-def test_dump_writes_the_login_uid(build_target, target_runner, tmp_path):
-    target = target_runner.start(build_target("loginuid", "static-nopie"))
-    images = dump_to(target, tmp_path / "img")
-    assert images.read_one("core", id=target.pid).tc.loginuid == int(target.info["loginuid"])
+def test_a_set_login_uid_comes_back(build_target, tmp_path):
+    """A target and the engine dumping it in one audit session (login uid
+    4244, set by the shell that starts both), restored by an engine with
+    none: the image holds 4244, both threads get it back. Without --verify:
+    the session id cannot come back (the kernel gives a new one with the
+    login uid), and verify would name it."""
+    import os
+    import signal
+    import time
+
+    from engine.testing import engine_cli, reap_dumped_tree
+    exe = build_target("loginuid", "static-nopie")
+    work, img = tmp_path / "t", tmp_path / "img"
+    work.mkdir()
+    cmd, env = engine_command("dump", "-D", img)
+    script = (f'echo -n 4244 > /proc/self/loginuid || exit 3\n'
+              f'setsid {exe} --ready {work}/ready --result {work}/result --new-session '
+              f'> {work}/log 2>&1 &\n'
+              f'pid=$!; echo $pid > {work}/pid\n'
+              f'while [ ! -e {work}/ready ]; do sleep 0.01; done\n'
+              'exec "$@" -t "$pid"\n')
+    proc = subprocess.run(["sh", "-c", script, "sh", *cmd], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    pid = int((work / "pid").read_text())
+    reap_dumped_tree(img)
+    from engine.images import ImageDir
+    assert ImageDir(str(img)).read_one("core", id=pid).tc.loginuid == 4244
+    engine_cli("restore", "-D", img)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while not (work / "result").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (work / "result").read_text().strip() == "PASS"
+    from engine.testing.reaper import wait_gone
+    assert wait_gone(pid, 10)          # it exits after its verdict: reap it (our orphan)
 
 
 def test_threads_with_different_login_uids_are_refused(build_target, target_runner, tmp_path):
