@@ -11,12 +11,12 @@ SCHED_DEADLINE (its runtime, deadline and period have no field), a
 timer slack of 0 in a thread that is not real-time (PR_SET_TIMERSLACK 0
 means the default: no call sets 0).
 Restore, in the tracer, after the task's threads exist (each clone took its
-leader's, which are the engine's), from the engine itself by thread id
-(setpriority, sched_setaffinity, /proc/TID/timerslack_ns, then
-sched_setscheduler: a real-time thread ignores its slack, so the slack
-goes first). No remote syscall is needed, so the privilege used is the
-engine's whatever credentials the task gets back. Only what differs from
-the thread's own value is set. An image without the extensions (CRIU's)
+leader's, which are the engine's): the timer slack by the thread itself
+(PR_SET_TIMERSLACK in a batch: another's takes CAP_SYS_NICE), then from
+the engine by thread id setpriority, sched_setaffinity and last
+sched_setscheduler (a real-time thread ignores its slack, so the slack
+goes first); so the privilege used is the engine's whatever credentials
+the task gets back. Only what differs from the thread's own value is set. An image without the extensions (CRIU's)
 leaves affinity and timer slack as the engine's.
 Refused before anything starts, naming image and field: a policy Linux does
 not have, SCHED_DEADLINE, an RT priority outside 1..99 (or not 0 for the
@@ -51,6 +51,7 @@ RT_PRIO_MAX = 99
 NICE_MIN, NICE_MAX = -20, 19
 SLACK_MAX = 1 << 63                     # PR_SET_TIMERSLACK takes a signed long
 CAP_SYS_NICE = 23
+PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
 WORD = 64
 
 
@@ -69,8 +70,12 @@ class Sched(NamedTuple):
 def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return
+    tracees = {t.pid: t for t in [task.tracee] + task.tracee.others}
     for tid in [t.tid for t in task.state.threads] or [task.pid]:
-        now = _thread_sched(tid)
+        # Asked by the thread: /proc/TID/timerslack_ns takes CAP_SYS_NICE.
+        slack = tracees[tid].checked("prctl", PR_GET_TIMERSLACK, 0, 0, 0, 0,
+                                     what="PR_GET_TIMERSLACK")
+        now = _thread_sched(tid, slack)
         who = task.pid if tid == task.pid else f"{task.pid} (thread {tid})"
         policy = now.policy & ~SCHED_RESET_ON_FORK
         if policy == SCHED_DEADLINE:
@@ -92,7 +97,8 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    engine = _thread_sched(os.getpid())
+    from engine import libc
+    engine = _thread_sched(os.getpid(), libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
     possible = _cpu_list("/sys/devices/system/cpu/possible")
     for task in ctx.provided("tasks").alive:
         threads = {}
@@ -100,6 +106,8 @@ def engine_restore_collect(ctx, graph):
             image = f"core-{tid}.img"
             want = _checked(ctx.read_one("core", id=tid).thread_core, image, possible)
             _check_privilege(want, engine, image)
+            # each clone took its leader's timer slack, the engine's
+            want = want._replace(slack=None if want.slack == engine.slack else want.slack)
             if any(v is not None and v != ours for v, ours in zip(want, engine)):
                 threads[tid] = want
         if threads:
@@ -109,6 +117,17 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
+    from engine.tracer import task_batch, task_threads
+    leader = ctx.tracees[node.pid]
+    for thread in task_threads(leader):
+        want = node.data.get(thread.pid)
+        if want is None or want.slack is None:
+            continue
+        # By the thread itself (another's takes CAP_SYS_NICE), before any
+        # real-time policy, under which the kernel ignores it.
+        bt = task_batch(leader, thread)
+        bt.call("prctl", PR_SET_TIMERSLACK, want.slack, 0, 0, 0, what="PR_SET_TIMERSLACK")
+        bt.run()
     for tid, want in node.data.items():
         try:
             _set_thread(tid, want)
@@ -121,20 +140,16 @@ def engine_restore_node(ctx, node):
 
 # --- helpers -----------------------------------------------------------------
 
-def _thread_sched(tid: int) -> Sched:
-    with open(f"/proc/{tid}/timerslack_ns") as f:
-        slack = int(f.read())
+def _thread_sched(tid: int, slack: int | None) -> Sched:
     return Sched(policy=os.sched_getscheduler(tid), prio=os.sched_getparam(tid).sched_priority,
                  nice=os.getpriority(os.PRIO_PROCESS, tid), slack=slack,
                  cpus=frozenset(os.sched_getaffinity(tid)))
 
 
 def _set_thread(tid: int, want: Sched) -> None:
-    """Timer slack first (a real-time thread ignores it), the policy last."""
-    now = _thread_sched(tid)
-    if want.slack is not None and want.slack != now.slack:      # None when real-time
-        with open(f"/proc/{tid}/timerslack_ns", "w") as f:
-            f.write(str(want.slack))
+    """From the engine, by thread id, each value that differs; the policy
+    last."""
+    now = _thread_sched(tid, None)
     if want.nice is not None and want.nice != now.nice:
         os.setpriority(os.PRIO_PROCESS, tid, want.nice)
     if want.cpus is not None and want.cpus != now.cpus:
