@@ -17,7 +17,9 @@ when it differs from what the task holds: the engine's (a fork inherits
 its mm's flags), and for dumpable what the kernel made of it when the
 credentials came back. An image without a field (CRIU's has no coredump
 filter) leaves the engine's.
-Refused before anything starts, naming image and field: a coredump filter
+Refused before anything starts, naming image and field: dumpable 0 or 2 when
+the engine lacks CAP_SYS_PTRACE (the batches after it, the registers', need
+the access a task that is not dumpable gives only with it), a coredump filter
 with bits Linux does not define, PR_THP_DISABLE flags it does not define
 (or flags without thp_disabled), a dumpable other than 0, 1, 2. Refused at
 restore, naming the task: dumpable 2 (SUID_DUMP_ROOT), which no call sets,
@@ -38,6 +40,7 @@ PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 41, 42
 PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1
 SUID_DUMP_ROOT = 2
+CAP_SYS_PTRACE = 19
 COREDUMP_FILTER_BITS = 0x1FF            # MMF_DUMP_FILTER_BITS: 9 (linux/sched/coredump.h)
 
 
@@ -68,10 +71,16 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
+    from engine import ns
     ours = _engine_flags()
+    can_ptrace = bool(ns.effective_caps() >> CAP_SYS_PTRACE & 1)
     for task in ctx.provided("tasks").alive:
         image = f"mm-{task.pid}.img"
         want = _checked(ctx.read_one("mm", id=task.pid), image)
+        if want.dumpable in (0, SUID_DUMP_ROOT) and not can_ptrace:
+            raise RestoreError(f"{image}: dumpable {want.dumpable}: the engine would lose its access to the "
+                               "task before its registers (that takes CAP_SYS_PTRACE, which "
+                               "the engine lacks)")
         core = ctx.read_one("core", id=task.pid)
         # The dumpable flag changes with the credentials: set (or checked)
         # whenever it is not 1 or they are not the engine's.

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from engine.testing import dump_to, engine_fails, task_gone
+from engine.testing import dump_to, engine_command, engine_fails, task_gone
 
 
 @pytest.mark.parametrize("variant, args", [("dynamic-pie", ()), ("static-nopie", ("--advised",))])
@@ -47,4 +47,21 @@ def test_hostile_address_space_flags_are_refused(build_target, target_runner, tm
     images.write("mm", [mm], id=target.pid)
     assert engine_fails("restore", "-D", img) == \
         f"engine: error: mm-{target.pid}.img: {want}"
+    assert task_gone(target.pid)
+
+
+def test_not_dumpable_without_cap_sys_ptrace_fails_naming_it(build_target, target_runner,
+                                                             tmp_path):
+    """Not dumpable, the task would shut out an engine without
+    CAP_SYS_PTRACE before its registers: refused before anything starts."""
+    target = target_runner.start(build_target("mmflags", "static-nopie"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    cmd, env = engine_command("restore", "-D", img)
+    proc = subprocess.run(["capsh", "--drop=cap_sys_ptrace", "--", "-c", 'exec "$@"', "sh",
+                           *cmd], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == (
+        f"engine: error: mm-{target.pid}.img: dumpable 0: the engine would lose its access to "
+        "the task before its registers (that takes CAP_SYS_PTRACE, which the engine lacks)")
     assert task_gone(target.pid)
