@@ -9,7 +9,7 @@ from engine.testing import dump_to, engine_command, engine_fails, task_gone
 def test_oom_score_adj_comes_back(build_target, target_runner, dump_restore, tmp_path, variant):
     """713, above the engine's; --verify compares /proc/PID/oom_score_adj.
     (No task here may go below 0, the session's minimum: this machine's
-    root has no CAP_SYS_RESOURCE; the target's own default, -517, needs it.)"""
+    root has no CAP_SYS_RESOURCE, which -517 would take.)"""
     target = target_runner.start(build_target("oom", variant), "--value", "713")
     assert dump_restore(target, tmp_path / "img") == "PASS"
 
