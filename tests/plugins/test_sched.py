@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 
-from engine.images import ImageDir
 from engine.testing import dump_to, engine_cli, engine_fails, task_gone
 
 SCHED_FIFO, SCHED_BATCH, SCHED_RESET_ON_FORK = 1, 3, 0x40000000
