@@ -6,7 +6,7 @@ same way at both ends, never what a plugin believes it dumped: credentials,
 signal dispositions, scheduling, limits, prctl-visible state, the maps with
 a checksum of every mapping's contents, the fd table (kind, flags, offset
 and each kind's own fdinfo lines, locks included), cwd and root, timers,
-threads and their names, and which tasks share a namespace, a pipe or a
+threads with their names and scheduling, and which tasks share a namespace, a pipe or a
 socket. Numbers the kernel hands out afresh (inodes of pipes, sockets and
 namespaces, mount ids) are replaced by their order of first appearance in
 the tree, so sharing is compared, not the numbers. It is stored beside the
@@ -41,6 +41,8 @@ STATUS_KEYS = (
 # /proc/PID/stat fields (1-based, as proc(5) numbers them) compared
 STAT_FIELDS = {"pgrp": 5, "session": 6, "tty_nr": 7, "tpgid": 8, "priority": 18, "nice": 19,
                "exit_signal": 38, "rt_priority": 40, "policy": 41}
+# ... of them, those the kernel keeps per thread (each thread's too)
+THREAD_STAT = ("priority", "nice", "rt_priority", "policy")
 # per-task /proc files compared as text
 TEXT_FILES = ("limits", "timers", "oom_score_adj", "loginuid", "sessionid", "personality",
               "coredump_filter", "timerslack_ns")
@@ -111,10 +113,21 @@ def task_fingerprint(pid: int, canon: Canon, is_root: bool = False, volatile=())
         except OSError:
             pass
     out["cwd"], out["root"] = (_link(f"{proc}/{name}") for name in ("cwd", "root"))
-    out["threads"] = {tid: _read(f"{proc}/task/{tid}/comm").strip()
+    out["threads"] = {tid: _thread(pid, tid)
                       for tid in sorted(os.listdir(f"{proc}/task"), key=int)}
     out["maps"] = _maps(pid, volatile)
     out["fds"] = _fds(pid, canon)
+    return out
+
+
+def _thread(pid: int, tid: str) -> dict:
+    """A thread's name and what the kernel keeps per thread of its
+    scheduling: the task's own lines above are its leader's."""
+    stat = _read(f"/proc/{pid}/task/{tid}/stat").rsplit(")", 1)[1].split()
+    out = {"comm": _read(f"/proc/{pid}/task/{tid}/comm").strip(),
+           "Cpus_allowed_list": _status(f"{pid}/task/{tid}").get("Cpus_allowed_list"),
+           "timerslack_ns": _read(f"/proc/{tid}/timerslack_ns", default=None)}
+    out.update((name, stat[STAT_FIELDS[name] - 3]) for name in THREAD_STAT)
     return out
 
 

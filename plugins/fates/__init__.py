@@ -10,13 +10,14 @@ one line naming the task and the state ("task 1234: seccomp (mode 2, 1
 filter): not supported yet"); the engine then lets the tree go untouched.
 What nothing restores comes back as the engine's own value (a restored task
 is a fork of it), so a per-task attribute is refused when it differs from
-the dumping engine's: personality, oom_score_adj, loginuid, sessionid,
-coredump filter, timer slack, scheduling policy, nice, CPU affinity, cgroup,
-LSM label, cgroup and time namespaces (file locks: plugins.file_locks).
-What only the task can ask (prctl: timer slack, TSC, machine-check
-policy, I/O flusher, speculation control, MDWE, KSM, THP) is asked by
-remote syscalls in the leader; other threads are checked through their
-/proc status (seccomp, no_new_privs, affinity, speculation) and scheduling.
+the dumping engine's: sessionid, cgroup, LSM label, cgroup and time
+namespaces (plugins sched, oom, loginuid and mmflags restore scheduling,
+affinity, timer slack, oom_score_adj, login uid, coredump filter, THP and
+dumpable; plugins.file_locks the file locks). What only the task can
+ask (prctl: TSC, machine-check policy, I/O flusher, speculation control,
+MDWE, KSM) is asked by remote syscalls in the leader; other threads are checked through their /proc status
+(seccomp, no_new_privs, speculation) and scheduling (uclamp, core
+scheduling cookie).
 Restore: nothing (the plugin owns no image). Essential: disabling it would
 drop the refusals silently.
 """
@@ -36,8 +37,8 @@ log = logging.getLogger("engine.plugins.fates")
 REFUSES = {f.what for _, _, f in ledger.every_fate() if f.fate == "refused" and f.by == "fates"}
 
 PAGE = 4096
-PR_GET_TSC, PR_GET_TIMERSLACK, PR_MCE_KILL_GET = 25, 30, 34
-PR_GET_THP_DISABLE, PR_GET_SPECULATION_CTRL, PR_GET_IO_FLUSHER = 42, 52, 58
+PR_GET_TSC, PR_MCE_KILL_GET = 25, 34
+PR_GET_SPECULATION_CTRL, PR_GET_IO_FLUSHER = 52, 58
 PR_SCHED_CORE, PR_SCHED_CORE_GET = 62, 0
 PR_GET_MDWE, PR_GET_MEMORY_MERGE = 66, 68
 PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET = 77, 2
@@ -50,20 +51,16 @@ IOPRIO_DEFAULT = 0                      # IOPRIO_CLASS_NONE: follows nice
 SYSVIPC = ("shm", "sem", "msg")
 # /proc/PID/status keys compared with the engine's, per thread: state -> keys
 STATUS_LIKE_ENGINE = {
-    "transparent huge pages disabled (PR_SET_THP_DISABLE)": ("THP_enabled",),
     "tagged addresses (LAM, ARCH_ENABLE_TAGGED_ADDR)": ("untag_mask",),
     "speculation control (PR_SET_SPECULATION_CTRL)": ("Speculation_Store_Bypass",
                                                       "SpeculationIndirectBranch"),
-    "CPU affinity": ("Cpus_allowed_list",),
     "cgroup": ("Mems_allowed_list",),
     "x86 thread features (shadow stack)": ("x86_Thread_features",
                                            "x86_Thread_features_locked"),
 }
 # /proc/PID files compared with the engine's: state -> file
 PROC_LIKE_ENGINE = {
-    "personality": "personality", "oom_score_adj": "oom_score_adj",
-    "audit login uid": "loginuid", "audit session id": "sessionid",
-    "coredump filter": "coredump_filter",
+    "personality": "personality", "audit session id": "sessionid",
     "cgroup": "cgroup", "LSM label": "attr/current",
 }
 NS_LIKE_ENGINE = {"cgroup namespace": ("cgroup",), "time namespace": ("time", "time_for_children")}
@@ -79,7 +76,6 @@ class Engine:
                      for what, name in PROC_LIKE_ENGINE.items()}
         self.ns = {kind: _ns_inode("self", kind) for kinds in NS_LIKE_ENGINE.values()
                    for kind in kinds}
-        self.sched = _sched(os.getpid())
         self.prctl = _prctls(lambda *args: _local_prctl(*args))
         self.uclamp = _uclamp("self")
         self.sched_core = _sched_core(os.getpid())
@@ -104,7 +100,6 @@ def engine_dump_task(ctx, task):
         status = _status(pid if tid == pid else f"{pid}/task/{tid}")
         who = pid if tid == pid else f"{pid} (thread {tid})"
         _check_status(who, status, engine)
-        _check_sched(who, _sched(tid), engine.sched)
         _check_user_dispatch(who, tid)
         if engine.sched_core is not None and _sched_core(tid) != engine.sched_core:
             _refuse(who, "core scheduling cookie (PR_SCHED_CORE)")
@@ -141,13 +136,6 @@ def _check_status(who, status: dict[str, str], engine: Engine) -> None:
         for key in keys:
             if status.get(key) != engine.status.get(key):
                 _refuse(who, what, f"{key} {status.get(key)}, the engine's {engine.status.get(key)}")
-
-
-def _check_sched(who, sched: dict, engine: dict) -> None:
-    for key, what in (("policy", "scheduling policy"), ("rt_priority", "scheduling policy"),
-                      ("nice", "nice")):
-        if sched[key] != engine[key]:
-            _refuse(who, what, f"{key} {sched[key]}, the engine's {engine[key]}")
 
 
 def _check_user_dispatch(who, tid: int) -> None:
@@ -255,9 +243,7 @@ def _prctls(call) -> dict:
     """state -> value of the prctl options only the task can ask, through
     `call(option, arg2)` (None: the kernel refused the question)."""
     out = {
-        "timer slack": call(PR_GET_TIMERSLACK, 0),
         "machine-check kill policy (PR_MCE_KILL)": call(PR_MCE_KILL_GET, 0),
-        "transparent huge pages disabled (PR_SET_THP_DISABLE)": call(PR_GET_THP_DISABLE, 0),
         "I/O flusher (PR_SET_IO_FLUSHER)": call(PR_GET_IO_FLUSHER, 0),
         "memory-deny-write-execute (PR_SET_MDWE)": call(PR_GET_MDWE, 0),
         "KSM for the whole process (PR_SET_MEMORY_MERGE)": call(PR_GET_MEMORY_MERGE, 0),
@@ -292,13 +278,6 @@ def _remote_prctl(tracee, option: int, arg):
             tracee.syscall("munmap", scratch, PAGE)
     r = tracee.syscall("prctl", option, arg, 0, 0, 0)
     return r if r >= 0 else None
-
-
-def _sched(tid: int) -> dict:
-    """policy (with SCHED_RESET_ON_FORK), RT priority and nice of one thread."""
-    return {"policy": os.sched_getscheduler(tid),
-            "rt_priority": os.sched_getparam(tid).sched_priority,
-            "nice": os.getpriority(os.PRIO_PROCESS, tid)}
 
 
 def _uclamp(tid) -> tuple[str, ...]:

@@ -42,13 +42,6 @@ COUNTER = "a counter the kernel keeps and offers no way to set"
 RESIDENCY = ("which pages sit in RAM, swap or page tables is the kernel's choice, not the "
              "program's; their contents come back (mem)")
 DIFFERENT_ARCH = "not on x86-64: this kernel returns EINVAL"
-# The one entry dropped without a solid reason, until a plugin restores it
-# (mm_entry.dumpable, field 15, as CRIU's restorer does): refusing it would
-# refuse every program that ever changed a uid and back (the kernel then
-# clears the flag, as PR_SET_DUMPABLE 0 does, and a dump cannot tell which).
-DUMPABLE = ("not restored yet (CRIU restores mm_entry.dumpable): a restored task is dumpable "
-            "unless its ids differ from the engine's, and a dump cannot tell PR_SET_DUMPABLE "
-            "from the kernel clearing the flag on a change of uid, which most daemons make")
 
 # --- /proc/PID/status, every key Linux 6.18 prints on x86-64 --------------------
 STATUS = {
@@ -89,7 +82,7 @@ STATUS = {
     "HugetlbPages": refused("a hugetlb mapping", by="mem"),
     "CoreDumping": dropped("set only while the kernel writes the task's core file, "
                            "after which the task dies"),
-    "THP_enabled": refused("transparent huge pages disabled (PR_SET_THP_DISABLE)"),
+    "THP_enabled": restored("mmflags"),
     "untag_mask": refused("tagged addresses (LAM, ARCH_ENABLE_TAGGED_ADDR)"),
     "Threads": restored("threads"),
     "SigQ": restored("threads"),          # the signals queued; the limit is rlimits'
@@ -108,8 +101,8 @@ STATUS = {
     "Seccomp_filters": refused("seccomp"),
     "Speculation_Store_Bypass": refused("speculation control (PR_SET_SPECULATION_CTRL)"),
     "SpeculationIndirectBranch": refused("speculation control (PR_SET_SPECULATION_CTRL)"),
-    "Cpus_allowed": refused("CPU affinity"),
-    "Cpus_allowed_list": refused("CPU affinity"),
+    "Cpus_allowed": restored("sched"),
+    "Cpus_allowed_list": restored("sched"),
     "Mems_allowed": refused("cgroup"),    # a cpuset's memory nodes
     "Mems_allowed_list": refused("cgroup"),
     "voluntary_ctxt_switches": dropped(COUNTER),
@@ -197,8 +190,8 @@ MAPPINGS = {
 PRCTL = {
     1: ("PR_SET_PDEATHSIG", restored("creds")),
     2: ("PR_GET_PDEATHSIG", restored("creds")),
-    3: ("PR_GET_DUMPABLE", dropped(DUMPABLE)),
-    4: ("PR_SET_DUMPABLE", dropped(DUMPABLE)),
+    3: ("PR_GET_DUMPABLE", restored("mmflags")),
+    4: ("PR_SET_DUMPABLE", restored("mmflags")),
     5: ("PR_GET_UNALIGN", dropped(DIFFERENT_ARCH)),
     6: ("PR_SET_UNALIGN", dropped(DIFFERENT_ARCH)),
     7: ("PR_GET_KEEPCAPS", restored("creds")),          # SECBIT_KEEP_CAPS of securebits
@@ -221,8 +214,8 @@ PRCTL = {
     26: ("PR_SET_TSC", refused("rdtsc faulting (PR_SET_TSC)")),
     27: ("PR_GET_SECUREBITS", restored("creds")),
     28: ("PR_SET_SECUREBITS", restored("creds")),
-    29: ("PR_SET_TIMERSLACK", refused("timer slack")),
-    30: ("PR_GET_TIMERSLACK", refused("timer slack")),
+    29: ("PR_SET_TIMERSLACK", restored("sched")),
+    30: ("PR_GET_TIMERSLACK", restored("sched")),
     31: ("PR_TASK_PERF_EVENTS_DISABLE", refused(UNKNOWN_FD, by="files")),   # perf_event fds
     32: ("PR_TASK_PERF_EVENTS_ENABLE", refused(UNKNOWN_FD, by="files")),
     33: ("PR_MCE_KILL", refused("machine-check kill policy (PR_MCE_KILL)")),
@@ -233,8 +226,8 @@ PRCTL = {
     38: ("PR_SET_NO_NEW_PRIVS", refused("no_new_privs")),
     39: ("PR_GET_NO_NEW_PRIVS", refused("no_new_privs")),
     40: ("PR_GET_TID_ADDRESS", restored("threads")),
-    41: ("PR_SET_THP_DISABLE", refused("transparent huge pages disabled (PR_SET_THP_DISABLE)")),
-    42: ("PR_GET_THP_DISABLE", refused("transparent huge pages disabled (PR_SET_THP_DISABLE)")),
+    41: ("PR_SET_THP_DISABLE", restored("mmflags")),
+    42: ("PR_GET_THP_DISABLE", restored("mmflags")),
     43: ("PR_MPX_ENABLE_MANAGEMENT", dropped("removed from Linux in 5.4")),
     44: ("PR_MPX_DISABLE_MANAGEMENT", dropped("removed from Linux in 5.4")),
     45: ("PR_SET_FP_MODE", dropped(DIFFERENT_ARCH)),
@@ -279,13 +272,14 @@ PRCTL = {
 
 # --- scheduling and the rest of a task's attributes ---------------------------------
 SCHED = {
-    "policy": refused("scheduling policy"),
-    "reset-on-fork": refused("scheduling policy"),
-    "rt_priority": refused("scheduling policy"),
-    "nice": refused("nice"),
-    "deadline runtime, deadline, period": refused("scheduling policy"),
+    "policy": restored("sched"),
+    "reset-on-fork": restored("sched"),
+    "rt_priority": restored("sched"),
+    "nice": restored("sched"),
+    # the image has no field for them (criu/cr-dump.c refuses it too)
+    "deadline runtime, deadline, period": refused("SCHED_DEADLINE", by="sched"),
     "util_min, util_max (uclamp)": refused("utilization clamp"),
-    "cpu affinity": refused("CPU affinity"),
+    "cpu affinity": restored("sched"),
     "ioprio": refused("I/O priority"),
     "autogroup nice": refused("autogroup nice"),
 }
@@ -300,7 +294,7 @@ PROC = {
     "clear_refs": dropped("write-only: clears the kernel's referenced and soft-dirty bits"),
     "cmdline": restored("mem"),
     "comm": restored("threads"),
-    "coredump_filter": refused("coredump filter"),
+    "coredump_filter": restored("mmflags"),
     "cpu_resctrl_groups": refused("cgroup"),
     "cpuset": refused("cgroup"),
     "cwd": restored("fs"),
@@ -315,7 +309,7 @@ PROC = {
     "ksm_stat": refused("KSM for the whole process (PR_SET_MEMORY_MERGE)"),
     "latency": dropped("latency tracing for kernel debugging"),
     "limits": restored("rlimits"),
-    "loginuid": refused("audit login uid"),
+    "loginuid": restored("loginuid"),
     "make-it-fail": dropped("fault injection for kernel testing"),
     "map_files": restored("mem"),
     "maps": restored("mem"),
@@ -326,15 +320,15 @@ PROC = {
     "net": restored("netns"),
     "ns": restored("pidns"),              # each namespace by its plugin: see NAMESPACES
     "numa_maps": refused("NUMA memory policy"),
-    "oom_adj": refused("oom_score_adj"),
+    "oom_adj": restored("oom"),                # derived from oom_score_adj
     "oom_score": dropped("computed by the kernel from memory use and oom_score_adj"),
-    "oom_score_adj": refused("oom_score_adj"),
+    "oom_score_adj": restored("oom"),
     "pagemap": restored("mem"),
     "patch_state": dropped("kernel live patching's transition state"),
     "personality": restored("personality"),
     "projid_map": refused("project id map"),
     "root": restored("fs"),
-    "sched": refused("scheduling policy"),
+    "sched": restored("sched"),           # uclamp lines: see SCHED
     "schedstat": dropped(COUNTER),
     "sessionid": refused("audit session id"),
     "setgroups": restored("userns"),
@@ -348,7 +342,7 @@ PROC = {
     "task": restored("threads"),
     "timens_offsets": refused("time namespace"),
     "timers": restored("timers"),
-    "timerslack_ns": refused("timer slack"),
+    "timerslack_ns": restored("sched"),
     "uid_map": restored("userns"),
     "wchan": dropped("where in the kernel a blocked task waits; its syscall is restarted"),
 }
