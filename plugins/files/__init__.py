@@ -24,10 +24,9 @@ since the dump, is refused (criu/files-reg.c checks the same), never silently
 reopened. Helpers kept open meanwhile (pipe ends) are parked above the
 table's fds (engine.fds.park), the soft RLIMIT_NOFILE raised if they need it.
 
-A regular file deleted while open is saved whole in ghost-file-N.img (up to
-GHOST_LIMIT, as CRIU's --ghost-limit) and named in remap-fpath.img; restore
-recreates it beside its old path, opens it, and unlinks it again, so the
-task holds a deleted file with the same content, mode and offset.
+A regular file deleted while open is saved whole in ghost-file-N.img and
+restored deleted (plugins/files/ghost.py: never more privileged than the
+tasks holding it, never through a link the engine did not make).
 """
 from __future__ import annotations
 
@@ -47,14 +46,14 @@ from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
 
+from .ghost import REMAPS, check_ghosts, dump_ghost, open_ghost
+
 log = logging.getLogger("engine.plugins.files")
 
 # dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
 SEEN = StashKey()
 SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
-REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
 OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with an owner
-GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
 
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
@@ -135,7 +134,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
                 raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
             file_id, ftype = add_file(ctx, entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
-                _dump_ghost(ctx, pid, fd, file_id, stat)
+                dump_ghost(ctx, pid, fd, file_id, stat)
             fown = _fown_of(entry)
             if fown is not None and not info["flags"] & O_PATH:
                 _dump_owner(copy, fown)
@@ -229,6 +228,7 @@ def engine_restore_collect(ctx, graph):
                             for pid, table, _ in tables}
     ctx.provide("fds", FdTables(tables={pid: table for pid, table, _ in tables},
                                 first_user=first_user))
+    check_ghosts(ctx, ctx.stash.get(REMAPS, {}), {pid: table for pid, table, _ in tables})
     for pid, table, needs in tables:
         ids = sorted({file_id for _, file_id, _ in table})
         graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",
@@ -287,7 +287,7 @@ def engine_restore_file(ctx, entry):
     reg = entry.reg
     ghost = ctx.stash.get(REMAPS, {}).get(entry.id)
     if ghost is not None:
-        return _open_ghost(ctx, entry, ghost)
+        return open_ghost(ctx, entry, ghost)
     try:
         now = os.stat(reg.name)
     except OSError as e:
@@ -375,68 +375,6 @@ def _check_reg(file_id: int, reg) -> None:
     if reg.pos > MAX_OFF:
         raise ImageError(where, f"pos {reg.pos} is over the largest offset ({MAX_OFF})")
 
-
-def _dump_ghost(ctx, pid: int, fd: int, file_id: int, stat) -> None:
-    from engine.images.proto import files_pb2
-    if stat.st_size > GHOST_LIMIT:
-        raise ValueError(f"task {pid}: fd {fd}: deleted file of {stat.st_size} bytes is "
-                         f"over the ghost limit of {GHOST_LIMIT}")
-    with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
-        data = f.read()
-    ghost_id = ctx.new_id()
-    g = files_pb2.ghost_file_entry(uid=stat.st_uid, gid=stat.st_gid, mode=stat.st_mode,
-                                   dev=stat.st_dev & 0xFFFFFFFF, ino=stat.st_ino,
-                                   size=len(data))
-    g.atim.tv_sec, g.atim.tv_usec = int(stat.st_atime), stat.st_atime_ns // 1000 % 1000000
-    g.mtim.tv_sec, g.mtim.tv_usec = int(stat.st_mtime), stat.st_mtime_ns // 1000 % 1000000
-    ctx.images.write("ghost-file", [(g, data)], id=ghost_id)
-    ctx.stash.setdefault(REMAPS, {})[file_id] = ghost_id
-
-
-def _open_ghost(ctx, entry, ghost_id: int) -> int:
-    """Recreate a deleted file beside its old path, open it, delete it again."""
-    reg = entry.reg
-    image = f"ghost-file-{ghost_id}.img"
-    found = ctx.images.read("ghost-file", id=ghost_id)
-    if len(found) != 1 or found[0][0].chunks:
-        raise ImageError(image, "want one entry with the content after it "
-                                "(chunked ghosts are not supported)")
-    g, data = found[0]
-    if not st.S_ISREG(g.mode):
-        raise ImageError(image, f"mode {g.mode:o} is not a regular file's")
-    # Under its own name when that is free (what /proc/PID/fd shows then,
-    # deleted, is what it showed at dump), else beside it.
-    for tmp in (reg.name, f"{reg.name}.engine-ghost.{entry.id}"):
-        try:
-            # Private (0600, no set-id bits) while it has a name; its owner and
-            # mode are given only once it is unlinked, so nobody can open or
-            # exec the image's content through the path meanwhile. O_EXCL
-            # never follows a link.
-            rw = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            break
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise ImageError(image, f"cannot recreate {reg.name}: {e.strerror}") from None
-    else:
-        raise ImageError(image, f"cannot recreate {reg.name}: its name and "
-                                f"{tmp} are both taken")
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(rw, view):]
-        # The very inode made above, not whatever the path names by now.
-        fd = os.open(f"/proc/self/fd/{rw}", reg.flags & ~os.O_CLOEXEC)
-    finally:
-        os.unlink(tmp)
-    try:
-        os.fchown(rw, g.uid, g.gid)
-        os.fchmod(rw, st.S_IMODE(g.mode))
-    finally:
-        os.close(rw)
-    if reg.pos:
-        os.lseek(fd, reg.pos, os.SEEK_SET)
-    return fd
 
 def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     """kcmp(KCMP_FILE): 0 the same open file, 1 or 2 an order between them."""

@@ -1,0 +1,138 @@
+"""Hostile images (issue 20), as root restoring a uid-1000 user's image: a
+ghost file no more privileged than the tasks holding it, made through no
+link the engine did not make; a bound unix socket name that replaces only a
+stale socket."""
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.testing import Target, dump_to, engine_cli, engine_fails, task_gone, wait_gone
+from tests.plugins.test_rootless import UID, _as_user, user_dir  # noqa: F401 (fixture)
+
+
+def _start_user_ghost(build_target, user_dir: Path, sub: Path) -> Target:
+    """The ghost target as uid 1000, its deleted file in `sub` (a directory
+    uid 1000 owns, as it owns user_dir above it); cwd user_dir."""
+    exe = shutil.copy(build_target("ghost"), user_dir / "ghost")
+    sub.mkdir()
+    os.chown(sub, UID, UID)
+    with open(user_dir / "target.log", "wb") as log:     # only the ghost in sub
+        os.chown(user_dir / "target.log", UID, UID)
+        proc = subprocess.Popen(_as_user(False) + [str(exe), "--ready", str(sub / "ready"),
+                                                   "--result", str(sub / "result")],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                cwd=user_dir, start_new_session=True)
+    target = Target(proc, sub)
+    target._wait_ready(10.0)
+    return target
+
+
+def _dump_user_ghost(build_target, user_dir):
+    target = _start_user_ghost(build_target, user_dir, user_dir / "sub")
+    img = user_dir / "img"
+    images = dump_to(target, img)
+    target.reap()
+    (ghost_id,) = [int(p.name[len("ghost-file-"):-4]) for p in img.glob("ghost-file-*.img")]
+    return target, img, images, ghost_id
+
+
+@pytest.mark.parametrize("uid, gid, mode, want", [
+    (0, UID, 0o104755, "uid 0: task {pid} (fsuid 1000, fsgid 1000) holding it could not own"),
+    (UID, 0, 0o102755, "gid 0: task {pid} (fsuid 1000, fsgid 1000) holding it is not in"),
+    (UID, UID, 0o020644, "mode 20644 is not a regular file's"),
+])
+def test_ghost_more_privileged_than_its_holder_is_refused(build_target, user_dir,
+                                                          uid, gid, mode, want):
+    """A uid-1000 task's deleted file, edited to root's and set-id (issue 20:
+    run through /proc/PID/fd/N it gave euid 0): refused before anything
+    starts, one line naming the ghost image and the field."""
+    target, img, images, ghost_id = _dump_user_ghost(build_target, user_dir)
+    ((g, data),) = images.read("ghost-file", id=ghost_id)
+    g.uid, g.gid, g.mode = uid, gid, mode
+    images.write("ghost-file", [(g, data)], id=ghost_id)
+    line = engine_fails("restore", "-D", img)
+    assert f"ghost-file-{ghost_id}.img" in line and want.format(pid=target.pid) in line, line
+    assert task_gone(target.pid)
+    assert not [p for p in (user_dir / "sub").iterdir() if p.name.startswith("result.ghost")]
+
+
+def test_ghost_of_a_user_image_restored_as_root(build_target, user_dir):
+    """The unedited image: the task is uid 1000 again, its deleted file too."""
+    target, img, _, _ = _dump_user_ghost(build_target, user_dir)
+    engine_cli("restore", "-D", img, "--verify")
+    assert os.stat(f"/proc/{target.pid}").st_uid == UID
+    fd3 = os.stat(f"/proc/{target.pid}/fd/3")
+    assert (fd3.st_uid, fd3.st_nlink, stat.S_IMODE(fd3.st_mode)) == (UID, 0, 0o640)
+    assert target.verdict() == "PASS", target.log()
+
+
+def _swap_in_loop(sub: Path, secret_dir: Path, stop: threading.Event) -> None:
+    """What the owner of `sub` may do: every other millisecond, put a
+    symlink to a directory it may not write where `sub` was; every other
+    round, a symlink at the ghost's name."""
+    moved, name = sub.with_name("sub.moved"), sub / "result.ghost"
+    rounds = 0
+    while not stop.is_set():
+        rounds += 1
+        try:
+            if rounds % 2:
+                os.symlink(secret_dir / "made-by-root", name)
+            os.rename(sub, moved)
+            os.symlink(secret_dir, sub)
+            time.sleep(0.001)
+            os.unlink(sub)
+            os.rename(moved, sub)
+            time.sleep(0.001)
+            if name.is_symlink():
+                name.unlink()
+        except OSError:
+            pass
+
+
+def test_ghost_not_redirected_by_symlinks_swapped_in(build_target, user_dir, tmp_path):
+    """While the image is restored (as root, ten times), the ghost's
+    directory and its name are swapped with symlinks to a root-only
+    directory: nothing there is made, unlinked or changed; each restore
+    either fails in one line or gives the task its own deleted file."""
+    target, img, _, _ = _dump_user_ghost(build_target, user_dir)
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir(mode=0o700)
+    secret = secret_dir / "result.ghost"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    before, dir_before = os.stat(secret), os.stat(secret_dir)
+    sub, stop = user_dir / "sub", threading.Event()
+    racer = threading.Thread(target=_swap_in_loop, args=(sub, secret_dir, stop))
+    racer.start()
+    outcomes = []
+    try:
+        for _ in range(10):
+            proc = engine_cli("restore", "-D", img, check=False)
+            if proc.returncode == 0:
+                outcomes.append("restored")
+                fd = os.stat(f"/proc/{target.pid}/fd/3")
+                assert (fd.st_ino, fd.st_nlink) != (before.st_ino, before.st_nlink)
+                assert (fd.st_uid, fd.st_nlink) == (UID, 0)
+                os.kill(target.pid, signal.SIGKILL)
+                wait_gone(target.pid, 10.0)
+            else:
+                assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+                outcomes.append(proc.stderr.strip())
+                assert task_gone(target.pid)
+    finally:
+        stop.set()
+        racer.join()
+    now = os.stat(secret)
+    assert (now.st_ino, now.st_uid, now.st_mode, now.st_size) == \
+        (before.st_ino, before.st_uid, before.st_mode, before.st_size), outcomes
+    assert os.listdir(secret_dir) == ["result.ghost"], outcomes
+    # nothing was even made there and unlinked again
+    assert os.stat(secret_dir).st_mtime_ns == dir_before.st_mtime_ns, outcomes
+    assert secret.read_text() == "root only\n"
