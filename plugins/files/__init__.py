@@ -197,8 +197,9 @@ def engine_restore_collect(ctx, graph):
     tables = []                    # (pid, table, resources it needs)
     for task in ctx.provided("tasks").alive:
         files_id = ctx.ids(task.pid).files_id
-        fdinfos = ctx.read("fdinfo", id=files_id) if ctx.images.exists(
-            "fdinfo", id=files_id) else []
+        # every live task's is written, empty or not (CRIU's too): without
+        # it the task would come back with no fds
+        fdinfos = ctx.read("fdinfo", id=files_id)
         table = []                 # (fd, file id, FD_CLOEXEC), in image order
         kinds: dict = {}           # fd type -> one entry of it
         fds: set[int] = set()
