@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.testing import Target, dump_to, engine_cli, engine_fails, task_gone, wait_gone
+from engine.testing import (Target, dump_to, engine_cli, engine_fails, reap_dumped_tree,
+                            task_gone, wait_gone)
 from tests.plugins.test_rootless import UID, _as_user, user_dir  # noqa: F401 (fixture)
 
 
@@ -215,3 +216,27 @@ def test_a_failed_restore_leaves_no_socket_file(build_target, target_runner, tmp
     assert "target.log" in line, line
     assert task_gone(target.pid)
     assert _socket_files(target.workdir) == []
+
+
+def test_a_failed_rootless_restore_leaves_no_zombie(build_target, user_dir):
+    """issue 20: every failed --rootless restore left the engine's pid 1 of
+    the new pid namespace to the caller's reaper, a zombie."""
+    from engine.testing.reaper import children, pid_state
+    from tests.plugins.test_rootless import engine_as_user, start_as_user
+    exe = shutil.copy(build_target("tree"), user_dir / "tree")
+    target = start_as_user(exe, user_dir)
+    img = user_dir / "img"
+    engine_as_user("dump", "-t", target.pid, "-D", img)
+    target.reap()
+    reap_dumped_tree(img)
+    from engine.images import ImageDir
+    images = ImageDir(img)
+    core = images.read_one("core", id=target.pid)
+    core.thread_core.pdeath_sig = 99
+    images.write("core", [core], id=target.pid)
+    before = children()
+    proc = engine_as_user("restore", "-D", img, "--rootless", caps=False, check=False)
+    assert proc.returncode != 0 and "pdeath_sig 99" in proc.stderr, proc.stderr
+    time.sleep(0.5)
+    zombies = [pid for pid in children() - before if pid_state(pid) == "Z"]
+    assert zombies == [], zombies
