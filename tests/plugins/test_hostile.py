@@ -240,3 +240,16 @@ def test_a_failed_rootless_restore_leaves_no_zombie(build_target, user_dir):
     time.sleep(0.5)
     zombies = [pid for pid in children() - before if pid_state(pid) == "Z"]
     assert zombies == [], zombies
+
+
+def test_pstree_cut_at_an_entry_boundary_is_refused(build_target, target_runner, tmp_path):
+    """issue 20: pstree.img cut after its first entry restored the root
+    alone, exit 0."""
+    target = target_runner.start(build_target("sharedfd"))
+    images = dump_to(target, tmp_path / "img")
+    entries = images.read("pstree")
+    assert len(entries) == 2
+    images.write("pstree", entries[:1])
+    line = engine_fails("restore", "-D", tmp_path / "img")
+    assert f"pstree.img: no task or thread {entries[1].pid}, whose core-" in line, line
+    assert task_gone(target.pid)
