@@ -9,7 +9,7 @@ BOUND seconds, with exit 0 and a tree that passes --verify and then its own
 check, or a non-zero exit with one error line and no traceback; either way
 nothing may be left behind: no task, no file beside the target's own, no
 live socket. ENGINE_FUZZ_ROUNDS and ENGINE_FUZZ_SEED run it longer or
-otherwise.
+otherwise (`-s` with ENGINE_FUZZ_SHOW=1 prints refusals naming no image).
 """
 from __future__ import annotations
 
@@ -256,6 +256,8 @@ def test_spoilt_images_never_hang_leak_or_crash(build_target, target_runner, tmp
             _end_restored(pids)
         else:
             outcomes["refused"] += 1
+            if os.environ.get("ENGINE_FUZZ_SHOW") and lines and ".img" not in lines[0]:
+                print(f"UNNAMED {what} -> {lines[0][:300]}")
             if (len(lines) != 1 or not lines[0].startswith("engine: error: ")
                     or "Traceback" in proc.stderr):
                 problems.append(f"round {round_} ({what}): exit {proc.returncode}, "
