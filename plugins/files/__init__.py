@@ -299,7 +299,17 @@ def engine_restore_file(ctx, entry):
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
         raise ImageError("files.img", f"file id {entry.id} ({reg.name}): size changed: "
                                       f"{reg.size} -> {now.st_size}")
-    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC)
+    # O_NONBLOCK: no open may block the task (a FIFO or a device put at the
+    # path, issue 20); it goes as the image says once the file is checked.
+    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC | os.O_NONBLOCK)
+    if not reg.flags & O_PATH:
+        opened = os.fstat(fd)
+        if reg.HasField("mode") and opened.st_mode != reg.mode:
+            os.close(fd)
+            raise ImageError("files.img", f"file id {entry.id} ({reg.name}): mode changed "
+                                          f"while opened: {reg.mode:o} -> {opened.st_mode:o}")
+        if not reg.flags & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     if reg.flags & fcntl.FASYNC:
         # open(2) keeps O_ASYNC without arming SIGIO; F_SETFL arms it.
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | fcntl.FASYNC)

@@ -253,3 +253,25 @@ def test_pstree_cut_at_an_entry_boundary_is_refused(build_target, target_runner,
     line = engine_fails("restore", "-D", tmp_path / "img")
     assert f"pstree.img: no task or thread {entries[1].pid}, whose core-" in line, line
     assert task_gone(target.pid)
+
+
+def test_a_fifo_named_as_a_regular_file_does_not_hang_the_restore(build_target, target_runner,
+                                                                  tmp_path):
+    """files.img edited to name a FIFO nobody writes, read-only: its open
+    blocked the task, and the engine waiting for it, forever. Opened
+    O_NONBLOCK, it ends: here --verify refuses the fd that is no file."""
+    target = target_runner.start(build_target("files"))
+    img = tmp_path / "img"
+    images = dump_to(target, img)
+    entries = images.read("files")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o644)
+    (reg,) = [e.reg for e in entries if e.HasField("reg") and "/data" in e.reg.name][:1]
+    reg.name, reg.mode, reg.flags, reg.pos = str(fifo), stat.S_IFIFO | 0o644, os.O_RDONLY, 0
+    reg.ClearField("size")
+    images.write("files", entries)
+    proc = engine_cli("restore", "-D", img, "--verify", check=False, timeout=60)
+    lines = [line for line in proc.stderr.strip().splitlines() if "verify: task" not in line]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "fds:" in lines[0] and str(fifo) in lines[0], lines[0]
+    assert task_gone(target.pid)
