@@ -275,3 +275,24 @@ def test_a_fifo_named_as_a_regular_file_does_not_hang_the_restore(build_target, 
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "fds:" in lines[0] and str(fifo) in lines[0], lines[0]
     assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("caps", [False, True], ids=["rootless", "checkpoint_restore"])
+def test_ghost_more_privileged_than_its_holder_is_refused_as_the_user(build_target, user_dir,
+                                                                      caps):
+    """The same spoilt ghost restored by uid 1000 itself (--rootless, or
+    with CAP_CHECKPOINT_RESTORE only): refused alike, nothing gained."""
+    from tests.plugins.test_rootless import engine_as_user
+    target, img, images, ghost_id = _dump_user_ghost(build_target, user_dir)
+    ((g, data),) = images.read("ghost-file", id=ghost_id)
+    g.uid, g.mode = 0, 0o104755
+    images.write("ghost-file", [(g, data)], id=ghost_id)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    args = ("restore", "-D", img, *(() if caps else ("--rootless",)))
+    proc = engine_as_user(*args, caps=caps, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert f"ghost-file-{ghost_id}.img: uid 0: task {target.pid}" in lines[0], lines[0]
+    assert task_gone(target.pid)
+    assert not [p for p in (user_dir / "sub").iterdir() if p.name.startswith("result.ghost")]
