@@ -24,6 +24,7 @@ TLS_SELECTORS = (12 * 8 + 3, 13 * 8 + 3, 14 * 8 + 3)
 SELECTORS = {"cs": (USER_CS,), "ss": (USER_DS,), "ds": (0, USER_DS), "es": (0, USER_DS),
              "fs": (0, USER_DS, *TLS_SELECTORS), "gs": (0, USER_DS, *TLS_SELECTORS)}
 TASK_SIZE_MAX = (1 << 47) - 4096      # fs_base/gs_base at or past it: PTRACE_SETREGS EIO
+VSYSCALL = range(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000)   # the one page above it code runs in
 
 
 def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
@@ -142,6 +143,9 @@ def _check_gpregs(gp, image: str) -> None:
             want = " or ".join(f"{v:#x}" for v in allowed)
             raise ImageError(image, f"thread_info.gpregs.{name} {value:#x} is not a native "
                                     f"x86_64 selector ({want})")
+    if gp.ip >= TASK_SIZE_MAX and gp.ip not in VSYSCALL:
+        raise ImageError(image, f"thread_info.gpregs.ip {gp.ip:#x} is past the end "
+                                f"of user space ({TASK_SIZE_MAX:#x})")
     for name in ("fs_base", "gs_base"):
         value = getattr(gp, name)
         if value >= TASK_SIZE_MAX:

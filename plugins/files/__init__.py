@@ -375,10 +375,15 @@ def _prctl(option: int, arg: int) -> int:
 
 
 def _check_reg(file_id: int, reg) -> None:
-    """A REG entry's flags go to open(2) and its pos to lseek(2) as they are:
+    """A REG entry's name, flags and pos go to open(2) and lseek(2) as they are:
     refuse what no open file has (the kernel drops O_CREAT, O_EXCL, O_TRUNC
     and O_NOCTTY after open, so an image with them is not a dump) and an
     offset lseek cannot take."""
+    where = f"files.img: file id {file_id} ({reg.name!r})"
+    # names from /proc are absolute, without NUL (open(2) would end them there)
+    if not reg.name.startswith("/") or "\0" in reg.name:
+        raise ImageError(where, "name holds a NUL" if "\0" in reg.name else
+                         "name is not an absolute path")
     where = f"files.img: file id {file_id} ({reg.name})"
     if reg.flags & OPEN_ONLY:
         raise ImageError(where, f"flags {reg.flags:#o} hold open-time flags "

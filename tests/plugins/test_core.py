@@ -289,6 +289,7 @@ def test_task_state_every_task_holds_cannot_be_disabled(dumped_counter, name):
     ("ds", 0x7, "thread_info.gpregs.ds 0x7 is not a native x86_64 selector (0x0 or 0x2b)"),
     ("fs", 0x2, "thread_info.gpregs.fs 0x2 is not a native x86_64 selector"),
     ("gs_base", 1 << 63, f"thread_info.gpregs.gs_base {1 << 63:#x} is past the end of user"),
+    ("ip", 1 << 63, f"thread_info.gpregs.ip {1 << 63:#x} is past the end of user"),
 ])
 def test_register_the_kernel_will_not_take_is_refused(dumped_counter, field, value, want):
     """A 32-bit code segment (issue 20: cs 0x23 made the restore spin

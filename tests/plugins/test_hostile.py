@@ -296,3 +296,21 @@ def test_ghost_more_privileged_than_its_holder_is_refused_as_the_user(build_targ
     assert f"ghost-file-{ghost_id}.img: uid 0: task {target.pid}" in lines[0], lines[0]
     assert task_gone(target.pid)
     assert not [p for p in (user_dir / "sub").iterdir() if p.name.startswith("result.ghost")]
+
+
+@pytest.mark.parametrize("name, want", [
+    ("/tmp/a\0b", "name holds a NUL"),
+    ("../../etc/shadow", "name is not an absolute path"),
+])
+def test_a_regular_file_name_no_dump_holds_is_refused(build_target, target_runner, tmp_path,
+                                                      name, want):
+    """issue 20: a NUL in a name gave 'embedded null byte', raw."""
+    target = target_runner.start(build_target("files"))
+    images = dump_to(target, tmp_path / "img")
+    entries = images.read("files")
+    entry = next(e for e in entries if e.HasField("reg"))
+    entry.reg.name = name
+    images.write("files", entries)
+    line = engine_fails("restore", "-D", tmp_path / "img")
+    assert f"files.img: file id {entry.id} ({name!r}): {want}" in line, line
+    assert task_gone(target.pid)
