@@ -105,9 +105,7 @@ def ptrace(req: int, pid: int, addr=0, data=0, op: str = "ptrace") -> int:
 def wait_stop(pid: int, timeout: float | None = None) -> int:
     """Wait for `pid` to stop, at most `timeout` seconds (STOP_TIMEOUT);
     return the raw status. Exits and timeouts are errors."""
-    got, status = os.waitpid(pid, WALL | os.WNOHANG)
-    if not got:
-        status = _wait_bounded(pid, STOP_TIMEOUT if timeout is None else timeout)
+    status = _wait_bounded(pid, STOP_TIMEOUT if timeout is None else timeout)
     if os.WIFEXITED(status) or os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         raise TracerError(0, pid, f"exited (signal {sig}) while traced")
@@ -118,39 +116,43 @@ class _Late(Exception):
     """SIGALRM of a wait_stop past its deadline."""
 
 
-_alarm_armed = False
+_alarm = {"armed": False, "pid": 0}     # the handler's, per process
 
 
 def _on_alarm(signum, frame):
-    if _alarm_armed:
+    if _alarm["armed"]:
         raise _Late
 
 
 def _wait_bounded(pid: int, timeout: float) -> int:
     """A blocking waitpid that an interval timer (SIGALRM) breaks at the
-    deadline; outside the main thread, where no handler runs, polling."""
-    global _alarm_armed
-    late = TracerError(0, pid, f"did not stop within {timeout:g} s")
-    try:
-        if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+    deadline (a few µs a wait); outside the main thread, where no handler
+    runs, polling."""
+    if _alarm["pid"] != os.getpid():
+        try:
             signal.signal(signal.SIGALRM, _on_alarm)
-    except ValueError:                 # not the main thread
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got, status = os.waitpid(pid, WALL | os.WNOHANG)
-            if got:
-                return status
-            time.sleep(0.0005)
-        raise late from None
-    _alarm_armed = True
+        except ValueError:             # not the main thread
+            return _poll(pid, timeout)
+        _alarm["pid"] = os.getpid()
+    _alarm["armed"] = True
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         return os.waitpid(pid, WALL)[1]
     except _Late:
-        raise late from None
+        raise TracerError(0, pid, f"did not stop within {timeout:g} s") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        _alarm_armed = False
+        _alarm["armed"] = False
+
+
+def _poll(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(pid, WALL | os.WNOHANG)
+        if got:
+            return status
+        time.sleep(0.0005)
+    raise TracerError(0, pid, f"did not stop within {timeout:g} s")
 
 
 def get_regs(pid: int) -> UserRegs:
