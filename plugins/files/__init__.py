@@ -301,7 +301,11 @@ def engine_restore_file(ctx, entry):
                                       f"{reg.size} -> {now.st_size}")
     # O_NONBLOCK: no open may block the task (a FIFO or a device put at the
     # path, issue 20); it goes as the image says once the file is checked.
-    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC | os.O_NONBLOCK)
+    try:
+        fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ImageError("files.img", f"file id {entry.id} ({reg.name}): flags "
+                                      f"{reg.flags:#o}: {e.strerror}") from None
     if not reg.flags & O_PATH:
         opened = os.fstat(fd)
         if reg.HasField("mode") and opened.st_mode != reg.mode:

@@ -61,21 +61,18 @@ def open_ghost(ctx, entry, ghost_id: int) -> int:
     try:
         rw, name = _make_private(dirfd, base, entry.id, image, reg.name)
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(rw, view):]
-                # The very inode made above, not whatever the path names by now.
-                fd = os.open(f"/proc/self/fd/{rw}", reg.flags & ~os.O_CLOEXEC)
-            finally:
-                if name is not None:
-                    os.unlink(name, dir_fd=dirfd)
+            fd = _fill_and_reopen(entry, rw, data, dirfd, name)
             if os.fstat(rw).st_nlink:
                 os.close(fd)
                 raise ImageError(image, f"{reg.name}: linked elsewhere while it was "
                                         "recreated (its directory is not ours)")
-            os.fchown(rw, g.uid, g.gid)
-            os.fchmod(rw, st.S_IMODE(g.mode))
+            try:
+                os.fchown(rw, g.uid, g.gid)
+                os.fchmod(rw, st.S_IMODE(g.mode))
+            except OSError as e:
+                os.close(fd)
+                raise ImageError(image, f"uid {g.uid}, gid {g.gid}, mode {g.mode:o}: "
+                                        f"{e.strerror}") from None
         finally:
             os.close(rw)
     finally:
@@ -83,6 +80,28 @@ def open_ghost(ctx, entry, ghost_id: int) -> int:
     if reg.pos:
         os.lseek(fd, reg.pos, os.SEEK_SET)
     return fd
+
+
+def _fill_and_reopen(entry, rw: int, data: bytes, dirfd: int, name: str | None) -> int:
+    """Write the content, open the file again with the dumped flags through
+    its fd (the very inode made, not whatever the path names by now), and
+    take its name away."""
+    reg = entry.reg
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(rw, view):]
+        try:
+            return os.open(f"/proc/self/fd/{rw}", reg.flags & ~os.O_CLOEXEC)
+        except OSError as e:
+            raise ImageError("files.img", f"file id {entry.id} ({reg.name}): flags "
+                                          f"{reg.flags:#o}: {e.strerror}") from None
+    finally:
+        if name is not None:
+            try:
+                os.unlink(name, dir_fd=dirfd)
+            except FileNotFoundError:
+                pass           # moved away: the link count check refuses it
 
 
 def _open_directory(path: str, image: str, name: str) -> int:
