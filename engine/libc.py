@@ -34,7 +34,7 @@ SYS = {
     "signalfd4": 289, "rt_tgsigqueueinfo": 297, "prlimit64": 302,
     "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "rseq": 334,
     "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "pidfd_open": 434,
-    "clone3": 435, "pidfd_getfd": 438, "mount_setattr": 442,
+    "clone3": 435, "openat2": 437, "pidfd_getfd": 438, "mount_setattr": 442,
 }
 
 # prctl(2) options that several modules use (one module's own stay there)

@@ -24,6 +24,7 @@ from engine.graph import ALL, Graph, GraphError, Node
 log = logging.getLogger("engine.restore")
 
 PR_SET_CHILD_SUBREAPER = 36
+NODE_TIMEOUT = float(os.environ.get("ENGINE_NODE_TIMEOUT", "120"))   # per batch of nodes
 
 
 # --- the engine side ---------------------------------------------------------
@@ -177,7 +178,7 @@ class _Waves:
         # While the tasks work on what they were sent.
         _trace(ctx, [n for n in nodes if n.where == "tracer"], taken)
         for pid, batch, stop in sent:
-            _reply(ctx, pid, batch, wire.recv(ctx.channels[pid]))
+            _reply(ctx, pid, batch, _answer(ctx, pid, batch))
             if stop:
                 ctx.channels.pop(pid).close()
                 ctx.stopped.add(pid)
@@ -262,6 +263,18 @@ def _task_batch(ctx: RestoreContext, pending: list[str],
     return batch
 
 
+def _answer(ctx: RestoreContext, pid: int, nodes: list) -> tuple | None:
+    """The task's reply to its batch, waited for at most NODE_TIMEOUT (issue
+    20: no image may hang the engine; a task stuck in a node fails the
+    restore, which kills it)."""
+    import select
+    sock = ctx.channels[pid]
+    if not select.select([sock], [], [], NODE_TIMEOUT)[0]:
+        raise RestoreError(f"task {pid}: no answer within {NODE_TIMEOUT:g} s, running "
+                           f"{nodes[0]}{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''}")
+    return wire.recv(sock)
+
+
 def _reply(ctx: RestoreContext, pid: int, nodes: list[Node], reply) -> None:
     if reply is None:
         raise RestoreError(f"task {pid} died while restoring {nodes[0]}")
@@ -287,7 +300,7 @@ def _stop_for_tracer(ctx: RestoreContext, pid: int) -> None:
 def _tell_to_stop(ctx: RestoreContext, pid: int) -> None:
     if pid in ctx.channels:          # not told with its last nodes
         wire.send(ctx.channels[pid], ("nodes", [], ctx.shared_fds, True))
-        _reply(ctx, pid, ["its stop"], wire.recv(ctx.channels[pid]))
+        _reply(ctx, pid, ["its stop"], _answer(ctx, pid, ["its stop"]))
         ctx.channels.pop(pid).close()
     ctx.stopped.add(pid)
 

@@ -42,6 +42,10 @@ def enter(pidfile: str | None = None) -> None:
             status = f.read().decode() or "1"
         if status == "0" and pidfile:
             _outer_pidfile(pidfile, init)
+        if status != "0":
+            # A failed restore left pid 1 no task to reap: it exits now;
+            # reaped here, it is no zombie left to the caller's reaper.
+            os.waitpid(init, 0)
         os._exit(int(status))
     os.close(r)
     try:

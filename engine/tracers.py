@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 
 import attrs
@@ -146,6 +147,10 @@ def _serve(ctx, sock: socket.socket) -> None:
     from engine.executor import run_node
     from engine.tracer.restore import attach_stopped, release
     try:
+        # An engine killed midway takes its second tracer along (issue 20:
+        # one outlived it at 100% CPU, holding its task in a ptrace stop).
+        from engine import libc
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         for end in list(ctx.channels.values()) + list(ctx.task_ends.values()):
             end.close()
         ctx.channels, ctx.task_ends, ctx.tracer_worker = {}, {}, None

@@ -136,3 +136,20 @@ def test_third_party_plugin_is_off_unless_named(engine_cli, stamp_env):
     out = engine_cli("plugins", "--plugins", "default,stamp", autoload=True, env=stamp_env).stdout
     line = next(l for l in out.splitlines() if l.startswith("stamp"))
     assert line.split()[1] == "on"
+
+
+def test_a_node_that_never_ends_fails_the_restore_in_bounded_time(dumped, engine_cli,
+                                                                  stamp_env, tmp_path):
+    """issue 20: no image may hang the engine. A task stuck in a node fails
+    the restore after ENGINE_NODE_TIMEOUT, naming it; nothing is left."""
+    from engine.testing import task_gone
+    target, img = dumped
+    env = dict(stamp_env, ENGINE_NODE_TIMEOUT="2")
+    proc = engine_cli("restore", "-D", img, "--plugins", "default,stamp", "--stamp-hang",
+                      "--stamp-file", tmp_path / "stamps", autoload=True, env=env, check=False,
+                      timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert f"task {target.pid}: no answer within 2 s, running stamp {target.pid}" in lines[0]
+    assert task_gone(target.pid)
+    assert (tmp_path / "stamps").read_text().startswith("abort: ")

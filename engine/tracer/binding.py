@@ -12,7 +12,9 @@ import ctypes
 import errno
 import mmap
 import os
+import signal
 import struct
+import time
 
 from engine import libc
 from engine.libc import SYS  # noqa: F401 - the tracer's name for the table
@@ -37,6 +39,12 @@ PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 NT_X86_XSTATE = 0x202
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000
+# No tracer step may wait longer for its task to stop (issue 20: an image
+# that made a task never stop hung the engine): a task that does not stop in
+# time fails the restore, which kills and reaps it. Loops of steps that see
+# only signals or events (a task faulting on every instruction) end too.
+STOP_TIMEOUT = float(os.environ.get("ENGINE_STOP_TIMEOUT", "10"))
+MAX_STOPS = 1000
 
 IOV_MAX = 1024
 
@@ -94,13 +102,57 @@ def ptrace(req: int, pid: int, addr=0, data=0, op: str = "ptrace") -> int:
     return r
 
 
-def wait_stop(pid: int) -> int:
-    """Wait for `pid` to stop; return the raw status. Exits are errors."""
-    _, status = os.waitpid(pid, WALL)
+def wait_stop(pid: int, timeout: float | None = None) -> int:
+    """Wait for `pid` to stop, at most `timeout` seconds (STOP_TIMEOUT);
+    return the raw status. Exits and timeouts are errors."""
+    status = _wait_bounded(pid, STOP_TIMEOUT if timeout is None else timeout)
     if os.WIFEXITED(status) or os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         raise TracerError(0, pid, f"exited (signal {sig}) while traced")
     return status
+
+
+class _Late(Exception):
+    """SIGALRM of a wait_stop past its deadline."""
+
+
+_alarm = {"armed": False, "pid": 0}     # the handler's, per process
+
+
+def _on_alarm(signum, frame):
+    if _alarm["armed"]:
+        raise _Late
+
+
+def _wait_bounded(pid: int, timeout: float) -> int:
+    """A blocking waitpid that an interval timer (SIGALRM) breaks at the
+    deadline (a few µs a wait); outside the main thread, where no handler
+    runs, polling."""
+    if _alarm["pid"] != os.getpid():
+        try:
+            signal.signal(signal.SIGALRM, _on_alarm)
+        except ValueError:             # not the main thread
+            return _poll(pid, timeout)
+        _alarm["pid"] = os.getpid()
+    _alarm["armed"] = True
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return os.waitpid(pid, WALL)[1]
+    except _Late:
+        raise TracerError(0, pid, f"did not stop within {timeout:g} s") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _alarm["armed"] = False
+
+
+def _poll(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(pid, WALL | os.WNOHANG)
+        if got:
+            return status
+        time.sleep(0.0005)
+    raise TracerError(0, pid, f"did not stop within {timeout:g} s")
 
 
 def get_regs(pid: int) -> UserRegs:

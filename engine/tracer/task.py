@@ -49,16 +49,18 @@ class Tracee:
     def _wait_trap(self, interrupt: bool = False) -> None:
         """Wait for the PTRACE_INTERRUPT stop; keep signals that arrive
         meanwhile (they are suppressed now and re-sent on detach)."""
-        while True:
+        for _ in range(b.MAX_STOPS):
             status = b.wait_stop(self.pid)
             if status >> 16 == b.PTRACE_EVENT_STOP:
                 return
             self.pending_signals.append(os.WSTOPSIG(status))
             b.ptrace(b.PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")
+        raise b.TracerError(0, self.pid, f"no interrupt stop in {b.MAX_STOPS} stops")
 
     def _step(self, expected_ip: int) -> None:
-        """Single-step until rip is `expected_ip` (the insn ran)."""
-        while True:
+        """Single-step until rip is `expected_ip` (the insn ran); a task
+        that never gets there (its code faults on every step) is an error."""
+        for _ in range(b.MAX_STOPS):
             b.ptrace(b.PTRACE_SINGLESTEP, self.pid, 0, 0, "PTRACE_SINGLESTEP")
             status = b.wait_stop(self.pid)
             sig, event = os.WSTOPSIG(status), status >> 16
@@ -70,6 +72,8 @@ class Tracee:
                 self.pending_signals.append(sig)
             if self.regs().ip == expected_ip:
                 return
+        raise b.TracerError(0, self.pid, f"never reached {expected_ip:#x} in "
+                                         f"{b.MAX_STOPS} steps (signals {self.pending_signals[:3]})")
 
     # --- registers and memory ------------------------------------------------
 
@@ -133,7 +137,7 @@ class Tracee:
         regs.orig_ax = ctypes.c_uint64(-1).value
         regs.ip = ip
         self.set_regs(regs)
-        while True:
+        for _ in range(b.MAX_STOPS):
             b.ptrace(b.PTRACE_CONT, self.pid, 0, 0, "PTRACE_CONT")
             status = b.wait_stop(self.pid)
             sig, event = os.WSTOPSIG(status), status >> 16
@@ -141,6 +145,8 @@ class Tracee:
                 return self.regs().ip
             if event == 0:
                 self.pending_signals.append(sig)
+        raise b.TracerError(0, self.pid, f"code at {ip:#x} never reached its int3 in "
+                                         f"{b.MAX_STOPS} stops (signals {self.pending_signals[:3]})")
 
     def batch(self, code_at: int, code_size: int, data_at: int, data_size: int):
         """A Batch of syscalls run from code written at `code_at`."""

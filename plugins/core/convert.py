@@ -13,6 +13,18 @@ FP_LEGACY = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask",
              "st_space", "xmm_space", "padding")
 FP_XSAVE = ("ymmh_space", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
 ITIMER_NAMES = ("real", "virt", "prof")    # task_timers_entry, in ITIMER_* order
+# Segment selectors a native x86_64 task may hold (arch/x86/include/asm/
+# segment.h): __USER_CS and __USER_DS; 0 or __USER_DS in ds/es; fs/gs may
+# also hold a TLS slot's (set_thread_area: GDT 12-14, RPL 3). Anything else
+# is a 32-bit code segment (cs 0x23: the task would run x86_64 code as i386
+# and the tracer's injected syscalls never return, issue 20), an LDT entry
+# (not restored) or one the kernel refuses (PTRACE_SETREGS: EIO).
+USER_CS, USER_DS = 0x33, 0x2B
+TLS_SELECTORS = (12 * 8 + 3, 13 * 8 + 3, 14 * 8 + 3)
+SELECTORS = {"cs": (USER_CS,), "ss": (USER_DS,), "ds": (0, USER_DS), "es": (0, USER_DS),
+             "fs": (0, USER_DS, *TLS_SELECTORS), "gs": (0, USER_DS, *TLS_SELECTORS)}
+TASK_SIZE_MAX = (1 << 47) - 4096      # fs_base/gs_base at or past it: PTRACE_SETREGS EIO
+VSYSCALL = range(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000)   # the one page above it code runs in
 
 
 def core_entry(state: m.TaskState, th: m.ThreadState, leader: bool):
@@ -117,5 +129,25 @@ def thread_state(core, tid: int, image: str) -> m.ThreadState:
         raise ImageError(image, f"thread_info.fpregs: st_space/xmm_space have "
                                 f"{len(fp.st_space)}/{len(fp.xmm_space)} words, want 32/64")
     gp = ti.gpregs          # Regs' fields are REG_NAMES, in order; u64 in the image
+    _check_gpregs(gp, image)
     return m.ThreadState(tid=tid, regs=m.Regs(*[getattr(gp, n) for n in m.REG_NAMES]),
                          fpregs=fp)
+
+
+def _check_gpregs(gp, image: str) -> None:
+    """Refuse register values the kernel will not take, or that would make
+    the task run as something else than a native x86_64 task."""
+    for name, allowed in SELECTORS.items():
+        value = getattr(gp, name)
+        if value not in allowed:
+            want = " or ".join(f"{v:#x}" for v in allowed)
+            raise ImageError(image, f"thread_info.gpregs.{name} {value:#x} is not a native "
+                                    f"x86_64 selector ({want})")
+    if gp.ip >= TASK_SIZE_MAX and gp.ip not in VSYSCALL:
+        raise ImageError(image, f"thread_info.gpregs.ip {gp.ip:#x} is past the end "
+                                f"of user space ({TASK_SIZE_MAX:#x})")
+    for name in ("fs_base", "gs_base"):
+        value = getattr(gp, name)
+        if value >= TASK_SIZE_MAX:
+            raise ImageError(image, f"thread_info.gpregs.{name} {value:#x} is past the end "
+                                    f"of user space ({TASK_SIZE_MAX:#x})")

@@ -24,10 +24,9 @@ since the dump, is refused (criu/files-reg.c checks the same), never silently
 reopened. Helpers kept open meanwhile (pipe ends) are parked above the
 table's fds (engine.fds.park), the soft RLIMIT_NOFILE raised if they need it.
 
-A regular file deleted while open is saved whole in ghost-file-N.img (up to
-GHOST_LIMIT, as CRIU's --ghost-limit) and named in remap-fpath.img; restore
-recreates it beside its old path, opens it, and unlinks it again, so the
-task holds a deleted file with the same content, mode and offset.
+A regular file deleted while open is saved whole in ghost-file-N.img and
+restored deleted (plugins/files/ghost.py: never more privileged than the
+tasks holding it, never through a link the engine did not make).
 """
 from __future__ import annotations
 
@@ -47,14 +46,14 @@ from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
 
+from .ghost import REMAPS, check_ghosts, dump_ghost, open_ghost
+
 log = logging.getLogger("engine.plugins.files")
 
 # dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
 SEEN = StashKey()
 SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
-REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
 OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with an owner
-GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
 
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
@@ -135,7 +134,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
                 raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
             file_id, ftype = add_file(ctx, entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
-                _dump_ghost(ctx, pid, fd, file_id, stat)
+                dump_ghost(ctx, pid, fd, file_id, stat)
             fown = _fown_of(entry)
             if fown is not None and not info["flags"] & O_PATH:
                 _dump_owner(copy, fown)
@@ -201,8 +200,9 @@ def engine_restore_collect(ctx, graph):
     tables = []                    # (pid, table, resources it needs)
     for task in ctx.provided("tasks").alive:
         files_id = ctx.ids(task.pid).files_id
-        fdinfos = ctx.read("fdinfo", id=files_id) if ctx.images.exists(
-            "fdinfo", id=files_id) else []
+        # every live task's is written, empty or not (CRIU's too): without
+        # it the task would come back with no fds
+        fdinfos = ctx.read("fdinfo", id=files_id)
         table = []                 # (fd, file id, FD_CLOEXEC), in image order
         kinds: dict = {}           # fd type -> one entry of it
         fds: set[int] = set()
@@ -232,6 +232,7 @@ def engine_restore_collect(ctx, graph):
                             for pid, table, _ in tables}
     ctx.provide("fds", FdTables(tables={pid: table for pid, table, _ in tables},
                                 first_user=first_user))
+    check_ghosts(ctx, ctx.stash.get(REMAPS, {}), {pid: table for pid, table, _ in tables})
     for pid, table, needs in tables:
         ids = sorted({file_id for _, file_id, _ in table})
         graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",
@@ -290,7 +291,7 @@ def engine_restore_file(ctx, entry):
     reg = entry.reg
     ghost = ctx.stash.get(REMAPS, {}).get(entry.id)
     if ghost is not None:
-        return _open_ghost(ctx, entry, ghost)
+        return open_ghost(ctx, entry, ghost)
     try:
         now = os.stat(reg.name)
     except OSError as e:
@@ -301,7 +302,21 @@ def engine_restore_file(ctx, entry):
     if reg.HasField("size") and st.S_ISREG(now.st_mode) and now.st_size != reg.size:
         raise ImageError("files.img", f"file id {entry.id} ({reg.name}): size changed: "
                                       f"{reg.size} -> {now.st_size}")
-    fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC)
+    # O_NONBLOCK: no open may block the task (a FIFO or a device put at the
+    # path, issue 20); it goes as the image says once the file is checked.
+    try:
+        fd = os.open(reg.name, reg.flags & ~os.O_CLOEXEC & ~fcntl.FASYNC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ImageError("files.img", f"file id {entry.id} ({reg.name}): flags "
+                                      f"{reg.flags:#o}: {e.strerror}") from None
+    if not reg.flags & O_PATH:
+        opened = os.fstat(fd)
+        if reg.HasField("mode") and opened.st_mode != reg.mode:
+            os.close(fd)
+            raise ImageError("files.img", f"file id {entry.id} ({reg.name}): mode changed "
+                                          f"while opened: {reg.mode:o} -> {opened.st_mode:o}")
+        if not reg.flags & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     if reg.flags & fcntl.FASYNC:
         # open(2) keeps O_ASYNC without arming SIGIO; F_SETFL arms it.
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | fcntl.FASYNC)
@@ -367,10 +382,15 @@ def _prctl(option: int, arg: int) -> int:
 
 
 def _check_reg(file_id: int, reg) -> None:
-    """A REG entry's flags go to open(2) and its pos to lseek(2) as they are:
+    """A REG entry's name, flags and pos go to open(2) and lseek(2) as they are:
     refuse what no open file has (the kernel drops O_CREAT, O_EXCL, O_TRUNC
     and O_NOCTTY after open, so an image with them is not a dump) and an
     offset lseek cannot take."""
+    where = f"files.img: file id {file_id} ({reg.name!r})"
+    # names from /proc are absolute, without NUL (open(2) would end them there)
+    if not reg.name.startswith("/") or "\0" in reg.name:
+        raise ImageError(where, "name holds a NUL" if "\0" in reg.name else
+                         "name is not an absolute path")
     where = f"files.img: file id {file_id} ({reg.name})"
     if reg.flags & OPEN_ONLY:
         raise ImageError(where, f"flags {reg.flags:#o} hold open-time flags "
@@ -378,68 +398,6 @@ def _check_reg(file_id: int, reg) -> None:
     if reg.pos > MAX_OFF:
         raise ImageError(where, f"pos {reg.pos} is over the largest offset ({MAX_OFF})")
 
-
-def _dump_ghost(ctx, pid: int, fd: int, file_id: int, stat) -> None:
-    from engine.images.proto import files_pb2
-    if stat.st_size > GHOST_LIMIT:
-        raise ValueError(f"task {pid}: fd {fd}: deleted file of {stat.st_size} bytes is "
-                         f"over the ghost limit of {GHOST_LIMIT}")
-    with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
-        data = f.read()
-    ghost_id = ctx.new_id()
-    g = files_pb2.ghost_file_entry(uid=stat.st_uid, gid=stat.st_gid, mode=stat.st_mode,
-                                   dev=stat.st_dev & 0xFFFFFFFF, ino=stat.st_ino,
-                                   size=len(data))
-    g.atim.tv_sec, g.atim.tv_usec = int(stat.st_atime), stat.st_atime_ns // 1000 % 1000000
-    g.mtim.tv_sec, g.mtim.tv_usec = int(stat.st_mtime), stat.st_mtime_ns // 1000 % 1000000
-    ctx.images.write("ghost-file", [(g, data)], id=ghost_id)
-    ctx.stash.setdefault(REMAPS, {})[file_id] = ghost_id
-
-
-def _open_ghost(ctx, entry, ghost_id: int) -> int:
-    """Recreate a deleted file beside its old path, open it, delete it again."""
-    reg = entry.reg
-    image = f"ghost-file-{ghost_id}.img"
-    found = ctx.images.read("ghost-file", id=ghost_id)
-    if len(found) != 1 or found[0][0].chunks:
-        raise ImageError(image, "want one entry with the content after it "
-                                "(chunked ghosts are not supported)")
-    g, data = found[0]
-    if not st.S_ISREG(g.mode):
-        raise ImageError(image, f"mode {g.mode:o} is not a regular file's")
-    # Under its own name when that is free (what /proc/PID/fd shows then,
-    # deleted, is what it showed at dump), else beside it.
-    for tmp in (reg.name, f"{reg.name}.engine-ghost.{entry.id}"):
-        try:
-            # Private (0600, no set-id bits) while it has a name; its owner and
-            # mode are given only once it is unlinked, so nobody can open or
-            # exec the image's content through the path meanwhile. O_EXCL
-            # never follows a link.
-            rw = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            break
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise ImageError(image, f"cannot recreate {reg.name}: {e.strerror}") from None
-    else:
-        raise ImageError(image, f"cannot recreate {reg.name}: its name and "
-                                f"{tmp} are both taken")
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(rw, view):]
-        # The very inode made above, not whatever the path names by now.
-        fd = os.open(f"/proc/self/fd/{rw}", reg.flags & ~os.O_CLOEXEC)
-    finally:
-        os.unlink(tmp)
-    try:
-        os.fchown(rw, g.uid, g.gid)
-        os.fchmod(rw, st.S_IMODE(g.mode))
-    finally:
-        os.close(rw)
-    if reg.pos:
-        os.lseek(fd, reg.pos, os.SEEK_SET)
-    return fd
 
 def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     """kcmp(KCMP_FILE): 0 the same open file, 1 or 2 an order between them."""

@@ -45,7 +45,9 @@ def engine_dump_task(ctx, task):
 def engine_restore_collect(ctx, graph):
     for task in ctx.provided("tasks").alive:
         if not ctx.images.exists("fs", id=task.pid):
-            continue
+            # every live task's is written (CRIU's too): without it the task
+            # would get the engine's cwd and root
+            raise ImageError(f"fs-{task.pid}.img", "missing")
         fs = ctx.images.read_one("fs", id=task.pid)
         paths = {}
         for name in ("cwd", "root"):

@@ -117,6 +117,10 @@ def engine_restore_collect(ctx, graph):
                                               f"{entry.fifo.regf_id} is not a REG entry")
     if ctx.images.exists("pipes-data"):
         ctx.stash[DATA] = _read_data(ctx, "pipes-data")
+    elif any(entry.HasField("pipe") for entry in files.values()):
+        # written by every dump holding pipes, empty or not (CRIU too):
+        # without it every pipe would come back empty
+        raise ImageError("pipes-data.img", "missing, while files.img holds pipes")
     ends = ctx.stash[PIPE_FILES] = {}
     for file_id, entry in files.items():
         if entry.HasField("pipe"):

@@ -90,6 +90,7 @@ def engine_restore_collect(ctx, graph):
     from plugins.pstree.plan import plan
     entries = ctx.images.read("pstree")
     _validate(entries)
+    _whole(ctx, entries)
     exits = _zombies(ctx, entries)
     tree = TaskTree(entries=entries, exits=exits)
     nodes = plan(entries, dict(exits), _subreapers(ctx, entries), _pid_free,
@@ -221,6 +222,16 @@ def _validate(entries) -> None:
         seen.add(e.pid)
     # the root's ppid is ignored on restore: the engine (or its caller) is the parent
     entries[0].ppid = 0
+
+
+def _whole(ctx, entries) -> None:
+    """Every task the set holds a core image of is in pstree.img (issue 20:
+    one cut at an entry boundary restored part of the tree, exit 0)."""
+    tids = {e.pid for e in entries} | {t for e in entries for t in e.threads}
+    for tid in ctx.images.ids("core"):
+        if tid not in tids:
+            raise ImageError("pstree.img", f"no task or thread {tid}, whose core-{tid}.img "
+                                           "is in the set: entries are missing")
 
 
 def _subreapers(ctx, entries) -> set[int]:

@@ -25,7 +25,9 @@ refused, with or without the option.
 
 Restore (plugins/unix/restore.py): one graph node per socket or connected
 pair, in the first task holding it, after the nodes it connects to, so a
-name is bound (a stale socket file at the path is removed first) and a
+name is bound (plugins/unix/names.py: a stale socket file at the path is
+removed first, a live one or any other file refused, no symlink followed;
+after a failed restore the names it bound are removed) and a
 listener listens before any peer connects; pairs by socketpair, or by
 connect + accept when one end carries a listener's name; queued messages
 are sent again by the peer (a datagram socket's by a temporary sender),
@@ -96,6 +98,15 @@ def engine_restore_collect(ctx, graph):
     if any(e.HasField("usk") for e in ctx.provided("files").values()):
         from plugins.unix import collect as _collect
         _collect.collect(ctx, graph)
+
+
+@hookimpl
+def engine_restore_abort(ctx, error):
+    # The killed tasks' bound names are stale sockets now: none is left behind.
+    from plugins.unix import collect as _collect, names
+    from plugins.unix.dump import USK_EXTERN
+    names.remove_stale(_collect._path(u) for u in ctx.stash.get(_collect.SOCKS, {}).values()
+                       if u.name[:1] not in (b"", b"\0") and not u.uflags & USK_EXTERN)
 
 
 @hookimpl

@@ -21,6 +21,7 @@ from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
 
+from . import names
 from .dump import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TYPES, USK_EXTERN, SCM_MAX_FD
 
 QUEUES = StashKey()      # file id -> [(sk_packet_entry, bytes)]
@@ -118,8 +119,12 @@ def _check(fid: int, u, socks, by_ino, limits) -> None:
         if not os.path.isdir(os.path.dirname(path) or b"/"):
             raise ImageError(where, f"name: no directory {_printable(os.path.dirname(path))} "
                                     "to bind in")
-        if os.path.lexists(path) and not st.S_ISSOCK(os.lstat(path).st_mode):
+        found = names.state(path)
+        if found == names.OTHER:
             raise ImageError(where, f"name: {_printable(path)} exists and is not a socket")
+        if found == names.LIVE:
+            raise ImageError(where, f"name: {_printable(path)} is a live socket (a connect "
+                                    "to it is answered): it is not replaced")
     if u.type == socket.SOCK_STREAM or u.type == socket.SOCK_SEQPACKET:
         if u.state == TCP_ESTABLISHED and u.uflags & USK_EXTERN:
             raise ImageError(where, f"a connected {kind} socket cannot be external")
@@ -166,7 +171,8 @@ def _check(fid: int, u, socks, by_ino, limits) -> None:
 def _read_queues(ctx, socks, limits) -> dict[int, list]:
     queues: dict[int, list] = {}
     if not ctx.images.exists("sk-queues"):
-        return queues
+        # written by every dump holding unix sockets, empty or not (CRIU too)
+        raise ImageError("sk-queues.img", "missing, while files.img holds unix sockets")
     total: dict[int, int] = {}
     cap = 2 * max(limits["wmem_max"], limits["rmem_max"])
     for i, (p, data) in enumerate(ctx.images.read("sk-queues")):

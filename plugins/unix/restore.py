@@ -17,6 +17,7 @@ import struct
 from engine.images import ImageError
 from engine.stash import StashKey
 
+from . import names
 from .collect import FD_BASE, QUEUES, SOCKS, _limits, _path, _printable
 from .dump import TCP_ESTABLISHED, TCP_LISTEN, USK_EXTERN, SO_PASSCRED, SO_PEEK_OFF
 
@@ -133,22 +134,19 @@ def _bind_name(ctx, sock, fid, u) -> None:
         sock.bind(u.name)
         return
     path = _path(u)
-    try:
-        old = os.lstat(path)
-    except FileNotFoundError:
-        old = None
-    if old is not None:
-        if not st.S_ISSOCK(old.st_mode):
-            raise ValueError(f"unix socket id {fid}: {_printable(path)} exists and is "
-                             "not a socket")
-        os.unlink(path)
+    # checked at collect; checked again here, as it may have changed since
+    found = names.clear(path)
+    if found in (names.OTHER, names.LIVE):
+        what = "is not a socket" if found == names.OTHER else \
+            "is a live socket (a connect to it is answered)"
+        raise ValueError(f"unix socket id {fid}: {_printable(path)} exists and {what}")
     with _in_dir(u.name_dir if not u.name.startswith(b"/") else None):
         sock.bind(u.name)
     now = os.lstat(path)
     ctx.stash.setdefault(BOUND, {})[fid] = (now.st_dev, now.st_ino)
     if u.HasField("file_perms"):
-        os.chown(path, u.file_perms.uid, u.file_perms.gid)
-        os.chmod(path, st.S_IMODE(u.file_perms.mode))
+        names.set_owner(path, u.file_perms.uid, u.file_perms.gid,
+                        st.S_IMODE(u.file_perms.mode))
 
 
 @contextlib.contextmanager

@@ -386,3 +386,45 @@ def test_256mib_restored_over_itself_three_times(binaries, tmp_path, capsys):
         print(f"\nrestore of 256 MiB: median {statistics.median(times) * 1000:.0f} ms "
               f"({', '.join(f'{x * 1000:.0f}' for x in times)})")
     assert target.verdict() == "PASS"
+
+
+# --- bounds: no task can hang the tracer (issue 20) ---------------------------------
+
+_BOUND_SCRIPT = """
+import os, subprocess, sys, time
+from engine.tracer import TracerError
+from engine.tracer.task import Tracee
+p = subprocess.Popen(["sleep", "100"])
+t = Tracee.seize(p.pid)
+start = time.monotonic()
+try:
+    if sys.argv[1] == "faults":        # every instruction at ip faults (unmapped)
+        t.run_code(0x10000)
+    else:                              # `jmp .`: runs on, never stops
+        at = t.saved.ip & ~0xFFF
+        t.poke_text(at, b"\\xeb\\xfe")
+        t.run_code(at)
+    print("returned")
+except TracerError as e:
+    print(f"{time.monotonic() - start:.1f} {e}")
+finally:
+    p.kill()
+"""
+
+
+@pytest.mark.parametrize("how, want", [
+    ("faults", "never reached its int3 in 1000 stops (signals [11, 11, 11])"),
+    ("loops", "did not stop within 1 s"),
+])
+def test_a_task_that_never_stops_fails_in_bounded_time(how, want):
+    """Code that faults on every instruction (a 32-bit cs: the tracer spun
+    forever) or never stops: the tracer step fails in bounded time, naming
+    the task."""
+    import sys
+    env = dict(os.environ, ENGINE_STOP_TIMEOUT="1")
+    out = subprocess.run([sys.executable, "-c", _BOUND_SCRIPT, how], capture_output=True,
+                         text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    seconds, line = out.stdout.split(" ", 1)
+    assert want in line and "task " in line, out.stdout
+    assert float(seconds) < 5, out.stdout

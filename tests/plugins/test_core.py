@@ -281,3 +281,25 @@ def test_task_state_every_task_holds_cannot_be_disabled(dumped_counter, name):
     from engine.testing import engine_fails
     line = engine_fails("restore", "-D", dumped_counter[1], "--disable", name)
     assert line.endswith(f"plugin {name} cannot be disabled"), line
+
+
+@pytest.mark.parametrize("field, value, want", [
+    ("cs", 0x23, "thread_info.gpregs.cs 0x23 is not a native x86_64 selector (0x33)"),
+    ("ss", 0, "thread_info.gpregs.ss 0x0 is not a native x86_64 selector (0x2b)"),
+    ("ds", 0x7, "thread_info.gpregs.ds 0x7 is not a native x86_64 selector (0x0 or 0x2b)"),
+    ("fs", 0x2, "thread_info.gpregs.fs 0x2 is not a native x86_64 selector"),
+    ("gs_base", 1 << 63, f"thread_info.gpregs.gs_base {1 << 63:#x} is past the end of user"),
+    ("ip", 1 << 63, f"thread_info.gpregs.ip {1 << 63:#x} is past the end of user"),
+])
+def test_register_the_kernel_will_not_take_is_refused(dumped_counter, field, value, want):
+    """A 32-bit code segment (issue 20: cs 0x23 made the restore spin
+    forever), a selector PTRACE_SETREGS refuses, an LDT one, a base past
+    user space: refused before anything starts, in one line, in bounded time."""
+    from engine.testing import engine_fails, task_gone
+
+    def spoil(core, pid):
+        setattr(core.thread_info.gpregs, field, value)
+    pid = _spoiled_core(dumped_counter, spoil)
+    line = engine_fails("restore", "-D", dumped_counter[1], timeout=60)
+    assert task_gone(pid)
+    assert line.endswith(f"core-{pid}.img: {want}") or f"core-{pid}.img: {want}" in line, line

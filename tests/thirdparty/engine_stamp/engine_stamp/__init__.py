@@ -6,6 +6,7 @@ run inside the task, appending "task PID CWD" to the file given with
 --stamp-file (so a test can see the hook ran in the restored task's own
 context) and logging a warning (which must reach the engine's stderr, not
 the task's restored one); "finish" or "abort: ERROR" when the restore ends.
+With --stamp-hang its nodes never end.
 """
 import logging
 import os
@@ -31,6 +32,8 @@ def engine_dump_finish(ctx):
 @hookimpl
 def engine_addoption(parser):
     parser.add_argument("--stamp-file", help="where the stamp plugin writes")
+    parser.add_argument("--stamp-hang", action="store_true",
+                        help="its nodes never end (for the engine's bound on them)")
 
 
 @hookimpl
@@ -42,6 +45,9 @@ def engine_restore_collect(ctx, graph):
 
 @hookimpl
 def engine_restore_node(ctx, node):
+    if ctx.options.stamp_hang:
+        import time
+        time.sleep(3600)
     _write(ctx, f"task {os.getpid()} {os.getcwd()}")
     logging.getLogger("engine.plugins.stamp").warning("stamped task %d", os.getpid())
     return True
