@@ -6,8 +6,8 @@ refused at dump, or dropped on purpose with the reason.
 
 Dump: for every frozen task, before the other plugins write its images,
 this plugin refuses what the ledger says it refuses and the task holds, in
-one line naming the task and the state ("task 1234: seccomp (mode 2, 1
-filter): not supported yet"); the engine then lets the tree go untouched.
+one line naming the task and the state ("task 1234: I/O priority (class
+2, level 7): not supported yet"); the engine then lets the tree go untouched.
 What nothing restores comes back as the engine's own value (a restored task
 is a fork of it), so a per-task attribute is refused when it differs from
 the dumping engine's: personality, oom_score_adj, loginuid, sessionid,
@@ -17,7 +17,7 @@ read once per dump, then from the fdinfo of the task's fds on a locked
 inode. What only the task can ask (prctl: timer slack, TSC, machine-check
 policy, I/O flusher, speculation control, MDWE, KSM, THP) is asked by
 remote syscalls in the leader; other threads are checked through their
-/proc status (seccomp, no_new_privs, affinity, speculation) and scheduling.
+/proc status (affinity, speculation) and scheduling.
 Restore: nothing (the plugin owns no image). Essential: disabling it would
 drop the refusals silently.
 """
@@ -129,12 +129,6 @@ def _refuse(who, what: str, detail: str = "") -> None:
 
 
 def _check_status(who, status: dict[str, str], engine: Engine) -> None:
-    mode, filters = status.get("Seccomp", "0"), status.get("Seccomp_filters", "0")
-    if mode != "0":
-        plural = "" if filters == "1" else "s"
-        _refuse(who, "seccomp", f"mode {mode}, {filters} filter{plural}")
-    if status.get("NoNewPrivs", "0") != "0":
-        _refuse(who, "no_new_privs")
     if status.get("VmPin", "0 kB") != "0 kB":
         _refuse(who, "pinned pages (VmPin)", status["VmPin"])
     if status.get("Kthread", "0") != "0":
