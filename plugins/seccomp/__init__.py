@@ -228,10 +228,12 @@ def _tsync(pid: int, threads: dict) -> dict:
     chain, the leader's gets TSYNC and the others none (they take it from
     the leader's at restore, as the kernel shares one chain)."""
     leader = threads.get(pid)
-    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    if leader is None or leader.mode != MODE_FILTER or any(
-            threads.get(tid, ThreadSeccomp(0, False))[::2] != leader[::2] for tid in tids):
+    if leader is None or leader.mode != MODE_FILTER:
         return threads
+    for tid in (int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        other = threads.get(tid, ThreadSeccomp(MODE_DISABLED, False))
+        if (other.mode, other.chain) != (leader.mode, leader.chain):
+            return threads
     out = {tid: state._replace(mode=MODE_DISABLED, chain=()) for tid, state in threads.items()}
     out[pid] = leader._replace(chain=tuple((p, f | FLAG_TSYNC) for p, f in leader.chain))
     return out

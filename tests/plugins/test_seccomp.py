@@ -12,7 +12,10 @@ import pytest
 from engine.images import ImageDir
 from engine.testing import dump_to, engine_fails, reap_dumped_tree, task_gone
 
-from tests.plugins.test_rootless import engine_as_user, start_as_user, user_dir  # noqa: F401
+from tests.plugins import test_rootless as rootless
+from tests.plugins.test_rootless import engine_as_user, start_as_user
+
+user_dir = rootless.user_dir          # the fixture: a directory uid 1000 owns
 
 SECCOMP_FILTER_FLAG_TSYNC, SECCOMP_FILTER_FLAG_LOG = 1, 2
 MODE_FILTER = 2
@@ -160,7 +163,7 @@ def test_hostile_core_fields_are_refused(build_target, target_runner, tmp_path, 
 
 # --- as an ordinary user ------------------------------------------------------------
 
-def test_rootless_restores_no_new_privs(build_target, user_dir):  # noqa: F811
+def test_rootless_restores_no_new_privs(build_target, user_dir):
     exe = shutil.copy(build_target("sandbox", "static-nopie"), user_dir / "sandbox")
     target = start_as_user(exe, user_dir, "--nnp")
     img = user_dir / "img"
@@ -173,7 +176,7 @@ def test_rootless_restores_no_new_privs(build_target, user_dir):  # noqa: F811
     assert target.verdict() == "PASS", target.log()
 
 
-def test_rootless_refuses_a_filter_it_cannot_keep(build_target, user_dir):  # noqa: F811
+def test_rootless_refuses_a_filter_it_cannot_keep(build_target, user_dir):
     """Dumped by root, restored by the user with --rootless: the tracer
     could not suspend the filter for its last calls; refused, nothing left."""
     exe = shutil.copy(build_target("sandbox", "static-nopie"), user_dir / "sandbox")
