@@ -189,3 +189,15 @@ def test_rootless_refuses_a_filter_it_cannot_keep(build_target, user_dir):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "PTRACE_O_SUSPEND_SECCOMP" in lines[0] and "--rootless" in lines[0], lines[0]
+
+
+def test_user_dump_refuses_a_filter_it_cannot_read(build_target, user_dir):
+    """With CAP_CHECKPOINT_RESTORE only, the dump can neither read the
+    filters nor suspend them for its injected calls: refused, target kept."""
+    exe = shutil.copy(build_target("sandbox", "static-nopie"), user_dir / "sandbox")
+    target = start_as_user(exe, user_dir)
+    proc = engine_as_user("dump", "-t", target.pid, "-D", user_dir / "img", check=False)
+    assert proc.returncode != 0 and proc.stderr.strip() == (
+        f"engine: error: task {target.pid}: seccomp (mode 2) without CAP_SYS_ADMIN to "
+        "suspend it while the dump runs is not supported"), proc.stderr
+    assert target.verdict() == "PASS", target.log()
