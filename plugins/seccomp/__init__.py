@@ -79,6 +79,16 @@ class ThreadSeccomp(NamedTuple):
 _DUMPED: StashKey[dict[int, dict[int, ThreadSeccomp]]] = StashKey()   # pid -> tid -> state
 
 
+# --- registration ---------------------------------------------------------
+
+@hookimpl
+def engine_register_images(registry):
+    from engine.images.kinds import ImageKind
+    registry.register(ImageKind("seccomp", "seccomp.img", 0x64413049,
+                                "engine.images.proto.tree_pb2", "seccomp_entry",
+                                magic_name="SECCOMP"))
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl

@@ -142,6 +142,7 @@ def test_hostile_seccomp_image_is_refused(build_target, target_runner, tmp_path,
     ("seccomp_filter", 5, "thread_core.seccomp_filter 5: seccomp.img holds 2 filters"),
     ("no_new_privs", 3, "thread_core.creds.no_new_privs 3 is not 0 or 1"),
     ("seccomp_img", None, "thread_core.seccomp_filter: seccomp.img is missing"),
+    ("seccomp_mode", 7, "thread_core.seccomp_mode is not a mode Linux has"),
 ])
 def test_hostile_core_fields_are_refused(build_target, target_runner, tmp_path, field, value,
                                          want):
@@ -154,6 +155,13 @@ def test_hostile_core_fields_are_refused(build_target, target_runner, tmp_path, 
         core.thread_core.seccomp_filter = value
     elif field == "no_new_privs":
         core.thread_core.creds.no_new_privs = value
+    elif field == "seccomp_mode":
+        # protobuf keeps a value its enum lacks among the unknown fields:
+        # field 11, varint
+        tc = type(core.thread_core)()
+        tc.ParseFromString(core.thread_core.SerializeToString(deterministic=True)
+                           + bytes([11 << 3, value]))
+        core.thread_core.CopyFrom(tc)
     else:
         os.unlink(images.path("seccomp"))
     images.write("core", [core], id=target.pid)
