@@ -48,6 +48,16 @@ def test_stacked_filters_come_back(build_target, target_runner, dump_restore, tm
     assert newest.flags & SECCOMP_FILTER_FLAG_LOG and not oldest.flags & SECCOMP_FILTER_FLAG_LOG
 
 
+def test_filters_inherited_by_a_child_come_back(build_target, target_runner, dump_restore,
+                                               tmp_path):
+    """A child forked under both filters shares them with its parent: the
+    image holds the chain once, both tasks get it back and check it."""
+    target = target_runner.start(build_target("sandbox", "dynamic-pie"), "--fork")
+    img = tmp_path / "img"
+    assert dump_restore(target, img) == "PASS"
+    assert len(ImageDir(str(img)).read_one("seccomp").seccomp_filters) == 2
+
+
 def test_threads_with_different_filters_come_back(build_target, target_runner, dump_restore,
                                                   tmp_path):
     """Three threads share the getppid filter; one added its own (getpgrp:

@@ -3,7 +3,8 @@
  *       stacked filters under no_new_privs, the first making getppid fail
  *       with EL2HLT, the second (SECCOMP_FILTER_FLAG_LOG) killing the
  *       process on syslog(2), which a forked child tries (it must die of
- *       SIGSYS). --threads: two more threads, one adding its own filter
+ *       SIGSYS). --fork: a child inherits both and checks itself too.
+ *       --threads: two more threads, one adding its own filter
  *       (getpgrp fails with EDOM there only). --tsync: the filter is
  *       installed after the threads start, with SECCOMP_FILTER_FLAG_TSYNC.
  *       --strict: a second thread in strict mode, which answers over pipes.
@@ -191,6 +192,7 @@ int main(int argc, char **argv)
 	pthread_t strict;
 	const char *why;
 	int i, notify, dropcap;
+	pid_t child = 0;
 
 	tgt_init(argc, argv);
 	with_threads = tgt_flag("threads") || tgt_flag("tsync");
@@ -247,9 +249,26 @@ int main(int argc, char **argv)
 		drop_sys_admin();
 		want_nnp = "0";
 	}
+	if (tgt_flag("fork")) {
+		child = fork();
+		if (child < 0)
+			tgt_die("fork: %m");
+		if (child == 0) {
+			while (!tgt_stop)
+				pause();
+			_exit(check_self(2, 0) ? 1 : 0);
+		}
+	}
 	tgt_ready();
 	while (!tgt_stop)
 		pause();
+	if (child > 0) {
+		int status;
+
+		kill(child, SIGTERM);
+		tgt_check(waitpid(child, &status, 0) == child && WIFEXITED(status)
+			  && WEXITSTATUS(status) == 0, "the child's sandbox is not as inherited");
+	}
 	why = check_self(with_threads ? 1 : 2, 0);
 	tgt_check(!why, "main thread: %s", why);
 	if (with_threads) {
