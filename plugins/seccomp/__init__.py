@@ -10,7 +10,8 @@ and thread_core.creds.no_new_privs (field 18, set only when on).
 
 Dump: each thread's filters through PTRACE_SECCOMP_GET_FILTER, oldest
 first (the engine suspended the thread's seccomp when it froze it, so the
-syscalls the dump injects are not filtered). Threads with identical chains
+syscalls the dump injects are not filtered; a dump without CAP_SYS_ADMIN,
+which can do neither, is refused there). Threads with identical chains
 are written as CRIU does (try_use_tsync): the leader's chain with
 SECCOMP_FILTER_FLAG_TSYNC, the other threads without one (the leader's
 TSYNC gives it back to them); identical chains of several tasks are
@@ -287,9 +288,6 @@ class _Chains:
                                     f"{held} filters")
         chain, seen, total = [], set(), 0
         while True:
-            if index in seen:
-                raise ImageError("seccomp.img", f"seccomp_filters[{index}].prev: the chain "
-                                                "loops")
             seen.add(index)
             chain.append(self._filter(index))
             total += len(chain[-1][0]) // bpf.INSN.size + bpf.PATH_PENALTY
@@ -299,6 +297,9 @@ class _Chains:
             if entry.prev >= held:
                 raise ImageError("seccomp.img", f"seccomp_filters[{index}].prev {entry.prev}: "
                                                 f"seccomp.img holds {held} filters")
+            if entry.prev in seen:
+                raise ImageError("seccomp.img", f"seccomp_filters[{index}].prev {entry.prev}: "
+                                                "the chain loops")
             index = entry.prev
         if total > bpf.MAX_INSNS_PER_PATH:
             raise ImageError(image, f"thread_core.seccomp_filter: a chain of {total} "

@@ -135,7 +135,7 @@ def _loop(filters):
      "instructions"),
     (lambda fs: setattr(fs[1], "prev", 7),
      "seccomp.img: seccomp_filters[1].prev 7: seccomp.img holds 2 filters"),
-    (_loop, "seccomp.img: seccomp_filters[1].prev: the chain loops"),
+    (_loop, "seccomp.img: seccomp_filters[0].prev 1: the chain loops"),
     (lambda fs: setattr(fs[0], "flags", 8),
      "seccomp.img: seccomp_filters[0].flags 0x8: only TSYNC, LOG and SPEC_ALLOW come back"),
 ])
