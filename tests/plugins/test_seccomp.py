@@ -58,6 +58,15 @@ def test_filters_inherited_by_a_child_come_back(build_target, target_runner, dum
     assert len(ImageDir(str(img)).read_one("seccomp").seccomp_filters) == 2
 
 
+def test_filter_refusing_the_tracers_last_calls_comes_back(build_target, target_runner,
+                                                          dump_restore, tmp_path):
+    """munmap fails with EPERM under the leader's filter: the tracer's own
+    last calls (the scratch page's munmap, the parent-death signal) still
+    run, unfiltered, and the task keeps the filter."""
+    target = target_runner.start(build_target("sandbox", "static-nopie"), "--nomunmap")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
 def test_threads_with_different_filters_come_back(build_target, target_runner, dump_restore,
                                                   tmp_path):
     """Three threads share the getppid filter; one added its own (getpgrp:

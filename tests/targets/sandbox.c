@@ -4,6 +4,9 @@
  *       with EL2HLT, the second (SECCOMP_FILTER_FLAG_LOG) killing the
  *       process on syslog(2), which a forked child tries (it must die of
  *       SIGSYS). --fork: a child inherits both and checks itself too.
+ *       --nomunmap: a third filter makes munmap fail with EPERM, as the
+ *       engine's last calls into the restored task would (the scratch
+ *       page's munmap); they must not be filtered.
  *       --threads: two more threads, one adding its own filter
  *       (getpgrp fails with EDOM there only). --tsync: the filter is
  *       installed after the threads start, with SECCOMP_FILTER_FLAG_TSYNC.
@@ -245,6 +248,8 @@ int main(int argc, char **argv)
 		start_threads();
 	if (!with_threads && install(SYS_syslog, SECCOMP_RET_KILL_PROCESS, SECCOMP_FILTER_FLAG_LOG))
 		tgt_die("SECCOMP_SET_MODE_FILTER (kill, LOG): %m");
+	if (tgt_flag("nomunmap") && install(SYS_munmap, SECCOMP_RET_ERRNO | EPERM, 0))
+		tgt_die("SECCOMP_SET_MODE_FILTER (munmap): %m");
 	if (dropcap) {
 		drop_sys_admin();
 		want_nnp = "0";
@@ -269,7 +274,10 @@ int main(int argc, char **argv)
 		tgt_check(waitpid(child, &status, 0) == child && WIFEXITED(status)
 			  && WEXITSTATUS(status) == 0, "the child's sandbox is not as inherited");
 	}
-	why = check_self(with_threads ? 1 : 2, 0);
+	why = check_self(with_threads ? 1 : 2 + tgt_flag("nomunmap"), 0);
+	if (tgt_flag("nomunmap"))
+		tgt_check(fails_with(syscall(SYS_munmap, 0x10000, 4096), EPERM),
+			  "munmap does not fail with EPERM");
 	tgt_check(!why, "main thread: %s", why);
 	if (with_threads) {
 		for (i = 0; i < NTHREADS; i++) {
