@@ -139,6 +139,7 @@ def engine_dump_finish(ctx):
             ctx.images.write("core", [core], id=tid)
     if filters:
         ctx.images.write("seccomp", [tree_pb2.seccomp_entry(seccomp_filters=filters)])
+    log.debug("seccomp: %d filters for %d chains", len(filters), len(placed))
 
 
 # --- restore -----------------------------------------------------------------
