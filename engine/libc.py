@@ -32,7 +32,8 @@ SYS = {
     "timer_gettime": 224, "timer_getoverrun": 225, "openat": 257, "set_robust_list": 273,
     "get_robust_list": 274, "timerfd_create": 283, "timerfd_settime": 286,
     "signalfd4": 289, "rt_tgsigqueueinfo": 297, "prlimit64": 302,
-    "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "rseq": 334,
+    "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "seccomp": 317,
+    "rseq": 334,
     "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "pidfd_open": 434,
     "clone3": 435, "openat2": 437, "pidfd_getfd": 438, "mount_setattr": 442,
 }

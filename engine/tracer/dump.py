@@ -31,6 +31,7 @@ PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
 CHUNK = 64 << 20          # bytes read per process_vm_readv batch
 MAP_GROWSDOWN = 0x100
 SPECIAL = m.VMA_AREA_VSYSCALL | m.VMA_AREA_VVAR | m.VMA_AREA_VDSO
+PTRACE_O_SUSPEND_SECCOMP = 1 << 21
 
 
 def zombie_status(pid: int) -> int | None:
@@ -49,6 +50,7 @@ def freeze(pid: int) -> Tracee:
     leader = Tracee.seize(pid)
     leader.was_stopped = stopped
     try:
+        _suspend_seccomp(leader)
         seen = {pid}
         while True:
             new = [t for t in sorted(int(x) for x in os.listdir(f"/proc/{pid}/task"))
@@ -62,9 +64,30 @@ def freeze(pid: int) -> Tracee:
                 except b.TracerError as e:
                     if e.errno != errno.ESRCH:    # the thread exited meanwhile
                         raise
+                    continue
+                _suspend_seccomp(leader.others[-1])
     except BaseException:
         leader.detach()
         raise
+
+
+def _suspend_seccomp(t: Tracee) -> None:
+    """A thread under seccomp (strict mode or filters) runs the syscalls the
+    dump injects unfiltered (PTRACE_O_SUSPEND_SECCOMP, as CRIU's compel
+    does): a filter may kill or fail them. Until the detach; the option
+    needs CAP_SYS_ADMIN, without which the dump is refused."""
+    with open(f"/proc/{t.pid}/status") as f:
+        mode = next((line.split()[1] for line in f if line.startswith("Seccomp:")), "0")
+    if mode == "0":
+        return
+    try:
+        b.ptrace(b.PTRACE_SETOPTIONS, t.pid, 0, PTRACE_O_SUSPEND_SECCOMP,
+                 "PTRACE_O_SUSPEND_SECCOMP")
+    except b.TracerError as e:
+        if e.errno != errno.EPERM:
+            raise
+        raise b.NotSupportedError(t.pid, f"seccomp (mode {mode}) without CAP_SYS_ADMIN to "
+                                         "suspend it while the dump runs") from e
 
 
 def collect_task(t: Tracee) -> m.TaskState:

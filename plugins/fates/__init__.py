@@ -6,8 +6,8 @@ refused at dump, or dropped on purpose with the reason.
 
 Dump: for every frozen task, before the other plugins write its images,
 this plugin refuses what the ledger says it refuses and the task holds, in
-one line naming the task and the state ("task 1234: seccomp (mode 2, 1
-filter): not supported yet"); the engine then lets the tree go untouched.
+one line naming the task and the state ("task 1234: I/O priority (class
+2, level 7): not supported yet"); the engine then lets the tree go untouched.
 What nothing restores comes back as the engine's own value (a restored task
 is a fork of it), so a per-task attribute is refused when it differs from
 the dumping engine's: sessionid, cgroup, LSM label, cgroup and time
@@ -15,9 +15,9 @@ namespaces (plugins sched, oom, loginuid and mmflags restore scheduling,
 affinity, timer slack, oom_score_adj, login uid, coredump filter, THP and
 dumpable; plugins.file_locks the file locks). What only the task can
 ask (prctl: TSC, machine-check policy, I/O flusher, speculation control,
-MDWE, KSM) is asked by remote syscalls in the leader; other threads are checked through their /proc status
-(seccomp, no_new_privs, speculation) and scheduling (uclamp, core
-scheduling cookie).
+MDWE, KSM) is asked by remote syscalls in the leader; other threads are
+checked through their /proc status (speculation) and scheduling (uclamp,
+core scheduling cookie). plugins.seccomp restores seccomp and no_new_privs.
 Restore: nothing (the plugin owns no image). Essential: disabling it would
 drop the refusals silently.
 """
@@ -122,12 +122,6 @@ def _refuse(who, what: str, detail: str = "") -> None:
 
 
 def _check_status(who, status: dict[str, str], engine: Engine) -> None:
-    mode, filters = status.get("Seccomp", "0"), status.get("Seccomp_filters", "0")
-    if mode != "0":
-        plural = "" if filters == "1" else "s"
-        _refuse(who, "seccomp", f"mode {mode}, {filters} filter{plural}")
-    if status.get("NoNewPrivs", "0") != "0":
-        _refuse(who, "no_new_privs")
     if status.get("VmPin", "0 kB") != "0 kB":
         _refuse(who, "pinned pages (VmPin)", status["VmPin"])
     if status.get("Kthread", "0") != "0":

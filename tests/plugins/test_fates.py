@@ -166,15 +166,6 @@ def _refused(target, tmp_path) -> str:
     return line
 
 
-@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
-def test_seccomp_filter_is_refused_and_target_untouched(build_target, target_runner,
-                                                        tmp_path, variant):
-    target = target_runner.start(build_target("seccomp", variant))
-    line = _refused(target, tmp_path)
-    assert line.endswith(f"task {target.pid}: seccomp (mode 2, 1 filter): not supported yet"), line
-    assert target.verdict() == "PASS"
-
-
 def _set_nice(pid):
     os.setpriority(os.PRIO_PROCESS, pid, 7)
 
