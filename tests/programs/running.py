@@ -51,6 +51,20 @@ def start(argv: list[str], workdir: Path, port: int) -> Target:
         time.sleep(0.01)
 
 
+def wait_closed(port: int, timeout: float = 10.0) -> None:
+    """Until the program has closed every connection to `port` our clients
+    closed: one left in CLOSE_WAIT, its peer outside the tree, would be
+    refused at dump."""
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["ss", "-tnH", "state", "established", "state", "close-wait",
+                          "sport", "=", f":{port}"],
+                         capture_output=True, text=True, check=True).stdout.strip():
+        if time.monotonic() > deadline:
+            pytest.fail(f"connections to port {port} still open after {timeout} s",
+                        pytrace=False)
+        time.sleep(0.01)
+
+
 class Restored:
     """A restored program's root, our child as subreaper (not Popen's): for
     engine.testing.dump_to to dump it again."""
@@ -99,7 +113,8 @@ def refused_restore_leaves_nothing(images_dir: Path, pids: list[int], port: int)
 
 
 def _unlock(images_dir: Path) -> None:
-    """The dump's network lock, never lifted by a restore that failed."""
+    """Whatever the dump left in the network lock, lifted for the next tests
+    (a restore that fails at collect leaves it, as sk_inet's tests show)."""
     from engine.images import ImageDir
     from plugins.sk_inet import netlock
     from plugins.sk_inet.inet import connections

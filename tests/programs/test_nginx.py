@@ -107,6 +107,7 @@ def test_nginx_master_workers_and_a_keepalive_connection(tmp_path):
     # ...and new connections, by the restored workers.
     assert {_served_by(port) for _ in range(8)} <= workers
     held.close()
+    running.wait_closed(port)
 
     # A restore of a spoilt image set leaves nothing running, the port free.
     images = dump_to(running.Restored(target.pid), tmp_path / "again")

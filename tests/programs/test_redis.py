@@ -99,6 +99,7 @@ def test_redis_keeps_its_keys_and_its_client(tmp_path):
     assert fresh.call("GET", "key:17") == keys["key:17"]
     held.close()
     fresh.close()
+    running.wait_closed(port)
 
     # A restore of a spoilt image set leaves nothing running, the port free.
     images = dump_to(running.Restored(target.pid), tmp_path / "again")
