@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything `engine` needs on a fresh Debian machine, as root:
 # Debian's criu package (only for `crit`, which checks our images), gcc for
-# the test targets, and a venv in .venv with engine installed editable.
+# the test targets, redis-server, redis-tools and nginx-light for the tests
+# with real programs, and a venv in .venv with engine installed editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v nft >/dev/null \
@@ -10,6 +11,29 @@ if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v n
     apt-get update -qq
     # tmux: the terminal acceptance test (tests/programs/test_tmux.py)
     apt-get install -y -qq criu gcc libc6-dev nftables iproute2 tmux >/dev/null
+fi
+# The real programs tests/programs/ checkpoint: each test starts its own in
+# the foreground from a temporary config, so the packages' services must not
+# start: a policy-rc.d answering 101 ("action forbidden") keeps invoke-rc.d
+# from starting them, removed after (one already there, as in a container
+# image, is left alone).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
+        || ! command -v nginx >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    policy=/usr/sbin/policy-rc.d
+    ours=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        ours=1
+        trap 'rm -f "$policy"' EXIT
+    fi
+    apt-get update -qq
+    apt-get install -y -qq redis-server redis-tools nginx-light >/dev/null
+    if [ -n "$ours" ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -178,6 +178,15 @@ def engine_restore_file(ctx, entry):
         restore.after_bind(sock, i)
         if uid != os.geteuid():
             owner.check_owner(sock, i, uid)
+    except OSError as e:
+        sock.close()
+        # The kernel refusing an image's value (an address no interface
+        # has...): name the socket, as a refusal at collect does.
+        from engine.images import ImageError
+        from plugins.sk_inet.inet import addr
+        raise ImageError("files.img", f"inet socket id {entry.id} ({STATES.get(i.state, i.state)}"
+                                      f" on {addr(i.family, i.src_addr)} port {i.src_port}): "
+                                      f"{e.strerror or e}") from None
     except BaseException:
         sock.close()
         raise

@@ -4,7 +4,7 @@ Dump: a ``socket:[INODE]`` fd that sock_diag (pyroute2) lists as AF_UNIX
 becomes a UNIXSK entry: type, state, peer inode, name (a path, relative
 ones with ``name_dir``, or an abstract name), ``deleted`` when the bound path
 is gone, shutdown, backlog, SO_SNDBUF/SO_RCVBUF, SO_PASSCRED, SO_PEEK_OFF,
-timeouts, O_NONBLOCK. Stream, dgram and seqpacket; unbound or bound;
+timeouts, O_NONBLOCK, O_ASYNC (its SIGIO owner, fown, is the files plugin's). Stream, dgram and seqpacket; unbound or bound;
 listening, connected (socketpair, connect/accept, dgram connected to a
 bound socket), or with a closed peer. A connection not yet accepted is
 dumped as its client, whose peer is the listener (the kernel gives the

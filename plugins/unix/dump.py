@@ -113,7 +113,9 @@ def describe(ctx, pid: int, fd: int, ino: int, where: str):
     entry = files_pb2.file_entry(type=files_pb2.UNIXSK, id=0)
     u = entry.usk
     u.id, u.ino, u.type, u.state, u.peer = 0, ino, d.type, state, peer
-    u.flags = fdinfo(pid, fd)["flags"] & (os.O_NONBLOCK | os.O_ACCMODE)
+    # O_ASYNC with the fown the files plugin fills: nginx arms SIGIO on its
+    # channels (criu/sk-unix.c keeps ue->flags whole).
+    u.flags = fdinfo(pid, fd)["flags"] & (os.O_NONBLOCK | os.O_ACCMODE | os.O_ASYNC)
     u.uflags, u.name = 0, name
     u.backlog = d.wqueue if state == TCP_LISTEN else 0
     u.shutdown = d.shutdown & 3

@@ -256,9 +256,10 @@ def _finish(sock, u) -> None:
         except OSError as e:
             if e.errno != errno.ENOTCONN:      # nothing left to shut
                 raise
+    # F_SETFL arms O_ASYNC (SIGIO to the owner the files plugin sets).
+    kept = os.O_NONBLOCK | os.O_ASYNC
     flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
-    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL,
-                (flags & ~os.O_NONBLOCK) | (u.flags & os.O_NONBLOCK))
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, (flags & ~kept) | (u.flags & kept))
 
 
 def _unlink_deleted(ctx, fid) -> None:

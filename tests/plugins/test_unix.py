@@ -271,3 +271,11 @@ def test_dump_leaves_queues_and_peek_offsets_as_they_were(build_target, target_r
     target = target_runner.start(build_target(name))
     engine_cli("dump", "-t", target.pid, "-D", tmp_path / "img", "--leave-running")
     assert target.verdict() == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_o_async_and_its_owner(build_target, target_runner, dump_restore, tmp_path, variant):
+    """O_ASYNC (nginx's channels arm it by FIOASYNC) comes back with the
+    SIGIO owner and signal: a write after restore signals the owner."""
+    target = target_runner.start(build_target("unixasync", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
