@@ -284,7 +284,8 @@ def _vma_from_maps_line(pid: int, head) -> m.Vma:
             if name == "[heap]":
                 v.status |= m.VMA_AREA_HEAP
     else:
-        if name.endswith(" (deleted)"):
+        # A memfd's name always reads deleted: the memfd plugin claims it.
+        if name.endswith(" (deleted)") and not name.startswith("/memfd:"):
             raise b.NotSupportedError(pid, f"VMA {lo:#x}-{hi:#x}: a deleted mapped file "
                                            f"({name[:-len(' (deleted)')]})")
         v.path = name

@@ -158,7 +158,7 @@ FD_KINDS = {
     "epoll": restored("epoll"),
     "signalfd": restored("signalfd"),
     "timerfd": restored("timerfd"),
-    "memfd": refused("memfd"),            # files would take it for a deleted file
+    "memfd": restored("memfd"),
     "io_uring": refused(UNKNOWN_FD, by="files"),
     "inotify": refused(UNKNOWN_FD, by="files"),
     "fanotify": refused(UNKNOWN_FD, by="files"),
@@ -185,7 +185,8 @@ MAPPINGS = {
     "named anonymous memory ([anon:NAME], PR_SET_VMA)": refused("named anonymous memory"),
     "hugetlb": refused("a hugetlb mapping", by="mem"),
     "VM_IO, VM_PFNMAP": refused("a VM_IO or VM_PFNMAP mapping", by="mem"),
-    "deleted mapped file (memfd included)": refused("a deleted mapped file", by="mem"),
+    "memfd mapping": restored("memfd"),
+    "deleted mapped file": refused("a deleted mapped file", by="mem"),
     "NUMA memory policy (mbind, set_mempolicy)": refused("NUMA memory policy"),
 }
 

@@ -153,6 +153,8 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         return None           # sockets, pipes, anon inodes: other plugins' business
     if st.S_ISFIFO(stat.st_mode) or st.S_ISSOCK(stat.st_mode):
         return None           # FIFOs are the pipes plugin's; a socket path is no file
+    if link.startswith("/memfd:") and link.endswith(DELETED):
+        return None           # the memfd plugin's (its name always reads deleted)
     if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")

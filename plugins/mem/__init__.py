@@ -29,6 +29,7 @@ MAPPED_FILES = StashKey()
 PAGES_IDS = StashKey()
 SHARED_ANON = StashKey()      # shmid -> the first task's mapping of it
 
+VMA_AREA_MEMFD = 1 << 14      # criu/include/image.h: shmid names a MEMFD file entry
 MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
              "mm_start_stack", "mm_start_brk", "mm_brk", "mm_arg_start", "mm_arg_end",
              "mm_env_start", "mm_env_end")
@@ -63,7 +64,9 @@ def engine_dump_task(ctx, task):
     if mm.exe:
         entry.exe_file_id = _file_id(ctx, mm.exe)
     for vma in mm.vmas:
-        v = entry.vmas.add(shmid=0, fd=-1, **{f: getattr(vma, f) for f in VMA_FIELDS})
+        # A memfd mapping was claimed by the memfd plugin (status, shmid).
+        v = entry.vmas.add(shmid=vma.shmid if vma.status & VMA_AREA_MEMFD else 0, fd=-1,
+                           **{f: getattr(vma, f) for f in VMA_FIELDS})
         if vma.path:
             v.shmid = _file_id(ctx, vma.path)
     ctx.images.write("mm", [entry], id=task.pid)
@@ -135,7 +138,13 @@ def _mm_state(ctx, mm, image: str):
             raise ImageError(_where(image, i, v), "overlaps the previous VMA")
         prev_end = v.end
         path = None
-        if v.shmid and v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+        if v.status & VMA_AREA_MEMFD:
+            # the memfd the memfd plugin remade, by the file id it names
+            path = ctx.provided("memfd").get(v.shmid)
+            if path is None or not v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+                raise ImageError(_where(image, i, v), f"shmid {v.shmid} is not a memfd of "
+                                                      "files.img")
+        elif v.shmid and v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             entry = ctx.provided("files").get(v.shmid)
             if entry is None or not entry.HasField("reg"):
                 raise ImageError(_where(image, i, v), f"shmid {v.shmid} is not a file "
