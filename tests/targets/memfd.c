@@ -5,7 +5,8 @@
  *       child echoes a word of the last page: each sees the other's writes
  *       after restore) and MAP_PRIVATE (a private
  *       write kept, not seen through the fd, unwritten pages still follow
- *       the file); a second memfd only mapped (its fd closed); the first
+ *       the file); a second open file on it (its own offset); a second
+ *       memfd only mapped (its fd closed); the first
  *       memfd and a third one (held by no fd) in flight in an AF_UNIX
  *       queue. --hugetlb: a hugetlb memfd instead (refused at dump). */
 #include "target.h"          /* first: it defines _GNU_SOURCE (memfd_create, F_ADD_SEALS) */
@@ -143,7 +144,8 @@ static void check_first(int mfd)
 
 int main(int argc, char **argv)
 {
-	int mfd, mfd2, mfd3, sk[2], got, status, ok;
+	int mfd, mfd2, mfd3, again, sk[2], got, status, ok;
+	struct stat a, b;
 	unsigned char *pv, *only;
 	unsigned long token, i;
 	char buf[32];
@@ -170,6 +172,11 @@ int main(int argc, char **argv)
 	}
 	if (fcntl(mfd, F_ADD_SEALS, SEALS) || lseek(mfd, POS, SEEK_SET) != POS)
 		tgt_die("seal: %m");
+	/* A second open file on the same memfd: its own offset and mode. */
+	snprintf(buf, sizeof(buf), "/proc/self/fd/%d", mfd);
+	again = open(buf, O_RDONLY);
+	if (again < 0 || lseek(again, 99, SEEK_SET) != 99)
+		tgt_die("reopen: %m");
 	sh = mmap(NULL, PAGES * PG, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
 	pv = mmap(NULL, PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, mfd, 0);
 	if (ftruncate(mfd2, 2 * PG) || pwrite(mfd2, "only-mapped", 11, PG) != 11)
@@ -194,6 +201,9 @@ int main(int argc, char **argv)
 	while (!tgt_stop)
 		tgt_msleep(5);
 	check_first(mfd);
+	tgt_check(fstat(mfd, &a) == 0 && fstat(again, &b) == 0 && a.st_ino == b.st_ino &&
+		  lseek(again, 0, SEEK_CUR) == 99 && (fcntl(again, F_GETFL) & O_ACCMODE) == O_RDONLY,
+		  "the second open file is not on the same memfd with its own offset and mode");
 	tgt_check(pread(mfd, buf, 12, PG) == 12 && !memcmp(buf, "shared-write", 12),
 		  "the shared write is not in the memfd");
 	tgt_check(!memcmp(pv + PG, "private-cow", 11), "the private copy is lost");
