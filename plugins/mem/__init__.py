@@ -4,6 +4,10 @@ Dump: every VMA of the task as CRIU classifies it (criu/proc_parse.c), the
 mm fields and auxv, and the content of every present page that is the task's
 own (anonymous, or a private copy of a file page); file-backed VMAs name
 their file through a REG entry of files.img (vma.shmid), as does the exe.
+A mapping another plugin claimed before (its path cleared, its file id in
+shmid) is written as claimed: a memfd's (memfd), a deleted file's (files:
+a ghost, which restore maps from ``mapped-ghosts``); a deleted mapped file
+nobody claimed is refused.
 Restore: in the tracer, after every task-side node: the task's own mappings
 are replaced by the dumped ones and the pages written in from the mmap'd
 pages file (criu/pie/restorer.c does the same from a blob). A VMA outside
@@ -57,6 +61,7 @@ def engine_dump_task(ctx, task):
     from engine.images.pagemap import PagemapWriter
     from engine.images.proto import mm_pb2
     from engine.tracer import dump_pages
+    from engine.tracer.model import VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
     mm = task.state.mm
     entry = mm_pb2.mm_entry(**{f: getattr(mm, f) for f in MM_FIELDS})
@@ -64,9 +69,15 @@ def engine_dump_task(ctx, task):
     if mm.exe:
         entry.exe_file_id = _file_id(ctx, mm.exe)
     for vma in mm.vmas:
-        # A memfd mapping was claimed by the memfd plugin (status, shmid).
-        v = entry.vmas.add(shmid=vma.shmid if vma.status & VMA_AREA_MEMFD else 0, fd=-1,
+        # A file mapping a plugin claimed (a memfd, a deleted file) has no
+        # path left, and its file id in shmid.
+        claimed = vma.path is None and vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)
+        v = entry.vmas.add(shmid=vma.shmid if claimed else 0, fd=-1,
                            **{f: getattr(vma, f) for f in VMA_FIELDS})
+        if vma.path and vma.path.endswith(" (deleted)"):
+            # no plugin claimed it (files saves a deleted file as a ghost)
+            raise ValueError(f"task {task.pid}: VMA {vma.start:#x}-{vma.end:#x}: a deleted "
+                             f"mapped file ({vma.path}): not supported")
         if vma.path:
             v.shmid = _file_id(ctx, vma.path)
     ctx.images.write("mm", [entry], id=task.pid)
@@ -149,7 +160,8 @@ def _mm_state(ctx, mm, image: str):
             if entry is None or not entry.HasField("reg"):
                 raise ImageError(_where(image, i, v), f"shmid {v.shmid} is not a file "
                                                       "of files.img")
-            path = entry.reg.name
+            # a deleted file's ghost, remade by the files plugin
+            path = ctx.provided("mapped-ghosts").get(v.shmid, entry.reg.name)
         # Vma's fields in order: VMA_FIELDS, shmid, path.
         vmas.append(Vma(v.start, v.end, v.pgoff, v.prot, v.flags, v.status, v.madv,
                         v.shmid, path))
