@@ -186,7 +186,9 @@ MAPPINGS = {
     "hugetlb": refused("a hugetlb mapping", by="mem"),
     "VM_IO, VM_PFNMAP": refused("a VM_IO or VM_PFNMAP mapping", by="mem"),
     "memfd mapping": restored("memfd"),
-    "deleted mapped file": refused("a deleted mapped file", by="mem"),
+    "deleted mapped file": restored("files"),
+    "deleted file both mapped and held open": refused("a deleted file both mapped and held open",
+                                                      by="files"),
     "NUMA memory policy (mbind, set_mempolicy)": refused("NUMA memory policy"),
 }
 

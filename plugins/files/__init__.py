@@ -37,7 +37,7 @@ such ghost once, in the engine at collect, and publishes it as the
 resource ``mapped-ghosts`` (file id -> /proc/ENGINE/fd/N), from which the
 mem plugin maps it: every mapping of it is one inode again. A deleted file
 both mapped and held open is refused at dump (the fd's ghost and the
-mapping's would be two inodes).
+mapping's would be two inodes). (plugins/files/mapped.py)
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo, room_for
 from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
+from plugins.files import mapped
 
 log = logging.getLogger("engine.plugins.files")
 
@@ -63,10 +64,6 @@ log = logging.getLogger("engine.plugins.files")
 SEEN = StashKey()
 SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
 REMAPS = StashKey()         # file id -> ghost id (dump: to write; restore: read)
-# dump: (st_dev, st_ino) -> file id of a deleted mapped file, and -> the
-# task fd holding a deleted file open
-MAPPED_GHOSTS, HELD_GHOSTS = StashKey(), StashKey()
-ENGINE_GHOSTS = StashKey()  # restore: file id -> the engine's fd on its remade ghost
 OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with an owner
 GHOST_LIMIT = 16 << 20
 DELETED = " (deleted)"
@@ -122,7 +119,7 @@ def engine_dump_task(ctx, task):
         os.close(pidfd)
     files_id = task.ids.setdefault("files_id", ctx.new_id())
     ctx.images.write("fdinfo", entries, id=files_id)
-    _claim_deleted_maps(ctx, task)
+    mapped.claim_deleted_maps(ctx, task)
 
 
 def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
@@ -151,7 +148,7 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
             file_id, ftype = add_file(ctx, entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
                 _dump_ghost(ctx, f"task {pid}: fd {fd}", f"/proc/{pid}/fd/{fd}", file_id, stat)
-                ctx.stash.setdefault(HELD_GHOSTS, {})[stat.st_dev, stat.st_ino] = (pid, fd)
+                mapped.held_ghost(ctx, stat, pid, fd)
             fown = _fown_of(entry)
             if fown is not None and not info["flags"] & O_PATH:
                 _dump_owner(copy, fown)
@@ -183,12 +180,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 @hookimpl
 def engine_dump_finish(ctx):
     from engine.images.proto import files_pb2
-    held = ctx.stash.get(HELD_GHOSTS, {})
-    for key, file_id in ctx.stash.get(MAPPED_GHOSTS, {}).items():
-        if key in held:
-            name = next(e.reg.name for e in ctx.entries("files") if e.id == file_id)
-            raise ValueError(f"task {held[key][0]}: fd {held[key][1]}: {name}{DELETED}: a "
-                             "deleted file both mapped and held open: not supported yet")
+    mapped.refuse_mapped_and_held(ctx)
     remaps = ctx.stash.get(REMAPS, {})
     if remaps:
         ctx.images.write("remap-fpath", [
@@ -253,7 +245,7 @@ def engine_restore_collect(ctx, graph):
                             for pid, table, _ in tables}
     ctx.provide("fds", FdTables(tables={pid: table for pid, table, _ in tables},
                                 first_user=first_user))
-    _remake_mapped_ghosts(ctx, files, first_user)
+    mapped.remake_mapped_ghosts(ctx, files, first_user)
     for pid, table, needs in tables:
         ids = sorted({file_id for _, file_id, _ in table})
         graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",
@@ -307,12 +299,12 @@ def engine_restore_node(ctx, node):
 
 @hookimpl
 def engine_restore_finish(ctx):
-    _close_engine_ghosts(ctx)
+    mapped.close_engine_ghosts(ctx)
 
 
 @hookimpl
 def engine_restore_abort(ctx, error):
-    _close_engine_ghosts(ctx)
+    mapped.close_engine_ghosts(ctx)
 
 
 @hookimpl
@@ -409,49 +401,6 @@ def _check_reg(file_id: int, reg) -> None:
                                 f"{reg.flags & OPEN_ONLY:#o}, which no open file keeps")
     if reg.pos > MAX_OFF:
         raise ImageError(where, f"pos {reg.pos} is over the largest offset ({MAX_OFF})")
-
-
-def _claim_deleted_maps(ctx, task) -> None:
-    """Files deleted while mapped: a REG entry and a ghost per inode, named
-    by each VMA's shmid (path None: claimed, the mem plugin writes shmid)."""
-    claimed = ctx.stash.setdefault(MAPPED_GHOSTS, {})
-    for vma in task.state.mm.vmas:
-        if not vma.path or not vma.path.endswith(DELETED) or vma.path.startswith("/memfd:"):
-            continue                      # a memfd's name reads deleted: its plugin's
-        where = f"task {task.pid}: VMA {vma.start:#x}-{vma.end:#x} ({vma.path})"
-        mapped = f"/proc/{task.pid}/map_files/{vma.start:x}-{vma.end:x}"
-        stat = os.stat(mapped)
-        if not st.S_ISREG(stat.st_mode):
-            raise ValueError(f"{where}: only regular files can be restored deleted")
-        key = (stat.st_dev, stat.st_ino)
-        if key not in claimed:
-            from engine.images.entries import regular_file
-            entry = regular_file(vma.path[:-len(DELETED)], stat, flags=os.O_RDONLY, pos=0)
-            claimed[key] = add_file(ctx, entry)
-            _dump_ghost(ctx, where, mapped, claimed[key], stat)
-        vma.shmid, vma.path = claimed[key], None
-
-
-def _remake_mapped_ghosts(ctx, files: dict, first_user: dict) -> None:
-    """The ghosts no fd table holds (a deleted mapped file's), remade here
-    once, for the mem plugin to map from the engine's fd."""
-    made = ctx.stash[ENGINE_GHOSTS] = {}
-    try:
-        for file_id in ctx.stash.get(REMAPS, {}):
-            entry = files.get(file_id)
-            if file_id not in first_user and entry is not None and entry.HasField("reg"):
-                made[file_id] = _open_ghost(ctx, entry, ctx.stash[REMAPS][file_id])
-    except BaseException:
-        _close_engine_ghosts(ctx)
-        raise
-    me = os.getpid()
-    ctx.provide("mapped-ghosts", {file_id: f"/proc/{me}/fd/{fd}" for file_id, fd in made.items()})
-
-
-def _close_engine_ghosts(ctx) -> None:
-    for fd in ctx.stash.get(ENGINE_GHOSTS, {}).values():
-        os.close(fd)
-    ctx.stash[ENGINE_GHOSTS] = {}
 
 
 def _dump_ghost(ctx, where: str, path: str, file_id: int, stat) -> None:
