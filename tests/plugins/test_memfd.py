@@ -103,3 +103,11 @@ def test_hostile_memfd_images_are_refused(build_target, target_runner, engine_cl
     if how == "inode naming nothing":
         assert "inode_id 77 is not in memfd.img" in line, line
     assert task_gone(target.pid)
+
+
+def test_big_memfd_mapping_comes_back_word_for_word(build_target, target_runner, dump_restore,
+                                                    tmp_path):
+    """bigmem's buffer in a memfd mapped MAP_SHARED (fd closed): 64 MiB, each
+    word checked (bench/memfd.py times it against anonymous memory)."""
+    target = target_runner.start(build_target("bigmem"), "--mib", "64", "--memfd")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
