@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat as st
+import weakref
 
 from engine.images.entries import add_file, regular_file
 from engine.stash import StashKey
@@ -47,6 +48,9 @@ def remake_mapped_ghosts(ctx, files: dict, first_user: dict) -> None:
     once, for the mem plugin to map from the engine's fd."""
     from plugins.files import REMAPS, _open_ghost
     made = ctx.stash[ENGINE_GHOSTS] = {}
+    # Closed at finish or abort; should the restore stop before either
+    # (a later plugin's collect refusing), when the context goes.
+    weakref.finalize(ctx, _close_fds, made)
     try:
         for file_id in ctx.stash.get(REMAPS, {}):
             entry = files.get(file_id)
@@ -60,9 +64,13 @@ def remake_mapped_ghosts(ctx, files: dict, first_user: dict) -> None:
 
 
 def close_engine_ghosts(ctx) -> None:
-    for fd in ctx.stash.get(ENGINE_GHOSTS, {}).values():
+    _close_fds(ctx.stash.get(ENGINE_GHOSTS, {}))
+
+
+def _close_fds(made: dict) -> None:
+    for fd in made.values():
         os.close(fd)
-    ctx.stash[ENGINE_GHOSTS] = {}
+    made.clear()
 
 
 def held_ghost(ctx, stat, pid: int, fd: int) -> None:

@@ -42,6 +42,7 @@ import fcntl
 import logging
 import os
 import stat as st
+import weakref
 
 from engine import hookimpl
 from engine.fds import claiming_fdinfo
@@ -159,6 +160,9 @@ def engine_restore_collect(ctx, graph):
     for fid, m in mine.items():
         _check_file(fid, m, inodes)
     made = ctx.stash[MADE] = {}
+    # Closed at finish or abort; should the restore stop before either
+    # (a later plugin's collect refusing), when the context goes.
+    weakref.finalize(ctx, _close_fds, made)
     try:
         for inode_id, inode in inodes.items():
             made[inode_id] = _make(ctx, inode)
@@ -364,6 +368,10 @@ def _fill(ctx, inode, fd: int) -> None:
 
 
 def _close_made(ctx) -> None:
-    for fd in ctx.stash.get(MADE, {}).values():
+    _close_fds(ctx.stash.get(MADE, {}))
+
+
+def _close_fds(made: dict) -> None:
+    for fd in made.values():
         os.close(fd)
-    ctx.stash[MADE] = {}
+    made.clear()
