@@ -34,7 +34,13 @@ refuses, a size over the largest file size, unknown seal bits, a hugetlb
 flag, an inode_id twice or naming nothing, flags an open file cannot hold,
 an offset over 2^63-1, pages past the size.
 Dropped: the inode number (the kernel hands out another; mappings and
-fds still share the new one).
+fds still share the new one); which of its pages each task had faulted in
+(residency, the kernel's choice: --verify counts a memfd's pages as its
+file's, engine/verify.py); sharing with a process outside the tree, which
+keeps the old memfd (as with any file). The remade memfds are reached by
+the tasks through the engine's pid (pidfd_getfd, /proc/ENGINE/fd/N): a
+task in a pid namespace of its own with its own /proc cannot (the error
+names it).
 """
 from __future__ import annotations
 
