@@ -111,3 +111,15 @@ def test_big_memfd_mapping_comes_back_word_for_word(build_target, target_runner,
     word checked (bench/memfd.py times it against anonymous memory)."""
     target = target_runner.start(build_target("bigmem"), "--mib", "64", "--memfd")
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def test_memfd_images_need_the_memfd_plugin(build_target, target_runner, tmp_path):
+    """--disable memfd: the set is refused before anything starts, naming
+    the image and the plugin (no memfd comes back as something else)."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("memfd"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    line = engine_fails("restore", "-D", img, "--disable", "memfd")
+    assert "memfd.img: needs memfd, provided by plugin memfd, which is disabled" in line, line
+    assert task_gone(target.pid)
