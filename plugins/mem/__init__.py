@@ -61,7 +61,7 @@ def engine_dump_task(ctx, task):
     from engine.images.pagemap import PagemapWriter
     from engine.images.proto import mm_pb2
     from engine.tracer import dump_pages
-    from engine.tracer.model import VMA_FILE_PRIVATE, VMA_FILE_SHARED
+    from engine.tracer.model import VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
     mm = task.state.mm
     entry = mm_pb2.mm_entry(**{f: getattr(mm, f) for f in MM_FIELDS})
@@ -70,9 +70,11 @@ def engine_dump_task(ctx, task):
         entry.exe_file_id = _file_id(ctx, mm.exe)
     for vma in mm.vmas:
         # A file mapping a plugin claimed (a memfd, a deleted file) has no
-        # path left, and its file id in shmid.
+        # path left, and its file id in shmid; a MAP_SHARED|MAP_ANONYMOUS
+        # one its shmem inode (as CRIU's shmid): two such regions are two.
         claimed = vma.path is None and vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)
-        v = entry.vmas.add(shmid=vma.shmid if claimed else 0, fd=-1,
+        shared = vma.status & VMA_ANON_SHARED
+        v = entry.vmas.add(shmid=vma.shmid if claimed or shared else 0, fd=-1,
                            **{f: getattr(vma, f) for f in VMA_FIELDS})
         if vma.path and vma.path.endswith(" (deleted)"):
             # no plugin claimed it (files saves a deleted file as a ghost)
