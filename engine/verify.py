@@ -182,8 +182,10 @@ def _smaps(pid: int):
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ZERO = bytes(PAGE)
 PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
-# shared memory whose pages are the tree's own (made by the restore)
-SHARED_ANON = ("/dev/zero", "/SYSV", "/memfd:", "[shmem]")
+# shared memory whose pages are the tree's own (made by the restore); a
+# memfd's are its file's, like any file's: which of them a task has faulted
+# in is not restored (plugins/memfd), its private copies are
+SHARED_ANON = ("/dev/zero", "/SYSV", "[shmem]")
 
 
 def _crc(mem: int, pagemap: int, lo: int, hi: int, shared_anon: bool, volatile,

@@ -307,9 +307,8 @@ def _vma_from_maps_line(pid: int, head) -> m.Vma:
             if name == "[heap]":
                 v.status |= m.VMA_AREA_HEAP
     else:
-        if name.endswith(" (deleted)"):
-            raise b.NotSupportedError(pid, f"VMA {lo:#x}-{hi:#x}: a deleted mapped file "
-                                           f"({name[:-len(' (deleted)')]})")
+        # Deleted (a memfd's name always reads so): kept as named, for the
+        # plugins to claim (files: a ghost; memfd) or refuse.
         v.path = name
         v.status = m.VMA_AREA_REGULAR | (m.VMA_FILE_SHARED if shared else m.VMA_FILE_PRIVATE)
     return v

@@ -107,7 +107,6 @@ def engine_dump_task(ctx, task):
             _refuse(who, "utilization clamp", f"{_uclamp(tid)}, the engine's {engine.uclamp}")
     _check_proc_files(pid, engine)
     _check_maps(pid)
-    _check_fds(pid, engine)
     _check_prctls(pid, task.tracee, engine)
     _check_sysvipc(pid, engine)
 
@@ -181,17 +180,6 @@ def _check_maps(pid: int) -> None:
                 _refuse(pid, "AIO context", f"ring at {head[0]}")
             elif name.startswith(("[anon:", "[anon_shmem:")):
                 _refuse(pid, "named anonymous memory", f"{head[0]} {name}")
-
-
-def _check_fds(pid: int, engine: Engine) -> None:
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        fd = int(name)
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue                 # closed meanwhile (a task of the tree that is not frozen)
-        if link.startswith("/memfd:") and link.endswith(" (deleted)"):
-            _refuse(pid, "memfd", f"fd {fd} {link[1:-len(' (deleted)')]}")
 
 
 def _check_prctls(pid: int, tracee, engine: Engine) -> None:

@@ -151,7 +151,7 @@ FD_KINDS = {
     "epoll": restored("epoll"),
     "signalfd": restored("signalfd"),
     "timerfd": restored("timerfd"),
-    "memfd": refused("memfd"),            # files would take it for a deleted file
+    "memfd": restored("memfd"),
     "io_uring": refused(UNKNOWN_FD, by="files"),
     "inotify": refused(UNKNOWN_FD, by="files"),
     "fanotify": refused(UNKNOWN_FD, by="files"),
@@ -182,7 +182,10 @@ MAPPINGS = {
     "named anonymous memory ([anon:NAME], PR_SET_VMA)": refused("named anonymous memory"),
     "hugetlb": refused("a hugetlb mapping", by="mem"),
     "VM_IO, VM_PFNMAP": refused("a VM_IO or VM_PFNMAP mapping", by="mem"),
-    "deleted mapped file (memfd included)": refused("a deleted mapped file", by="mem"),
+    "memfd mapping": restored("memfd"),
+    "deleted mapped file": restored("files"),
+    "deleted file both mapped and held open": refused("a deleted file both mapped and held open",
+                                                      by="files"),
     "NUMA memory policy (mbind, set_mempolicy)": refused("NUMA memory policy"),
 }
 

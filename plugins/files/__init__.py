@@ -27,6 +27,16 @@ table's fds (engine.fds.park), the soft RLIMIT_NOFILE raised if they need it.
 A regular file deleted while open is saved whole in ghost-file-N.img and
 restored deleted (plugins/files/ghost.py: never more privileged than the
 tasks holding it, never through a link the engine did not make).
+
+A file deleted while mapped (no fd of the tree on it) is saved the same
+way (criu/files-reg.c, as a ghost too): one REG entry and one ghost per
+inode, however many VMAs and tasks map it, named by those VMAs' shmid
+(claimed here, before the mem plugin writes them). Restore remakes each
+such ghost once, in the engine at collect, and publishes it as the
+resource ``mapped-ghosts`` (file id -> /proc/ENGINE/fd/N), from which the
+mem plugin maps it: every mapping of it is one inode again. A deleted file
+both mapped and held open is refused at dump (the fd's ghost and the
+mapping's would be two inodes). (plugins/files/mapped.py)
 """
 from __future__ import annotations
 
@@ -45,6 +55,7 @@ from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo, room_for
 from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
+from plugins.files import mapped
 
 from .ghost import REMAPS, check_ghosts, dump_ghost, open_ghost
 
@@ -107,6 +118,7 @@ def engine_dump_task(ctx, task):
         os.close(pidfd)
     files_id = task.ids.setdefault("files_id", ctx.new_id())
     ctx.images.write("fdinfo", entries, id=files_id)
+    mapped.claim_deleted_maps(ctx, task)
 
 
 def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
@@ -134,7 +146,9 @@ def _dump_one(ctx, task, pidfd: int, fd: int, seen: dict):
                 raise ValueError(f"task {pid}: fd {fd} ({link}): no plugin can dump it")
             file_id, ftype = add_file(ctx, entry), entry.type
             if link.endswith(DELETED) and entry.HasField("reg"):
-                dump_ghost(ctx, pid, fd, file_id, stat)
+                dump_ghost(ctx, f"task {pid}: fd {fd}", f"/proc/{pid}/fd/{fd}",
+                           file_id, stat)
+                mapped.held_ghost(ctx, stat, pid, fd)
             fown = _fown_of(entry)
             if fown is not None and not info["flags"] & O_PATH:
                 _dump_owner(copy, fown)
@@ -155,6 +169,8 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if st.S_ISCHR(stat.st_mode) and (136 <= os.major(stat.st_rdev) <= 143
                                      or stat.st_rdev in (os.makedev(5, 0), os.makedev(5, 2))):
         return None           # ptys and /dev/tty are made again, not reopened: the tty plugin's
+    if link.startswith("/memfd:") and link.endswith(DELETED):
+        return None           # the memfd plugin's (its name always reads deleted)
     if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
@@ -167,6 +183,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 @hookimpl
 def engine_dump_finish(ctx):
     from engine.images.proto import files_pb2
+    mapped.refuse_mapped_and_held(ctx)
     remaps = ctx.stash.get(REMAPS, {})
     if remaps:
         ctx.images.write("remap-fpath", [
@@ -233,6 +250,7 @@ def engine_restore_collect(ctx, graph):
     ctx.provide("fds", FdTables(tables={pid: table for pid, table, _ in tables},
                                 first_user=first_user))
     check_ghosts(ctx, ctx.stash.get(REMAPS, {}), {pid: table for pid, table, _ in tables})
+    mapped.remake_mapped_ghosts(ctx, files, first_user)
     for pid, table, needs in tables:
         ids = sorted({file_id for _, file_id, _ in table})
         graph.add(Node(key=f"files:table:{pid}", plugin="files", where="task",
@@ -282,6 +300,16 @@ def engine_restore_node(ctx, node):
                 _restore_owner(number, owners[file_id], file_id)
         fcntl.fcntl(number, fcntl.F_SETFD, cloexec)
     return True
+
+
+@hookimpl
+def engine_restore_finish(ctx):
+    mapped.close_engine_ghosts(ctx)
+
+
+@hookimpl
+def engine_restore_abort(ctx, error):
+    mapped.close_engine_ghosts(ctx)
 
 
 @hookimpl

@@ -27,12 +27,15 @@ RESOLVE_NO_SYMLINKS = 0x04
 CAP_CHOWN, CAP_FOWNER, CAP_FSETID = 0, 3, 4
 
 
-def dump_ghost(ctx, pid: int, fd: int, file_id: int, stat) -> None:
+def dump_ghost(ctx, where: str, path: str, file_id: int, stat) -> None:
+    """Save the deleted file open at `path` (/proc/PID/fd/N, or a mapping's
+    /proc/PID/map_files/RANGE) as the ghost of file `file_id`; `where`
+    names it in a refusal."""
     from engine.images.proto import files_pb2
     if stat.st_size > GHOST_LIMIT:
-        raise ValueError(f"task {pid}: fd {fd}: deleted file of {stat.st_size} bytes is "
+        raise ValueError(f"{where}: deleted file of {stat.st_size} bytes is "
                          f"over the ghost limit of {GHOST_LIMIT}")
-    with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
+    with open(path, "rb") as f:
         data = f.read()
     ghost_id = ctx.new_id()
     g = files_pb2.ghost_file_entry(uid=stat.st_uid, gid=stat.st_gid, mode=stat.st_mode,
@@ -164,7 +167,10 @@ def check_ghosts(ctx, remaps: dict, tables: dict) -> None:
             raise ImageError(image, f"mode {g.mode:o} is not a regular file's")
         if g.HasField("size") and g.size != len(data):
             raise ImageError(image, f"size {g.size} but {len(data)} bytes follow")
-        reasons = [_ghost_denied(ctx, pid, g) for pid in holders.get(file_id, [])]
+        # A deleted mapped file's ghost (plugins/files/mapped.py) has no fd
+        # holder: any task of the tree may be the one mapping it.
+        reasons = [_ghost_denied(ctx, pid, g)
+                   for pid in holders.get(file_id) or list(tables)]
         if reasons and all(reasons):
             raise ImageError(image, reasons[0])
 

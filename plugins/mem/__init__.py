@@ -4,6 +4,10 @@ Dump: every VMA of the task as CRIU classifies it (criu/proc_parse.c), the
 mm fields and auxv, and the content of every present page that is the task's
 own (anonymous, or a private copy of a file page); file-backed VMAs name
 their file through a REG entry of files.img (vma.shmid), as does the exe.
+A mapping another plugin claimed before (its path cleared, its file id in
+shmid) is written as claimed: a memfd's (memfd), a deleted file's (files:
+a ghost, which restore maps from ``mapped-ghosts``); a deleted mapped file
+nobody claimed is refused.
 Restore: in the tracer, after every task-side node: the task's own mappings
 are replaced by the dumped ones and the pages written in from the mmap'd
 pages file (criu/pie/restorer.c does the same from a blob). A VMA outside
@@ -29,6 +33,7 @@ MAPPED_FILES = StashKey()
 PAGES_IDS = StashKey()
 SHARED_ANON = StashKey()      # shmid -> the first task's mapping of it
 
+VMA_AREA_MEMFD = 1 << 14      # criu/include/image.h: shmid names a MEMFD file entry
 MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
              "mm_start_stack", "mm_start_brk", "mm_brk", "mm_arg_start", "mm_arg_end",
              "mm_env_start", "mm_env_end")
@@ -56,6 +61,7 @@ def engine_dump_task(ctx, task):
     from engine.images.pagemap import PagemapWriter
     from engine.images.proto import mm_pb2
     from engine.tracer import dump_pages
+    from engine.tracer.model import VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
     mm = task.state.mm
     entry = mm_pb2.mm_entry(**{f: getattr(mm, f) for f in MM_FIELDS})
@@ -63,7 +69,17 @@ def engine_dump_task(ctx, task):
     if mm.exe:
         entry.exe_file_id = _file_id(ctx, mm.exe)
     for vma in mm.vmas:
-        v = entry.vmas.add(shmid=0, fd=-1, **{f: getattr(vma, f) for f in VMA_FIELDS})
+        # A file mapping a plugin claimed (a memfd, a deleted file) has no
+        # path left, and its file id in shmid; a MAP_SHARED|MAP_ANONYMOUS
+        # one its shmem inode (as CRIU's shmid): two such regions are two.
+        claimed = vma.path is None and vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)
+        shared = vma.status & VMA_ANON_SHARED
+        v = entry.vmas.add(shmid=vma.shmid if claimed or shared else 0, fd=-1,
+                           **{f: getattr(vma, f) for f in VMA_FIELDS})
+        if vma.path and vma.path.endswith(" (deleted)"):
+            # no plugin claimed it (files saves a deleted file as a ghost)
+            raise ValueError(f"task {task.pid}: VMA {vma.start:#x}-{vma.end:#x}: a deleted "
+                             f"mapped file ({vma.path}): not supported")
         if vma.path:
             v.shmid = _file_id(ctx, vma.path)
     ctx.images.write("mm", [entry], id=task.pid)
@@ -135,12 +151,19 @@ def _mm_state(ctx, mm, image: str):
             raise ImageError(_where(image, i, v), "overlaps the previous VMA")
         prev_end = v.end
         path = None
-        if v.shmid and v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+        if v.status & VMA_AREA_MEMFD:
+            # the memfd the memfd plugin remade, by the file id it names
+            path = ctx.provided("memfd").get(v.shmid)
+            if path is None or not v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+                raise ImageError(_where(image, i, v), f"shmid {v.shmid} is not a memfd of "
+                                                      "files.img")
+        elif v.shmid and v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             entry = ctx.provided("files").get(v.shmid)
             if entry is None or not entry.HasField("reg"):
                 raise ImageError(_where(image, i, v), f"shmid {v.shmid} is not a file "
                                                       "of files.img")
-            path = entry.reg.name
+            # a deleted file's ghost, remade by the files plugin
+            path = ctx.provided("mapped-ghosts").get(v.shmid, entry.reg.name)
         # Vma's fields in order: VMA_FIELDS, shmid, path.
         vmas.append(Vma(v.start, v.end, v.pgoff, v.prot, v.flags, v.status, v.madv,
                         v.shmid, path))

@@ -253,7 +253,7 @@ def _inflight_id(ctx, fd: int, ids: dict[int, int]) -> int:
     found = _same_open_file(ctx, fd, stat)
     if found is not None:
         return found
-    if link.endswith(" (deleted)"):
+    if link.endswith(" (deleted)") and not link.startswith("/memfd:"):   # a memfd: its plugin's
         raise ValueError(f"in-flight fd ({link}): a deleted file in flight is not supported")
     from engine.dump import DumpTask
     engine = DumpTask(pid=me, tracee=None, state=None)

@@ -206,3 +206,26 @@ def test_file_owners_for_sigio(build_target, target_runner, dump_restore, tmp_pa
     criu/files.c restore_fown), not the restoring root's."""
     target = target_runner.start(build_target("fown", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_files_deleted_while_mapped(build_target, target_runner, dump_restore, tmp_path,
+                                    variant):
+    """Mapped shared (with a child) and private, and one mapped twice as a
+    library is, all deleted, no fd held: each comes back from its ghost,
+    still deleted, every mapping of one file one inode."""
+    target = target_runner.start(build_target("mapdeleted", variant))
+    img = tmp_path / "img"
+    assert dump_restore(target, img) == "PASS"
+    assert len(list(img.glob("ghost-file-*.img"))) == 2          # one per inode
+
+
+def test_deleted_file_mapped_and_held_open_is_refused(build_target, target_runner, tmp_path):
+    """Its fd's ghost and its mappings' would be two inodes: refused at dump,
+    naming the task, the fd and the file; the target runs on untouched."""
+    from engine.testing import engine_fails
+    target = target_runner.start(build_target("mapdeleted"), "--also-open")
+    line = engine_fails("dump", "-t", str(target.pid), "-D", tmp_path / "img")
+    assert f"task {target.pid}: fd " in line and ".mapped (deleted): a deleted file both " \
+        "mapped and held open" in line, line
+    assert target.verdict() == "PASS"

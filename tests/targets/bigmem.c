@@ -1,11 +1,12 @@
 /* engine-target: variants=dynamic-pie,static-nopie ; flags=-O2 ;
- * args: --mib N (anonymous buffer size, default 256) ;
+ * args: --mib N (anonymous buffer size, default 256), --memfd (the buffer is
+ *       a memfd's, mapped MAP_SHARED, its fd closed) ;
  * what: an N MiB anonymous mapping with a per-word pattern (every 64th page
  *       left untouched and checked to read zero), a brk-heap block and a
  *       stack array, all checked byte for byte after restore */
+#include "target.h"          /* first: its _GNU_SOURCE declares memfd_create */
 #include <stdint.h>
 #include <sys/mman.h>
-#include "target.h"
 
 #define PAGE 4096UL
 #define K 0x9E3779B97F4A7C15ULL   /* odd: offset*K never repeats per word */
@@ -98,8 +99,17 @@ int main(int argc, char **argv)
 	size = (size_t)mib << 20;
 	seed = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
 
-	buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (tgt_flag("memfd")) {
+		int fd = memfd_create("bigmem", 0);
+
+		if (fd < 0 || ftruncate(fd, size))
+			tgt_die("memfd of %zu bytes: %m", size);
+		buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		close(fd);
+	} else {
+		buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
 	if (buf == MAP_FAILED)
 		tgt_die("mmap %zu bytes: %m", size);
 	heap = malloc(HEAP_SIZE);

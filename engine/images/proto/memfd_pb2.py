@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from engine.images.proto import fown_pb2 as engine_dot_images_dot_proto_dot_fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65ngine/images/proto/memfd.proto\x1a\x1e\x65ngine/images/proto/fown.proto\"g\n\x10memfd_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x0b\n\x03pos\x18\x03 \x02(\x04\x12\x19\n\x04\x66own\x18\x04 \x02(\x0b\x32\x0b.fown_entry\x12\x10\n\x08inode_id\x18\x05 \x02(\r\"\x8f\x01\n\x11memfd_inode_entry\x12\x0c\n\x04name\x18\x01 \x02(\t\x12\x0b\n\x03uid\x18\x02 \x02(\r\x12\x0b\n\x03gid\x18\x03 \x02(\r\x12\x0c\n\x04size\x18\x04 \x02(\x04\x12\r\n\x05shmid\x18\x05 \x02(\r\x12\r\n\x05seals\x18\x06 \x02(\r\x12\x10\n\x08inode_id\x18\x07 \x02(\x04\x12\x14\n\x0chugetlb_flag\x18\x08 \x01(\r')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fengine/images/proto/memfd.proto\x1a\x1eengine/images/proto/fown.proto"g\n\x10memfd_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05flags\x18\x02 \x02(\r\x12\x0b\n\x03pos\x18\x03 \x02(\x04\x12\x19\n\x04fown\x18\x04 \x02(\x0b2\x0b.fown_entry\x12\x10\n\x08inode_id\x18\x05 \x02(\r"\x9d\x01\n\x11memfd_inode_entry\x12\x0c\n\x04name\x18\x01 \x02(\t\x12\x0b\n\x03uid\x18\x02 \x02(\r\x12\x0b\n\x03gid\x18\x03 \x02(\r\x12\x0c\n\x04size\x18\x04 \x02(\x04\x12\r\n\x05shmid\x18\x05 \x02(\r\x12\r\n\x05seals\x18\x06 \x02(\r\x12\x10\n\x08inode_id\x18\x07 \x02(\x04\x12\x14\n\x0chugetlb_flag\x18\x08 \x01(\r\x12\x0c\n\x04mode\x18\x10 \x01(\r')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMFD_FILE_ENTRY']._serialized_start=67
   _globals['_MEMFD_FILE_ENTRY']._serialized_end=170
   _globals['_MEMFD_INODE_ENTRY']._serialized_start=173
-  _globals['_MEMFD_INODE_ENTRY']._serialized_end=316
+  _globals['_MEMFD_INODE_ENTRY']._serialized_end=330
 # @@protoc_insertion_point(module_scope)
