@@ -17,11 +17,10 @@ from typing import Any
 
 import attrs
 
+from engine.images import IMG_VERSION
 from engine.stash import Stash
 
 log = logging.getLogger("engine.dump")
-
-IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
 
 
 class DumpError(Exception):

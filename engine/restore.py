@@ -40,7 +40,7 @@ def build_graph(ctx: RestoreContext) -> Graph:
 def _check_inventory(ctx: RestoreContext) -> None:
     """inventory.img is the completion marker of an image set (written last
     by a dump) and says which version of the format the set is."""
-    from engine.dump import IMG_VERSION
+    from engine.images import IMG_VERSION     # not engine.dump: ~2 ms of imports
     inventory = ctx.images.read_one("inventory")
     if inventory.img_version != IMG_VERSION:
         raise RestoreError(f"inventory.img: img_version {inventory.img_version} is not "
