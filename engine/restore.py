@@ -140,7 +140,7 @@ class _Waves:
 
     def __init__(self, ctx: RestoreContext, order: list[Node]) -> None:
         self.ctx = ctx
-        deps = ctx.graph.edges()            # with ALL keys: done once all theirs are
+        deps = ctx.graph.ordered_edges      # with ALL keys: done once all theirs are
         self.waiting = {key: set(before) for key, before in deps.items()}
         self.unblocks: dict[str, list[str]] = {}
         for key, before in self.waiting.items():
