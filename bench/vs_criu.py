@@ -9,7 +9,8 @@ does the same with CRIU (the order swapped every other round: the machine's
 speed drifts by tens of percent within minutes, so only ratios from one run
 mean anything). Times are whole commands (`engine dump`, `engine restore`;
 `criu dump`, `criu restore -d`), interpreter start included. It prints the
-medians of both and the ratios engine / CRIU. The restored target must be
+medians of both and the ratios engine / CRIU, after the import floor (an
+interpreter importing only the mandated libraries). The restored target must be
 alive (and, for the C protocol targets, check itself PASS), else the run
 stops naming the workload and the tool.
 
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dump_restore import ROOT, TARGETS, become_subreaper, wait_for  # noqa: E402
+from dump_restore import ROOT, TARGETS, become_subreaper, import_floor, wait_for  # noqa: E402
 from fds import MANY_FDS  # noqa: E402
 from tree_threads import FANOUT, kill_tree, reap_all  # noqa: E402
 
@@ -184,6 +185,11 @@ def main() -> None:
     tools = ["engine"] if why_not else ["engine", "criu"]
     if why_not:
         print(f"CRIU skipped: {why_not}")
+    # No whole `engine` command can take less than this (interpreter and
+    # the mandated libraries): set beside CRIU's small restore, it says how
+    # near 1x a cold command can come at all.
+    print(f"import floor (python + pluggy, attrs, protobuf): "
+          f"{import_floor(opts.n) * 1000:.1f} ms (median of {opts.n})")
     print(f"{'workload':18s} {'criu dump':>9s} {'restore':>8s}   {'engine dump':>11s} "
           f"{'restore':>8s}   ratio dump  restore   (medians of {opts.n})")
     with tempfile.TemporaryDirectory() as d:
