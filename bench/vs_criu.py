@@ -17,6 +17,11 @@ stops naming the workload and the tool.
 CRIU is /work/shared/criu-4.2/criu (`--criu PATH`); where it cannot run
 (`criu check` fails, or it is missing) the engine is measured alone and the
 reason printed.
+
+`--against DIR` runs another checkout of the engine (a `git worktree add DIR
+REV`, or a `git archive REV` unpacked there) as a third tool in the same
+rounds, and prints its medians and ratios too, and the median of the
+per-round ratios this / DIR: a change's gain measured through the drift.
 """
 from __future__ import annotations
 
@@ -103,9 +108,10 @@ def workloads(work: Path) -> list[Workload]:
     ]
 
 
-def _timed(argv: list[str], env: dict | None = None) -> float:
+def _timed(argv: list[str], env: dict, cwd: Path) -> float:
     t = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                          cwd=cwd)
     took = time.perf_counter() - t
     if done.returncode:
         raise RuntimeError(done.stderr.decode(errors="replace").strip().splitlines()[-1:]
@@ -125,24 +131,30 @@ def criu_commands(criu: Path, pid: int, img: Path) -> tuple[list[str], list[str]
             [str(criu), "restore", "-d", "-D", str(img), *log])
 
 
-def one_round(w: Workload, tool: str, work: Path, criu: Path) -> tuple[float, float]:
-    """Start, dump (which kills it), reap, restore, check: (dump s, restore s)."""
+def one_round(w: Workload, tool: str, work: Path, criu: Path,
+              against: Path | None = None) -> tuple[float, float]:
+    """Start, dump (which kills it), reap, restore, check: (dump s, restore s).
+    `tool` is "engine" (this checkout), "against" (the one at `against`)
+    or "criu"."""
     img = work / f"img-{tool}"
     shutil.rmtree(img, ignore_errors=True)
     img.mkdir()
     proc = w.start(work)
-    dump, restore = (engine_commands(proc.pid, img) if tool == "engine"
-                     else criu_commands(criu, proc.pid, img))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    dump, restore = (criu_commands(criu, proc.pid, img) if tool == "criu"
+                     else engine_commands(proc.pid, img))
+    # `python -m` looks in its working directory first: run each checkout's
+    # engine from that checkout.
+    root = against if tool == "against" else ROOT
+    env = dict(os.environ, PYTHONPATH=str(root))
     try:
-        t_dump = _timed(dump, env)
+        t_dump = _timed(dump, env, root)
     except RuntimeError as e:
         kill_tree(proc.pid)
         raise SystemExit(f"{w.name}: {tool} dump failed: {e}") from None
     proc.wait()
     reap_all()
     try:
-        t_restore = _timed(restore, env)
+        t_restore = _timed(restore, env, root)
     except RuntimeError as e:
         raise SystemExit(f"{w.name}: {tool} restore failed: {e}") from None
     w.check(proc.pid, work, tool)
@@ -173,16 +185,21 @@ def main() -> None:
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
                     help="run only workloads whose name holds NAME (repeatable)")
     ap.add_argument("--criu", type=Path, default=CRIU)
+    ap.add_argument("--against", type=Path, metavar="DIR",
+                    help="another checkout of the engine, run in the same rounds")
     opts = ap.parse_args()
     become_subreaper()
     # Byte-code, as scripts/setup.sh makes it: with PYTHONDONTWRITEBYTECODE
     # (set on these machines) a checkout without it compiles every module
     # again in every run, ~0.2 s of a small restore.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "engine"),
-                    str(ROOT / "plugins")], check=True, stdout=subprocess.DEVNULL, env=env)
+    for root in [ROOT] + ([opts.against.resolve()] if opts.against else []):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "engine"),
+                        str(root / "plugins")], check=True, stdout=subprocess.DEVNULL, env=env)
     why_not = criu_usable(opts.criu)
     tools = ["engine"] if why_not else ["engine", "criu"]
+    if opts.against:
+        tools.append("against")
     if why_not:
         print(f"CRIU skipped: {why_not}")
     # No whole `engine` command can take less than this (interpreter and
@@ -195,20 +212,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         for w in workloads(work):
-            if opts.only and not any(s in w.name for s in opts.only):
-                continue
-            times: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
-            for i in range(opts.n):
-                for tool in (tools if i % 2 == 0 else tools[::-1]):
-                    times[tool].append(one_round(w, tool, work, opts.criu))
-            med = {t: (statistics.median(r[0] for r in runs),
-                       statistics.median(r[1] for r in runs)) for t, runs in times.items()}
-            c_dump, c_rest = med.get("criu", (None, None))
-            e_dump, e_rest = med["engine"]
-            print(f"{w.name:18s} {_ms(c_dump):>9s} {_ms(c_rest):>8s}   {_ms(e_dump):>11s} "
-                  f"{_ms(e_rest):>8s}   {_ratio(e_dump, c_dump):>10s} {_ratio(e_rest, c_rest):>8s}",
-                  flush=True)
+            if not opts.only or any(s in w.name for s in opts.only):
+                report(w.name, measure(w, tools, work, opts))
 
+
+def measure(w: Workload, tools: list[str], work: Path, opts) -> dict:
+    """tool -> [(dump s, restore s)] of opts.n rounds, each running every
+    tool once, in an order turned by one place each round."""
+    against = opts.against.resolve() if opts.against else None
+    times: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
+    for i in range(opts.n):
+        for tool in tools[i % len(tools):] + tools[:i % len(tools)]:
+            times[tool].append(one_round(w, tool, work, opts.criu, against))
+    return times
+
+
+def report(name: str, times: dict) -> None:
+    med = {t: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+           for t, runs in times.items()}
+    c_dump, c_rest = med.get("criu", (None, None))
+    e_dump, e_rest = med["engine"]
+    print(f"{name:18s} {_ms(c_dump):>9s} {_ms(c_rest):>8s}   {_ms(e_dump):>11s} "
+          f"{_ms(e_rest):>8s}   {_ratio(e_dump, c_dump):>10s} {_ratio(e_rest, c_rest):>8s}",
+          flush=True)
+    if "against" in med:
+        a_dump, a_rest = med["against"]
+        pairs = list(zip(times["engine"], times["against"]))
+        per_dump = statistics.median(e[0] / a[0] for e, a in pairs)
+        per_rest = statistics.median(e[1] / a[1] for e, a in pairs)
+        print(f"{'  against':18s} {'':9s} {'':8s}   {_ms(a_dump):>11s} {_ms(a_rest):>8s}   "
+              f"{_ratio(a_dump, c_dump):>10s} {_ratio(a_rest, c_rest):>8s}   "
+              f"this/against: dump {per_dump:.3f} restore {per_rest:.3f}", flush=True)
 
 if __name__ == "__main__":
     main()
