@@ -4,10 +4,10 @@ Run as root from the repo: `.venv/bin/python bench/vs_criu.py [-n 5] [--only NAM
 
 For each workload (issue 19's table: a small C counter, 256 MiB and 1 GiB
 touched, a 50-process tree, 1000 fds, a python3 idle loop), N rounds; each
-round starts a fresh target, dumps and restores it with the engine, then
-does the same with CRIU (the order swapped every other round: the machine's
-speed drifts by tens of percent within minutes, so only ratios from one run
-mean anything). Times are whole commands (`engine dump`, `engine restore`;
+round starts a fresh target, dumps and restores it with CRIU, then does
+the same with the engine (in turns, so each tool runs after the other: the
+machine's speed drifts by tens of percent within minutes, so only ratios
+from one run mean anything). Times are whole commands (`engine dump`, `engine restore`;
 `criu dump`, `criu restore -d`), interpreter start included. It prints the
 medians of both and the ratios engine / CRIU, after the import floor (an
 interpreter importing only the mandated libraries). The restored target must be
@@ -218,11 +218,17 @@ def main() -> None:
 
 def measure(w: Workload, tools: list[str], work: Path, opts) -> dict:
     """tool -> [(dump s, restore s)] of opts.n rounds, each running every
-    tool once, in an order turned by one place each round."""
+    tool once: CRIU first, then the engines in turns (this, DIR; then DIR,
+    this), so each engine comes after CRIU and after the other engine
+    equally often (a run slows the next: dirty pages of its images are
+    written back, its tree torn down; a plain rotation of three tools gave
+    one engine 20-30% more restore time than the other)."""
     against = opts.against.resolve() if opts.against else None
     times: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
+    first = [t for t in tools if t == "criu"]
+    engines = [t for t in tools if t != "criu"]
     for i in range(opts.n):
-        for tool in tools[i % len(tools):] + tools[:i % len(tools)]:
+        for tool in first + (engines if i % 2 == 0 else engines[::-1]):
             times[tool].append(one_round(w, tool, work, opts.criu, against))
     return times
 
