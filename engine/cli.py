@@ -25,8 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 class _Formatter(argparse.HelpFormatter):
     """argparse's own, sized without shutil. Every add_argument makes one,
     and HelpFormatter imports shutil for the terminal's width, and with it
-    zlib, bz2 and lzma: ~2 ms of every command, and six more shared
-    libraries (26 mappings) that every task a restore forks copies at fork
+    zlib, bz2 and lzma: ~2 ms of every command, and five more shared
+    libraries (25 mappings) that every task a restore forks copies at fork
     and unmaps again before its memory comes in."""
 
     def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
