@@ -18,11 +18,11 @@ from typing import Any
 
 import attrs
 
+from engine.images import IMG_VERSION
 from engine.stash import Stash
 
 log = logging.getLogger("engine.dump")
 
-IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
 FREEZE_ROUNDS = 10        # listings of a tree still changing before the dump gives up
 
 

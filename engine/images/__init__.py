@@ -10,7 +10,9 @@ import os
 from engine.images.framing import ImageError, read_entries, write_entries
 from engine.images.kinds import KindRegistry, default_registry
 
-__all__ = ["ImageDir", "ImageError"]
+__all__ = ["ImageDir", "ImageError", "IMG_VERSION"]
+
+IMG_VERSION = 2           # CRIU_IMG_VERSION: images with per-id fdinfo and ns
 
 
 class ImageDir:

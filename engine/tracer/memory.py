@@ -125,8 +125,12 @@ def _protect_and_set_mm(bt, mm: m.MmState, given: dict, fds: dict) -> None:
                                                              MADV_NOHUGEPAGE)):
             raise b.TracerError(-r, bt.t.pid, f"madvise {advice} vma {v.start:#x}-{v.end:#x}")
     r = results[set_mm]
-    if r == -errno.EBUSY and exe_fd != -1:      # the old exe is still mapped
-        r = bt.run()[_set_mm_map(bt, mm, -1)]
+    if r == -errno.EBUSY and exe_fd != -1:
+        # The old exe is still mapped: the task runs the engine's own
+        # interpreter binary (a python target of this python), which stays
+        # its exe. Queued before run(): run() hands back the results so far.
+        set_mm = _set_mm_map(bt, mm, -1)
+        r = bt.run()[set_mm]
     if r < 0:
         raise b.TracerError(-r, bt.t.pid, "prctl PR_SET_MM_MAP")
 

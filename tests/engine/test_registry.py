@@ -1,4 +1,6 @@
 """The plugin registry: hooks.toml schema, --plugins, --disable, essentials."""
+import os
+
 import pytest
 
 from engine import registry
@@ -52,6 +54,27 @@ def test_missing_module_is_an_error(tmp_path):
     path = _toml(tmp_path, '[plugins.x]\nprovides = ["a"]\n')
     with pytest.raises(PluginError, match="missing key 'module'"):
         registry.load_specs(path)
+
+
+def test_hooks_toml_parse_is_kept_only_for_the_same_bytes(tmp_path):
+    """load_specs keeps tomllib's parse in __pycache__ and takes it again
+    only while hooks.toml holds exactly the bytes it was made from: an
+    edit of the same size (and mtime, as a fast editor may leave) is read
+    anew, and a spoilt copy is parsed over."""
+    path = _toml(tmp_path, '[plugins.fs]\nmodule = "plugins.fs"\nruns_in = "task"\n')
+    kept = tmp_path / "__pycache__" / "hooks.toml.marshal"
+    assert registry.load_specs(path)["fs"].runs_in == "task"
+    assert kept.exists()
+    assert registry.load_specs(path)["fs"].runs_in == "task"       # from the copy
+    stat = path.stat()
+    path.write_text('[plugins.fs]\nmodule = "plugins.fs"\nruns_in = "engi"\n')
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    with pytest.raises(PluginError, match="plugin fs"):     # "engi": read anew, refused
+        registry.load_specs(path)
+    kept.write_bytes(b"spoilt")
+    path.write_text('[plugins.fs]\nmodule = "plugins.fs"\nruns_in = "engine"\n')
+    assert registry.load_specs(path)["fs"].runs_in == "engine"
 
 
 def test_non_default_plugin_is_off_until_named(tmp_path):

@@ -36,6 +36,23 @@ def test_python_interpreter_runs_on(build_target, target_runner, dump_restore, t
     assert dump_restore(target, tmp_path / "img") == "PASS"
 
 
+def test_python_of_the_engine_itself_runs_on(build_target, target_runner, engine_cli, tmp_path):
+    """A target running the engine's own interpreter binary: the restored
+    task still maps the exe the engine forked it with, so PR_SET_MM_MAP with
+    the dumped exe's fd gives EBUSY and is retried without it (issue 19: the
+    python3 idle loop of the bench failed there)."""
+    import os
+    import sys
+    from engine.testing import dump_to
+    target = target_runner.start(build_target("counter.py"), interpreter=sys.executable)
+    exe = os.readlink(f"/proc/{target.pid}/exe")
+    assert exe == os.path.realpath(sys.executable)
+    dump_to(target, tmp_path / "img")
+    engine_cli("restore", "-D", tmp_path / "img", "--verify")
+    assert os.readlink(f"/proc/{target.pid}/exe") == exe
+    assert target.verdict() == "PASS"
+
+
 def test_hook_engine_dump_task(build_target, target_runner, engine_cli, tmp_path):
     """Each plugin's engine_dump_task wrote its per-task images, and the
     dump leaves the target running with --leave-running."""
