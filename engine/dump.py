@@ -70,8 +70,6 @@ class DumpContext:
 
 
 def dump(ctx: DumpContext, root_pid: int) -> list[int]:
-    from engine import tracer
-
     frozen = []
     try:
         pids = _freeze_tree(ctx, root_pid, frozen)
