@@ -103,8 +103,8 @@ STATUS = {
     "SpeculationIndirectBranch": refused("speculation control (PR_SET_SPECULATION_CTRL)"),
     "Cpus_allowed": restored("sched"),
     "Cpus_allowed_list": restored("sched"),
-    "Mems_allowed": refused("cgroup"),    # a cpuset's memory nodes
-    "Mems_allowed_list": refused("cgroup"),
+    "Mems_allowed": restored("cgroup"),    # a cpuset's memory nodes
+    "Mems_allowed_list": restored("cgroup"),
     "voluntary_ctxt_switches": dropped(COUNTER),
     "nonvoluntary_ctxt_switches": dropped(COUNTER),
     # Printed by kernels built with x86 user shadow stacks
@@ -290,13 +290,13 @@ PROC = {
     "attr": refused("LSM label"),
     "autogroup": refused("autogroup nice"),
     "auxv": restored("mem"),
-    "cgroup": refused("cgroup"),
+    "cgroup": restored("cgroup"),
     "clear_refs": dropped("write-only: clears the kernel's referenced and soft-dirty bits"),
     "cmdline": restored("mem"),
     "comm": restored("threads"),
     "coredump_filter": restored("mmflags"),
-    "cpu_resctrl_groups": refused("cgroup"),
-    "cpuset": refused("cgroup"),
+    "cpu_resctrl_groups": refused("resctrl group"),
+    "cpuset": restored("cgroup"),
     "cwd": restored("fs"),
     "environ": restored("mem"),
     "exe": restored("mem"),
