@@ -3,8 +3,10 @@
 Dump: every live task's cgroups, one line per hierarchy of /proc/PID/cgroup
 (v1 controllers, named v1 hierarchies, the v2 hierarchy: a hybrid layout
 has all three), as a set; equal sets are one cg_set_entry of cgroup.img and
-core-PID.img tc.cg_set names the task's (set 1 is the dumping engine's own:
-inventory root_cg_set). Per hierarchy a task's path differs from the
+core-TID.img thread_core.cg_set (as CRIU 4.x; tc.cg_set too, for older
+readers) names each thread's. Set 1 is the dumping engine's own (inventory
+root_cg_set; listed only when a task is in it, as CRIU): its tasks stay in
+the restoring engine's cgroups. Per hierarchy a task's path differs from the
 engine's in, the directories down to each task's, each with the properties
 hierarchy.py lists (pids.max, memory.max / memory.limit_in_bytes, cpu.max,
 cpuset.cpus...) as the files show them; directories the engine itself sits
@@ -22,8 +24,8 @@ of those it made), full (made when missing; every property written),
 strict (must not exist; made and every property written). --cgroup-root
 [HIERARCHY:]PATH puts the root task's cgroup of that hierarchy (every one
 without HIERARCHY) at PATH, its descendants under it. Refused before
-anything starts, naming cgroup.img: a path with "." or "..", a directory
-name with "/", a property outside the list, a hierarchy not mounted here,
+anything starts, naming cgroup.img: a path or directory with "." or "..", a
+property name with "/" or outside the list, a hierarchy not mounted here,
 a task's cgroup outside the root task's when --cgroup-root moves it.
 Directories the restore made are removed again when it fails.
 """
@@ -46,6 +48,7 @@ ENGINE_SET = 1                           # inventory root_cg_set: the dumping en
 IMAGE = "cgroup.img"
 
 _SETS: StashKey[dict] = StashKey()       # dump: set (tuple of items) -> id
+_USED: StashKey[set] = StashKey()        # dump: the ids of sets a task is in
 _MADE: StashKey[list] = StashKey()       # restore, engine: directories made, in order
 
 
@@ -85,9 +88,14 @@ def engine_dump_task(ctx, task):
             raise ValueError(f"task {task.pid} (thread {thread.tid}): in other cgroups than "
                              "its leader: not supported yet")
     set_id = sets.setdefault(_key(own), len(sets) + 1)
-    core = ctx.images.read_one("core", id=task.pid)
-    core.tc.cg_set = set_id
-    ctx.images.write("core", [core], id=task.pid)
+    ctx.stash.setdefault(_USED, set()).add(set_id)
+    for tid in [t.tid for t in task.state.threads] or [task.pid]:
+        # CRIU 4.x reads thread_core's first; tc's is what older ones read.
+        core = ctx.images.read_one("core", id=tid)
+        core.thread_core.cg_set = set_id
+        if tid == task.pid:
+            core.tc.cg_set = set_id
+        ctx.images.write("core", [core], id=tid)
 
 
 @hookimpl
@@ -97,7 +105,10 @@ def engine_dump_finish(ctx):
     if sets is None:
         return
     entry = cgroup_pb2.cgroup_entry()
+    used = set(ctx.stash[_USED])
     for key, set_id in sorted(sets.items(), key=lambda kv: kv[1]):
+        if set_id not in used:
+            continue                    # the engine's, when no task is in it (as CRIU)
         entry.sets.add(id=set_id, ctls=[cgroup_pb2.cg_member_entry(name=n, path=p)
                                         for n, p in key])
     engine_set = dict(next(k for k, v in sets.items() if v == ENGINE_SET))
@@ -129,17 +140,20 @@ def engine_restore_collect(ctx, graph):
     sets = _check_sets(entry)
     props = _check_dirs(entry)
     tasks = ctx.provided("tasks")
-    root_set = ctx.read_one("core", id=tasks.entries[0].pid).tc.cg_set
+    root_set = _cg_set(ctx, tasks.entries[0].pid)
+    # The dumping engine's own set (CRIU: criu's): its tasks stay in the
+    # restoring engine's cgroups.
+    root_cg_set = ctx.read_one("inventory").root_cg_set
     mounts = h.mounts()
     place = _placer(ctx, sets.get(root_set, {}))
     moves: dict[int, list[str]] = {}
     dirs: dict[tuple[str, str], list] = {}       # (mount, new path) -> dumped props
     for e in tasks.alive:
-        set_id = ctx.read_one("core", id=e.pid).tc.cg_set
-        if set_id in (0, ENGINE_SET):
+        set_id = _cg_set(ctx, e.pid)
+        if set_id == 0 or set_id == root_cg_set:
             continue                             # the engine's own: inherited
         if set_id not in sets:
-            raise ImageError(f"core-{e.pid}.img", f"tc.cg_set {set_id} is not in {IMAGE}")
+            raise ImageError(f"core-{e.pid}.img", f"cg_set {set_id} is not in {IMAGE}")
         for name, path in sets[set_id].items():
             new = place(name, path)
             if new == h.task_set("self").get(name):
@@ -191,6 +205,13 @@ def _mode(ctx) -> str:
     return getattr(ctx.options, "manage_cgroups", None) or DEFAULT_MODE
 
 
+def _cg_set(ctx, pid: int) -> int:
+    core = ctx.read_one("core", id=pid)
+    if core.HasField("thread_core") and core.thread_core.HasField("cg_set"):
+        return core.thread_core.cg_set
+    return core.tc.cg_set
+
+
 def _key(cg_set: dict[str, str]) -> tuple:
     return tuple(sorted(cg_set.items()))
 
@@ -229,17 +250,24 @@ def _check_dirs(entry) -> dict[tuple[str, str], list]:
 
     def walk(name, parent, dirs):
         for d in dirs:
-            why = h.check_dir_name(d.dir_name.strip("/"))
+            why = h.check_dir_name(d.dir_name)
             if why:
                 raise ImageError(IMAGE, f"directory {d.dir_name!r} under {parent!r} {why}")
-            path = parent.rstrip("/") + "/" + d.dir_name.strip("/")
+            if not d.dir_name:
+                # The hierarchy's root (CRIU lists it): the host's, never written.
+                walk(name, parent, d.children)
+                continue
+            path = parent.rstrip("/") + "/" + d.dir_name
             for p in d.properties:
-                why = h.check_prop_name(p.name)
+                why = h.check_prop(p.name, p.value)
                 if why:
                     raise ImageError(IMAGE, f"{path}: property {p.name!r} {why}")
-                if "\0" in p.value:
-                    raise ImageError(IMAGE, f"{path}: property {p.name} holds a NUL")
-            out[(name, path)] = [(p.name, p.value) for p in d.properties]
+            skipped = sorted({p.name for p in d.properties} - h.ALLOWED - h.LISTED_EMPTY)
+            if skipped:
+                log.warning("%s: %s:%s: %s not restored (not in hierarchy.py's list)", IMAGE,
+                            name or "v2", path, ", ".join(skipped))
+            out[(name, path)] = [(p.name, p.value) for p in d.properties
+                                 if p.name in h.ALLOWED]
             walk(name, path, d.children)
 
     for ctl in entry.controllers:

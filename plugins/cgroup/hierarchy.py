@@ -26,10 +26,24 @@ V1_PROPS = {
 V2_PROPS = ("cgroup.subtree_control", "cpuset.cpus", "cpuset.mems", "cpu.max", "cpu.weight",
             "memory.min", "memory.low", "memory.high", "memory.max", "memory.swap.max",
             "pids.max", "io.weight")
+# Also written when an image has them: what CRIU 4.2 dumps besides.
+CRIU_PROPS = ("cpu.rt_period_us", "cpu.rt_runtime_us", "notify_on_release",
+              "cgroup.clone_children", "memory.use_hierarchy", "memory.move_charge_at_immigrate",
+              "cpuset.memory_migrate", "cpuset.mem_hardwall", "cpuset.memory_spread_page",
+              "cpuset.memory_spread_slab", "cpuset.sched_load_balance",
+              "cpuset.sched_relax_domain_level", "cgroup.max.descendants", "cgroup.max.depth",
+              "net_prio.ifpriomap")
 # What a restore writes: nothing else, whatever an image says (a property
 # named cgroup.procs or release_agent would move or run anything).
-ALLOWED = frozenset(p for props in V1_PROPS.values() for p in props) | frozenset(V2_PROPS)
-NAME_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
+ALLOWED = (frozenset(p for props in V1_PROPS.values() for p in props) | frozenset(V2_PROPS)
+           | frozenset(CRIU_PROPS))
+# Listed empty by CRIU (it reads every file of the directory): never written.
+LISTED_EMPTY = frozenset(("cgroup.procs", "tasks", "cgroup.threads"))
+# Never written, and refused with a value: they move, kill, freeze or run.
+HOSTILE = LISTED_EMPTY | frozenset(("release_agent", "cgroup.kill", "cgroup.freeze",
+                                    "freezer.state", "cgroup.type", "devices.allow",
+                                    "devices.deny"))
+NAME_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 V2 = ""                                  # the v2 hierarchy's name in /proc/PID/cgroup
 
 
@@ -134,16 +148,21 @@ def check_path(path: str) -> str | None:
 
 
 def check_dir_name(name: str) -> str | None:
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        return "is not one directory name"
+    """CRIU writes a chain of directories with one task-less entry as one
+    name ("a/b"); "" is the hierarchy's root."""
+    parts = name.split("/")
+    if "\0" in name or "\n" in name or (name and any(p in ("", ".", "..") for p in parts)):
+        return "is not a relative directory path"
     return None
 
 
-def check_prop_name(name: str) -> str | None:
+def check_prop(name: str, value: str) -> str | None:
     if "/" in name or not NAME_RE.match(name):
         return "is not a property file name"
-    if name not in ALLOWED:
-        return "is not a property the engine restores"
+    if "\0" in value:
+        return "holds a NUL"
+    if name in HOSTILE and not (name in LISTED_EMPTY and value == ""):
+        return "is not a property the engine writes"
     return None
 
 

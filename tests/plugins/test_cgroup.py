@@ -109,12 +109,12 @@ def test_cgroup_root_moves_the_tree(cgroups, build_target, target_runner, tmp_pa
 
 
 @pytest.mark.parametrize("spoil, says", [
-    (lambda e: setattr(e.sets[1].ctls[0], "path", "/../../etc"),
+    (lambda e: setattr(e.sets[0].ctls[0], "path", "/../../etc"),
      "path '/../../etc' of {name!r} holds '.' or '..'"),
     (lambda e: e.controllers[0].dirs[0].properties.add(name="../../release_agent", value="x"),
      "property '../../release_agent' is not a property file name"),
     (lambda e: e.controllers[0].dirs[0].properties.add(name="cgroup.procs", value="1"),
-     "property 'cgroup.procs' is not a property the engine restores"),
+     "property 'cgroup.procs' is not a property the engine writes"),
 ])
 def test_hostile_cgroup_image_is_refused(cgroups, build_target, target_runner, tmp_path,
                                          spoil, says):
@@ -122,7 +122,7 @@ def test_hostile_cgroup_image_is_refused(cgroups, build_target, target_runner, t
     img = tmp_path / "img"
     images = dump_to(target, img)
     entry = images.read_one("cgroup")
-    name = entry.sets[1].ctls[0].name
+    name = entry.sets[0].ctls[0].name
     dir_path = "/" + entry.controllers[0].dirs[0].dir_name
     spoil(entry)
     images.write("cgroup", [entry])
