@@ -1,5 +1,6 @@
 """cgroup: the tree's cgroups and their properties (issue 18, item 4)."""
 import os
+import signal
 import time
 
 import pytest
@@ -45,7 +46,15 @@ class Cgroups:
             except FileNotFoundError:
                 return
             except OSError:
-                time.sleep(0.01)           # its tasks are still dying
+                # Its tasks are still dying, or forked away from the
+                # target's group (forkstorm's runner): killed here.
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    for pid in f.read().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                time.sleep(0.01)
         raise AssertionError(f"cgroup {path} still busy")
 
     def cleanup(self):
@@ -133,3 +142,49 @@ def test_hostile_cgroup_image_is_refused(cgroups, build_target, target_runner, t
         expected = f"set 2: {expected}"
     assert engine_fails("restore", "-D", img) == f"engine: error: cgroup.img: {expected}"
     assert task_gone(target.pid)
+
+
+# --- the cgroup freezer (engine dump --freeze-cgroup) -------------------------
+
+def _freezer_dirs():
+    """Where a freezer cgroup can be made here: v2 (cgroup.freeze) and, in a
+    hybrid layout, the v1 freezer (freezer.state)."""
+    pids_root, _, v2_root = _hierarchies()
+    out = [("v2", v2_root or ROOT)]
+    if os.path.isdir(f"{ROOT}/freezer"):
+        out.append(("v1", f"{ROOT}/freezer"))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["v2", "v1"])
+def test_fast_forking_tree_dumped_through_the_freezer(cgroups, build_target, target_runner,
+                                                      tmp_path, kind):
+    """The tree forks and reaps without pause: frozen by its cgroup first,
+    it is dumped whole and goes on after restore."""
+    roots = dict(_freezer_dirs())
+    if kind not in roots:
+        pytest.skip(f"no {kind} freezer here")
+    frozen_at = cgroups.make(roots[kind], cgroups.name + "-fz")
+    target = _start_in(target_runner, build_target, frozen_at)
+    assert dump_restore(target, tmp_path / "img",
+                        dump_args=["--freeze-cgroup", frozen_at]) == "PASS"
+
+
+def test_freeze_cgroup_leave_stopped_leaves_it_frozen(cgroups, build_target, target_runner,
+                                                      tmp_path):
+    kind, root = _freezer_dirs()[0]
+    frozen_at = cgroups.make(root, cgroups.name + "-fz")
+    target = _start_in(target_runner, build_target, frozen_at)
+    engine_cli("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"),
+               "--freeze-cgroup", frozen_at, "--leave-stopped")
+    with open(os.path.join(frozen_at, "cgroup.events")) as f:
+        assert "frozen 1" in f.read().split("\n")
+    with open(os.path.join(frozen_at, "cgroup.freeze"), "w") as f:
+        f.write("0")
+    assert target.verdict() == "PASS"
+
+
+def _start_in(target_runner, build_target, cgroup):
+    """forkstorm, started inside `cgroup` (its children are born there)."""
+    return target_runner.start(build_target("forkstorm", "static-nopie"),
+                               "--join", os.path.join(cgroup, "cgroup.procs"))
