@@ -164,26 +164,3 @@ def check_prop(name: str, value: str) -> str | None:
     if name in HOSTILE and not (name in LISTED_EMPTY and value == ""):
         return "is not a property the engine writes"
     return None
-
-
-def freeze(path: str, frozen: bool) -> None:
-    """Freeze or thaw a cgroup: v2 cgroup.freeze, v1 freezer.state."""
-    if os.path.exists(os.path.join(path, "cgroup.freeze")):
-        _write(os.path.join(path, "cgroup.freeze"), "1" if frozen else "0")
-        _wait_for(path, "cgroup.events", "frozen 1" if frozen else "frozen 0")
-    elif os.path.exists(os.path.join(path, "freezer.state")):
-        _write(os.path.join(path, "freezer.state"), "FROZEN" if frozen else "THAWED")
-        _wait_for(path, "freezer.state", "FROZEN" if frozen else "THAWED")
-    else:
-        raise ValueError(f"--freeze-cgroup {path}: neither cgroup.freeze nor freezer.state "
-                         "(not a freezer cgroup)")
-
-
-def _wait_for(path: str, file: str, line: str, rounds: int = 1000) -> None:
-    import time
-    for _ in range(rounds):
-        with open(os.path.join(path, file)) as f:
-            if line in f.read().splitlines():
-                return
-        time.sleep(0.001)
-    raise ValueError(f"--freeze-cgroup {path}: {file} never showed {line!r}")
