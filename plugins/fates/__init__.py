@@ -11,9 +11,10 @@ filter): not supported yet"); the engine then lets the tree go untouched.
 What nothing restores comes back as the engine's own value (a restored task
 is a fork of it), so a per-task attribute is refused when it differs from
 the dumping engine's: sessionid, resctrl group, LSM label, cgroup and
-time namespaces (plugins cgroup restores cgroups; sched, oom, loginuid and mmflags restore scheduling,
-affinity, timer slack, oom_score_adj, login uid, coredump filter, THP and
-dumpable; plugins.file_locks the file locks). What only the task can
+time namespaces (plugins sched, oom, loginuid and mmflags restore
+scheduling, affinity, timer slack, oom_score_adj, login uid, coredump
+filter, THP and dumpable; plugins.file_locks the file locks;
+plugins.cgroup the cgroups). What only the task can
 ask (prctl: TSC, machine-check policy, I/O flusher, speculation control,
 MDWE, KSM) is asked by remote syscalls in the leader; other threads are checked through their /proc status
 (seccomp, no_new_privs, speculation) and scheduling (uclamp, core
