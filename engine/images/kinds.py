@@ -64,10 +64,10 @@ P = "engine.images.proto."
 # is read while the restore graph is built; fdinfo-N.img (the fd tables,
 # the files plugin's) is read by the engine's fd sharing (engine.fds.park)
 # and by every fd plugin, and must decode when files is disabled, for the
-# refusal to name the resource. seccomp and timens are CRIU's, which no
-# plugin restores yet: decoded here for `engine show`; the plugin that
-# comes to restore one registers it instead. Every other kind is
-# registered by its plugin (engine_register_images).
+# refusal to name the resource. seccomp is CRIU's, which no plugin
+# restores yet: decoded here for `engine show`; the plugin that comes to
+# restore it registers it instead (as plugins/timens did for timens).
+# Every other kind is registered by its plugin (engine_register_images).
 ENGINE = [
     ImageKind("inventory", "inventory.img", 0x58313116, P + "tree_pb2", "inventory_entry",
               common=False, magic_name="INVENTORY"),
@@ -77,8 +77,6 @@ ENGINE = [
               magic_name="FDINFO"),
     ImageKind("seccomp", "seccomp.img", 0x64413049, P + "tree_pb2", "seccomp_entry",
               magic_name="SECCOMP"),
-    ImageKind("timens", "timens-{id}.img", 0x43114433, P + "tree_pb2", "timens_entry",
-              magic_name="TIMENS"),
 ]
 
 

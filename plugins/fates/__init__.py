@@ -10,11 +10,11 @@ one line naming the task and the state ("task 1234: seccomp (mode 2, 1
 filter): not supported yet"); the engine then lets the tree go untouched.
 What nothing restores comes back as the engine's own value (a restored task
 is a fork of it), so a per-task attribute is refused when it differs from
-the dumping engine's: sessionid, resctrl group, LSM label, cgroup and
-time namespaces (plugins sched, oom, loginuid and mmflags restore
+the dumping engine's: sessionid, resctrl group, LSM label, cgroup
+namespace (plugins sched, oom, loginuid and mmflags restore
 scheduling, affinity, timer slack, oom_score_adj, login uid, coredump
 filter, THP and dumpable; plugins.file_locks the file locks;
-plugins.cgroup the cgroups). What only the task can
+plugins.cgroup the cgroups, plugins.timens time namespaces). What only the task can
 ask (prctl: TSC, machine-check policy, I/O flusher, speculation control,
 MDWE, KSM) is asked by remote syscalls in the leader; other threads are checked through their /proc status
 (seccomp, no_new_privs, speculation) and scheduling (uclamp, core
@@ -63,7 +63,7 @@ PROC_LIKE_ENGINE = {
     "personality": "personality", "audit session id": "sessionid",
     "resctrl group": "cpu_resctrl_groups", "LSM label": "attr/current",
 }
-NS_LIKE_ENGINE = {"cgroup namespace": ("cgroup",), "time namespace": ("time", "time_for_children")}
+NS_LIKE_ENGINE = {"cgroup namespace": ("cgroup",)}
 
 
 class Engine:

@@ -340,7 +340,7 @@ PROC = {
     "status": restored("core"),           # each key: see STATUS
     "syscall": restored("core"),          # an interrupted syscall is restarted
     "task": restored("threads"),
-    "timens_offsets": refused("time namespace"),
+    "timens_offsets": restored("timens"),
     "timers": restored("timers"),
     "timerslack_ns": restored("sched"),
     "uid_map": restored("userns"),
@@ -352,7 +352,8 @@ NAMESPACES = {
     "mnt": restored("mntns"), "pid": restored("pidns"), "pid_for_children": restored("pidns"),
     "user": restored("userns"),
     "cgroup": refused("cgroup namespace"),
-    "time": refused("time namespace"), "time_for_children": refused("time namespace"),
+    "time": restored("timens"),
+    "time_for_children": refused("a time namespace for children not its own", by="timens"),
 }
 
 SYSV_IPC = {
