@@ -18,7 +18,6 @@ WHY_NOT = {
     "external": "external resources are not taken yet",
     "ext_mnt": "external mounts are not taken yet",
     "inherit_fd": "inherited fds are not taken yet",
-    "empty_ns": "a fresh namespace in place of a dumped one is not offered yet",
     "evasive_devices": "devices are not looked up by number",
     "ps": "there is no page server",
     "auto_dedup": "no page server or deduplication",
@@ -108,6 +107,15 @@ def _cg_root(value, name):
     return args, " ".join(args)
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def _empty_ns(value, name):
+    if value & ~CLONE_NEWNET:
+        raise Refused(name, "only CLONE_NEWNET (a fresh network namespace) is offered")
+    return ["--empty-ns", "net"], "--empty-ns net"
+
+
 _BOTH = (DUMP, RESTORE)
 _MAPPERS = {
     "pid": ((DUMP,), _pid),
@@ -116,6 +124,7 @@ _MAPPERS = {
     "manage_cgroups": (_BOTH, _as_is("cgroups are dumped and restored (plugins/cgroup)")),
     "manage_cgroups_mode": (_BOTH, _cg_mode),
     "cg_root": ((RESTORE,), _cg_root),
+    "empty_ns": ((RESTORE,), _empty_ns),
     "freeze_cgroup": ((DUMP,), lambda value, name: (["--freeze-cgroup", value],
                                                     f"--freeze-cgroup {value}")),
     "ext_unix_sk": (_BOTH, _flag("--ext-unix-sk", "--ext-unix-sk")),
