@@ -144,7 +144,7 @@ def engine_restore_collect(ctx, graph):
     # The dumping engine's own set (CRIU: criu's): its tasks stay in the
     # restoring engine's cgroups.
     root_cg_set = ctx.read_one("inventory").root_cg_set
-    mounts = h.mounts()
+    mounts, own = h.mounts(), h.task_set("self")
     place = _placer(ctx, sets.get(root_set, {}))
     moves: dict[int, list[str]] = {}
     dirs: dict[tuple[str, str], list] = {}       # (mount, new path) -> dumped props
@@ -156,14 +156,15 @@ def engine_restore_collect(ctx, graph):
             raise ImageError(f"core-{e.pid}.img", f"cg_set {set_id} is not in {IMAGE}")
         for name, path in sets[set_id].items():
             new = place(name, path)
-            if new == h.task_set("self").get(name):
-                continue
+            if new == own.get(name):
+                continue                         # where the restoring engine is
             if name not in mounts:
                 raise ImageError(IMAGE, f"hierarchy {name or 'v2'!r} is not mounted here")
             parts = [p for p in new.split("/") if p]
             for i in range(1, len(parts) + 1):
                 sub = "/" + "/".join(parts[:i])
-                dirs.setdefault((mounts[name], sub), props.get((name, place.unplace(name, sub)), []))
+                dumped = props.get((name, place.unplace(name, sub)), [])
+                dirs.setdefault((mounts[name], sub), dumped)
             moves.setdefault(e.pid, []).append(os.path.join(mounts[name], new.lstrip("/"),
                                                             "cgroup.procs"))
     if not moves:
