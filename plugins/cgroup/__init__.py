@@ -16,8 +16,9 @@ Dropped on purpose: properties outside the list (statistics, events) and
 the directories' owners and modes (written by root).
 Restore (--manage-cgroups, CRIU's modes; default soft): the directories are
 made in the engine before any task is forked, then each task, once forked,
-writes itself into its cgroup.procs in every hierarchy, before its nodes
-fork its children; the threads it starts later follow it. Modes: ignore
+writes itself into its cgroup.procs in every hierarchy (a child forked
+before its parent moved moves itself all the same: no order between the
+two is needed); the threads it starts later follow it. Modes: ignore
 (nothing), none (directories must exist; no property written), props (must
 exist; every property written), soft (made when missing; properties only
 of those it made), full (made when missing; every property written),
