@@ -71,6 +71,11 @@ def _dump_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("-D", "--images-dir", required=True, metavar="DIR")
     d.add_argument("--leave-running", action="store_true",
                    help="resume the tree after the dump instead of killing it")
+    d.add_argument("--freeze-cgroup", metavar="PATH",
+                   help="freeze the tree through this cgroup (v2 cgroup.freeze, v1 "
+                        "freezer.state) before seizing it, then thaw it")
+    d.add_argument("--leave-stopped", action="store_true",
+                   help="with --freeze-cgroup: leave the tree frozen there after the dump")
     _common(d)
 
 

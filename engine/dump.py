@@ -71,8 +71,19 @@ class DumpContext:
 
 def dump(ctx: DumpContext, root_pid: int) -> list[int]:
     frozen = []
+    interrupted: set[int] = set()
+    cgroup = getattr(ctx.options, "freeze_cgroup", None)
+    if getattr(ctx.options, "leave_stopped", False) and not cgroup:
+        raise DumpError("--leave-stopped on dump needs --freeze-cgroup (the tree is left "
+                        "frozen there)")
     try:
-        pids = _freeze_tree(ctx, root_pid, frozen)
+        if cgroup:
+            # Frozen by its cgroup first: a tree forking fast cannot escape.
+            from engine import freezer
+            freezer.set_frozen(cgroup, True)
+            tree = ctx.hook.engine_dump_tree(ctx=ctx, root_pid=root_pid) or [root_pid]
+            interrupted = freezer.interrupt_frozen(cgroup, tree)
+        pids = _freeze_tree(ctx, root_pid, frozen, interrupted)
         for pid in pids:
             ctx.hook.engine_dump_task(ctx=ctx, task=ctx.tasks[pid])
         ctx.hook.engine_dump_finish(ctx=ctx)
@@ -92,8 +103,16 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
             log.warning("engine_dump_abort: %s", e2)
         for tracee in reversed(frozen):
             _quietly(tracee.detach)
+        if cgroup:
+            from engine import freezer
+            _quietly(lambda: freezer.set_frozen(cgroup, False))
+            freezer.release(interrupted - {t.pid for f in frozen for t in [f] + f.others})
         raise
-    if getattr(ctx.options, "leave_running", False):
+    if cgroup and getattr(ctx.options, "leave_stopped", False):
+        from engine import freezer
+        freezer.set_frozen(cgroup, True)     # let go into the freezer, as CRIU leaves it
+    if getattr(ctx.options, "leave_running", False) or getattr(ctx.options, "leave_stopped",
+                                                                False):
         for tracee in frozen:
             tracee.detach()
     else:
@@ -105,7 +124,8 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
     return pids
 
 
-def _freeze_tree(ctx: DumpContext, root_pid: int, frozen: list) -> list[int]:
+def _freeze_tree(ctx: DumpContext, root_pid: int, frozen: list,
+                 interrupted: set[int] = frozenset()) -> list[int]:
     """Freeze the tree, parents first, and list it again until the listing
     holds no task not yet frozen: a parent still running while its first
     children are frozen may fork one more, or reap a zombie listed a moment
@@ -121,7 +141,7 @@ def _freeze_tree(ctx: DumpContext, root_pid: int, frozen: list) -> list[int]:
                 if status is not None:
                     ctx.tasks[pid] = DumpTask(pid=pid, tracee=None, state=None, zombie=status)
                     continue
-                tracee = tracer.freeze(pid)
+                tracee = tracer.freeze(pid, interrupted)
             except (FileNotFoundError, ProcessLookupError):
                 continue                # gone meanwhile: the next listing tells
             except tracer.TracerError as e:

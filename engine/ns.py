@@ -17,8 +17,9 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
 FLAGS = {"mnt": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "user": CLONE_NEWUSER,
-         "pid": CLONE_NEWPID, "net": CLONE_NEWNET}
+         "pid": CLONE_NEWPID, "net": CLONE_NEWNET, "time": CLONE_NEWTIME}
 # Every kind of namespace ids-PID.img names (task_kobj_ids_entry: KIND_ns_id).
 KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 NS_GET_USERNS = 0xB701          # _IO(0xb7, 0x1): the owning user namespace

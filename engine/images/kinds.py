@@ -64,10 +64,8 @@ P = "engine.images.proto."
 # is read while the restore graph is built; fdinfo-N.img (the fd tables,
 # the files plugin's) is read by the engine's fd sharing (engine.fds.park)
 # and by every fd plugin, and must decode when files is disabled, for the
-# refusal to name the resource. timens is CRIU's, which no plugin
-# restores yet: decoded here for `engine show`; the plugin that comes to
-# restore it registers it instead (as seccomp does). Every other kind is
-# registered by its plugin (engine_register_images).
+# refusal to name the resource. Every other kind is registered by its
+# plugin (engine_register_images).
 ENGINE = [
     ImageKind("inventory", "inventory.img", 0x58313116, P + "tree_pb2", "inventory_entry",
               common=False, magic_name="INVENTORY"),
@@ -75,8 +73,6 @@ ENGINE = [
               magic_name="FILES"),
     ImageKind("fdinfo", "fdinfo-{id}.img", 0x56213732, P + "files_pb2", "fdinfo_entry",
               magic_name="FDINFO"),
-    ImageKind("timens", "timens-{id}.img", 0x43114433, P + "tree_pb2", "timens_entry",
-              magic_name="TIMENS"),
 ]
 
 

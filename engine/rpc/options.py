@@ -14,15 +14,10 @@ WHY_NOT = {
     "track_mem": "no memory tracking (no soft-dirty bits here), so no incremental dumps",
     "parent_img": "no incremental dumps (no memory tracking)",
     "lazy_pages": "lazy restore is not offered",
-    "manage_cgroups": "cgroups are not dumped or restored yet",
-    "manage_cgroups_mode": "cgroups are not dumped or restored yet",
-    "cg_root": "cgroups are not dumped or restored yet",
-    "freeze_cgroup": "the cgroup freezer is not used yet",
     "orphan_pts_master": "terminals are not restored yet",
     "external": "external resources are not taken yet",
     "ext_mnt": "external mounts are not taken yet",
     "inherit_fd": "inherited fds are not taken yet",
-    "empty_ns": "a fresh namespace in place of a dumped one is not offered yet",
     "evasive_devices": "devices are not looked up by number",
     "ps": "there is no page server",
     "auto_dedup": "no page server or deduplication",
@@ -97,11 +92,41 @@ def _network_lock(value, name):
     return [], "the engine locks TCP connections with its own nftables table"
 
 
+# criu_cg_mode (rpc.proto) -> --manage-cgroups; DEFAULT is CRIU's: soft.
+CG_MODES = {0: "ignore", 1: "none", 2: "props", 3: "soft", 4: "full", 5: "strict", 6: "soft"}
+
+
+def _cg_mode(value, name):
+    return ["--manage-cgroups", CG_MODES[value]], f"--manage-cgroups {CG_MODES[value]}"
+
+
+def _cg_root(value, name):
+    args = []
+    for root in value:
+        args += ["--cgroup-root", f"{root.ctrl}:{root.path}" if root.ctrl else root.path]
+    return args, " ".join(args)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def _empty_ns(value, name):
+    if value & ~CLONE_NEWNET:
+        raise Refused(name, "only CLONE_NEWNET (a fresh network namespace) is offered")
+    return ["--empty-ns", "net"], "--empty-ns net"
+
+
 _BOTH = (DUMP, RESTORE)
 _MAPPERS = {
     "pid": ((DUMP,), _pid),
     "leave_running": ((DUMP,), _flag("--leave-running", "--leave-running")),
-    "leave_stopped": ((RESTORE,), _flag("--leave-stopped", "--leave-stopped")),
+    "leave_stopped": (_BOTH, _flag("--leave-stopped", "--leave-stopped")),
+    "manage_cgroups": (_BOTH, _as_is("cgroups are dumped and restored (plugins/cgroup)")),
+    "manage_cgroups_mode": (_BOTH, _cg_mode),
+    "cg_root": ((RESTORE,), _cg_root),
+    "empty_ns": ((RESTORE,), _empty_ns),
+    "freeze_cgroup": ((DUMP,), lambda value, name: (["--freeze-cgroup", value],
+                                                    f"--freeze-cgroup {value}")),
     "ext_unix_sk": (_BOTH, _flag("--ext-unix-sk", "--ext-unix-sk")),
     "tcp_established": (_BOTH, _as_is("established TCP connections are always dumped")),
     "file_locks": (_BOTH, _as_is("file locks are always dumped and restored")),

@@ -40,14 +40,15 @@ def zombie_status(pid: int) -> int | None:
     return int(stat[52 - 3]) if stat[0] == "Z" else None
 
 
-def freeze(pid: int) -> Tracee:
+def freeze(pid: int, interrupted: frozenset = frozenset()) -> Tracee:
     """Seize and stop every thread of the task; registers kept as they were.
+    `interrupted`: tids the caller seized and interrupted already.
 
     Threads still running may start more, so /proc/PID/task is read again
     until every thread listed is ours.
     """
     stopped = _stat(pid)[0] == "T"         # group-stopped (SIGSTOP) before we came
-    leader = Tracee.seize(pid)
+    leader = Tracee.seize(pid, pid in interrupted)
     leader.was_stopped = stopped
     try:
         _suspend_seccomp(leader)
@@ -60,7 +61,7 @@ def freeze(pid: int) -> Tracee:
             for tid in new:
                 seen.add(tid)
                 try:
-                    leader.others.append(Tracee.seize(tid))
+                    leader.others.append(Tracee.seize(tid, tid in interrupted))
                 except b.TracerError as e:
                     if e.errno != errno.ESRCH:    # the thread exited meanwhile
                         raise

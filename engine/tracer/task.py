@@ -34,11 +34,15 @@ class Tracee:
     # --- attaching ---------------------------------------------------------
 
     @classmethod
-    def seize(cls, pid: int) -> "Tracee":
-        b.ptrace(b.PTRACE_SEIZE, pid, 0, 0, "PTRACE_SEIZE")
+    def seize(cls, pid: int, interrupted: bool = False) -> "Tracee":
+        """Seize and stop it; `interrupted`: the caller seized and
+        interrupted it already (the cgroup freezer held it meanwhile)."""
+        if not interrupted:
+            b.ptrace(b.PTRACE_SEIZE, pid, 0, 0, "PTRACE_SEIZE")
         t = cls(pid)
         try:
-            b.ptrace(b.PTRACE_INTERRUPT, pid, 0, 0, "PTRACE_INTERRUPT")
+            if not interrupted:
+                b.ptrace(b.PTRACE_INTERRUPT, pid, 0, 0, "PTRACE_INTERRUPT")
             t._wait_trap()
             t.saved = b.get_regs(pid)
         except BaseException:

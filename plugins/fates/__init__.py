@@ -10,10 +10,11 @@ one line naming the task and the state ("task 1234: I/O priority (class
 2, level 7): not supported yet"); the engine then lets the tree go untouched.
 What nothing restores comes back as the engine's own value (a restored task
 is a fork of it), so a per-task attribute is refused when it differs from
-the dumping engine's: sessionid, cgroup, LSM label, cgroup and time
-namespaces (plugins sched, oom, loginuid and mmflags restore scheduling,
-affinity, timer slack, oom_score_adj, login uid, coredump filter, THP and
-dumpable; plugins.file_locks the file locks). What only the task can
+the dumping engine's: sessionid, resctrl group, LSM label, cgroup
+namespace (plugins sched, oom, loginuid and mmflags restore
+scheduling, affinity, timer slack, oom_score_adj, login uid, coredump
+filter, THP and dumpable; plugins.file_locks the file locks;
+plugins.cgroup the cgroups, plugins.timens time namespaces). What only the task can
 ask (prctl: TSC, machine-check policy, I/O flusher, speculation control,
 MDWE, KSM) is asked by remote syscalls in the leader; other threads are
 checked through their /proc status (speculation) and scheduling (uclamp,
@@ -54,16 +55,15 @@ STATUS_LIKE_ENGINE = {
     "tagged addresses (LAM, ARCH_ENABLE_TAGGED_ADDR)": ("untag_mask",),
     "speculation control (PR_SET_SPECULATION_CTRL)": ("Speculation_Store_Bypass",
                                                       "SpeculationIndirectBranch"),
-    "cgroup": ("Mems_allowed_list",),
     "x86 thread features (shadow stack)": ("x86_Thread_features",
                                            "x86_Thread_features_locked"),
 }
 # /proc/PID files compared with the engine's: state -> file
 PROC_LIKE_ENGINE = {
     "personality": "personality", "audit session id": "sessionid",
-    "cgroup": "cgroup", "LSM label": "attr/current",
+    "resctrl group": "cpu_resctrl_groups", "LSM label": "attr/current",
 }
-NS_LIKE_ENGINE = {"cgroup namespace": ("cgroup",), "time namespace": ("time", "time_for_children")}
+NS_LIKE_ENGINE = {"cgroup namespace": ("cgroup",)}
 
 
 class Engine:

@@ -103,8 +103,8 @@ STATUS = {
     "SpeculationIndirectBranch": refused("speculation control (PR_SET_SPECULATION_CTRL)"),
     "Cpus_allowed": restored("sched"),
     "Cpus_allowed_list": restored("sched"),
-    "Mems_allowed": refused("cgroup"),    # a cpuset's memory nodes
-    "Mems_allowed_list": refused("cgroup"),
+    "Mems_allowed": restored("cgroup"),    # a cpuset's memory nodes
+    "Mems_allowed_list": restored("cgroup"),
     "voluntary_ctxt_switches": dropped(COUNTER),
     "nonvoluntary_ctxt_switches": dropped(COUNTER),
     # Printed by kernels built with x86 user shadow stacks
@@ -293,13 +293,13 @@ PROC = {
     "attr": refused("LSM label"),
     "autogroup": refused("autogroup nice"),
     "auxv": restored("mem"),
-    "cgroup": refused("cgroup"),
+    "cgroup": restored("cgroup"),
     "clear_refs": dropped("write-only: clears the kernel's referenced and soft-dirty bits"),
     "cmdline": restored("mem"),
     "comm": restored("threads"),
     "coredump_filter": restored("mmflags"),
-    "cpu_resctrl_groups": refused("cgroup"),
-    "cpuset": refused("cgroup"),
+    "cpu_resctrl_groups": refused("resctrl group"),
+    "cpuset": restored("cgroup"),
     "cwd": restored("fs"),
     "environ": restored("mem"),
     "exe": restored("mem"),
@@ -343,7 +343,7 @@ PROC = {
     "status": restored("core"),           # each key: see STATUS
     "syscall": restored("core"),          # an interrupted syscall is restarted
     "task": restored("threads"),
-    "timens_offsets": refused("time namespace"),
+    "timens_offsets": restored("timens"),
     "timers": restored("timers"),
     "timerslack_ns": restored("sched"),
     "uid_map": restored("userns"),
@@ -355,7 +355,8 @@ NAMESPACES = {
     "mnt": restored("mntns"), "pid": restored("pidns"), "pid_for_children": restored("pidns"),
     "user": restored("userns"),
     "cgroup": refused("cgroup namespace"),
-    "time": refused("time namespace"), "time_for_children": refused("time namespace"),
+    "time": restored("timens"),
+    "time_for_children": refused("a time namespace for children not its own", by="timens"),
 }
 
 SYSV_IPC = {
