@@ -1,0 +1,89 @@
+"""sk_netlink: port ids, groups, peers, flags and filters; unread messages
+refused at dump; hostile images refused at collect."""
+import pytest
+
+from engine.testing import dump_to
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_netlink_sockets_come_back(build_target, target_runner, dump_restore, tmp_path,
+                                   variant):
+    """Route sockets on chosen port ids with RTMGRP_LINK|RTMGRP_IPV4_ROUTE,
+    group 33, a peer, EXT_ACK, a buffer size; a generic socket with a filter;
+    an autobound audit socket: the target checks each itself."""
+    target = target_runner.start(build_target("sk_netlink", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def test_netlink_entries_hold_what_criu_writes(build_target, target_runner, tmp_path):
+    """The NETLINKSK entries hold what CRIU's would: protocol, port id, the
+    groups bitmap, the connected peer."""
+    target = target_runner.start(build_target("sk_netlink"))
+    images = dump_to(target, tmp_path / "img")
+    socks = {(n.protocol, n.portid): n for n in
+             (e.nlsk for e in images.read("files") if e.HasField("nlsk"))}
+    a, b = socks[(0, 0x4e4c01)], socks[(0, 0x4e4c02)]
+    assert list(a.groups) == [0x1 | 0x40] and a.state != 1
+    assert list(b.groups) == [0, 1] and b.state == 1 and b.dst_portid == 0x4e4c01
+    assert a.nl_opts == 1 << 11                      # NETLINK_EXT_ACK
+    generic = next(n for (proto, _), n in socks.items() if proto == 16)
+    assert generic.portid == 0 and len(generic.opts.so_filter) == 1
+
+
+def test_unread_netlink_messages_are_refused(build_target, target_runner, tmp_path):
+    """A route socket with an answer waiting (as CRIU, a netlink queue is not
+    restored): the dump fails naming the fd, and the target runs on."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("sk_netlink"), "--unread")
+    line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
+    assert f"task {target.pid}: fd " in line and "(socket:[" in line, line
+    assert "netlink messages are waiting to be read" in line, line
+    assert not task_gone(target.pid), "a refused dump must leave the target running"
+
+
+def _first(files, **match):
+    return next(e for e in files if e.HasField("nlsk")
+                and all(getattr(e.nlsk, k) == v for k, v in match.items()))
+
+
+@pytest.mark.parametrize("field, value, want", [
+    ("protocol", 32, "protocol 32 is not a netlink protocol (under 32)"),
+    ("state", 3, "state 3 is not a netlink socket state"),
+    ("nl_opts", 1 << 20, "nl_opts 0x100000 hold unknown bits 0x100000"),
+    ("dst_group", 40, "dst_group 40 is over 32"),
+    ("groups", [1] * 64, "groups has 64 words, more than 32"),
+    ("so_rcvbuf", 0, "opts.so_rcvbuf = 0 is not a buffer size"),
+    ("so_bound_dev", "nosuchdev0", "opts.so_bound_dev 'nosuchdev0': no such interface"),
+])
+def test_hostile_netlink_entry_is_refused(build_target, target_runner, tmp_path, field,
+                                          value, want):
+    """files.img edited with the protobuf classes: one line naming the image,
+    the socket and the field; no task left."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("sk_netlink"))
+    img = tmp_path / "img"
+    images = dump_to(target, img)
+    files = images.read("files")
+    victim = _first(files, portid=0x4e4c02)
+    n = victim.nlsk
+    if field == "groups":
+        del n.groups[:]
+        n.groups.extend(value)
+    elif field.startswith("so_"):
+        setattr(n.opts, field, value)
+    else:
+        setattr(n, field, value)
+    images.write("files", files)
+    line = engine_fails("restore", "-D", img)
+    assert f"files.img: netlink socket id {victim.id}: {want}" in line, line
+    assert task_gone(target.pid)
+
+
+def test_disabled_plugin_refuses_the_image(build_target, target_runner, tmp_path):
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("sk_netlink"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    line = engine_fails("restore", "--disable", "sk_netlink", "-D", img)
+    assert "file:NETLINKSK" in line, line
+    assert task_gone(target.pid)
