@@ -12,6 +12,7 @@ cannot read it safely: it is called through ctypes here.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import socket
@@ -159,8 +160,12 @@ def dump_opts(sock: socket.socket, o, where: str) -> None:
     o.so_priority = sock.getsockopt(S, socket.SO_PRIORITY)
     o.so_rcvlowat = sock.getsockopt(S, socket.SO_RCVLOWAT)
     o.so_mark = sock.getsockopt(S, socket.SO_MARK)
-    o.so_passcred = bool(sock.getsockopt(S, socket.SO_PASSCRED))
-    o.so_passsec = bool(sock.getsockopt(S, SO_PASSSEC))
+    for field, opt in (("so_passcred", socket.SO_PASSCRED), ("so_passsec", SO_PASSSEC)):
+        try:
+            setattr(o, field, bool(sock.getsockopt(S, opt)))
+        except OSError as e:         # only unix and netlink sockets pass credentials
+            if e.errno != errno.EOPNOTSUPP:
+                raise
     o.so_buf_lock = sock.getsockopt(S, SO_BUF_LOCK)
     dev = sock.getsockopt(S, socket.SO_BINDTODEVICE, 16).rstrip(b"\0")
     if dev:
