@@ -41,8 +41,8 @@ from engine.fds import fdinfo, pidfd_getfd
 from engine.graph import Node
 from engine.stash import StashKey
 
-from plugins.sk_inet.inet import (GOT_FIN, KINDS, SENT_FIN, STATES, TCP_ESTABLISHED,
-                                  TCP_LISTEN, conn, connected, connections)
+from plugins.sk_inet.inet import (GOT_FIN, SENT_FIN, STATES, TCP_ESTABLISHED, TCP_LISTEN,
+                                  conn, connected, connections, kind_name, kind_states)
 
 log = logging.getLogger("engine.plugins.sk_inet")
 
@@ -89,15 +89,19 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         return None                       # not inet: another plugin's
     where = f"task {task.pid}: fd {fd} ({link})"
     state = info["state"]
-    tcp = info["proto"] == socket.IPPROTO_TCP
-    if state not in KINDS[(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM, info["proto"])]:
-        raise ValueError(f"{where}: {'TCP' if tcp else 'UDP'} state "
+    stype = info.get("type", socket.SOCK_STREAM if info["proto"] == socket.IPPROTO_TCP
+                     else socket.SOCK_DGRAM)
+    tcp = stype == socket.SOCK_STREAM
+    if state not in kind_states(info["family"], stype, info["proto"]):
+        raise ValueError(f"{where}: {kind_name(stype, info['proto'])} state "
                          f"{STATES.get(state, state)} is not supported")
     if tcp and state == TCP_LISTEN and info["rqueue"]:
         pending.check_listener(ctx, task.pid, fd, info, where)
     sock = socket.socket(fileno=pidfd_getfd(task.pid, fd))
     try:
         entry = dump.describe(sock, info, fdinfo(task.pid, fd)["flags"] & ~os.O_CLOEXEC)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     finally:
         sock.close()
     if connected(entry.isk):
@@ -256,7 +260,7 @@ def _place(ctx, sock: socket.socket, i) -> None:
     """Bind, listen, connect, or rebuild in repair mode (behind the lock)."""
     local = restore.sockaddr(i, i.src_addr, i.src_port)
     remote = restore.sockaddr(i, i.dst_addr, i.dst_port)
-    tcp = i.proto == socket.IPPROTO_TCP
+    tcp = i.type == socket.SOCK_STREAM
     if tcp and i.state == TCP_ESTABLISHED and i.ino in ctx.stash.get(RECONNECT, {}):
         sock.bind(local)                  # connects once its listener listens
         conn = (local[0], local[1], remote[0], remote[1])

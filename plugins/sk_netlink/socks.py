@@ -25,6 +25,8 @@ SIOCGSKNS = 0x894C            # the socket's network namespace, as an fd
 SO_GET_FILTER = SO_ATTACH_FILTER = 26
 SO_LOCK_FILTER = 44
 SO_PASSSEC = 34
+# so_timestamp (an engine extension of sk_opts_entry) -> the option that asks for it
+TIMESTAMPS = {1: 29, 2: 35, 3: 63, 4: 64}   # SO_TIMESTAMP(NS)_OLD, SO_TIMESTAMP(NS)_NEW
 SO_BUF_LOCK = 72
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 SOCK_DIAG_BY_FAMILY = 20
@@ -146,6 +148,22 @@ def set_filter(sock: socket.socket, program) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+# --- receive timestamps (SO_TIMESTAMP...) ---------------------------------------------
+
+def get_timestamp(sock: socket.socket) -> int:
+    """Which receive timestamp the socket asks for (a key of TIMESTAMPS), 0: none.
+    Each getsockopt answers 1 for its own kind only (sock_getsockopt)."""
+    for value, opt in TIMESTAMPS.items():
+        if sock.getsockopt(socket.SOL_SOCKET, opt):
+            return value
+    return 0
+
+
+def set_timestamp(sock: socket.socket, value: int) -> None:
+    if value:
+        sock.setsockopt(socket.SOL_SOCKET, TIMESTAMPS[value], 1)
+
+
 # --- sk_opts_entry ---------------------------------------------------------------
 
 def dump_opts(sock: socket.socket, o, where: str) -> None:
@@ -171,6 +189,9 @@ def dump_opts(sock: socket.socket, o, where: str) -> None:
     if dev:
         o.so_bound_dev = dev.decode()
     o.so_filter.extend(get_filter(sock))
+    timestamp = get_timestamp(sock)
+    if timestamp:
+        o.so_timestamp = timestamp
     if o.so_filter and sock.getsockopt(S, SO_LOCK_FILTER):
         # sk_opts_entry has no field for it (nor does CRIU restore it)
         raise ValueError(f"{where}: its socket filter is locked (SO_LOCK_FILTER)")
@@ -182,6 +203,9 @@ def check_opts(o, where: str) -> None:
         value = getattr(o, field)
         if not 0 < value <= MAX_BUF:
             raise ImageError(where, f"opts.{field} = {value} is not a buffer size")
+    if o.HasField("so_timestamp") and o.so_timestamp not in TIMESTAMPS:
+        raise ImageError(where, f"opts.so_timestamp = {o.so_timestamp} is not one of "
+                                f"{sorted(TIMESTAMPS)}")
     if len(o.so_filter) > BPF_MAXINSNS:
         raise ImageError(where, f"opts.so_filter has {len(o.so_filter)} instructions, "
                                 f"more than {BPF_MAXINSNS}")
@@ -213,3 +237,4 @@ def restore_opts(sock: socket.socket, o) -> None:
     if o.HasField("so_bound_dev") and o.so_bound_dev:
         sock.setsockopt(S, socket.SO_BINDTODEVICE, o.so_bound_dev.encode())
     set_filter(sock, list(o.so_filter))
+    set_timestamp(sock, o.so_timestamp)
