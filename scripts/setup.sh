@@ -9,6 +9,12 @@ if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v n
     apt-get update -qq
     apt-get install -y -qq criu gcc libc6-dev nftables iproute2 >/dev/null
 fi
+# The programs the network acceptance tests run (tests/programs): ping, tcpdump.
+if ! command -v ping >/dev/null || ! command -v tcpdump >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq iputils-ping tcpdump >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
