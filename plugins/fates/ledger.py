@@ -166,7 +166,27 @@ FD_KINDS = {
     "perf_event": refused(UNKNOWN_FD, by="files"),
     "bpf": refused(UNKNOWN_FD, by="files"),
     "userfaultfd": refused(UNKNOWN_FD, by="files"),
-    "other sockets (netlink, packet, ...)": refused(UNKNOWN_FD, by="files"),
+    "netlink socket": restored("sk_netlink"),
+    "packet socket": restored("sk_packet"),
+    "raw socket": restored("sk_inet"),
+    "ICMP ping socket": restored("sk_inet"),
+    "other sockets (UDP-Lite, SCTP, vsock, ...)": refused(UNKNOWN_FD, by="files"),
+}
+
+# --- what sockets hold beyond their kind ---------------------------------------------
+DATAGRAMS_QUEUED = ("as CRIU: a datagram queued for a raw, ping or packet socket cannot be "
+                    "handed back to the kernel, and what arrives while the tree is frozen "
+                    "is lost anyway (UDP's, not kept yet, are the same)")
+SOCKETS = {
+    "netlink messages not yet read": refused("a netlink socket with unread messages",
+                                             by="sk_netlink"),
+    "a netlink dump being read (NDIAG_FLAG_CB_RUNNING)":
+        refused("a netlink socket in the middle of a dump", by="sk_netlink"),
+    "TPACKET rings (PACKET_RX_RING, PACKET_TX_RING)":
+        refused("a packet socket with a TPACKET ring mapped", by="sk_packet"),
+    "datagrams queued on raw, ping and packet sockets": dropped(DATAGRAMS_QUEUED),
+    "PACKET_STATISTICS": dropped(COUNTER + " (reading it resets it)"),
+    "PACKET_TX_TIMESTAMP": dropped("no getsockopt reads it back"),
 }
 
 # --- file locks, as /proc/locks names them ---------------------------------------
@@ -364,6 +384,7 @@ SYSV_IPC = {
 
 # Every table, by name (the README and the tests walk them).
 TABLES = {"status": STATUS, "fdinfo (every fd)": FDINFO_COMMON, "fd kinds": FD_KINDS,
+          "sockets": SOCKETS,
           "file locks": LOCKS, "mappings": MAPPINGS, "sched": SCHED, "/proc/PID": PROC,
           "namespaces": NAMESPACES, "System V IPC": SYSV_IPC,
           **{f"fdinfo ({kind})": keys for kind, keys in FDINFO.items()},

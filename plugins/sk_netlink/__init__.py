@@ -149,7 +149,7 @@ def _describe(sock: socket.socket, ino: int, info: dict | None, flags: int, wher
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     if poller.poll(0):
-        raise ValueError(f"{where}: netlink messages are waiting to be read (a netlink "
+        raise ValueError(f"{where}: a netlink socket with unread messages (a netlink "
                          "queue cannot be restored)")
     entry = file_entry("NETLINKSK", "nlsk", ino=ino, flags=flags & ~os.O_CLOEXEC,
                        protocol=sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
@@ -158,8 +158,8 @@ def _describe(sock: socket.socket, ino: int, info: dict | None, flags: int, wher
     nl_opts = 0
     if info is not None:                  # else never bound: sock_diag lists it not
         if info["flags"] & NDIAG_FLAG_CB_RUNNING:
-            raise ValueError(f"{where}: a netlink dump is being read from it (the rest of "
-                             "the reply would be lost)")
+            raise ValueError(f"{where}: a netlink socket in the middle of a dump (the rest "
+                             "of the reply would be lost)")
         n.portid, n.state = info["portid"], info["state"]
         n.dst_portid, n.dst_group = info["dst_portid"], info["dst_group"]
         n.groups.extend(info["groups"])

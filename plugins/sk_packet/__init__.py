@@ -147,9 +147,9 @@ def _describe(sock: socket.socket, ino: int, info: dict, flags: int, where: str)
     from plugins.sk_packet.diag import PDI_AUXDATA, PDI_LOSS, PDI_ORIGDEV, PDI_VNETHDR
     for ring in ("rx_ring", "tx_ring"):
         if info[ring] is not None:
-            raise ValueError(f"{where}: a TPACKET {ring.replace('_', ' ')} is mapped "
-                             "(PACKET_RX_RING/TX_RING, as libpcap's): not supported, the "
-                             "ring's mapping cannot be made again")
+            raise ValueError(f"{where}: a packet socket with a TPACKET ring mapped "
+                             f"({ring.replace('_', ' ')}, as libpcap's): the ring's mapping "
+                             "cannot be made again")
     for opt, name in ((PACKET_QDISC_BYPASS, "PACKET_QDISC_BYPASS"),
                       (PACKET_IGNORE_OUTGOING, "PACKET_IGNORE_OUTGOING"),
                       (PACKET_TX_HAS_OFF, "PACKET_TX_HAS_OFF")):

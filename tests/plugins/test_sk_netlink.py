@@ -37,7 +37,7 @@ def test_unread_netlink_messages_are_refused(build_target, target_runner, tmp_pa
     target = target_runner.start(build_target("sk_netlink"), "--unread")
     line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
     assert f"task {target.pid}: fd " in line and "(socket:[" in line, line
-    assert "netlink messages are waiting to be read" in line, line
+    assert "a netlink socket with unread messages" in line, line
     assert not task_gone(target.pid), "a refused dump must leave the target running"
 
 

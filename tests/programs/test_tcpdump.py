@@ -43,7 +43,7 @@ def test_tcpdump_ring_is_refused_and_tcpdump_runs_on(tmp_path):
         tcpdump.wait_for(r"listening on lo")
         line = engine_fails("dump", "-t", str(tcpdump.pid), "-D", str(tmp_path / "img"))
         assert f"task {tcpdump.pid}: fd " in line, line
-        assert "a TPACKET rx ring is mapped" in line, line
+        assert "a packet socket with a TPACKET ring mapped (rx ring" in line, line
         assert not task_gone(tcpdump.pid), "a refused dump must leave tcpdump running"
         _send_marks(9)
         deadline = time.monotonic() + 10     # a ring block is handed over when full or old
