@@ -123,8 +123,8 @@ def diag_dump(diag: socket.socket, request, reply_class) -> list:
 # --- the socket filter (SO_ATTACH_FILTER) -------------------------------------------
 
 def get_filter(sock: socket.socket) -> list[int]:
-    """The classic BPF program attached, one u64 per instruction (sk_opts_entry's
-    so_filter: struct sock_filter's 8 bytes, as CRIU keeps them)."""
+    """The classic BPF program attached, one u64 per instruction, encoded as
+    CRIU's so_filter (criu/sockets.c: code << 48 | jt << 40 | jf << 32 | k)."""
     call, size = _getsockopt(), ctypes.c_uint(0)
     if call(sock.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None, ctypes.byref(size)) < 0:
         err = ctypes.get_errno()
@@ -137,13 +137,24 @@ def get_filter(sock: socket.socket) -> list[int]:
     if call(sock.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, buf, ctypes.byref(size)) < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"SO_GET_FILTER: {os.strerror(err)}")
-    return list(buf[:size.value])
+    return [_encode(insn) for insn in buf[:size.value]]
+
+
+def _encode(raw: int) -> int:
+    """struct sock_filter (u16 code, u8 jt, u8 jf, u32 k, little-endian) as CRIU's u64."""
+    code, jt, jf, k = struct.unpack("<HBBI", struct.pack("<Q", raw))
+    return code << 48 | jt << 40 | jf << 32 | k
+
+
+def _decode(word: int) -> int:
+    return struct.unpack("<Q", struct.pack("<HBBI", word >> 48 & 0xFFFF, word >> 40 & 0xFF,
+                                           word >> 32 & 0xFF, word & 0xFFFFFFFF))[0]
 
 
 def set_filter(sock: socket.socket, program) -> None:
     if not program:
         return
-    insns = (ctypes.c_uint64 * len(program))(*program)
+    insns = (ctypes.c_uint64 * len(program))(*(_decode(word) for word in program))
     fprog = struct.pack("HxxxxxxQ", len(program), ctypes.addressof(insns))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 

@@ -1,7 +1,8 @@
 """sk_packet: AF_PACKET sockets, SOCK_RAW and SOCK_DGRAM (criu/sk-packet.c).
 
 Dump: a ``socket:[INODE]`` fd that is an AF_PACKET socket becomes a PACKETSK
-entry of files.img (body ``psk``): type, protocol, the interface it is
+entry of files.img (body ``psk``): type, protocol (an ethertype in network
+byte order, as CRIU writes it and passes it to socket()), the interface it is
 bound to (ifindex; 0: every interface), PACKET_VERSION, PACKET_RESERVE,
 PACKET_AUXDATA, PACKET_ORIGDEV, PACKET_VNET_HDR, PACKET_LOSS,
 PACKET_TIMESTAMP, PACKET_COPY_THRESH, its memberships (PACKET_ADD_MEMBERSHIP:
@@ -27,7 +28,7 @@ already queued cannot be given back to the kernel), PACKET_STATISTICS
 counters (reading them resets them), PACKET_TX_TIMESTAMP (no getsockopt
 reads it).
 
-Restore: socket(AF_PACKET, type, htons(protocol)) made by the task, its
+Restore: socket(AF_PACKET, type, protocol) made by the task, its
 options, bound to the interface, the PACKET_* options, memberships, then
 its fanout group (which needs a bound socket), then O_NONBLOCK. Refused at
 collect (files.img, naming the field): an unknown type, version, timestamp
@@ -106,12 +107,13 @@ def engine_restore_file(ctx, entry):
         return None
     from plugins.sk_netlink import socks
     p = entry.psk
-    sock = socket.socket(socket.AF_PACKET, p.type, socket.htons(p.protocol))
+    sock = socket.socket(socket.AF_PACKET, p.type, p.protocol)
     try:
         socks.restore_opts(sock, p.opts)
         if p.ifindex:
             try:
-                sock.bind((socket.if_indextoname(p.ifindex), p.protocol))
+                # Python's sockaddr_ll takes the protocol in host order
+                sock.bind((socket.if_indextoname(p.ifindex), socket.ntohs(p.protocol)))
             except OSError as e:
                 raise OSError(e.errno, f"packet socket id {entry.id}: bind to interface "
                                        f"{p.ifindex}: {e.strerror}") from None
@@ -162,7 +164,7 @@ def _describe(sock: socket.socket, ino: int, info: dict, flags: int, where: str)
         raise ValueError(f"{where}: its fanout group is steered by a BPF program "
                          "(PACKET_FANOUT_CBPF/EBPF), which cannot be read back")
     entry = file_entry(
-        "PACKETSK", "psk", type=info["type"], protocol=info["protocol"],
+        "PACKETSK", "psk", type=info["type"], protocol=socket.htons(info["protocol"]),
         flags=flags & ~os.O_CLOEXEC, ifindex=info["ifindex"], version=info["version"],
         reserve=info["reserve"], aux_data=bool(info["flags"] & PDI_AUXDATA),
         orig_dev=bool(info["flags"] & PDI_ORIGDEV),

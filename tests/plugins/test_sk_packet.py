@@ -15,18 +15,20 @@ def test_packet_sockets_come_back(build_target, target_runner, dump_restore, tmp
 
 
 def test_packet_entries_hold_what_criu_writes(build_target, target_runner, tmp_path):
-    """The PACKETSK entries hold CRIU's fields: ifindex, protocol in host
-    order, aux_data, the promiscuous membership, the fanout word."""
+    """The PACKETSK entries hold CRIU's fields: ifindex, protocol in network
+    byte order (as CRIU 4.2 writes ETH_P_ALL: 768), aux_data, the promiscuous
+    membership, the fanout word (with its flags, which CRIU loses)."""
     import socket
     target = target_runner.start(build_target("sk_packet"))
     images = dump_to(target, tmp_path / "img")
     socks = {p.type: p for p in (e.psk for e in images.read("files") if e.HasField("psk"))}
     raw, dgram = socks[socket.SOCK_RAW], socks[socket.SOCK_DGRAM]
-    assert (raw.ifindex, raw.protocol, raw.aux_data, raw.orig_dev) == (1, 0x0003, True, True)
+    assert (raw.ifindex, raw.protocol, raw.aux_data, raw.orig_dev) == (1, 0x0300, True, True)
     assert (raw.version, raw.reserve, raw.fanout) == (1, 0x4e, 0x4e4b | ((0x1000 | 2) << 16))
     assert [(m.index, m.type) for m in raw.mclist] == [(1, 1)]
-    assert list(raw.opts.so_filter) and not raw.HasField("rx_ring")
-    assert (dgram.ifindex, dgram.protocol, dgram.loss, dgram.fanout) == (0, 0x0800, True,
+    # ret #0x40004 as CRIU 4.2 encodes it: code << 48 | jt << 40 | jf << 32 | k
+    assert list(raw.opts.so_filter) == [0x06 << 48 | 0x40004] and not raw.HasField("rx_ring")
+    assert (dgram.ifindex, dgram.protocol, dgram.loss, dgram.fanout) == (0, 0x0008, True,
                                                                           0xFFFFFFFF)
 
 
