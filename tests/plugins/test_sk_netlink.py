@@ -15,6 +15,26 @@ def test_netlink_sockets_come_back(build_target, target_runner, dump_restore, tm
     assert dump_restore(target, tmp_path / "img") == "PASS"
 
 
+def test_netlink_sockets_in_a_network_namespace_of_their_own(build_target, target_runner,
+                                                            dump_restore, tmp_path):
+    """The same sockets made after unshare(CLONE_NEWNET): sock_diag is asked in
+    that namespace (the engine's lists none of them), and each comes back there."""
+    target = target_runner.start(build_target("sk_netlink"), "--netns")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def test_socket_of_another_network_namespace_is_refused(build_target, target_runner,
+                                                       tmp_path):
+    """Sockets made before the task moved to a new network namespace cannot be
+    made again by it: the dump fails naming the fd, the target runs on."""
+    from engine.testing import engine_fails, task_gone
+    target = target_runner.start(build_target("sk_netlink"), "--netns-after")
+    line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
+    assert f"task {target.pid}: fd " in line, line
+    assert "the socket belongs to another network namespace than its task's" in line, line
+    assert not task_gone(target.pid), "a refused dump must leave the target running"
+
+
 def test_netlink_entries_hold_what_criu_writes(build_target, target_runner, tmp_path):
     """The NETLINKSK entries hold what CRIU's would: protocol, port id, the
     groups bitmap, the connected peer."""

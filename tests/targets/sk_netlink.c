@@ -8,12 +8,15 @@
  *       (ret #0x4e4c); an audit socket autobound. Each comes back with its
  *       port id, groups, peer (a message sent by the second reaches the
  *       first), flags and options, and the route socket still answers.
- *       --unread: an answer is left unread in the route socket's queue. */
+ *       --unread: an answer is left unread in the route socket's queue.
+ *       --netns: all made in a network namespace of its own (sock_diag is
+ *       asked there); --netns-after: moved to one once they are made. */
 #include "target.h"
 
 #include <linux/filter.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <sched.h>
 #include <sys/socket.h>
 
 #ifndef SOL_NETLINK
@@ -110,6 +113,8 @@ int main(int argc, char **argv)
 	char msg[64];
 
 	tgt_init(argc, argv);
+	if (tgt_flag("netns") && unshare(CLONE_NEWNET))
+		tgt_die("unshare(CLONE_NEWNET): %m");
 	a = nl_socket(NETLINK_ROUTE, SOCK_NONBLOCK);
 	if (setsockopt(a, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) ||
 	    setsockopt(a, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof(one)))
@@ -141,6 +146,9 @@ int main(int argc, char **argv)
 		if (sendto(a, &req, sizeof(req), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
 			tgt_die("sendto: %m");
 	}
+
+	if (tgt_flag("netns-after") && unshare(CLONE_NEWNET))
+		tgt_die("unshare(CLONE_NEWNET): %m");
 
 	tgt_ready();
 	tgt_wait_stop();
