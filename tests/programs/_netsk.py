@@ -58,6 +58,21 @@ class Program:
     def restore(self, img: Path) -> None:
         engine_cli("restore", "-D", str(img), "--verify")
 
+    def spoiled_restore_fails(self, img: Path, spoil) -> str:
+        """Restore a copy of the images whose files.img `spoil(entries)` edited:
+        it must fail in one line and leave nothing running; that line."""
+        from engine.images import ImageDir
+        from engine.testing import engine_fails, task_gone
+        copy = img.with_name(img.name + "-spoiled")
+        shutil.copytree(img, copy)
+        images = ImageDir(str(copy))
+        files = images.read("files")
+        spoil(files)
+        images.write("files", files)
+        line = engine_fails("restore", "-D", str(copy))
+        assert task_gone(self.pid), f"{self.pid} runs after a failed restore"
+        return line
+
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> None:
         """Signal the (restored) program and reap it: we are its subreaper."""
         try:

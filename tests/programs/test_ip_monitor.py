@@ -19,7 +19,13 @@ def _route(action: str, prefix: str, check: bool = True) -> None:
                    check=check, capture_output=True)
 
 
+def _spoil(files) -> None:
+    next(e.nlsk for e in files if e.HasField("nlsk")).protocol = 99
+
+
 def test_ip_monitor_reports_a_route_added_after_restore(tmp_path):
+    """Also: a restore of a spoiled copy of its images fails first, leaving
+    nothing running."""
     monitor = Program([need("ip"), "monitor", "route"], tmp_path / "monitor.out")
     try:
         # it prints no banner: it listens once it reports a route
@@ -31,6 +37,8 @@ def test_ip_monitor_reports_a_route_added_after_restore(tmp_path):
         monitor.wait_for(r"192\.0\.2\.77", timeout=1)
         monitor.dump(tmp_path / "img")
         seen = len(monitor.text())
+        line = monitor.spoiled_restore_fails(tmp_path / "img", _spoil)
+        assert "protocol 99 is not a netlink protocol" in line, line
         monitor.restore(tmp_path / "img")
         _route("add", "198.51.100.78/32")
         line = monitor.wait_for(r"^.*198\.51\.100\.78.*$", start=seen).group(0)
