@@ -73,7 +73,7 @@ def _first(files, **match):
     ("dst_group", 40, "dst_group 40 is over 32"),
     ("groups", [1] * 64, "groups has 64 words, more than 32"),
     ("so_rcvbuf", 0, "opts.so_rcvbuf = 0 is not a buffer size"),
-    ("so_bound_dev", "nosuchdev0", "opts.so_bound_dev 'nosuchdev0': no such interface"),
+    ("so_bound_dev", "x" * 16, f"opts.so_bound_dev '{'x' * 16}' is longer than an interface name"),
 ])
 def test_hostile_netlink_entry_is_refused(build_target, target_runner, tmp_path, field,
                                           value, want):
