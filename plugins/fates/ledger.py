@@ -177,6 +177,7 @@ FD_KINDS = {
 DATAGRAMS_QUEUED = ("as CRIU: a datagram queued for a raw, ping or packet socket cannot be "
                     "handed back to the kernel, and what arrives while the tree is frozen "
                     "is lost anyway (UDP's, not kept yet, are the same)")
+PACKET_OPTION = "a packet socket with an option its image cannot hold"
 SOCKETS = {
     "netlink messages not yet read": refused("a netlink socket with unread messages",
                                              by="sk_netlink"),
@@ -184,6 +185,18 @@ SOCKETS = {
         refused("a netlink socket in the middle of a dump", by="sk_netlink"),
     "TPACKET rings (PACKET_RX_RING, PACKET_TX_RING)":
         refused("a packet socket with a TPACKET ring mapped", by="sk_packet"),
+    "PACKET_QDISC_BYPASS": refused(PACKET_OPTION, by="sk_packet"),
+    "PACKET_IGNORE_OUTGOING": refused(PACKET_OPTION, by="sk_packet"),
+    "PACKET_TX_HAS_OFF": refused(PACKET_OPTION, by="sk_packet"),
+    "PACKET_FANOUT_CBPF, PACKET_FANOUT_EBPF":
+        refused("a packet fanout group steered by a BPF program", by="sk_packet"),
+    "a packet membership added twice (pdmc_count)":
+        refused("a packet membership added more than once", by="sk_packet"),
+    "IPV6_CHECKSUM on a raw IPv6 socket (not ICMPv6)":
+        refused("a raw IPv6 socket with IPV6_CHECKSUM set", by="sk_inet"),
+    "a netlink, packet or raw socket made in another network namespace":
+        refused("a socket of another network namespace than its task's", by="sk_netlink"),
+    "SO_LOCK_FILTER": refused("a locked socket filter", by="sk_netlink"),
     "datagrams queued on raw, ping and packet sockets": dropped(DATAGRAMS_QUEUED),
     "PACKET_STATISTICS": dropped(COUNTER + " (reading it resets it)"),
     "PACKET_TX_TIMESTAMP": dropped("no getsockopt reads it back"),

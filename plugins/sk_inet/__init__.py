@@ -5,23 +5,25 @@ AF_INET6 TCP or UDP (or that is one and was never bound) becomes an INETSK
 entry of files.img: family, type, state, addresses and ports
 (getsockname/getpeername of a pidfd_getfd copy), backlog, socket, TCP and IP
 options, and the owner uid (sock_diag's idiag_uid, in inet_sk_entry's
-``uid``: field 21, upstream CRIU's and the fork's alike). TCP sockets may
-be unbound, bound, listening (with connections waiting to be accepted: see
+``uid``: field 21, upstream CRIU's and the fork's alike). TCP sockets may be
+unbound, bound, listening (with connections waiting to be accepted: see
 pending.py), established or half-closed (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
 CLOSING: a FIN received must come from a peer in the tree, which sends it
-again); UDP ones unbound, bound or connected (their queued datagrams are
-not kept, as CRIU). Raw sockets (any protocol) and ICMP "ping" datagram
-sockets are dumped alike (type and protocol in the entry, as CRIU): bound
-or connected (their state and peer from /proc/PID/net/raw or icmp, since
+again); UDP ones unbound, bound or connected (their queued datagrams are not
+kept, as CRIU). Raw sockets (any protocol) and ICMP "ping" datagram sockets
+are dumped alike (type and protocol in the entry, as CRIU): bound or
+connected (their state and peer from /proc/PID/net/raw or icmp, since
 getpeername fails without a port), a ping socket's ident as its port,
-IP_HDRINCL, IP_NODEFRAG and the ICMP type filter in ip_opts.raw; their
-queued datagrams are dropped, as UDP's. Every inet socket also keeps
+IP_HDRINCL, IP_NODEFRAG and the ICMP type filter in ip_opts.raw (a raw
+IPv6 socket with IPV6_CHECKSUM set, ICMPv6 aside, is refused: the image
+keeps no offset); their queued datagrams are dropped, as UDP's. Every inet socket also keeps
 IP(V6)_RECVERR and IP(V6)_MTU_DISCOVER (ip_opts fields 64 and 65),
 SO_TIMESTAMP(NS) (sk_opts field 65; engine extensions CRIU ignores) and its
-classic socket filter (so_filter, as CRIU). A connection is locked first (netlock.py), then read
-through TCP_REPAIR (repair.py) into tcp-stream-INO.img, both queues after
-the entry. Any other TCP state (SYN_SENT, SYN_RECV) is refused with the fd
-named, and the tree is left running.
+classic socket filter (so_filter, as CRIU). A connection is locked first
+(netlock.py), then read through TCP_REPAIR (repair.py) into
+tcp-stream-INO.img, both queues after the entry. Any other TCP state
+(SYN_SENT, SYN_RECV) is refused with the fd named, and the tree is left
+running.
 
 The lock stays until the restore has put the connection back (like CRIU):
 with the default kill the dumped sockets die silently in repair mode; with

@@ -156,8 +156,8 @@ def _dump_raw_opts(sock: socket.socket, i) -> None:
     # IPv6: the checksum offset the kernel fills (an ICMPv6 socket's is fixed)
     if i.proto != socket.IPPROTO_ICMPV6 and sock.getsockopt(socket.IPPROTO_IPV6,
                                                             IPV6_CHECKSUM) != -1:
-        raise ValueError(f"raw IPv6 socket {i.ino}: IPV6_CHECKSUM is set (the image keeps "
-                         "no offset)")
+        raise ValueError("a raw IPv6 socket with IPV6_CHECKSUM set (the image keeps no "
+                         "offset)")
     if i.proto == socket.IPPROTO_ICMPV6:
         raw = sock.getsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, 4 * FILTER_WORDS[i.family])
         r.icmpv_filter.extend(struct.unpack(f"<{FILTER_WORDS[i.family]}I", raw))

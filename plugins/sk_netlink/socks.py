@@ -63,8 +63,8 @@ def check_netns(sock: socket.socket, pid: int, where: str) -> None:
     """A socket is remade by its task, in the task's namespace: one made in
     another namespace (before a setns or unshare) cannot come back there."""
     if netns_of(sock) != os.stat(f"/proc/{pid}/ns/net").st_ino:
-        raise ValueError(f"{where}: the socket belongs to another network namespace than "
-                         "its task's")
+        raise ValueError(f"{where}: a socket of another network namespace than its "
+                         "task's (the task cannot make it there)")
 
 
 def diag_socket(sock: socket.socket) -> socket.socket:
@@ -206,7 +206,7 @@ def dump_opts(sock: socket.socket, o, where: str) -> None:
         o.so_timestamp = timestamp
     if o.so_filter and sock.getsockopt(S, SO_LOCK_FILTER):
         # sk_opts_entry has no field for it (nor does CRIU restore it)
-        raise ValueError(f"{where}: its socket filter is locked (SO_LOCK_FILTER)")
+        raise ValueError(f"{where}: a locked socket filter (SO_LOCK_FILTER)")
 
 
 def check_opts(o, where: str) -> None:

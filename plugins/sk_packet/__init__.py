@@ -156,13 +156,14 @@ def _describe(sock: socket.socket, ino: int, info: dict, flags: int, where: str)
                       (PACKET_IGNORE_OUTGOING, "PACKET_IGNORE_OUTGOING"),
                       (PACKET_TX_HAS_OFF, "PACKET_TX_HAS_OFF")):
         if sock.getsockopt(SOL_PACKET, opt):
-            raise ValueError(f"{where}: {name} is set (the image has no field for it)")
+            raise ValueError(f"{where}: a packet socket with an option its image cannot "
+                             f"hold ({name} set)")
     fanout = info["fanout"]
     if fanout is not None:          # packet_diag leaves out the flags (ROLLOVER...)
         fanout = sock.getsockopt(SOL_PACKET, PACKET_FANOUT)
     if fanout is not None and (fanout >> 16) & 0xFF in (FANOUT_CBPF, FANOUT_EBPF):
-        raise ValueError(f"{where}: its fanout group is steered by a BPF program "
-                         "(PACKET_FANOUT_CBPF/EBPF), which cannot be read back")
+        raise ValueError(f"{where}: a packet fanout group steered by a BPF program "
+                         "(PACKET_FANOUT_CBPF/EBPF: it cannot be read back)")
     entry = file_entry(
         "PACKETSK", "psk", type=info["type"], protocol=socket.htons(info["protocol"]),
         flags=flags & ~os.O_CLOEXEC, ifindex=info["ifindex"], version=info["version"],
@@ -173,8 +174,9 @@ def _describe(sock: socket.socket, ino: int, info: dict, flags: int, where: str)
     p = entry.psk
     for ifindex, count, kind, addr in info["mclist"]:
         if count > 1:
-            raise ValueError(f"{where}: membership {MR_TYPES.get(kind, kind)} on interface "
-                             f"{ifindex} added {count} times (the image keeps it once)")
+            raise ValueError(f"{where}: a packet membership added more than once "
+                             f"({MR_TYPES.get(kind, kind)} on interface {ifindex}, {count} "
+                             "times: the image keeps it once)")
         p.mclist.add(index=ifindex, type=kind, addr=addr)
     if fanout is not None:
         p.fanout = fanout

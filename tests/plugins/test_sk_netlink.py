@@ -31,7 +31,7 @@ def test_socket_of_another_network_namespace_is_refused(build_target, target_run
     target = target_runner.start(build_target("sk_netlink"), "--netns-after")
     line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
     assert f"task {target.pid}: fd " in line, line
-    assert "the socket belongs to another network namespace than its task's" in line, line
+    assert "a socket of another network namespace than its task's" in line, line
     assert not task_gone(target.pid), "a refused dump must leave the target running"
 
 
@@ -107,3 +107,21 @@ def test_disabled_plugin_refuses_the_image(build_target, target_runner, tmp_path
     line = engine_fails("restore", "--disable", "sk_netlink", "-D", img)
     assert "file:NETLINKSK" in line, line
     assert task_gone(target.pid)
+
+
+def test_socket_refusals_in_the_ledger_are_raised_by_their_plugins():
+    """Each refusal plugins/fates/ledger.py gives sk_netlink, sk_packet or
+    sk_inet is raised, in those words, by that plugin's code."""
+    import re
+    from pathlib import Path
+
+    from plugins.fates import ledger
+    root = Path(__file__).resolve().parents[2] / "plugins"
+    missing = []
+    for _, key, fate in ledger.every_fate():
+        if fate.fate == "refused" and fate.by in ("sk_netlink", "sk_packet", "sk_inet"):
+            source = "".join(p.read_text() for p in (root / fate.by).glob("*.py"))
+            # string literals split over lines joined back
+            if fate.what not in re.sub(r'"\s+f?"', "", source):
+                missing.append((fate.by, fate.what))
+    assert not missing, f"refused in the ledger, never in the plugin's words: {missing}"
