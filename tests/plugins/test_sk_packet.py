@@ -93,3 +93,21 @@ def test_disabled_plugin_refuses_the_image(build_target, target_runner, tmp_path
     line = engine_fails("restore", "--disable", "sk_packet", "-D", img)
     assert "file:PACKETSK" in line, line
     assert task_gone(target.pid)
+
+
+def test_crit_decodes_packet_entries(build_target, target_runner, tmp_path):
+    """Debian's crit decodes files.img with the psk bodies as CRIU 4.2 writes
+    them (ETH_P_ALL as 768, the promiscuous membership)."""
+    import json
+    import shutil
+    import subprocess
+    if shutil.which("crit") is None:
+        pytest.skip("crit is not installed")
+    target = target_runner.start(build_target("sk_packet"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    out = subprocess.run(["crit", "decode", "-i", str(img / "files.img")],
+                         capture_output=True, text=True, check=True).stdout
+    bodies = [e["psk"] for e in json.loads(out)["entries"] if "psk" in e]
+    assert sorted(b["protocol"] for b in bodies) == [8, 768]
+    assert [m["type"] for b in bodies for m in b.get("mclist", [])] == [1]
