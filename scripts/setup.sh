@@ -35,6 +35,12 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
         trap - EXIT
     fi
 fi
+# The programs the network acceptance tests run (tests/programs): ping, tcpdump.
+if ! command -v ping >/dev/null || ! command -v tcpdump >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq iputils-ping tcpdump >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

@@ -159,7 +159,40 @@ FD_KINDS = {
     "perf_event": refused(UNKNOWN_FD, by="files"),
     "bpf": refused(UNKNOWN_FD, by="files"),
     "userfaultfd": refused(UNKNOWN_FD, by="files"),
-    "other sockets (netlink, packet, ...)": refused(UNKNOWN_FD, by="files"),
+    "netlink socket": restored("sk_netlink"),
+    "packet socket": restored("sk_packet"),
+    "raw socket": restored("sk_inet"),
+    "ICMP ping socket": restored("sk_inet"),
+    "other sockets (UDP-Lite, SCTP, vsock, ...)": refused(UNKNOWN_FD, by="files"),
+}
+
+# --- what sockets hold beyond their kind ---------------------------------------------
+DATAGRAMS_QUEUED = ("as CRIU: a datagram queued for a raw, ping or packet socket cannot be "
+                    "handed back to the kernel, and what arrives while the tree is frozen "
+                    "is lost anyway (UDP's, not kept yet, are the same)")
+PACKET_OPTION = "a packet socket with an option its image cannot hold"
+SOCKETS = {
+    "netlink messages not yet read": refused("a netlink socket with unread messages",
+                                             by="sk_netlink"),
+    "a netlink dump being read (NDIAG_FLAG_CB_RUNNING)":
+        refused("a netlink socket in the middle of a dump", by="sk_netlink"),
+    "TPACKET rings (PACKET_RX_RING, PACKET_TX_RING)":
+        refused("a packet socket with a TPACKET ring mapped", by="sk_packet"),
+    "PACKET_QDISC_BYPASS": refused(PACKET_OPTION, by="sk_packet"),
+    "PACKET_IGNORE_OUTGOING": refused(PACKET_OPTION, by="sk_packet"),
+    "PACKET_TX_HAS_OFF": refused(PACKET_OPTION, by="sk_packet"),
+    "PACKET_FANOUT_CBPF, PACKET_FANOUT_EBPF":
+        refused("a packet fanout group steered by a BPF program", by="sk_packet"),
+    "a packet membership added twice (pdmc_count)":
+        refused("a packet membership added more than once", by="sk_packet"),
+    "IPV6_CHECKSUM on a raw IPv6 socket (not ICMPv6)":
+        refused("a raw IPv6 socket with IPV6_CHECKSUM set", by="sk_inet"),
+    "a netlink, packet or raw socket made in another network namespace":
+        refused("a socket of another network namespace than its task's", by="sk_netlink"),
+    "SO_LOCK_FILTER": refused("a locked socket filter", by="sk_netlink"),
+    "datagrams queued on raw, ping and packet sockets": dropped(DATAGRAMS_QUEUED),
+    "PACKET_STATISTICS": dropped(COUNTER + " (reading it resets it)"),
+    "PACKET_TX_TIMESTAMP": dropped("no getsockopt reads it back"),
 }
 
 # --- file locks, as /proc/locks names them ---------------------------------------
@@ -366,6 +399,7 @@ SYSV_IPC = {
 
 # Every table, by name (the README and the tests walk them).
 TABLES = {"status": STATUS, "fdinfo (every fd)": FDINFO_COMMON, "fd kinds": FD_KINDS,
+          "sockets": SOCKETS,
           "file locks": LOCKS, "mappings": MAPPINGS, "sched": SCHED, "/proc/PID": PROC,
           "namespaces": NAMESPACES, "System V IPC": SYSV_IPC,
           **{f"fdinfo ({kind})": keys for kind, keys in FDINFO.items()},

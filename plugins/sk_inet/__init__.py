@@ -1,19 +1,29 @@
-"""sk_inet: TCP and UDP sockets, IPv4 and IPv6 (criu/sk-inet.c, criu/sk-tcp.c).
+"""sk_inet: TCP, UDP, raw and ICMP ping sockets, IPv4 and IPv6 (criu/sk-inet.c, sk-tcp.c).
 
 Dump: a ``socket:[INODE]`` fd that sock_diag (pyroute2) lists as AF_INET or
 AF_INET6 TCP or UDP (or that is one and was never bound) becomes an INETSK
 entry of files.img: family, type, state, addresses and ports
 (getsockname/getpeername of a pidfd_getfd copy), backlog, socket, TCP and IP
 options, and the owner uid (sock_diag's idiag_uid, in inet_sk_entry's
-``uid``: field 21, upstream CRIU's and the fork's alike). TCP sockets may
-be unbound, bound, listening (with connections waiting to be accepted: see
+``uid``: field 21, upstream CRIU's and the fork's alike). TCP sockets may be
+unbound, bound, listening (with connections waiting to be accepted: see
 pending.py), established or half-closed (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
 CLOSING: a FIN received must come from a peer in the tree, which sends it
-again); UDP ones unbound, bound or connected (their queued datagrams are
-not kept, as CRIU). A connection is locked first (netlock.py), then read
-through TCP_REPAIR (repair.py) into tcp-stream-INO.img, both queues after
-the entry. Any other TCP state (SYN_SENT, SYN_RECV) is refused with the fd
-named, and the tree is left running.
+again); UDP ones unbound, bound or connected (their queued datagrams are not
+kept, as CRIU). Raw sockets (any protocol) and ICMP "ping" datagram sockets
+are dumped alike (type and protocol in the entry, as CRIU): bound or
+connected (their state and peer from /proc/PID/net/raw or icmp, since
+getpeername fails without a port), a ping socket's ident as its port,
+IP_HDRINCL, IP_NODEFRAG and the ICMP type filter in ip_opts.raw (a raw
+IPv6 socket with IPV6_CHECKSUM set, ICMPv6 aside, is refused: the image
+keeps no offset); their queued datagrams are dropped, as UDP's. Every inet socket also keeps
+IP(V6)_RECVERR and IP(V6)_MTU_DISCOVER (ip_opts fields 64 and 65),
+SO_TIMESTAMP(NS) (sk_opts field 65; engine extensions CRIU ignores) and its
+classic socket filter (so_filter, as CRIU). A connection is locked first
+(netlock.py), then read through TCP_REPAIR (repair.py) into
+tcp-stream-INO.img, both queues after the entry. Any other TCP state
+(SYN_SENT, SYN_RECV) is refused with the fd named, and the tree is left
+running.
 
 The lock stays until the restore has put the connection back (like CRIU):
 with the default kill the dumped sockets die silently in repair mode; with
@@ -41,8 +51,8 @@ from engine.fds import fdinfo, pidfd_getfd
 from engine.graph import Node
 from engine.stash import StashKey
 
-from plugins.sk_inet.inet import (GOT_FIN, KINDS, SENT_FIN, STATES, TCP_ESTABLISHED,
-                                  TCP_LISTEN, conn, connected, connections)
+from plugins.sk_inet.inet import (GOT_FIN, SENT_FIN, STATES, TCP_ESTABLISHED, TCP_LISTEN,
+                                  conn, connected, connections, kind_name, kind_states)
 
 log = logging.getLogger("engine.plugins.sk_inet")
 
@@ -89,15 +99,19 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         return None                       # not inet: another plugin's
     where = f"task {task.pid}: fd {fd} ({link})"
     state = info["state"]
-    tcp = info["proto"] == socket.IPPROTO_TCP
-    if state not in KINDS[(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM, info["proto"])]:
-        raise ValueError(f"{where}: {'TCP' if tcp else 'UDP'} state "
+    stype = info.get("type", socket.SOCK_STREAM if info["proto"] == socket.IPPROTO_TCP
+                     else socket.SOCK_DGRAM)
+    tcp = stype == socket.SOCK_STREAM
+    if state not in kind_states(info["family"], stype, info["proto"]):
+        raise ValueError(f"{where}: {kind_name(stype, info['proto'])} state "
                          f"{STATES.get(state, state)} is not supported")
     if tcp and state == TCP_LISTEN and info["rqueue"]:
         pending.check_listener(ctx, task.pid, fd, info, where)
     sock = socket.socket(fileno=pidfd_getfd(task.pid, fd))
     try:
         entry = dump.describe(sock, info, fdinfo(task.pid, fd)["flags"] & ~os.O_CLOEXEC)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     finally:
         sock.close()
     if connected(entry.isk):
@@ -265,7 +279,7 @@ def _place(ctx, sock: socket.socket, i) -> None:
     """Bind, listen, connect, or rebuild in repair mode (behind the lock)."""
     local = restore.sockaddr(i, i.src_addr, i.src_port)
     remote = restore.sockaddr(i, i.dst_addr, i.dst_port)
-    tcp = i.proto == socket.IPPROTO_TCP
+    tcp = i.type == socket.SOCK_STREAM
     if tcp and i.state == TCP_ESTABLISHED and i.ino in ctx.stash.get(RECONNECT, {}):
         sock.bind(local)                  # connects once its listener listens
         conn = (local[0], local[1], remote[0], remote[1])

@@ -7,8 +7,12 @@ import struct
 
 from engine.fds import pidfd_getfd
 
-from plugins.sk_inet.inet import (CONNECTED, IP_FREEBIND, IP_PKTINFO, SO_BUF_LOCK, TCP_CLOSE,
-                                  TCP_ESTABLISHED, TCP_LISTEN, WORDS, words)
+from plugins.sk_inet.inet import (CONNECTED, FILTER_WORDS, ICMP_FILTER, ICMPV6_FILTER,
+                                  IP_HDRINCL, IP_MTU_DISCOVER, IP_NODEFRAG,
+                                  IP_PKTINFO, IP_RECVERR, IPV6_CHECKSUM, IPV6_MTU_DISCOVER,
+                                  IPV6_RECVERR, SO_BUF_LOCK, SOL_RAW, TCP_CLOSE,
+                                  TCP_ESTABLISHED, TCP_LISTEN, WORDS, freebind_opt, kind_states,
+                                  words)
 
 
 # Every TCP state but TIME_WAIT (6) and NEW_SYN_RECV (12): those are never
@@ -38,13 +42,29 @@ def inet_sockets() -> dict[int, dict]:
 
 
 def unhashed(pid: int, fd: int, ino: int) -> dict | None:
-    """An inet socket sock_diag does not list: never bound (nor connected)."""
+    """An inet socket inet_sockets() does not list: a TCP or UDP one never
+    bound (nor connected), or a raw or ICMP ping socket (sock_diag is not
+    asked for those; their state and peer are read from /proc/PID/net/raw or
+    icmp, getpeername failing on them with no port; the datagrams queued on
+    them are dropped, as UDP's)."""
     with socket.socket(fileno=pidfd_getfd(pid, fd)) as sock:
-        family, proto = sock.family, sock.proto
-    if family not in WORDS or proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+        family, stype, proto = sock.family, sock.type, sock.proto
+    if family not in WORDS or kind_states(family, stype, proto) is None:
         return None
-    return {"family": int(family), "proto": proto, "state": TCP_CLOSE, "uid": None,
-            "rqueue": 0, "wqueue": 0, "ino": ino}
+    info = {"family": int(family), "type": int(stype), "proto": proto, "state": TCP_CLOSE,
+            "uid": None, "rqueue": 0, "wqueue": 0, "ino": ino}
+    if stype != socket.SOCK_STREAM and proto != socket.IPPROTO_UDP:
+        name = ("raw" if stype == socket.SOCK_RAW else "icmp") + (
+            "6" if family == socket.AF_INET6 else "")
+        with open(f"/proc/{pid}/net/{name}") as f:
+            for line in f:
+                cols = line.split()
+                if len(cols) > 9 and cols[9] == str(ino):
+                    info["state"] = int(cols[3], 16)
+                    host, port = cols[2].split(":")
+                    info["peer"] = ([int(host[k:k + 8], 16) for k in range(0, len(host), 8)],
+                                    int(port, 16))
+    return info
 
 
 def describe(sock: socket.socket, info: dict, flags: int):
@@ -58,8 +78,11 @@ def describe(sock: socket.socket, info: dict, flags: int):
     local = sock.getsockname()
     i.src_port = local[1]
     i.src_addr.extend(words(family, local[0]))
-    if info["state"] == TCP_ESTABLISHED or (info["proto"] == socket.IPPROTO_TCP
-                                            and info["state"] in CONNECTED):
+    if "peer" in info and info["state"] == TCP_ESTABLISHED:      # raw, ping
+        i.dst_addr.extend(info["peer"][0])
+        i.dst_port = info["peer"][1]
+    elif info["state"] == TCP_ESTABLISHED or (sock.type == socket.SOCK_STREAM
+                                              and info["state"] in CONNECTED):
         remote = sock.getpeername()
         i.dst_port = remote[1]
         i.dst_addr.extend(words(family, remote[0]))
@@ -72,6 +95,8 @@ def describe(sock: socket.socket, info: dict, flags: int):
     i.uid = info["uid"] if info["uid"] is not None else os.fstat(sock.fileno()).st_uid
     i.fown.uid = i.fown.euid = i.fown.signum = i.fown.pid_type = i.fown.pid = 0
     _dump_opts(sock, i)
+    if i.type == socket.SOCK_RAW:
+        _dump_raw_opts(sock, i)
     return entry
 
 
@@ -95,15 +120,44 @@ def _dump_opts(sock: socket.socket, i) -> None:
     onoff, linger = struct.unpack("ii", sock.getsockopt(S, socket.SO_LINGER, 8))
     if onoff:
         o.so_linger = linger
-    if i.proto == socket.IPPROTO_TCP:
+    if i.type == socket.SOCK_STREAM:
         t = i.tcp_opts
         t.nodelay, t.cork = bool(get(T, socket.TCP_NODELAY)), bool(get(T, socket.TCP_CORK))
         t.keepcnt, t.keepidle = get(T, socket.TCP_KEEPCNT), get(T, socket.TCP_KEEPIDLE)
         t.keepintvl = get(T, socket.TCP_KEEPINTVL)
-    i.ip_opts.freebind = bool(get(socket.IPPROTO_IP, IP_FREEBIND))
+    i.ip_opts.freebind = bool(get(*freebind_opt(i.family, i.type)))
     if i.family == socket.AF_INET:
         i.ip_opts.tos = get(socket.IPPROTO_IP, socket.IP_TOS)
         i.ip_opts.ttl = get(socket.IPPROTO_IP, socket.IP_TTL)
         i.ip_opts.pktinfo = bool(get(socket.IPPROTO_IP, IP_PKTINFO))
+        i.ip_opts.recverr = bool(get(socket.IPPROTO_IP, IP_RECVERR))
+        i.ip_opts.mtu_discover = get(socket.IPPROTO_IP, IP_MTU_DISCOVER)
     else:
         i.v6only = bool(get(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+        i.ip_opts.recverr = bool(get(socket.IPPROTO_IPV6, IPV6_RECVERR))
+        i.ip_opts.mtu_discover = get(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER)
+    from plugins.sk_netlink import socks          # the socket layer's, every family's
+    o.so_filter.extend(socks.get_filter(sock))
+    timestamp = socks.get_timestamp(sock)
+    if timestamp:
+        o.so_timestamp = timestamp
+
+
+def _dump_raw_opts(sock: socket.socket, i) -> None:
+    """IP_HDRINCL, IP_NODEFRAG and the ICMP type filter of a raw socket
+    (criu/sk-inet.c: dump_ip_raw_opts)."""
+    r = i.ip_opts.raw
+    if i.family == socket.AF_INET:
+        r.hdrincl = bool(sock.getsockopt(socket.IPPROTO_IP, IP_HDRINCL))
+        r.nodefrag = bool(sock.getsockopt(socket.IPPROTO_IP, IP_NODEFRAG))
+        if i.proto == socket.IPPROTO_ICMP:
+            r.icmpv_filter.extend(struct.unpack("<I", sock.getsockopt(SOL_RAW, ICMP_FILTER, 4)))
+        return
+    # IPv6: the checksum offset the kernel fills (an ICMPv6 socket's is fixed)
+    if i.proto != socket.IPPROTO_ICMPV6 and sock.getsockopt(socket.IPPROTO_IPV6,
+                                                            IPV6_CHECKSUM) != -1:
+        raise ValueError("a raw IPv6 socket with IPV6_CHECKSUM set (the image keeps no "
+                         "offset)")
+    if i.proto == socket.IPPROTO_ICMPV6:
+        raw = sock.getsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, 4 * FILTER_WORDS[i.family])
+        r.icmpv_filter.extend(struct.unpack(f"<{FILTER_WORDS[i.family]}I", raw))

@@ -81,7 +81,8 @@ def check_owner(sock: socket.socket, i, uid: int) -> None:
     """sk_uid as the kernel shows it (/proc/net/*'s uid column), once the
     socket is hashed there; an unbound one has only its inode's owner."""
     ino = os.fstat(sock.fileno()).st_ino
-    name = ("tcp" if i.proto == socket.IPPROTO_TCP else "udp") + (
+    name = ("raw" if i.type == socket.SOCK_RAW else "tcp" if i.type == socket.SOCK_STREAM
+            else "udp" if i.proto == socket.IPPROTO_UDP else "icmp") + (
         "6" if i.family == socket.AF_INET6 else "")
     with open(f"/proc/net/{name}") as f:
         for line in f:

@@ -119,9 +119,9 @@ def plan(socks: dict, referenced: set, data: dict) -> dict[int, bytes]:
     established entry that no fd holds (a connection not yet accepted)."""
     from plugins.sk_inet.inet import addr as _addr
     est = {fid: i for fid, i in socks.items()
-           if i.proto == socket.IPPROTO_TCP and i.state == TCP_ESTABLISHED}
+           if i.type == socket.SOCK_STREAM and i.state == TCP_ESTABLISHED}
     ports = {i.src_port for i in socks.values()
-             if i.proto == socket.IPPROTO_TCP and i.state == TCP_LISTEN}
+             if i.type == socket.SOCK_STREAM and i.state == TCP_LISTEN}
 
     def key(i, src, dst):
         return _key(_addr(i.family, getattr(i, src + "_addr")), getattr(i, src + "_port"),

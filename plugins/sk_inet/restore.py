@@ -8,9 +8,12 @@ import os
 import socket
 import struct
 
-from plugins.sk_inet.inet import (IP_FREEBIND, IP_PKTINFO, KINDS, MAX_BUF, SO_BUF_LOCK,
-                                  SO_RCVBUFFORCE, SO_SNDBUFFORCE, STATES, TCP_ESTABLISHED,
-                                  WORDS, addr, connected)
+from plugins.sk_inet.inet import (FILTER_WORDS, ICMP_FILTER, ICMPV6_FILTER,
+                                  IP_HDRINCL, IP_MTU_DISCOVER, IP_NODEFRAG, IP_PKTINFO,
+                                  IP_PMTUDISC_MAX, IP_RECVERR, IPV6_MTU_DISCOVER, IPV6_RECVERR,
+                                  MAX_BUF, PING, SO_BUF_LOCK, SO_RCVBUFFORCE, SO_SNDBUFFORCE,
+                                  SOL_RAW, STATES, TCP_ESTABLISHED, WORDS, addr, connected,
+                                  freebind_opt, is_tcp, kind_name, kind_states)
 from plugins.sk_inet.owner import uid_here
 from engine.images import ImageError
 
@@ -21,12 +24,14 @@ def check_entry(ctx, fid: int, i) -> None:
     where = f"files.img: inet socket id {fid}"
     if i.family not in WORDS:
         raise ImageError(where, f"family {i.family} is not AF_INET or AF_INET6")
-    states = KINDS.get((i.type, i.proto))
+    states = kind_states(i.family, i.type, i.proto)
     if states is None:
-        raise ImageError(where, f"type {i.type} with proto {i.proto} is not TCP or UDP")
+        raise ImageError(where, f"type {i.type} with proto {i.proto} is not TCP, UDP, "
+                                "ICMP ping or raw")
     if i.state not in states:
         raise ImageError(where, f"state {STATES.get(i.state, i.state)} is not supported "
-                                f"for {'TCP' if i.proto == socket.IPPROTO_TCP else 'UDP'}")
+                                f"for {kind_name(i.type, i.proto)}")
+    _check_ip_opts(where, i)
     if i.ifname:
         try:
             socket.if_nametoindex(i.ifname)
@@ -39,7 +44,11 @@ def check_entry(ctx, fid: int, i) -> None:
     for field in ("src_port", "dst_port"):
         if getattr(i, field) > 0xFFFF:
             raise ImageError(where, f"{field} = {getattr(i, field)} is not a port")
-    if (i.state == TCP_ESTABLISHED or connected(i)) and not (i.dst_port and len(i.dst_addr)):
+    # a raw or ping socket connects to an address alone (no port)
+    portless = i.type == socket.SOCK_RAW or i.proto in (socket.IPPROTO_ICMP,
+                                                        socket.IPPROTO_ICMPV6)
+    if (i.state == TCP_ESTABLISHED or connected(i)) and not (
+            (i.dst_port or portless) and len(i.dst_addr)):
         raise ImageError(where, "dst_port: a connected socket needs its peer")
     for field in ("so_sndbuf", "so_rcvbuf"):
         value = getattr(i.opts, field)
@@ -81,15 +90,17 @@ def before_bind(sock: socket.socket, i) -> None:
     sock.setsockopt(S, socket.SO_REUSEADDR, 1)
     if o.HasField("so_reuseport"):
         sock.setsockopt(S, socket.SO_REUSEPORT, int(o.so_reuseport))
-    if i.family == socket.AF_INET6 and i.HasField("v6only"):
+    # (a raw socket takes none: it has a port, its protocol, from the start)
+    if i.family == socket.AF_INET6 and i.HasField("v6only") and (
+            i.v6only or i.type != socket.SOCK_RAW):
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(i.v6only))
     if i.ip_opts.freebind:
-        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.setsockopt(*freebind_opt(i.family, i.type), 1)
 
 
 def after_bind(sock: socket.socket, i) -> None:
     """Every other option, the dumped SO_REUSEADDR and O_NONBLOCK."""
-    S, T = socket.SOL_SOCKET, socket.IPPROTO_TCP
+    S = socket.SOL_SOCKET
     o = i.opts
     sock.setsockopt(S, socket.SO_REUSEADDR, int(o.reuseaddr))
     for name, opt in (("snd", socket.SO_SNDTIMEO), ("rcv", socket.SO_RCVTIMEO)):
@@ -106,7 +117,7 @@ def after_bind(sock: socket.socket, i) -> None:
         sock.setsockopt(S, socket.SO_LINGER, struct.pack("ii", 1, o.so_linger))
     if o.HasField("so_buf_lock"):
         sock.setsockopt(S, SO_BUF_LOCK, o.so_buf_lock)
-    if i.proto == T:
+    if is_tcp(i):
         _restore_tcp_opts(sock, i)
     if i.family == socket.AF_INET:
         if i.ip_opts.HasField("tos"):
@@ -115,9 +126,48 @@ def after_bind(sock: socket.socket, i) -> None:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, i.ip_opts.ttl)
         if i.ip_opts.pktinfo:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    _restore_ip_opts(sock, i)
     fl = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
     fcntl.fcntl(sock.fileno(), fcntl.F_SETFL,
                 (fl & ~os.O_NONBLOCK) | (i.flags & os.O_NONBLOCK))
+
+
+def _check_ip_opts(where: str, i) -> None:
+    from plugins.sk_netlink import socks
+    if i.ip_opts.HasField("mtu_discover") and i.ip_opts.mtu_discover > IP_PMTUDISC_MAX:
+        raise ImageError(where, f"ip_opts.mtu_discover = {i.ip_opts.mtu_discover} is over "
+                                f"{IP_PMTUDISC_MAX}")
+    n = len(i.ip_opts.raw.icmpv_filter)
+    if n and (i.type != socket.SOCK_RAW or i.proto != PING[i.family]
+              or n != FILTER_WORDS[i.family]):
+        raise ImageError(where, f"ip_opts.raw.icmpv_filter has {n} words: want "
+                                f"{FILTER_WORDS[i.family]}, on a raw ICMP socket")
+    socks.check_opts(i.opts, where)
+
+
+def _restore_ip_opts(sock: socket.socket, i) -> None:
+    """IP_RECVERR, IP_MTU_DISCOVER (their IPv6 twins), the raw socket's own
+    options, SO_TIMESTAMP and the socket filter."""
+    from plugins.sk_netlink import socks
+    ip = i.ip_opts
+    v4 = i.family == socket.AF_INET
+    level = socket.IPPROTO_IP if v4 else socket.IPPROTO_IPV6
+    if ip.HasField("recverr") and ip.recverr:
+        sock.setsockopt(level, IP_RECVERR if v4 else IPV6_RECVERR, 1)
+    if ip.HasField("mtu_discover"):
+        sock.setsockopt(level, IP_MTU_DISCOVER if v4 else IPV6_MTU_DISCOVER, ip.mtu_discover)
+    if i.type == socket.SOCK_RAW:
+        if ip.raw.hdrincl:
+            sock.setsockopt(socket.IPPROTO_IP, IP_HDRINCL, 1)
+        if ip.raw.nodefrag:
+            sock.setsockopt(socket.IPPROTO_IP, IP_NODEFRAG, 1)
+        words = list(ip.raw.icmpv_filter)
+        if words:
+            sock.setsockopt(SOL_RAW if v4 else socket.IPPROTO_ICMPV6,
+                            ICMP_FILTER if v4 else ICMPV6_FILTER,
+                            struct.pack(f"<{len(words)}I", *words))
+    socks.set_filter(sock, list(i.opts.so_filter))
+    socks.set_timestamp(sock, i.opts.so_timestamp)
 
 
 def _restore_tcp_opts(sock: socket.socket, i) -> None:

@@ -30,14 +30,15 @@ def test_hook_engine_restore_file(build_target, target_runner, engine_cli, tmp_p
 
 
 def test_failed_dump_leaves_the_target_running(engine_cli, tmp_path):
-    """An fd no plugin can dump (here a netlink socket) fails the dump with
+    """An fd no plugin can dump (here a UDP-Lite socket) fails the dump with
     one line; the tree runs on untouched."""
     import os
     import signal
     import subprocess
     import sys
     import time
-    code = ("import os, socket, time\na = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)\n"
+    code = ("import os, socket, time\n"
+            "a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)\n"   # IPPROTO_UDPLITE
             "if os.fork() == 0:\n"
             "    time.sleep(60)\nelse:\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ from engine.images.proto import fown_pb2 as engine_dot_images_dot_proto_dot_fown
 from engine.images.proto import sockets_pb2 as engine_dot_images_dot_proto_dot_sockets__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$engine/images/proto/netlink_sk.proto\x1a\x1e\x65ngine/images/proto/fown.proto\x1a!engine/images/proto/sockets.proto\"\xea\x01\n\x10netlink_sk_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0b\n\x03ino\x18\x02 \x02(\r\x12\x10\n\x08protocol\x18\x03 \x02(\r\x12\r\n\x05state\x18\x04 \x02(\r\x12\r\n\x05\x66lags\x18\x06 \x02(\r\x12\x0e\n\x06portid\x18\x07 \x02(\r\x12\x0e\n\x06groups\x18\x08 \x03(\r\x12\x12\n\ndst_portid\x18\t \x02(\r\x12\x11\n\tdst_group\x18\n \x02(\r\x12\x19\n\x04\x66own\x18\x0b \x02(\x0b\x32\x0b.fown_entry\x12\x1c\n\x04opts\x18\x0c \x02(\x0b\x32\x0e.sk_opts_entry\x12\r\n\x05ns_id\x18\r \x01(\r')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$engine/images/proto/netlink_sk.proto\x1a\x1e\x65ngine/images/proto/fown.proto\x1a!engine/images/proto/sockets.proto\"\xfb\x01\n\x10netlink_sk_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0b\n\x03ino\x18\x02 \x02(\r\x12\x10\n\x08protocol\x18\x03 \x02(\r\x12\r\n\x05state\x18\x04 \x02(\r\x12\r\n\x05\x66lags\x18\x06 \x02(\r\x12\x0e\n\x06portid\x18\x07 \x02(\r\x12\x0e\n\x06groups\x18\x08 \x03(\r\x12\x12\n\ndst_portid\x18\t \x02(\r\x12\x11\n\tdst_group\x18\n \x02(\r\x12\x19\n\x04\x66own\x18\x0b \x02(\x0b\x32\x0b.fown_entry\x12\x1c\n\x04opts\x18\x0c \x02(\x0b\x32\x0e.sk_opts_entry\x12\r\n\x05ns_id\x18\r \x01(\r\x12\x0f\n\x07nl_opts\x18@ \x01(\r')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'engine.images.proto.netlink
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NETLINK_SK_ENTRY']._serialized_start=108
-  _globals['_NETLINK_SK_ENTRY']._serialized_end=342
+  _globals['_NETLINK_SK_ENTRY']._serialized_end=359
 # @@protoc_insertion_point(module_scope)
