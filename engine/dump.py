@@ -94,6 +94,8 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
             pid: [(th.rseq_abi_pointer, th.rseq_abi_size) for th in task.state.threads
                   if th.rseq_abi_pointer]
             for pid, task in ctx.tasks.items() if task.state is not None})
+        from engine.images import manifest
+        manifest.write(ctx.images.dir)          # every image is written by now
         _write_inventory(ctx)
         ctx.hook.engine_dump_written(ctx=ctx)
     except BaseException as e:

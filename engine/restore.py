@@ -31,6 +31,8 @@ NODE_TIMEOUT = float(os.environ.get("ENGINE_NODE_TIMEOUT", "120"))   # per batch
 
 def build_graph(ctx: RestoreContext) -> Graph:
     _check_inventory(ctx)
+    from engine.images import manifest
+    manifest.check(ctx.images.dir)
     _check_image_resources(ctx)
     graph = Graph(ctx.registry)
     ctx.graph = graph

@@ -45,7 +45,11 @@ class ImageDir:
         return entries[0]
 
     def write(self, name: str, messages, id=None) -> None:
-        write_entries(self.path(name, id), self.kinds.get(name), messages)
+        path = self.path(name, id)
+        write_entries(path, self.kinds.get(name), messages)
+        if os.path.exists(os.path.join(self.dir, "engine-images.json")):
+            from engine.images import manifest
+            manifest.note(self.dir, os.path.basename(path))
 
     def message(self, name: str, first: bool = False):
         """The protobuf class of an image kind's entries."""
