@@ -177,7 +177,7 @@ LOCKS = {
 
 # --- mappings (/proc/PID/maps) that are more than memory ----------------------------
 MAPPINGS = {
-    "SysV shared memory (/SYSV*)": refused("System V shared memory attached"),
+    "SysV shared memory (/SYSV*)": restored("mem"),
     "AIO ring ([aio])": refused("AIO context"),
     "named anonymous memory ([anon:NAME], PR_SET_VMA)": refused("named anonymous memory"),
     "hugetlb": refused("a hugetlb mapping", by="mem"),
@@ -356,8 +356,7 @@ NAMESPACES = {
 }
 
 SYSV_IPC = {
-    "objects in a dumped IPC namespace (ipcs: shm, sem, msg)":
-        refused("System V IPC objects in its IPC namespace"),
+    "objects in a dumped IPC namespace (ipcs: shm, sem, msg)": restored("ipcns"),
 }
 
 # Every table, by name (the README and the tests walk them).

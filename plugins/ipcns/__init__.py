@@ -3,11 +3,19 @@
 Dump: every IPC namespace a live task is in, other than the engine's own,
 into ipcns-var-ID.img (ID: ids-PID.img ipc_ns_id): the kernel.msg*, sem,
 shm* and fs.mqueue.* sysctls read inside it by a helper, and the user
-namespace owning it (owner_id; 0: the engine's). System V objects in it
-(/proc/sysvipc) are not dumped: a namespace holding any is refused, naming
-the task. Restore: the first task in it (parents first) makes it and
-writes the sysctls; the others join it (engine/ns.py). A sem line that is
-not four numbers is refused before anything starts.
+namespace owning it (owner_id; 0: the engine's); and its System V objects
+(objects.py) into ipcns-shm-ID.img (each segment's data after its entry),
+ipcns-sem-ID.img and ipcns-msg-ID.img. Refused at dump: a segment
+IPC_RMID'd while still attached, or SHM_LOCK'd. Dropped on purpose: the
+pids and times of last use (no call sets them) and semaphore undo lists
+(a task's semadj is lost: its exit will not undo its semops).
+Restore: the first task in it (parents first) makes it, writes the
+sysctls, makes every object with its id and writes the *_next_id sysctls
+last; the others join it (engine/ns.py). Tasks attach their segments in
+plugins/mem (VMA_AREA_SYSVIPC, shmat at the dumped address). Refused
+before anything starts: a sem line that is not four numbers, an id that is
+no id, a segment bigger than shmmax, a set whose values are not nsems
+numbers up to SEMVMX, a message longer than msgmax or than its text.
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import logging
 
 from engine import hookimpl
 from engine.images import ImageError
+from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.ipcns")
 
@@ -30,6 +39,12 @@ SYSCTLS = {
     "sem_next_id": K + "sem_next_id", "shm_next_id": K + "shm_next_id",
 }
 NEXT_IDS = ("msg_next_id", "sem_next_id", "shm_next_id")
+SHM_DEST, SHM_LOCKED = 0o1000, 0o2000          # in an object's mode
+IPC_ID_MAX = (1 << 31) - 1                      # ids are positive ints
+SEMVMX = 32767
+KINDS = ("shm", "sem", "msg")
+# ns id -> {"shm": [(entry, data)], "sem": [entry], "msg": [entry]}, read at collect
+OBJECTS: StashKey[dict] = StashKey()
 
 
 # --- registration ---------------------------------------------------------
@@ -40,6 +55,13 @@ def engine_register_images(registry):
     P = "engine.images.proto."
     registry.register(ImageKind("ipcns-var", "ipcns-var-{id}.img", 0x53115007, P + "ipc_var_pb2",
                                 "ipc_var_entry", magic_name="IPC_VAR"))
+    S = "plugins.ipcns.sysv_pb2"
+    registry.register(ImageKind("ipcns-shm", "ipcns-shm-{id}.img", 0x46283044, S,
+                                "ipc_shm_entry", magic_name="IPCNS_SHM", payload="size"))
+    registry.register(ImageKind("ipcns-sem", "ipcns-sem-{id}.img", 0x59573019, S,
+                                "ipc_sem_entry", magic_name="IPCNS_SEM"))
+    registry.register(ImageKind("ipcns-msg", "ipcns-msg-{id}.img", 0x55453737, S,
+                                "ipc_msg_entry", magic_name="IPCNS_MSG"))
 
 
 # --- dump ----------------------------------------------------------------
@@ -51,12 +73,11 @@ def engine_dump_finish(ctx):
     users = ns.user_ids(ctx)
     for ns_id, (_, pids) in sorted(ns.dumped_ids(ctx, "ipc").items()):
         values, objects = ns.run_in(pids[0], ("ipc",), _read)
-        if objects:
-            raise ValueError(f"task {pids[0]}: its IPC namespace holds System V "
-                             f"{', '.join(objects)}, which are not dumped")
         entry = ipc_var_pb2.ipc_var_entry(owner_id=ns.owner_id(ctx, pids[0], "ipc", users),
                                           sem_ctls=values.pop("sem"), **values)
         ctx.images.write("ipcns-var", [entry], id=ns_id)
+        for kind, entries in _entries(pids[0], objects).items():
+            ctx.images.write(f"ipcns-{kind}", entries, id=ns_id)
 
 
 # --- restore ---------------------------------------------------------------
@@ -68,12 +89,14 @@ def engine_restore_collect(ctx, graph):
         if len(entry.sem_ctls) != 4:
             raise ImageError(f"ipcns-var-{ns_id}.img", f"sem_ctls has {len(entry.sem_ctls)} "
                                                        "values, want 4")
+        ctx.stash.setdefault(OBJECTS, {})[ns_id] = _collect_objects(ctx, ns_id, entry)
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
     from engine import ns
-    ns.restore(ctx, node, "ipc", _write)
+    objects = ctx.stash.get(OBJECTS, {}).get(node.data[1]) if node.data[0] == "make" else None
+    ns.restore(ctx, node, "ipc", lambda entry: _write(entry, objects))
     return True
 
 
@@ -91,17 +114,97 @@ def _read():
         else:
             values[field] = 0           # auto_msgmni is gone from newer kernels
     values["sem"] = [int(v) for v in open(K + "sem").read().split()]
-    objects = []
-    for kind in ("shm", "sem", "msg"):
-        with open(f"/proc/sysvipc/{kind}") as f:
-            if len(f.read().splitlines()) > 1:
-                objects.append(f"{kind} objects")
-    return values, objects
+    from plugins.ipcns import objects
+    return values, objects.read_all()
 
 
-def _write(entry) -> None:
+def _entries(pid: int, objects: dict) -> dict[str, list]:
+    """The images' entries of what _read found; refuses what cannot come back."""
+    from plugins.ipcns import sysv_pb2
+    out = {kind: [] for kind in KINDS}
+    for kind in KINDS:
+        for o in objects[kind]:
+            what = f"task {pid}: its IPC namespace's {kind} id {o['id']} (key {o['key']:#x})"
+            if kind == "shm" and o["perms"] & SHM_DEST:
+                raise ValueError(f"{what}: IPC_RMID'd while attached: not supported yet")
+            if kind == "shm" and o["perms"] & SHM_LOCKED:
+                raise ValueError(f"{what}: SHM_LOCK'd: not supported yet")
+            desc = sysv_pb2.ipc_desc_entry(mode=o["perms"] & 0o777, **{
+                f: o[f] for f in ("key", "uid", "gid", "cuid", "cgid", "id")})
+            if kind == "shm":
+                out[kind].append((sysv_pb2.ipc_shm_entry(desc=desc, size=o["size"]),
+                                  o["content"]))
+            elif kind == "sem":
+                out[kind].append(sysv_pb2.ipc_sem_entry(desc=desc, nsems=o["nsems"],
+                                                        values=o["content"]))
+            else:
+                entry = sysv_pb2.ipc_msg_entry(desc=desc, qbytes=o["qbytes"],
+                                               qnum=len(o["content"]))
+                for mtype, text in o["content"]:
+                    entry.messages.add(mtype=mtype, msize=len(text), text=text)
+                out[kind].append(entry)
+    return out
+
+
+def _collect_objects(ctx, ns_id: int, var) -> dict:
+    """The namespace's objects from their images, every value checked."""
+    out = {}
+    for kind in KINDS:
+        image = f"ipcns-{kind}-{ns_id}.img"
+        entries = ctx.images.read(f"ipcns-{kind}", id=ns_id) \
+            if ctx.images.exists(f"ipcns-{kind}", id=ns_id) else []
+        for i, item in enumerate(entries):
+            entry = item[0] if kind == "shm" else item
+            where = f"{image}: entry {i} (id {entry.desc.id})"
+            if entry.desc.id > IPC_ID_MAX:
+                raise ImageError(where, f"desc.id {entry.desc.id} is not an id")
+            if kind == "shm" and not 0 < entry.size <= (var.shm_ctlmax or 1 << 63):
+                raise ImageError(where, f"size {entry.size}: over shm_ctlmax "
+                                        f"{var.shm_ctlmax} or none")
+            if kind == "sem" and (len(entry.values) != entry.nsems or not entry.nsems
+                                  or entry.nsems > var.sem_ctls[0]
+                                  or any(v > SEMVMX for v in entry.values)):
+                raise ImageError(where, f"values: {len(entry.values)} for nsems "
+                                        f"{entry.nsems} (semmsl {var.sem_ctls[0]}), "
+                                        f"each up to {SEMVMX}")
+            if kind == "msg":
+                _check_messages(where, entry, var)
+        ids = [(item[0] if kind == "shm" else item).desc.id for item in entries]
+        if len(set(ids)) != len(ids):
+            raise ImageError(image, "an id twice")
+        out[kind] = entries
+    return out
+
+
+def _check_messages(where: str, entry, var) -> None:
+    if len(entry.messages) != entry.qnum:
+        raise ImageError(where, f"qnum {entry.qnum}, {len(entry.messages)} messages")
+    total = 0
+    for j, m in enumerate(entry.messages):
+        if m.msize > (var.msg_ctlmax or 1 << 31) or len(m.text) != m.msize:
+            raise ImageError(where, f"message {j}: msize {m.msize}, over msg_ctlmax "
+                                    f"{var.msg_ctlmax} or not its text's "
+                                    f"{len(m.text)} bytes")
+        if not 0 < m.mtype < 1 << 63:
+            raise ImageError(where, f"message {j}: mtype {m.mtype} is not positive")
+        total += m.msize
+    if total > entry.qbytes:
+        raise ImageError(where, f"messages of {total} bytes, over qbytes {entry.qbytes}")
+
+
+def _write(entry, objects=None) -> None:
+    if objects:
+        _write_sysctls(entry, skip=NEXT_IDS)
+        from plugins.ipcns.objects import make_all
+        make_all(objects["shm"], objects["sem"], objects["msg"])
+    _write_sysctls(entry)
+
+
+def _write_sysctls(entry, skip=()) -> None:
     import os
     for field, path in SYSCTLS.items():
+        if field in skip:
+            continue
         if field == "auto_msgmni" or not entry.HasField(field) or not os.path.exists(path):
             continue
         with open(path, "w") as f:

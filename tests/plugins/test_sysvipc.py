@@ -1,0 +1,76 @@
+"""System V IPC (plugins/ipcns, plugins/mem): a namespace's segments, sets
+and queues back with their ids and contents before the tasks attach, the
+segments at their addresses (tests/targets/sysvipc.c checks from inside);
+hostile ipcns-* images refused before anything starts."""
+import pytest
+
+from engine.testing import dump_to, engine_fails, task_gone
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_objects_of_a_private_ipc_namespace_come_back(build_target, target_runner,
+                                                      dump_restore, tmp_path, variant):
+    target = target_runner.start(build_target("sysvipc", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS", target.log()
+
+
+def test_images_hold_the_objects(build_target, target_runner, tmp_path):
+    target = target_runner.start(build_target("sysvipc"))
+    images = dump_to(target, tmp_path / "img")
+    ns_id = images.read_one("ids", id=target.pid).ipc_ns_id
+    (shm, data), = images.read("ipcns-shm", id=ns_id)
+    assert (shm.desc.key, shm.desc.mode, shm.size, len(data)) == (0x5eed, 0o640, 3 * 4096,
+                                                                 3 * 4096)
+    assert shm.desc.id == target.addr("shmid")
+    sem, = images.read("ipcns-sem", id=ns_id)
+    assert list(sem.values) == [7, 0, 3]
+    msg, = images.read("ipcns-msg", id=ns_id)
+    assert [m.mtype for m in msg.messages] == [5, 2, 9]
+    mm = images.read_one("mm", id=target.pid)
+    sysv = [v for v in mm.vmas if v.status & (1 << 10)]
+    assert [(v.start, v.shmid) for v in sysv] == [(0x5eed0000000, shm.desc.id)]
+
+
+@pytest.mark.parametrize("flag, words", [
+    ("--rmid", "IPC_RMID'd while attached: not supported yet"),
+    ("--host", "of the engine's IPC namespace: not supported yet"),
+])
+def test_what_is_refused_at_dump(build_target, target_runner, engine_cli, tmp_path,
+                                 flag, words):
+    target = target_runner.start(build_target("sysvipc"), flag)
+    line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
+    assert words in line
+    assert not task_gone(target.pid)
+    assert target.verdict() == "PASS"
+
+
+def _edit(images, ns_id, kind, how):
+    entries = images.read(f"ipcns-{kind}", id=ns_id)
+    first = entries[0][0] if kind == "shm" else entries[0]
+    if how == "size huge":
+        first.size = 1 << 62
+    elif how == "id negative":
+        first.desc.id = 0xFFFFFFFF
+    elif how == "message over msgmax":
+        first.messages[0].text = b"x" * 9000
+        first.messages[0].msize = 9000
+    elif how == "values not nsems":
+        del first.values[-1]
+    images.write(f"ipcns-{kind}", entries, id=ns_id)
+
+
+@pytest.mark.parametrize("kind, how, words", [
+    ("shm", "size huge", "size=4611686018427387904: payload truncated"),
+    ("shm", "id negative", "desc.id 4294967295 is not an id"),
+    ("msg", "message over msgmax", "message 0: msize 9000, over msg_ctlmax 8192"),
+    ("sem", "values not nsems", "values: 2 for nsems 3"),
+])
+def test_hostile_ipc_images_are_refused(build_target, target_runner, engine_cli, tmp_path,
+                                        kind, how, words):
+    target = target_runner.start(build_target("sysvipc"))
+    images = dump_to(target, tmp_path / "img")
+    ns_id = images.read_one("ids", id=target.pid).ipc_ns_id
+    _edit(images, ns_id, kind, how)
+    line = engine_fails("restore", "-D", str(tmp_path / "img"))
+    assert f"ipcns-{kind}-{ns_id}.img" in line and words in line, line
+    assert task_gone(target.pid)
