@@ -5,14 +5,16 @@ into ipcns-var-ID.img (ID: ids-PID.img ipc_ns_id): the kernel.msg*, sem,
 shm* and fs.mqueue.* sysctls read inside it by a helper, and the user
 namespace owning it (owner_id; 0: the engine's); and its System V objects
 (objects.py) into ipcns-shm-ID.img (each segment's data after its entry),
-ipcns-sem-ID.img and ipcns-msg-ID.img. Refused at dump: a segment
-IPC_RMID'd while still attached, or SHM_LOCK'd. Dropped on purpose: the
+ipcns-sem-ID.img and ipcns-msg-ID.img; a segment IPC_RMID'd while still
+attached keeps SHM_DEST in its mode. Refused at dump: a SHM_LOCK'd one. Dropped on purpose: the
 pids and times of last use (no call sets them) and semaphore undo lists
 (a task's semadj is lost: its exit will not undo its semops).
 Restore: the first task in it (parents first) makes it, writes the
 sysctls, makes every object with its id and writes the *_next_id sysctls
 last; the others join it (engine/ns.py). Tasks attach their segments in
-plugins/mem (VMA_AREA_SYSVIPC, shmat at the dumped address). Refused
+plugins/mem (VMA_AREA_SYSVIPC, shmat at the dumped address), which
+removes a SHM_DEST one once the last has (ctx.provided("ipcns"): ns id ->
+ids of those). Refused
 before anything starts: a sem line that is not four numbers, an id that is
 no id, a segment bigger than shmmax, a set whose values are not nsems
 numbers up to SEMVMX, a message longer than msgmax or than its text.
@@ -85,11 +87,14 @@ def engine_dump_finish(ctx):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     from engine import ns
+    removed = {}
     for ns_id, entry in ns.collect(ctx, graph, "ipcns", "ipc", "ipcns-var"):
         if len(entry.sem_ctls) != 4:
             raise ImageError(f"ipcns-var-{ns_id}.img", f"sem_ctls has {len(entry.sem_ctls)} "
                                                        "values, want 4")
-        ctx.stash.setdefault(OBJECTS, {})[ns_id] = _collect_objects(ctx, ns_id, entry)
+        objects = ctx.stash.setdefault(OBJECTS, {})[ns_id] = _collect_objects(ctx, ns_id, entry)
+        removed[ns_id] = {e.desc.id for e, _ in objects["shm"] if e.desc.mode & SHM_DEST}
+    ctx.provide("ipcns", removed)
 
 
 @hookimpl
@@ -125,11 +130,9 @@ def _entries(pid: int, objects: dict) -> dict[str, list]:
     for kind in KINDS:
         for o in objects[kind]:
             what = f"task {pid}: its IPC namespace's {kind} id {o['id']} (key {o['key']:#x})"
-            if kind == "shm" and o["perms"] & SHM_DEST:
-                raise ValueError(f"{what}: IPC_RMID'd while attached: not supported yet")
             if kind == "shm" and o["perms"] & SHM_LOCKED:
                 raise ValueError(f"{what}: SHM_LOCK'd: not supported yet")
-            desc = sysv_pb2.ipc_desc_entry(mode=o["perms"] & 0o777, **{
+            desc = sysv_pb2.ipc_desc_entry(mode=o["perms"] & (SHM_DEST | 0o777), **{
                 f: o[f] for f in ("key", "uid", "gid", "cuid", "cgid", "id")})
             if kind == "shm":
                 out[kind].append((sysv_pb2.ipc_shm_entry(desc=desc, size=o["size"]),

@@ -12,7 +12,9 @@ exists, naming mm-PID.img and the VMA.
 A System V segment attached (/SYSV in maps) is a VMA_AREA_SYSVIPC VMA whose
 shmid is the segment's id (its data is in plugins/ipcns' image): attached
 again by shmat at its address once the rest is mapped, and the pages the
-task had mapped in it (those the pages file holds) faulted in again.
+task had mapped in it (those the pages file holds) faulted in again. The
+nodes of the tasks attaching one segment share a tracer, so the last of
+them removes a segment that was IPC_RMID'd (ctx.provided("ipcns")).
 Refused at dump: one of the engine's own IPC namespace (not the tree's
 state), or attached from an offset.
 """
@@ -39,7 +41,8 @@ VMA_AREA_SYSVIPC = 1 << 10    # criu/include/image.h
 VMA_AREA_REGULAR_SYSVIPC = 1 | VMA_AREA_SYSVIPC
 SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
 PROT_WRITE, PROT_EXEC = 2, 4
-SYS_SHMAT = 30
+SYS_SHMAT, SYS_SHMCTL, IPC_RMID = 30, 31, 0
+SYSV_LEFT = StashKey()        # (ipc ns id, shmid) -> attachments not made yet
 MADV_POPULATE_READ = 22
 
 MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
@@ -103,15 +106,20 @@ def engine_restore_collect(ctx, graph):
         mm = ctx.images.read_one("mm", id=task.pid)
         state = _mm_state(ctx, mm, image)
         sysv = [v for v in state.vmas if v.status & VMA_AREA_SYSVIPC]
+        segments = []
         if sysv:
             ctx.stash.setdefault(SYSV_VMAS, {})[task.pid] = sysv
             state.vmas = [v for v in state.vmas if not v.status & VMA_AREA_SYSVIPC]
+            ns_id, left = ctx.ids(task.pid).ipc_ns_id, ctx.stash.setdefault(SYSV_LEFT, {})
+            for v in sysv:
+                left[ns_id, v.shmid] = left.get((ns_id, v.shmid), 0) + 1
+            segments = sorted({f"sysv:{ns_id}:{v.shmid}" for v in sysv})
         # A MAP_SHARED anonymous region is mapped by the first task and
         # from it by the others (SHARED_ANON): one tracer for all of them.
         shared = sorted({f"shmem:{v.shmid}" for v in state.vmas
                          if v.status & model.VMA_ANON_SHARED})
         graph.add(Node(key=f"mem:{task.pid}", plugin="mem", pid=task.pid, data=state,
-                       tracer_shares=shared,
+                       tracer_shares=shared + segments,
                        label=f"memory of {task.pid} ({len(state.vmas)} VMAs)"))
 
 
@@ -125,7 +133,7 @@ def engine_restore_node(ctx, node):
         restore_memory(ctx.tracees[node.pid], node.data, _Outside(pages, sysv) if sysv else pages,
                        ctx.stash.setdefault(SHARED_ANON, {}))
         for v in sysv:
-            _shmat(ctx.tracees[node.pid], v, pages)
+            _shmat(ctx, node.pid, v, pages)
     finally:
         pages.close()
     return True
@@ -162,11 +170,12 @@ def _sysv_starts(pid: int) -> set[int]:
     return starts
 
 
-def _shmat(tracee, v, pages) -> None:
+def _shmat(ctx, pid: int, v, pages) -> None:
     """criu/pie/restorer.c: shmat at the dumped address; the segment was
     made, with its id, when the task's IPC namespace was (plugins/ipcns).
     The pages the task had mapped are mapped again (their content is the
     segment's, not the pages file's)."""
+    tracee = ctx.tracees[pid]
     flags = (0 if v.prot & PROT_WRITE else SHM_RDONLY) | (SHM_EXEC if v.prot & PROT_EXEC else 0)
     tracee.checked(SYS_SHMAT, v.shmid, v.start, flags,
                    what=f"System V segment id {v.shmid} at {v.start:#x}")
@@ -174,6 +183,11 @@ def _shmat(tracee, v, pages) -> None:
         if v.start <= vaddr < v.end:
             tracee.checked("madvise", vaddr, min(length, v.end - vaddr), MADV_POPULATE_READ,
                            what=f"System V segment id {v.shmid} at {vaddr:#x}")
+    ns_id, left = ctx.ids(pid).ipc_ns_id, ctx.stash[SYSV_LEFT]
+    left[ns_id, v.shmid] -= 1
+    if not left[ns_id, v.shmid] and v.shmid in ctx.provided("ipcns", {}).get(ns_id, ()):
+        tracee.checked(SYS_SHMCTL, v.shmid, IPC_RMID, 0,
+                       what=f"IPC_RMID of System V segment id {v.shmid}, attached again")
 
 
 class _Outside:

@@ -128,8 +128,14 @@ int main(int argc, char **argv)
 		if (!tgt_check(shm[i] == pattern(i), "shm word %d", i))
 			break;
 	check_objects(shmid, semid, msqid);
-	if (rm)
+	if (rm) {
+		struct shmid_ds ds;
+
 		tgt_check(rm[0] == 0x5eedUL, "the IPC_RMID'd segment lost its word");
+		tgt_check(shmctl(rmid, IPC_STAT, &ds) == 0 && ds.shm_perm.mode & SHM_DEST &&
+			  ds.shm_nattch == 2, "segment %d is not IPC_RMID'd with 2 attached: "
+			  "mode %o, nattch %lu", rmid, ds.shm_perm.mode, ds.shm_nattch);
+	}
 	token = 0x5eed0000UL + (unsigned long)getpid();
 	shm[ECHO] = token;
 	for (ok = 0, i = 0; i < 2000 && !ok; i++) {
