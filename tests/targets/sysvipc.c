@@ -130,9 +130,10 @@ int main(int argc, char **argv)
 	check_objects(shmid, semid, msqid);
 	if (rm) {
 		struct shmid_ds ds;
+		int stat = shmctl(rmid, IPC_STAT, &ds);
 
 		tgt_check(rm[0] == 0x5eedUL, "the IPC_RMID'd segment lost its word");
-		tgt_check(shmctl(rmid, IPC_STAT, &ds) == 0 && ds.shm_perm.mode & SHM_DEST &&
+		tgt_check(stat == 0 && ds.shm_perm.mode & SHM_DEST &&
 			  ds.shm_nattch == 2, "segment %d is not IPC_RMID'd with 2 attached: "
 			  "mode %o, nattch %lu", rmid, ds.shm_perm.mode, ds.shm_nattch);
 	}
