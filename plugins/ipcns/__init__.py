@@ -47,6 +47,7 @@ SEMVMX = 32767
 KINDS = ("shm", "sem", "msg")
 # ns id -> {"shm": [(entry, data)], "sem": [entry], "msg": [entry]}, read at collect
 OBJECTS: StashKey[dict] = StashKey()
+HOST_MADE: StashKey[list] = StashKey()         # segment ids made in the engine's namespace
 
 
 # --- registration ---------------------------------------------------------
@@ -80,6 +81,7 @@ def engine_dump_finish(ctx):
         ctx.images.write("ipcns-var", [entry], id=ns_id)
         for kind, entries in _entries(pids[0], objects).items():
             ctx.images.write(f"ipcns-{kind}", entries, id=ns_id)
+    _dump_host_segments(ctx)
 
 
 # --- restore ---------------------------------------------------------------
@@ -94,18 +96,84 @@ def engine_restore_collect(ctx, graph):
                                                        "values, want 4")
         objects = ctx.stash.setdefault(OBJECTS, {})[ns_id] = _collect_objects(ctx, ns_id, entry)
         removed[ns_id] = {e.desc.id for e, _ in objects["shm"] if e.desc.mode & SHM_DEST}
+    host = _collect_host_segments(ctx, graph, set(removed))
+    if host is not None:
+        ns_id, shms = host
+        removed[ns_id] = {e.desc.id for e, _ in shms if e.desc.mode & SHM_DEST}
     ctx.provide("ipcns", removed)
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
     from engine import ns
+    if node.data[0] == "host":
+        from plugins.ipcns.objects import make_all
+        made = ctx.stash.setdefault(HOST_MADE, [])
+        for entry, data in node.data[2]:
+            make_all([(entry, data)], [], [])
+            made.append(entry.desc.id)
+        return True
     objects = ctx.stash.get(OBJECTS, {}).get(node.data[1]) if node.data[0] == "make" else None
     ns.restore(ctx, node, "ipc", lambda entry: _write(entry, objects))
     return True
 
 
+@hookimpl
+def engine_restore_abort(ctx, error):
+    from plugins.ipcns.objects import remove_shm
+    for shm_id in ctx.stash.get(HOST_MADE, ()):
+        remove_shm(shm_id)
+
+
 # --- helpers -----------------------------------------------------------------
+
+def _dump_host_segments(ctx) -> None:
+    """The segments the tree's tasks in the engine's own IPC namespace have
+    attached: theirs to use, so dumped (its other objects are not the
+    tree's state)."""
+    import os
+    from engine import ns
+    from plugins.ipcns import objects
+    own, ids, ns_id, by = ns.inode("self", "ipc"), set(), None, {}
+    for pid, task in sorted(ctx.tasks.items()):
+        if task.zombie is not None or ns.inode(pid, "ipc") != own:
+            continue
+        ns_id = ctx.images.read_one("ids", id=pid).ipc_ns_id
+        for shm_id in objects.attached(pid):
+            ids.add(shm_id)
+            by.setdefault(shm_id, pid)
+    if ids:
+        found = objects.read_all(shm_ids=ids)
+        entries = _entries(min(by.values()), found)["shm"]
+        ctx.images.write("ipcns-shm", entries, id=ns_id)
+        log.debug("host IPC namespace: segments %s of pid %d", sorted(ids), os.getpid())
+
+
+def _collect_host_segments(ctx, graph, made: set[int]):
+    """(ns id, shm entries) of the engine's own IPC namespace, when the
+    images hold segments of it: each id must be free here; made by an
+    engine node that the tasks' memory comes after ("ipcns", ns id)."""
+    from engine.graph import Node
+    from engine.images.proto import ipc_var_pb2
+    from plugins.ipcns import objects
+    alive = ctx.provided("tasks").alive
+    host = {ctx.ids(e.pid).ipc_ns_id for e in alive} - made
+    host = [n for n in host if ctx.images.exists("ipcns-shm", id=n)]
+    if not host:
+        return None
+    ns_id = host[0]
+    here = ipc_var_pb2.ipc_var_entry(shm_ctlmax=int(open(K + "shmmax").read()),
+                                     sem_ctls=[int(v) for v in open(K + "sem").read().split()])
+    shms = _collect_objects(ctx, ns_id, here)["shm"]
+    for entry, _ in shms:
+        if objects.shm_taken(entry.desc.id):
+            raise ValueError(f"ipcns-shm-{ns_id}.img: shm id {entry.desc.id} (key "
+                             f"{entry.desc.key:#x}) is taken in this IPC namespace")
+    graph.add(Node(key=f"ipcns:host:{ns_id}", plugin="ipcns", where="engine",
+                   pid=alive[0].pid, data=("host", ns_id, shms), provides=[("ipcns", ns_id)],
+                   label=f"System V segments of the engine's IPC namespace ({len(shms)})"))
+    return ns_id, shms
+
 
 def _read():
     import os

@@ -39,15 +39,18 @@ _libc.msgsnd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.
 
 # --- reading (in a helper inside the namespace) -------------------------------
 
-def read_all() -> dict[str, list[dict]]:
+def read_all(shm_ids=None) -> dict[str, list[dict]]:
     """{"shm": [...], "sem": [...], "msg": [...]}: each object's fields as
-    dicts (pickled back to the engine)."""
-    out = {}
+    dicts (pickled back to the engine); with `shm_ids`, those segments only."""
+    out = {"shm": [], "sem": [], "msg": []}
     for kind, columns, content in (("shm", SHM_COLUMNS, _shm_data),
                                    ("sem", SEM_COLUMNS, _sem_values),
                                    ("msg", MSG_COLUMNS, _msg_texts)):
-        out[kind] = []
+        if shm_ids is not None and kind != "shm":
+            break
         for row in _rows(kind, columns):
+            if shm_ids is not None and row["id"] not in shm_ids:
+                continue
             row["content"] = content(row)
             out[kind].append(row)
     return out
@@ -147,6 +150,24 @@ def make_all(shms, sems, msgs) -> None:
                 8, "little", signed=True) + m.text)
             if _libc.msgsnd(got, buf, len(m.text), IPC_NOWAIT) < 0:
                 _fail(f"msgsnd type {m.mtype}", got)
+
+
+def shm_taken(shm_id: int) -> bool:
+    """Whether segment id `shm_id` exists in our IPC namespace."""
+    ds = ctypes.create_string_buffer(DS_SIZE)
+    return _libc.shmctl(shm_id, IPC_STAT, ds) == 0 or ctypes.get_errno() != errno.EINVAL
+
+
+def remove_shm(shm_id: int) -> None:
+    _libc.shmctl(shm_id, IPC_RMID, None)
+
+
+def attached(pid: int) -> set[int]:
+    """Ids of the segments task `pid` has attached (the inode of a /SYSV
+    mapping is its segment's id)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return {int(head[4]) for head in (line.split(None, 5) for line in f)
+                if len(head) > 5 and head[5].startswith("/SYSV")}
 
 
 def _next_id(kind: str, ipc_id: int) -> None:

@@ -15,8 +15,9 @@ again by shmat at its address once the rest is mapped, and the pages the
 task had mapped in it (those the pages file holds) faulted in again. The
 nodes of the tasks attaching one segment share a tracer, so the last of
 them removes a segment that was IPC_RMID'd (ctx.provided("ipcns")).
-Refused at dump: one of the engine's own IPC namespace (not the tree's
-state), or attached from an offset.
+Refused at dump: one attached from an offset. A task's memory comes after
+the node providing ("ipcns", its IPC namespace id), if any: the one making
+the segments of the engine's own namespace.
 """
 from __future__ import annotations
 
@@ -120,6 +121,7 @@ def engine_restore_collect(ctx, graph):
                          if v.status & model.VMA_ANON_SHARED})
         graph.add(Node(key=f"mem:{task.pid}", plugin="mem", pid=task.pid, data=state,
                        tracer_shares=shared + segments,
+                       after=[("ipcns", ctx.ids(task.pid).ipc_ns_id)] if sysv else [],
                        label=f"memory of {task.pid} ({len(state.vmas)} VMAs)"))
 
 
@@ -153,16 +155,12 @@ def _file_id(ctx, path: str) -> int:
 def _sysv_starts(pid: int) -> set[int]:
     """Starts of the task's System V segments attached; refuses those it
     cannot attach again."""
-    import os
     starts = set()
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             head = line.split(None, 5)
             if len(head) < 6 or not head[5].startswith("/SYSV"):
                 continue
-            if os.stat(f"/proc/{pid}/ns/ipc").st_ino == os.stat("/proc/self/ns/ipc").st_ino:
-                raise ValueError(f"task {pid}: System V segment id {head[4]} attached at "
-                                 f"{head[0]}, of the engine's IPC namespace: not supported yet")
             if int(head[2], 16):
                 raise ValueError(f"task {pid}: System V segment id {head[4]} attached at "
                                  f"{head[0]} from offset {int(head[2], 16):#x}: not supported")

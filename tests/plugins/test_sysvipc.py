@@ -2,6 +2,8 @@
 and queues back with their ids and contents before the tasks attach, the
 segments at their addresses (tests/targets/sysvipc.c checks from inside);
 hostile ipcns-* images refused before anything starts."""
+import subprocess
+
 import pytest
 
 from engine.testing import dump_to, engine_fails, task_gone
@@ -32,16 +34,42 @@ def test_images_hold_the_objects(build_target, target_runner, tmp_path):
     assert [(v.start, v.shmid) for v in sysv] == [(0x5eed0000000, shm.desc.id)]
 
 
-@pytest.mark.parametrize("flag, words", [
-    ("--host", "of the engine's IPC namespace: not supported yet"),
-])
-def test_what_is_refused_at_dump(build_target, target_runner, engine_cli, tmp_path,
-                                 flag, words):
-    target = target_runner.start(build_target("sysvipc"), flag)
-    line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
-    assert words in line
-    assert not task_gone(target.pid)
+@pytest.fixture
+def host_objects():
+    """The --host target's objects, removed whatever the test's outcome
+    (a dumped or failed tree leaves them in the engine's namespace)."""
+    yield
+    for kind in ("-M", "-S", "-Q"):
+        subprocess.run(["ipcrm", kind, "0x5eed"], capture_output=True)
+
+
+def test_segments_of_the_host_namespace_come_back(build_target, target_runner, engine_cli,
+                                                  host_objects, tmp_path):
+    """Only the segment the tree attached is its state: the set and queue
+    it made there are not dumped. The segment outlives the dump; removed,
+    it comes back with its id."""
+    target = target_runner.start(build_target("sysvipc"), "--host")
+    images = dump_to(target, tmp_path / "img")
+    ns_id = images.read_one("ids", id=target.pid).ipc_ns_id
+    (entry, data), = images.read("ipcns-shm", id=ns_id)
+    assert (entry.desc.key, entry.desc.id) == (0x5eed, target.addr("shmid"))
+    assert not images.exists("ipcns-sem", id=ns_id) and not images.exists("ipcns-var", id=ns_id)
+    subprocess.run(["ipcrm", "-m", str(entry.desc.id)], check=True)
+    engine_cli("restore", "-D", str(tmp_path / "img"), "--verify")
     assert target.verdict() == "PASS"
+
+
+def test_a_taken_host_segment_id_is_refused(build_target, target_runner, engine_cli,
+                                            host_objects, tmp_path):
+    """The segment is still there after the dump: its id is taken."""
+    target = target_runner.start(build_target("sysvipc"), "--host")
+    images = dump_to(target, tmp_path / "img")
+    ns_id = images.read_one("ids", id=target.pid).ipc_ns_id
+    (entry, _), = images.read("ipcns-shm", id=ns_id)
+    line = engine_fails("restore", "-D", str(tmp_path / "img"))
+    assert line.endswith(f"ipcns-shm-{ns_id}.img: shm id {entry.desc.id} (key 0x5eed) "
+                         "is taken in this IPC namespace"), line
+    assert task_gone(target.pid)
 
 
 def _edit(images, ns_id, kind, how):

@@ -6,7 +6,9 @@
  *       checked where it was (ids, key, mode, size, values, messages in
  *       order) and a word the parent writes is echoed by the child through
  *       its own attachment. --rmid: a second segment IPC_RMID'd while
- *       attached. --host: the objects in the engine's IPC namespace. */
+ *       attached. --host: the objects in the engine's IPC namespace (the test
+ *       removes the segment between dump and restore: the set and queue,
+ *       not the tree's state, stay there meanwhile). */
 #include "target.h"
 #include <sched.h>
 #include <sys/ipc.h>
@@ -88,8 +90,8 @@ int main(int argc, char **argv)
 	if (!tgt_flag("host") && unshare(CLONE_NEWIPC))
 		tgt_die("unshare(CLONE_NEWIPC): %m");
 	shmid = shmget(KEY, SIZE, IPC_CREAT | IPC_EXCL | 0640);
-	semid = semget(IPC_PRIVATE, 3, IPC_CREAT | 0600);
-	msqid = msgget(IPC_PRIVATE, IPC_CREAT | 0620);
+	semid = semget(KEY, 3, IPC_CREAT | IPC_EXCL | 0600);
+	msqid = msgget(KEY, IPC_CREAT | IPC_EXCL | 0620);
 	if (shmid < 0 || semid < 0 || msqid < 0)
 		tgt_die("shmget/semget/msgget: %m");
 	shm = shmat(shmid, AT_PARENT, 0);
