@@ -11,6 +11,12 @@ if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v n
     # tmux: the terminal acceptance test (tests/programs/test_tmux.py)
     apt-get install -y -qq criu gcc libc6-dev nftables iproute2 tmux >/dev/null
 fi
+# postgresql: the SysV IPC acceptance test (tests/programs/test_postgresql.py)
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
