@@ -357,6 +357,16 @@ NAMESPACES = {
 
 SYSV_IPC = {
     "objects in a dumped IPC namespace (ipcs: shm, sem, msg)": restored("ipcns"),
+    "segments the tree attached in the engine's IPC namespace": restored("ipcns"),
+    "the engine's namespace's objects the tree has not attached": dropped(
+        "not the tree's state: they outlive it there"),
+    "a segment attached from an offset (part of it unmapped)":
+        refused("System V segment attached from an offset", by="mem"),
+    "SHM_LOCK'd segments": refused("SHM_LOCK'd", by="ipcns"),
+    "semaphore undo lists (SEM_UNDO semadj)":
+        refused("semaphore undo list (SEM_UNDO)", by="ipcns"),
+    "pids and times of last use (shm_lpid, sem_otime, msg_stime...)": dropped(
+        "no call sets them"),
 }
 
 # Every table, by name (the README and the tests walk them).

@@ -162,8 +162,9 @@ def _sysv_starts(pid: int) -> set[int]:
             if len(head) < 6 or not head[5].startswith("/SYSV"):
                 continue
             if int(head[2], 16):
-                raise ValueError(f"task {pid}: System V segment id {head[4]} attached at "
-                                 f"{head[0]} from offset {int(head[2], 16):#x}: not supported")
+                raise ValueError(f"task {pid}: System V segment attached from an offset "
+                                 f"(id {head[4]} at {head[0]}, offset {int(head[2], 16):#x}): "
+                                 "not supported yet")
             starts.add(int(head[0].split("-")[0], 16))
     return starts
 
