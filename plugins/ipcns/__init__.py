@@ -64,9 +64,11 @@ def engine_register_images(registry):
     registry.register(ImageKind("ipcns-shm", "ipcns-shm-{id}.img", 0x46283044, S,
                                 "ipc_shm_entry", magic_name="IPCNS_SHM", payload="size"))
     registry.register(ImageKind("ipcns-sem", "ipcns-sem-{id}.img", 0x59573019, S,
-                                "ipc_sem_entry", magic_name="IPCNS_SEM"))
+                                "ipc_sem_entry", magic_name="IPCNS_SEM",
+                                payload="values_bytes"))
     registry.register(ImageKind("ipcns-msg", "ipcns-msg-{id}.img", 0x55453737, S,
-                                "ipc_msg_entry", magic_name="IPCNS_MSG"))
+                                "ipc_msg_entry", magic_name="IPCNS_MSG",
+                                payload="messages_bytes"))
 
 
 # --- dump ----------------------------------------------------------------
@@ -208,7 +210,7 @@ def _read():
 
 def _entries(pid: int, objects: dict) -> dict[str, list]:
     """The images' entries of what _read found; refuses what cannot come back."""
-    from plugins.ipcns import sysv_pb2
+    from plugins.ipcns import payloads, sysv_pb2
     out = {kind: [] for kind in KINDS}
     for kind in KINDS:
         for o in objects[kind]:
@@ -221,61 +223,48 @@ def _entries(pid: int, objects: dict) -> dict[str, list]:
                 out[kind].append((sysv_pb2.ipc_shm_entry(desc=desc, size=o["size"]),
                                   o["content"]))
             elif kind == "sem":
-                out[kind].append(sysv_pb2.ipc_sem_entry(desc=desc, nsems=o["nsems"],
-                                                        values=o["content"]))
+                raw = payloads.sem_payload(o["content"])
+                out[kind].append((sysv_pb2.ipc_sem_entry(desc=desc, nsems=o["nsems"],
+                                                         values_bytes=len(raw)), raw))
             else:
-                entry = sysv_pb2.ipc_msg_entry(desc=desc, qbytes=o["qbytes"],
-                                               qnum=len(o["content"]))
-                for mtype, text in o["content"]:
-                    entry.messages.add(mtype=mtype, msize=len(text), text=text)
-                out[kind].append(entry)
+                raw = payloads.msg_payload(o["content"])
+                out[kind].append((sysv_pb2.ipc_msg_entry(
+                    desc=desc, qbytes=o["qbytes"], qnum=len(o["content"]),
+                    messages_bytes=len(raw)), raw))
     return out
 
 
 def _collect_objects(ctx, ns_id: int, var) -> dict:
-    """The namespace's objects from their images, every value checked."""
+    """The namespace's objects from their images, every value checked:
+    shm (entry, data), sem (entry, values), msg (entry, [(mtype, text)])."""
+    from plugins.ipcns import payloads
     out = {}
     for kind in KINDS:
         image = f"ipcns-{kind}-{ns_id}.img"
         entries = ctx.images.read(f"ipcns-{kind}", id=ns_id) \
             if ctx.images.exists(f"ipcns-{kind}", id=ns_id) else []
-        for i, item in enumerate(entries):
-            entry = item[0] if kind == "shm" else item
+        out[kind] = []
+        for i, (entry, raw) in enumerate(entries):
             where = f"{image}: entry {i} (id {entry.desc.id})"
             if entry.desc.id > IPC_ID_MAX:
                 raise ImageError(where, f"desc.id {entry.desc.id} is not an id")
-            if kind == "shm" and not 0 < entry.size <= (var.shm_ctlmax or 1 << 63):
-                raise ImageError(where, f"size {entry.size}: over shm_ctlmax "
-                                        f"{var.shm_ctlmax} or none")
-            if kind == "sem" and (len(entry.values) != entry.nsems or not entry.nsems
-                                  or entry.nsems > var.sem_ctls[0]
-                                  or any(v > SEMVMX for v in entry.values)):
-                raise ImageError(where, f"values: {len(entry.values)} for nsems "
-                                        f"{entry.nsems} (semmsl {var.sem_ctls[0]}), "
-                                        f"each up to {SEMVMX}")
-            if kind == "msg":
-                _check_messages(where, entry, var)
-        ids = [(item[0] if kind == "shm" else item).desc.id for item in entries]
+            if kind == "shm":
+                if not 0 < entry.size <= (var.shm_ctlmax or 1 << 63):
+                    raise ImageError(where, f"size {entry.size}: over shm_ctlmax "
+                                            f"{var.shm_ctlmax} or none")
+                content = raw
+            elif kind == "sem":
+                content = payloads.sem_values(where, entry, raw)
+                if not 0 < entry.nsems <= var.sem_ctls[0] or max(content) > SEMVMX:
+                    raise ImageError(where, f"nsems {entry.nsems} (semmsl {var.sem_ctls[0]}) "
+                                            f"or a value over {SEMVMX}")
+            else:
+                content = payloads.msg_list(where, entry, raw, var.msg_ctlmax or 1 << 31)
+            out[kind].append((entry, content))
+        ids = [entry.desc.id for entry, _ in out[kind]]
         if len(set(ids)) != len(ids):
             raise ImageError(image, "an id twice")
-        out[kind] = entries
     return out
-
-
-def _check_messages(where: str, entry, var) -> None:
-    if len(entry.messages) != entry.qnum:
-        raise ImageError(where, f"qnum {entry.qnum}, {len(entry.messages)} messages")
-    total = 0
-    for j, m in enumerate(entry.messages):
-        if m.msize > (var.msg_ctlmax or 1 << 31) or len(m.text) != m.msize:
-            raise ImageError(where, f"message {j}: msize {m.msize}, over msg_ctlmax "
-                                    f"{var.msg_ctlmax} or not its text's "
-                                    f"{len(m.text)} bytes")
-        if not 0 < m.mtype < 1 << 63:
-            raise ImageError(where, f"message {j}: mtype {m.mtype} is not positive")
-        total += m.msize
-    if total > entry.qbytes:
-        raise ImageError(where, f"messages of {total} bytes, over qbytes {entry.qbytes}")
 
 
 def _write(entry, objects=None) -> None:

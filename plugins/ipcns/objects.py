@@ -116,9 +116,9 @@ def _fail(what: str, ipc_id: int):
 # --- making (in the task that made the namespace) ------------------------------
 
 def make_all(shms, sems, msgs) -> None:
-    """Every object back with its id (entries of ipcns-shm/sem/msg, each
-    shm a (entry, data) pair); the *_next_id sysctls are the caller's to
-    write after."""
+    """Every object back with its id: (entry, data) of each segment,
+    (entry, values) of each set, (entry, [(mtype, text)]) of each queue;
+    the *_next_id sysctls are the caller's to write after."""
     for entry, data in shms:
         d = entry.desc
         _next_id("shm", d.id)
@@ -130,26 +130,24 @@ def make_all(shms, sems, msgs) -> None:
         ctypes.memmove(addr, data, len(data))
         _libc.shmdt(ctypes.c_void_p(addr))
         _set_owner(_libc.shmctl, got, d)
-    for entry in sems:
+    for entry, values in sems:
         d = entry.desc
         _next_id("sem", d.id)
         got = _libc.semget(d.key, entry.nsems, IPC_CREAT | IPC_EXCL | (d.mode & PERMS))
         _check(got, d.id, "semget")
-        values = (ctypes.c_ushort * entry.nsems)(*entry.values)
-        if _libc.semctl(got, 0, SETALL, values) < 0:
+        if _libc.semctl(got, 0, SETALL, (ctypes.c_ushort * entry.nsems)(*values)) < 0:
             _fail("semctl SETALL", got)
         _set_owner(_libc.semctl, got, d, 0)
-    for entry in msgs:
+    for entry, messages in msgs:
         d = entry.desc
         _next_id("msg", d.id)
         got = _libc.msgget(d.key, IPC_CREAT | IPC_EXCL | (d.mode & PERMS))
         _check(got, d.id, "msgget")
         _set_owner(_libc.msgctl, got, d, qbytes=entry.qbytes)
-        for m in entry.messages:
-            buf = ctypes.create_string_buffer(ctypes.c_long(m.mtype).value.to_bytes(
-                8, "little", signed=True) + m.text)
-            if _libc.msgsnd(got, buf, len(m.text), IPC_NOWAIT) < 0:
-                _fail(f"msgsnd type {m.mtype}", got)
+        for mtype, text in messages:
+            buf = ctypes.create_string_buffer(mtype.to_bytes(8, "little") + text)
+            if _libc.msgsnd(got, buf, len(text), IPC_NOWAIT) < 0:
+                _fail(f"msgsnd type {mtype}", got)
 
 
 def shm_taken(shm_id: int) -> bool:

@@ -2,17 +2,16 @@
 names and field numbers), built here from descriptors: the seam keeps a
 plugin out of engine/images/proto, and no protoc runs at build time.
 
-Two additions of the engine's own, numbered far from CRIU's: a semaphore
-set's values (ipc_sem_entry.values) and a queue's messages with their text
-(ipc_msg_entry.messages, ipc_msg.text); CRIU writes them as raw bytes after
-each entry, which the engine's framing reads only for one-length payloads.
+Two fields of the engine's own, numbered far from CRIU's: the length of
+the raw bytes after an entry (ipc_sem_entry.values_bytes,
+ipc_msg_entry.messages_bytes: plugins/ipcns/payloads.py), which CRIU's
+readers skip as unknown fields.
 """
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
-_REQ, _OPT, _REP = _F.LABEL_REQUIRED, _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-_U32, _U64, _BOOL, _BYTES, _MSG = (_F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_BOOL,
-                                   _F.TYPE_BYTES, _F.TYPE_MESSAGE)
+_REQ, _OPT = _F.LABEL_REQUIRED, _F.LABEL_OPTIONAL
+_U32, _U64, _BOOL, _MSG = _F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_BOOL, _F.TYPE_MESSAGE
 
 MESSAGES = {
     "ipc_desc_entry": [("key", 1, _REQ, _U32), ("uid", 2, _REQ, _U32), ("gid", 3, _REQ, _U32),
@@ -21,11 +20,10 @@ MESSAGES = {
     "ipc_shm_entry": [("desc", 1, _REQ, "ipc_desc_entry"), ("size", 2, _REQ, _U64),
                       ("in_pagemaps", 3, _OPT, _BOOL), ("hugetlb_flag", 4, _OPT, _U32)],
     "ipc_sem_entry": [("desc", 1, _REQ, "ipc_desc_entry"), ("nsems", 2, _REQ, _U32),
-                      ("values", 100, _REP, _U32)],
-    "ipc_msg": [("mtype", 1, _REQ, _U64), ("msize", 2, _REQ, _U32),
-                ("text", 100, _OPT, _BYTES)],
+                      ("values_bytes", 100, _OPT, _U32)],
+    "ipc_msg": [("mtype", 1, _REQ, _U64), ("msize", 2, _REQ, _U32)],
     "ipc_msg_entry": [("desc", 1, _REQ, "ipc_desc_entry"), ("qbytes", 2, _REQ, _U32),
-                      ("qnum", 3, _REQ, _U32), ("messages", 100, _REP, "ipc_msg")],
+                      ("qnum", 3, _REQ, _U32), ("messages_bytes", 100, _OPT, _U32)],
 }
 
 
@@ -39,8 +37,6 @@ def _build():
                 f.type, f.type_name = _MSG, "." + ftype
             else:
                 f.type = ftype
-            if label == _REP and ftype == _U32:
-                f.options.packed = True
     pool = descriptor_pool.Default()
     try:
         pool.Add(proto)

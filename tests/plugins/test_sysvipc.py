@@ -2,6 +2,8 @@
 and queues back with their ids and contents before the tasks attach, the
 segments at their addresses (tests/targets/sysvipc.c checks from inside);
 hostile ipcns-* images refused before anything starts."""
+import json
+import struct
 import subprocess
 
 import pytest
@@ -25,10 +27,15 @@ def test_images_hold_the_objects(build_target, target_runner, tmp_path):
     assert (shm.desc.key, shm.desc.mode, shm.size, len(data)) == (0x5eed, 0o640, 3 * 4096,
                                                                  3 * 4096)
     assert shm.desc.id == target.addr("shmid")
-    sem, = images.read("ipcns-sem", id=ns_id)
-    assert list(sem.values) == [7, 0, 3]
-    msg, = images.read("ipcns-msg", id=ns_id)
-    assert [m.mtype for m in msg.messages] == [5, 2, 9]
+    # After each entry, the bytes CRIU writes there (criu/ipc_ns.c)
+    (sem, values), = images.read("ipcns-sem", id=ns_id)
+    assert (sem.nsems, values) == (3, struct.pack("<3H", 7, 0, 3) + b"\0\0")
+    (msg, raw), = images.read("ipcns-msg", id=ns_id)
+    assert msg.qnum == 3 and raw.count(b"first of three\0") == 1
+    shown = json.loads(subprocess.run(["crit", "decode", "-i", str(images.path("ipcns-msg",
+                                                                               id=ns_id))],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert [m["mtype"] for m in shown["entries"][0]["extra"][::2]] == [5, 2, 9]
     mm = images.read_one("mm", id=target.pid)
     sysv = [v for v in mm.vmas if v.status & (1 << 10)]
     assert [(v.start, v.shmid) for v in sysv] == [(0x5eed0000000, shm.desc.id)]
@@ -84,17 +91,19 @@ def test_a_semaphore_undo_list_is_refused_at_dump(build_target, target_runner, t
 
 
 def _edit(images, ns_id, kind, how):
+    from plugins.ipcns.payloads import msg_payload
     entries = images.read(f"ipcns-{kind}", id=ns_id)
-    first = entries[0][0] if kind == "shm" else entries[0]
+    first = entries[0][0]
     if how == "size huge":
         first.size = 1 << 62
     elif how == "id negative":
         first.desc.id = 0xFFFFFFFF
     elif how == "message over msgmax":
-        first.messages[0].text = b"x" * 9000
-        first.messages[0].msize = 9000
+        raw = msg_payload([(5, b"x" * 9000), (2, b"b"), (9, b"c")])
+        first.messages_bytes, first.qbytes = len(raw), 1 << 20
+        entries[0] = (first, raw)
     elif how == "values not nsems":
-        del first.values[-1]
+        first.nsems = 5
     images.write(f"ipcns-{kind}", entries, id=ns_id)
 
 
@@ -102,7 +111,7 @@ def _edit(images, ns_id, kind, how):
     ("shm", "size huge", "size=4611686018427387904: payload truncated"),
     ("shm", "id negative", "desc.id 4294967295 is not an id"),
     ("msg", "message over msgmax", "message 0: msize 9000, over msg_ctlmax 8192"),
-    ("sem", "values not nsems", "values: 2 for nsems 3"),
+    ("sem", "values not nsems", "values_bytes 8, want 16 for nsems 5"),
 ])
 def test_hostile_ipc_images_are_refused(build_target, target_runner, engine_cli, tmp_path,
                                         kind, how, words):
