@@ -136,7 +136,6 @@ def _dump_host_segments(ctx) -> None:
     """The segments the tree's tasks in the engine's own IPC namespace have
     attached: theirs to use, so dumped (its other objects are not the
     tree's state)."""
-    import os
     from engine import ns
     from plugins.ipcns import objects
     own, ids, ns_id, by = ns.inode("self", "ipc"), set(), None, {}
@@ -151,7 +150,7 @@ def _dump_host_segments(ctx) -> None:
         found = objects.read_all(shm_ids=ids)
         entries = _entries(min(by.values()), found)["shm"]
         ctx.images.write("ipcns-shm", entries, id=ns_id)
-        log.debug("host IPC namespace: segments %s of pid %d", sorted(ids), os.getpid())
+        log.debug("the engine's IPC namespace: segments %s", sorted(ids))
 
 
 def _refuse_undo_lists(ctx) -> None:
