@@ -363,8 +363,9 @@ SYSV_IPC = {
     "a segment attached from an offset (part of it unmapped)":
         refused("System V segment attached from an offset", by="mem"),
     "SHM_LOCK'd segments": refused("SHM_LOCK'd", by="ipcns"),
-    "semaphore undo lists (SEM_UNDO semadj)":
-        refused("semaphore undo list (SEM_UNDO)", by="ipcns"),
+    "semaphore undo lists (SEM_UNDO semadj)": dropped(
+        "no file or call reads a task's semadj values, nor tells an empty undo list from "
+        "one with values: its exit will not undo its semops"),
     "pids and times of last use (shm_lpid, sem_otime, msg_stime...)": dropped(
         "no call sets them"),
 }

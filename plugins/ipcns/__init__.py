@@ -5,20 +5,25 @@ into ipcns-var-ID.img (ID: ids-PID.img ipc_ns_id): the kernel.msg*, sem,
 shm* and fs.mqueue.* sysctls read inside it by a helper, and the user
 namespace owning it (owner_id; 0: the engine's); and its System V objects
 (objects.py) into ipcns-shm-ID.img (each segment's data after its entry),
-ipcns-sem-ID.img and ipcns-msg-ID.img; a segment IPC_RMID'd while still
-attached keeps SHM_DEST in its mode. Refused at dump: a SHM_LOCK'd one. Refused too: a task with a
-semaphore undo list (SEM_UNDO: no call reads its semadj values; kcmp
-tells it has one). Dropped on purpose: the pids and times of last use (no
-call sets them).
+ipcns-sem-ID.img and ipcns-msg-ID.img (values and messages after their
+entries, as CRIU writes them: payloads.py); a segment IPC_RMID'd while
+still attached keeps SHM_DEST in its mode. In the engine's own namespace,
+the segments the tree's tasks attached only, with no ipcns-var image.
+Refused at dump: a SHM_LOCK'd segment. Dropped on purpose: the pids and
+times of last use (no call sets them) and semaphore undo lists (no file or
+call reads a task's semadj values, and kcmp(KCMP_SYSVSEM) cannot tell an
+empty list from one with values: every task that made a thread has one).
 Restore: the first task in it (parents first) makes it, writes the
 sysctls, makes every object with its id and writes the *_next_id sysctls
-last; the others join it (engine/ns.py). Tasks attach their segments in
-plugins/mem (VMA_AREA_SYSVIPC, shmat at the dumped address), which
-removes a SHM_DEST one once the last has (ctx.provided("ipcns"): ns id ->
-ids of those). Refused
-before anything starts: a sem line that is not four numbers, an id that is
-no id, a segment bigger than shmmax, a set whose values are not nsems
-numbers up to SEMVMX, a message longer than msgmax or than its text.
+last; the others join it (engine/ns.py). The engine's own namespace's
+segments are made by an engine node, refused before anything starts when
+an id is taken, removed again if the restore fails. Tasks attach their
+segments in plugins/mem (VMA_AREA_SYSVIPC, shmat at the dumped address),
+which removes a SHM_DEST one once the last has (ctx.provided("ipcns"): ns
+id -> ids of those). Refused before anything starts: a sem line that is
+not four numbers, an id that is no id, a segment bigger than shmmax, a set
+whose values are not nsems numbers up to SEMVMX, a message longer than
+msgmax or than its payload, an id twice.
 """
 from __future__ import annotations
 
@@ -46,7 +51,6 @@ SHM_DEST, SHM_LOCKED = 0o1000, 0o2000          # in an object's mode
 IPC_ID_MAX = (1 << 31) - 1                      # ids are positive ints
 SEMVMX = 32767
 KINDS = ("shm", "sem", "msg")
-KCMP_SYSVSEM = 6
 # ns id -> {"shm": [(entry, data)], "sem": [entry], "msg": [entry]}, read at collect
 OBJECTS: StashKey[dict] = StashKey()
 HOST_MADE: StashKey[list] = StashKey()         # segment ids made in the engine's namespace
@@ -86,7 +90,6 @@ def engine_dump_finish(ctx):
         for kind, entries in _entries(pids[0], objects).items():
             ctx.images.write(f"ipcns-{kind}", entries, id=ns_id)
     _dump_host_segments(ctx)
-    _refuse_undo_lists(ctx)
 
 
 # --- restore ---------------------------------------------------------------
@@ -151,18 +154,6 @@ def _dump_host_segments(ctx) -> None:
         entries = _entries(min(by.values()), found)["shm"]
         ctx.images.write("ipcns-shm", entries, id=ns_id)
         log.debug("the engine's IPC namespace: segments %s", sorted(ids))
-
-
-def _refuse_undo_lists(ctx) -> None:
-    """A task that made a semop with SEM_UNDO has an undo list (its semadj
-    values), which no file or call shows: kcmp(KCMP_SYSVSEM) against the
-    engine, which has none, tells whether it has one."""
-    import os
-    from engine import libc
-    for pid, task in sorted(ctx.tasks.items()):
-        # > 0: the two lists differ (-1: no kcmp here, nothing known)
-        if task.zombie is None and libc.syscall("kcmp", os.getpid(), pid, KCMP_SYSVSEM, 0, 0) > 0:
-            raise ValueError(f"task {pid}: semaphore undo list (SEM_UNDO): not supported yet")
 
 
 def _collect_host_segments(ctx, graph, made: set[int]):

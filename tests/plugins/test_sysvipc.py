@@ -79,17 +79,6 @@ def test_a_taken_host_segment_id_is_refused(build_target, target_runner, engine_
     assert task_gone(target.pid)
 
 
-def test_a_semaphore_undo_list_is_refused_at_dump(build_target, target_runner, tmp_path):
-    """No call reads a task's semadj values: the dump refuses, naming the
-    task, and leaves the tree running."""
-    target = target_runner.start(build_target("sysvipc"), "--undo")
-    line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
-    assert line.endswith(f"task {target.pid}: semaphore undo list (SEM_UNDO): "
-                         "not supported yet"), line
-    assert not task_gone(target.pid)
-    assert target.verdict() == "PASS"
-
-
 def _edit(images, ns_id, kind, how):
     from plugins.ipcns.payloads import msg_payload
     entries = images.read(f"ipcns-{kind}", id=ns_id)
