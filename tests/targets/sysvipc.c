@@ -6,7 +6,7 @@
  *       checked where it was (ids, key, mode, size, values, messages in
  *       order) and a word the parent writes is echoed by the child through
  *       its own attachment. --rmid: a second segment IPC_RMID'd while
- *       attached. --undo: a semop with SEM_UNDO made and undone. --host: the objects in the engine's IPC namespace (the test
+ *       attached. --host: the objects in the engine's IPC namespace (the test
  *       removes the segment between dump and restore: the set and queue,
  *       not the tree's state, stay there meanwhile). */
 #include "target.h"
@@ -111,14 +111,6 @@ int main(int argc, char **argv)
 		if (rm != AT_RMID || shmctl(rmid, IPC_RMID, NULL))
 			tgt_die("rmid segment: %m");
 		rm[0] = 0x5eedUL;
-	}
-	if (tgt_flag("undo")) {
-		struct sembuf op = { .sem_num = 1, .sem_op = 1, .sem_flg = SEM_UNDO };
-		struct sembuf back = { .sem_num = 1, .sem_op = -1, .sem_flg = SEM_UNDO };
-
-		/* its semadj is back to 0, the undo list stays */
-		if (semop(semid, &op, 1) || semop(semid, &back, 1))
-			tgt_die("semop: %m");
 	}
 	kid = fork();
 	if (kid == 0) {
