@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # Installs everything `engine` needs on a fresh Debian machine, as root:
-# Debian's criu package (only for `crit`, which checks our images), gcc for
-# the test targets, redis-server, redis-tools and nginx-light for the tests
-# with real programs, and a venv in .venv with engine installed editable.
+# Debian's packages below, and a venv in .venv with engine installed editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v crit >/dev/null || ! command -v gcc >/dev/null || ! command -v nft >/dev/null \
-        || ! command -v tmux >/dev/null; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # tmux: the terminal acceptance test (tests/programs/test_tmux.py)
-    apt-get install -y -qq criu gcc libc6-dev nftables iproute2 tmux >/dev/null
-fi
-# The real programs tests/programs/ checkpoint: each test starts its own in
-# the foreground from a temporary config, so the packages' services must not
-# start: a policy-rc.d answering 101 ("action forbidden") keeps invoke-rc.d
-# from starting them, removed after (one already there, as in a container
-# image, is left alone).
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
-        || ! command -v nginx >/dev/null; then
+# Debian's packages, each only when missing: criu (only for `crit`, which
+# checks our images), gcc for the test targets, nftables and iproute2 (the
+# network lock, netns), and the real programs tests/programs/ checkpoint.
+# Each test starts its own program in the foreground from a temporary config,
+# so the packages' services must not start: a policy-rc.d answering 101
+# ("action forbidden") keeps invoke-rc.d from starting them, removed after
+# (one already there, as in a container image, is left alone).
+need=()
+command -v crit >/dev/null || need+=(criu)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v tmux >/dev/null || need+=(tmux)                          # test_tmux
+{ command -v redis-server && command -v redis-cli; } >/dev/null || need+=(redis-server redis-tools)
+command -v nginx >/dev/null || need+=(nginx-light)                  # test_nginx
+command -v ping >/dev/null || need+=(iputils-ping)                  # test_ping
+command -v tcpdump >/dev/null || need+=(tcpdump)                    # test_tcpdump
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)   # test_postgresql
+if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     policy=/usr/sbin/policy-rc.d
     ours=
@@ -29,17 +32,11 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
         trap 'rm -f "$policy"' EXIT
     fi
     apt-get update -qq
-    apt-get install -y -qq redis-server redis-tools nginx-light >/dev/null
+    apt-get install -y -qq "${need[@]}" >/dev/null
     if [ -n "$ours" ]; then
         rm -f "$policy"
         trap - EXIT
     fi
-fi
-# The programs the network acceptance tests run (tests/programs): ping, tcpdump.
-if ! command -v ping >/dev/null || ! command -v tcpdump >/dev/null; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq iputils-ping tcpdump >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -210,7 +210,7 @@ LOCKS = {
 
 # --- mappings (/proc/PID/maps) that are more than memory ----------------------------
 MAPPINGS = {
-    "SysV shared memory (/SYSV*)": refused("System V shared memory attached"),
+    "SysV shared memory (/SYSV*)": restored("mem"),
     "AIO ring ([aio])": refused("AIO context"),
     "named anonymous memory ([anon:NAME], PR_SET_VMA)": refused("named anonymous memory"),
     "hugetlb": refused("a hugetlb mapping", by="mem"),
@@ -393,8 +393,18 @@ NAMESPACES = {
 }
 
 SYSV_IPC = {
-    "objects in a dumped IPC namespace (ipcs: shm, sem, msg)":
-        refused("System V IPC objects in its IPC namespace"),
+    "objects in a dumped IPC namespace (ipcs: shm, sem, msg)": restored("ipcns"),
+    "segments the tree attached in the engine's IPC namespace": restored("ipcns"),
+    "the engine's namespace's objects the tree has not attached": dropped(
+        "not the tree's state: they outlive it there"),
+    "a segment attached from an offset (part of it unmapped)":
+        refused("System V segment attached from an offset", by="mem"),
+    "SHM_LOCK'd segments": refused("SHM_LOCK'd", by="ipcns"),
+    "semaphore undo lists (SEM_UNDO semadj)": dropped(
+        "no file or call reads a task's semadj values, nor tells an empty undo list from "
+        "one with values: its exit will not undo its semops"),
+    "pids and times of last use (shm_lpid, sem_otime, msg_stime...)": dropped(
+        "no call sets them"),
 }
 
 # Every table, by name (the README and the tests walk them).

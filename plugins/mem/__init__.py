@@ -13,6 +13,15 @@ are replaced by the dumped ones and the pages written in from the mmap'd
 pages file (criu/pie/restorer.c does the same from a blob). A VMA outside
 user space, overlapping, or not page-aligned is refused before any task
 exists, naming mm-PID.img and the VMA.
+A System V segment attached (/SYSV in maps) is a VMA_AREA_SYSVIPC VMA whose
+shmid is the segment's id (its data is in plugins/ipcns' image): attached
+again by shmat at its address once the rest is mapped, and the pages the
+task had mapped in it (those the pages file holds) faulted in again. The
+nodes of the tasks attaching one segment share a tracer, so the last of
+them removes a segment that was IPC_RMID'd (ctx.provided("ipcns")).
+Refused at dump: one attached from an offset. A task's memory comes after
+the node providing ("ipcns", its IPC namespace id), if any: the one making
+the segments of the engine's own namespace.
 """
 from __future__ import annotations
 
@@ -32,6 +41,14 @@ TASK_SIZE = 0x7FFFFFFFF000        # x86_64 4-level user space end
 MAPPED_FILES = StashKey()
 PAGES_IDS = StashKey()
 SHARED_ANON = StashKey()      # shmid -> the first task's mapping of it
+SYSV_VMAS = StashKey()        # pid -> its VMA_AREA_SYSVIPC vmas, shmat'd after the rest
+VMA_AREA_SYSVIPC = 1 << 10    # criu/include/image.h
+VMA_AREA_REGULAR_SYSVIPC = 1 | 1 << 8 | VMA_AREA_SYSVIPC    # as CRIU: REGULAR, ANON_SHARED
+SHM_RDONLY, SHM_EXEC = 0o10000, 0o100000
+PROT_WRITE, PROT_EXEC = 2, 4
+SYS_SHMAT, SYS_SHMCTL, IPC_RMID = 30, 31, 0
+SYSV_LEFT = StashKey()        # (ipc ns id, shmid) -> attachments not made yet
+MADV_POPULATE_READ = 22
 
 VMA_AREA_MEMFD = 1 << 14      # criu/include/image.h: shmid names a MEMFD file entry
 MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
@@ -68,6 +85,7 @@ def engine_dump_task(ctx, task):
     entry.mm_saved_auxv.extend(mm.auxv)
     if mm.exe:
         entry.exe_file_id = _file_id(ctx, mm.exe)
+    sysv = _sysv_starts(task.pid)
     for vma in mm.vmas:
         # A file mapping a plugin claimed (a memfd, a deleted file) has no
         # path left, and its file id in shmid; a MAP_SHARED|MAP_ANONYMOUS
@@ -82,6 +100,8 @@ def engine_dump_task(ctx, task):
                              f"mapped file ({vma.path}): not supported")
         if vma.path:
             v.shmid = _file_id(ctx, vma.path)
+        elif vma.start in sysv:
+            v.status, v.shmid = VMA_AREA_REGULAR_SYSVIPC, vma.shmid
     ctx.images.write("mm", [entry], id=task.pid)
 
     pages_id = ctx.stash.get(PAGES_IDS, 0) + 1
@@ -102,12 +122,22 @@ def engine_restore_collect(ctx, graph):
         image = f"mm-{task.pid}.img"
         mm = ctx.images.read_one("mm", id=task.pid)
         state = _mm_state(ctx, mm, image)
+        sysv = [v for v in state.vmas if v.status & VMA_AREA_SYSVIPC]
+        segments = []
+        if sysv:
+            ctx.stash.setdefault(SYSV_VMAS, {})[task.pid] = sysv
+            state.vmas = [v for v in state.vmas if not v.status & VMA_AREA_SYSVIPC]
+            ns_id, left = ctx.ids(task.pid).ipc_ns_id, ctx.stash.setdefault(SYSV_LEFT, {})
+            for v in sysv:
+                left[ns_id, v.shmid] = left.get((ns_id, v.shmid), 0) + 1
+            segments = sorted({f"sysv:{ns_id}:{v.shmid}" for v in sysv})
         # A MAP_SHARED anonymous region is mapped by the first task and
         # from it by the others (SHARED_ANON): one tracer for all of them.
         shared = sorted({f"shmem:{v.shmid}" for v in state.vmas
                          if v.status & model.VMA_ANON_SHARED})
         graph.add(Node(key=f"mem:{task.pid}", plugin="mem", pid=task.pid, data=state,
-                       tracer_shares=shared,
+                       tracer_shares=shared + segments,
+                       after=[("ipcns", ctx.ids(task.pid).ipc_ns_id)] if sysv else [],
                        label=f"memory of {task.pid} ({len(state.vmas)} VMAs)"))
 
 
@@ -116,9 +146,12 @@ def engine_restore_node(ctx, node):
     from engine.images.pagemap import PagemapReader
     from engine.tracer import restore_memory
     pages = PagemapReader(ctx.images.dir, node.pid)
+    sysv = ctx.stash.get(SYSV_VMAS, {}).get(node.pid, ())
     try:
-        restore_memory(ctx.tracees[node.pid], node.data, pages,
+        restore_memory(ctx.tracees[node.pid], node.data, _Outside(pages, sysv) if sysv else pages,
                        ctx.stash.setdefault(SHARED_ANON, {}))
+        for v in sysv:
+            _shmat(ctx, node.pid, v, pages)
     finally:
         pages.close()
     return True
@@ -133,6 +166,55 @@ def _file_id(ctx, path: str) -> int:
     if path not in ids:
         ids[path] = add_file(ctx, regular_file(path, os.stat(path), flags=os.O_RDONLY, pos=0))
     return ids[path]
+
+
+def _sysv_starts(pid: int) -> set[int]:
+    """Starts of the task's System V segments attached; refuses those it
+    cannot attach again."""
+    starts = set()
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if len(head) < 6 or not head[5].startswith("/SYSV"):
+                continue
+            if int(head[2], 16):
+                raise ValueError(f"task {pid}: System V segment attached from an offset "
+                                 f"(id {head[4]} at {head[0]}, offset {int(head[2], 16):#x}): "
+                                 "not supported yet")
+            starts.add(int(head[0].split("-")[0], 16))
+    return starts
+
+
+def _shmat(ctx, pid: int, v, pages) -> None:
+    """criu/pie/restorer.c: shmat at the dumped address; the segment was
+    made, with its id, when the task's IPC namespace was (plugins/ipcns).
+    The pages the task had mapped are mapped again (their content is the
+    segment's, not the pages file's)."""
+    tracee = ctx.tracees[pid]
+    flags = (0 if v.prot & PROT_WRITE else SHM_RDONLY) | (SHM_EXEC if v.prot & PROT_EXEC else 0)
+    tracee.checked(SYS_SHMAT, v.shmid, v.start, flags,
+                   what=f"System V segment id {v.shmid} at {v.start:#x}")
+    for vaddr, length, _ in pages.runs():
+        if v.start <= vaddr < v.end:
+            tracee.checked("madvise", vaddr, min(length, v.end - vaddr), MADV_POPULATE_READ,
+                           what=f"System V segment id {v.shmid} at {vaddr:#x}")
+    ns_id, left = ctx.ids(pid).ipc_ns_id, ctx.stash[SYSV_LEFT]
+    left[ns_id, v.shmid] -= 1
+    if not left[ns_id, v.shmid] and v.shmid in ctx.provided("ipcns", {}).get(ns_id, ()):
+        tracee.checked(SYS_SHMCTL, v.shmid, IPC_RMID, 0,
+                       what=f"IPC_RMID of System V segment id {v.shmid}, attached again")
+
+
+class _Outside:
+    """The pages file without the runs in System V segments, which the
+    memory restore must not write (they are not mapped yet)."""
+
+    def __init__(self, pages, sysv):
+        self.buffer, self._pages, self._sysv = pages.buffer, pages, sysv
+
+    def runs(self):
+        return [run for run in self._pages.runs()
+                if not any(v.start <= run[0] < v.end for v in self._sysv)]
 
 
 def _mm_state(ctx, mm, image: str):
