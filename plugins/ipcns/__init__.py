@@ -64,7 +64,7 @@ def engine_register_images(registry):
     P = "engine.images.proto."
     registry.register(ImageKind("ipcns-var", "ipcns-var-{id}.img", 0x53115007, P + "ipc_var_pb2",
                                 "ipc_var_entry", magic_name="IPC_VAR"))
-    S = "plugins.ipcns.sysv_pb2"
+    S = "engine.images.proto.ipc_pb2"
     registry.register(ImageKind("ipcns-shm", "ipcns-shm-{id}.img", 0x46283044, S,
                                 "ipc_shm_entry", magic_name="IPCNS_SHM", payload="size"))
     registry.register(ImageKind("ipcns-sem", "ipcns-sem-{id}.img", 0x59573019, S,
@@ -200,25 +200,26 @@ def _read():
 
 def _entries(pid: int, objects: dict) -> dict[str, list]:
     """The images' entries of what _read found; refuses what cannot come back."""
-    from plugins.ipcns import payloads, sysv_pb2
+    from plugins.ipcns import payloads
+    from engine.images.proto import ipc_pb2
     out = {kind: [] for kind in KINDS}
     for kind in KINDS:
         for o in objects[kind]:
             what = f"task {pid}: its IPC namespace's {kind} id {o['id']} (key {o['key']:#x})"
             if kind == "shm" and o["perms"] & SHM_LOCKED:
                 raise ValueError(f"{what}: SHM_LOCK'd: not supported yet")
-            desc = sysv_pb2.ipc_desc_entry(mode=o["perms"] & (SHM_DEST | 0o777), **{
+            desc = ipc_pb2.ipc_desc_entry(mode=o["perms"] & (SHM_DEST | 0o777), **{
                 f: o[f] for f in ("key", "uid", "gid", "cuid", "cgid", "id")})
             if kind == "shm":
-                out[kind].append((sysv_pb2.ipc_shm_entry(desc=desc, size=o["size"]),
+                out[kind].append((ipc_pb2.ipc_shm_entry(desc=desc, size=o["size"]),
                                   o["content"]))
             elif kind == "sem":
                 raw = payloads.sem_payload(o["content"])
-                out[kind].append((sysv_pb2.ipc_sem_entry(desc=desc, nsems=o["nsems"],
+                out[kind].append((ipc_pb2.ipc_sem_entry(desc=desc, nsems=o["nsems"],
                                                          values_bytes=len(raw)), raw))
             else:
                 raw = payloads.msg_payload(o["content"])
-                out[kind].append((sysv_pb2.ipc_msg_entry(
+                out[kind].append((ipc_pb2.ipc_msg_entry(
                     desc=desc, qbytes=o["qbytes"], qnum=len(o["content"]),
                     messages_bytes=len(raw)), raw))
     return out

@@ -27,7 +27,7 @@ def sem_payload(values) -> bytes:
 
 def msg_payload(messages) -> bytes:
     """messages: (mtype, text) in queue order."""
-    from plugins.ipcns.sysv_pb2 import ipc_msg
+    from engine.images.proto.ipc_pb2 import ipc_msg
     out = []
     for mtype, text in messages:
         head = ipc_msg(mtype=mtype, msize=len(text)).SerializeToString()
@@ -46,7 +46,7 @@ def sem_values(where: str, entry, payload: bytes) -> list[int]:
 def msg_list(where: str, entry, payload: bytes, msgmax: int) -> list[tuple[int, bytes]]:
     """The messages, each checked: size within the payload, msize up to
     `msgmax`, mtype positive."""
-    from plugins.ipcns.sysv_pb2 import ipc_msg
+    from engine.images.proto.ipc_pb2 import ipc_msg
     out, pos = [], 0
     while pos < len(payload):
         j = len(out)
