@@ -24,8 +24,8 @@ since the dump, is refused (criu/files-reg.c checks the same), never silently
 reopened. Helpers kept open meanwhile (pipe ends) are parked above the
 table's fds (engine.fds.park), the soft RLIMIT_NOFILE raised if they need it.
 
-A regular file deleted while open is saved whole in ghost-file-N.img and
-restored deleted (plugins/files/ghost.py: never more privileged than the
+A regular file deleted while open is saved by its data in ghost-file-N.img
+and restored deleted (plugins/files/ghost.py: never more privileged than the
 tasks holding it, never through a link the engine did not make).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
 
-from .ghost import REMAPS, check_ghosts, dump_ghost, open_ghost
+from .ghost import GHOST_LIMIT, REMAPS, check_ghosts, dump_ghost, open_ghost
 
 log = logging.getLogger("engine.plugins.files")
 
@@ -75,7 +75,26 @@ def engine_register_images(registry):
     registry.register(ImageKind("remap-fpath", "remap-fpath.img", 0x59133954, P + "files_pb2",
                                 "remap_file_path_entry", magic_name="REMAP_FPATH"))
     registry.register(ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",
-                                "ghost_file_entry", magic_name="GHOST_FILE", payload="size"))
+                                "ghost_chunk_entry", head="ghost_file_entry", magic_name="GHOST_FILE",
+                                payload="len"))
+
+
+@hookimpl
+def engine_addoption(parser):
+    parser.add_argument("--ghost-limit", type=_size, default=GHOST_LIMIT, metavar="SIZE",
+                        help="dump: largest data (bytes, or with K, M, G) of a deleted "
+                             "file saved in the images (CRIU's option; default 1M)")
+
+
+def _size(text: str) -> int:
+    """CRIU's --ghost-limit sizes: a number of bytes, or with K, M or G."""
+    import argparse
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or with K, M, G)")
+    return int(digits) * scale
 
 
 @attrs.frozen

