@@ -10,7 +10,10 @@ Each open file's owner for SIGIO (F_GETOWN_EX, F_GETSIG, F_GETOWNER_UIDS on a
 copy of the fd) goes in its body's fown, whatever plugin claimed it.
 
 A file renamed after it was opened is dumped under its current name, the one
-/proc shows (as CRIU does).
+/proc shows (as CRIU does). An O_PATH|O_NOFOLLOW fd of a symlink is the
+link itself, checked by lstat. Refused at dump: two processes sharing one
+fd table (CLONE_FILES: the engine forks tasks with tables of their own),
+and an fd of /proc/N whose task N is gone (CRIU's dead-pid helper task).
 
 Restore: one node per task opens its whole fd table in the task itself: each
 file id is opened once through ``engine_restore_file`` and dup'ed to every fd
@@ -52,6 +55,7 @@ log = logging.getLogger("engine.plugins.files")
 
 # dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
 SEEN = StashKey()
+TABLES = StashKey()         # dump: pids with an fd table, in kcmp(KCMP_FILES) order
 SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
 OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with an owner
 DELETED = " (deleted)"
@@ -59,7 +63,7 @@ DELETED = " (deleted)"
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 _FOWN_BODY: dict[int, str] = {}     # file type -> its body field holding a fown
-KCMP_FILE = 0
+KCMP_FILE, KCMP_FILES = 0, 2
 # Flags that only mean something at open time; CRIU drops them too.
 OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
 O_PATH = getattr(os, "O_PATH", 0o10000000)
@@ -113,6 +117,12 @@ def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return           # a zombie has no fds, fs or memory
     pid = task.pid
+    other = _sharer(ctx.stash.setdefault(TABLES, []), pid, KCMP_FILES)
+    if other is not None:
+        # CRIU gives them one files_id and clones the second with
+        # CLONE_FILES; the engine's forks do not share tables (yet)
+        raise ValueError(f"task {pid}: shares its fd table with task {other} "
+                         "(CLONE_FILES): not restored yet")
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     # (st_dev, st_ino, pos, flags) -> [(pid, fd, file id, type)], across the
     # whole tree
@@ -174,6 +184,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if st.S_ISCHR(stat.st_mode) and (136 <= os.major(stat.st_rdev) <= 143
                                      or stat.st_rdev in (os.makedev(5, 0), os.makedev(5, 2))):
         return None           # ptys and /dev/tty are made again, not reopened: the tty plugin's
+    _refuse_dead_proc(task.pid, fd, link, stat)
     if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
@@ -311,8 +322,10 @@ def engine_restore_file(ctx, entry):
     ghost = ctx.stash.get(REMAPS, {}).get(entry.id)
     if ghost is not None:
         return open_ghost(ctx, entry, ghost)
+    # an O_PATH|O_NOFOLLOW fd of a symlink is the link itself: so is its check
+    link_itself = reg.HasField("mode") and st.S_ISLNK(reg.mode)
     try:
-        now = os.stat(reg.name)
+        now = os.lstat(reg.name) if link_itself else os.stat(reg.name)
     except OSError as e:
         raise ImageError("files.img", f"file id {entry.id} ({reg.name}): {e.strerror}") from None
     if reg.HasField("mode") and now.st_mode != reg.mode:
@@ -345,6 +358,27 @@ def engine_restore_file(ctx, entry):
 
 
 # --- helpers -----------------------------------------------------------------
+
+def _refuse_dead_proc(pid: int, fd: int, link: str, stat) -> None:
+    """An fd of /proc/N (or below) whose task N is gone: its path names
+    nothing now, or another task's. CRIU restores it by a helper task given
+    pid N that dies once the fd is open (criu/files-reg.c, REMAP_TYPE_PROCFS
+    and dead pid helpers); the engine's tree has no such helper: refused."""
+    path = link[:-len(DELETED)] if link.endswith(DELETED) else link
+    parts = path.split("/")
+    if len(parts) < 3 or parts[1] != "proc" or not parts[2].isdigit():
+        return
+    try:
+        now = os.stat("/".join(parts[:3]))
+        gone = False
+        if len(parts) == 3:
+            gone = (now.st_dev, now.st_ino) != (stat.st_dev, stat.st_ino)
+    except OSError:
+        gone = True
+    if gone or link.endswith(DELETED):
+        raise ValueError(f"task {pid}: fd {fd} ({link}): the task of /proc/{parts[2]} is "
+                         "gone (CRIU's dead-pid helper task is not done)")
+
 
 def _fown_of(entry):
     """The fown_entry of a file_entry's typed body (reg, pipe, usk...), or None."""
@@ -424,6 +458,27 @@ def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     if r < 0:
         raise OSError(ctypes.get_errno(), f"kcmp of fd {fd1} of {pid1} and fd {fd2} of {pid2}")
     return r
+
+
+def _sharer(seen: list, pid: int, what: int) -> int | None:
+    """The task in `seen` sharing kernel object `what` (kcmp's KCMP_FILES,
+    KCMP_FS) with task pid, or None, pid then inserted: `seen` is kept in
+    kcmp's order, one binary search a task. Threads share theirs with their
+    leader: one task here."""
+    lo, hi = 0, len(seen)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        r = _syscall("kcmp", pid, seen[mid], what, 0, 0)
+        if r < 0:
+            raise OSError(ctypes.get_errno(), f"kcmp of tasks {pid} and {seen[mid]}")
+        if r == 0:
+            return seen[mid]
+        if r == 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    seen.insert(lo, pid)
+    return None
 
 
 def _shared_with(pid, fd, seen):

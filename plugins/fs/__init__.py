@@ -3,6 +3,13 @@
 cwd and root are REG entries of files.img naming directories, as CRIU writes
 them. Restore runs in the task: chdir, then chroot when the root is not /,
 then umask. A cwd that no longer exists is refused with its path.
+
+Refused at dump: two processes sharing one fs struct (CLONE_FS: the
+engine forks tasks with their own), a cwd or root deleted (CRIU makes a ghost directory: not
+done), and a root other than / (chroot): the memory restore runs after this
+plugin and opens the mapped files and the exe by their paths from the
+engine's root, which the chroot would hide (criu opens them relative to the
+mount namespace's root fd; the engine's tracer would need the same).
 """
 from __future__ import annotations
 
@@ -12,6 +19,10 @@ from engine.images.entries import add_file
 from engine import hookimpl
 from engine.graph import Node
 from engine.images import ImageError
+from engine.stash import StashKey
+
+SHARERS = StashKey()        # dump: pids with an fs struct, in kcmp(KCMP_FS) order
+KCMP_FS = 3
 
 
 # --- registration ---------------------------------------------------------
@@ -31,9 +42,16 @@ def engine_dump_task(ctx, task):
     from engine.images.entries import regular_file
     from engine.images.proto import tree_pb2
     pid = task.pid
+    other = _sharer(ctx.stash.setdefault(SHARERS, []), pid)
+    if other is not None:
+        # CRIU gives them one fs_id and clones the second with CLONE_FS;
+        # the engine's forks have fs structs of their own (yet)
+        raise ValueError(f"task {pid}: shares its cwd, root and umask with task {other} "
+                         "(CLONE_FS): not restored yet")
     ids = {}
     for name in ("cwd", "root"):
         path = os.readlink(f"/proc/{pid}/{name}")
+        _refuse(pid, name, path)
         ids[name] = add_file(ctx, regular_file(path, os.stat(f"/proc/{pid}/{name}"),
                                               flags=os.O_RDONLY | os.O_DIRECTORY, pos=0))
     umask = _umask(pid)
@@ -75,6 +93,39 @@ def engine_restore_node(ctx, node):
     if umask is not None:
         os.umask(umask)
     return True
+
+
+def _refuse(pid: int, name: str, path: str) -> None:
+    """A deleted cwd or root (a ghost directory, criu/files-reg.c, is not
+    made yet), and a root other than / (the memory restore, after this
+    plugin, opens the mapped files by their paths from the engine's root,
+    which a chroot would hide)."""
+    if path.endswith(" (deleted)"):
+        raise ValueError(f"task {pid}: {name} {path[:-len(' (deleted)')]} was deleted "
+                         "(not restored yet)")
+    if name == "root" and path != "/":
+        raise ValueError(f"task {pid}: root {path} is not / (chroot): not restored yet")
+
+
+def _sharer(seen: list, pid: int) -> int | None:
+    """The task in `seen` sharing its fs struct with pid (kcmp KCMP_FS), or
+    None, pid then inserted in kcmp's order (one binary search a task)."""
+    import ctypes
+    from engine import libc
+    lo, hi = 0, len(seen)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        r = libc.syscall("kcmp", pid, seen[mid], KCMP_FS, 0, 0)
+        if r < 0:
+            raise OSError(ctypes.get_errno(), f"kcmp of tasks {pid} and {seen[mid]}")
+        if r == 0:
+            return seen[mid]
+        if r == 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    seen.insert(lo, pid)
+    return None
 
 
 def _umask(pid: int) -> int:

@@ -73,3 +73,44 @@ def test_hostile_ghost_chunks_are_refused(build_target, target_runner, engine_cl
         line = engine_fails("restore", "-D", img)
         assert f"ghost-file-{ghost_id}.img: entry" in line, line
         assert task_gone(target.pid)
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_fd_of_a_symlink_itself(build_target, target_runner, dump_restore, tmp_path, variant):
+    """An O_PATH|O_NOFOLLOW fd of a symlink comes back as the link itself."""
+    target = target_runner.start(build_target("fsodd", variant), "--case", "symlink")
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("case, want", [
+    ("cwd-deleted", "cwd {dir}/result.cwd was deleted"),
+    ("proc-gone", "is gone"),
+    ("chroot", "root {dir} is not / (chroot)"),
+])
+def test_refused_at_dump(build_target, target_runner, tmp_path, case, want):
+    """A deleted cwd, a chroot, and an fd of a /proc/PID directory whose task is gone:
+    the dump is refused in one line naming the task and the state, the
+    target left running."""
+    target = target_runner.start(build_target("fsodd"), "--case", case)
+    line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "img")
+    assert f"task {target.pid}" in line and want.format(dir=target.workdir) in line, line
+    os.kill(target.pid, 0)
+
+
+@pytest.mark.parametrize("share, want", [
+    ("files", "shares its fd table with task {pid} (CLONE_FILES)"),
+    ("fs", "shares its cwd, root and umask with task {pid} (CLONE_FS)"),
+])
+def test_shared_fd_table_or_fs_refused(build_target, target_runner, tmp_path, share, want):
+    """A child cloned with CLONE_FILES or CLONE_FS: the dump is refused in
+    one line naming both tasks and the flag; the tree runs on and passes."""
+    target = target_runner.start(build_target("sharefs"), "--share", share)
+    line = engine_fails("dump", "-t", target.pid, "-D", tmp_path / "img")
+    assert want.format(pid=target.pid) in line, line
+    assert target.verdict() == "PASS"
+
+
+def test_threads_still_share_everything(build_target, target_runner, dump_restore, tmp_path):
+    """Threads share their fd table and fs struct always: still dumped."""
+    target = target_runner.start(build_target("threads"))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
