@@ -197,11 +197,11 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 @hookimpl
 def engine_dump_finish(ctx):
     from engine.images.proto import files_pb2
-    remaps = ctx.stash.get(REMAPS, {})
-    if remaps:
-        ctx.images.write("remap-fpath", [
-            files_pb2.remap_file_path_entry(orig_id=f, remap_id=g, remap_type=files_pb2.GHOST)
-            for f, g in sorted(remaps.items())])
+    # shared with plugins.fs (a deleted cwd's ghost directory): the engine
+    # writes remap-fpath.img once every plugin added its own
+    ctx.entries("remap-fpath").extend(
+        files_pb2.remap_file_path_entry(orig_id=f, remap_id=g, remap_type=files_pb2.GHOST)
+        for f, g in sorted(ctx.stash.get(REMAPS, {}).items()))
 
 
 # --- restore ---------------------------------------------------------------

@@ -93,6 +93,8 @@ def open_ghost(ctx, entry, ghost_id: int) -> int:
     parent, base = os.path.split(reg.name)
     dirfd, made = _open_directory(parent or "/", image, reg.name)
     try:
+        if st.S_ISDIR(g.mode):
+            return _ghost_directory(dirfd, base, entry, g, image)
         rw, name = _make_private(dirfd, base, entry.id, image, reg.name)
         try:
             fd = _fill_and_reopen(entry, rw, g, chunks, dirfd, name)
@@ -117,6 +119,46 @@ def open_ghost(ctx, entry, ghost_id: int) -> int:
         _remove_made(made)
     if reg.pos:
         os.lseek(fd, reg.pos, os.SEEK_SET)
+    return fd
+
+
+def _ghost_directory(dirfd: int, base: str, entry, g, image: str) -> int:
+    """A deleted directory (a cwd removed, plugins.fs): made private under
+    its name (or beside it when taken), opened by no link, removed again,
+    then given its owner, mode and times by fd."""
+    reg = entry.reg
+    for name in (base, f"{base}.engine-ghost.{entry.id}"):
+        try:
+            os.mkdir(name, 0o700, dir_fd=dirfd)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ImageError(image, f"cannot recreate {reg.name}: {e.strerror}") from None
+    else:
+        raise ImageError(image, f"cannot recreate {reg.name}: its name is taken")
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dirfd)
+    finally:
+        try:
+            os.rmdir(name, dir_fd=dirfd)
+        except OSError:
+            pass           # replaced meanwhile: the link count check refuses it
+    try:
+        if os.fstat(fd).st_nlink:
+            raise ImageError(image, f"{reg.name}: linked elsewhere while it was recreated")
+        os.fchown(fd, g.uid, g.gid)
+        os.fchmod(fd, st.S_IMODE(g.mode))
+        if g.HasField("mtim"):
+            os.utime(fd, ns=(_ns(g.atim if g.HasField("atim") else g.mtim), _ns(g.mtim)))
+    except OSError as e:
+        os.close(fd)
+        raise ImageError(image, f"uid {g.uid}, gid {g.gid}, mode {g.mode:o}: "
+                                f"{e.strerror}") from None
+    except ImageError:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -272,9 +314,12 @@ def check_ghosts(ctx, remaps: dict, tables: dict) -> None:
         if not entries:
             raise ImageError(image, "empty: want a ghost_file_entry")
         g, *chunks = entries
-        if not st.S_ISREG(g.mode) or g.mode & ~(st.S_IFMT(g.mode) | 0o7777):
-            raise ImageError(image, f"mode {g.mode:o} is not a regular file's")
-        _check_chunks(image, g, chunks)
+        if g.mode & ~(st.S_IFMT(g.mode) | 0o7777) or not (
+                st.S_ISREG(g.mode) or st.S_ISDIR(g.mode) and not chunks and not g.chunks):
+            raise ImageError(image, f"mode {g.mode:o} is not a regular file's "
+                                    "(or an empty directory's)")
+        if st.S_ISREG(g.mode):
+            _check_chunks(image, g, chunks)
         reasons = [_ghost_denied(ctx, pid, g) for pid in holders.get(file_id, [])]
         if reasons and all(reasons):
             raise ImageError(image, reasons[0])

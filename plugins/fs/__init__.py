@@ -4,9 +4,12 @@ cwd and root are REG entries of files.img naming directories, as CRIU writes
 them. Restore runs in the task: chdir, then chroot when the root is not /,
 then umask. A cwd that no longer exists is refused with its path.
 
+A deleted cwd is a ghost directory, as CRIU's (ghost-file-N.img of mode
+S_IFDIR named in remap-fpath.img): plugins.files makes it again where it
+was, the task enters it, and it is removed again.
+
 Refused at dump: two processes sharing one fs struct (CLONE_FS: the
-engine forks tasks with their own), a cwd or root deleted (CRIU makes a ghost directory: not
-done), and a root other than / (chroot): the memory restore runs after this
+engine forks tasks with their own), and a root other than / (chroot): the memory restore runs after this
 plugin and opens the mapped files and the exe by their paths from the
 engine's root, which the chroot would hide (criu opens them relative to the
 mount namespace's root fd; the engine's tracer would need the same).
@@ -21,6 +24,8 @@ from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
 
+DELETED = " (deleted)"
+GHOSTS = StashKey()         # restore: file ids of deleted cwds (ghost directories)
 SHARERS = StashKey()        # dump: pids with an fs struct, in kcmp(KCMP_FS) order
 KCMP_FS = 3
 
@@ -51,9 +56,14 @@ def engine_dump_task(ctx, task):
     ids = {}
     for name in ("cwd", "root"):
         path = os.readlink(f"/proc/{pid}/{name}")
+        deleted = name == "cwd" and path.endswith(DELETED)
+        path = path[:-len(DELETED)] if deleted else path
         _refuse(pid, name, path)
-        ids[name] = add_file(ctx, regular_file(path, os.stat(f"/proc/{pid}/{name}"),
-                                              flags=os.O_RDONLY | os.O_DIRECTORY, pos=0))
+        stat = os.stat(f"/proc/{pid}/{name}")
+        ids[name] = add_file(ctx, regular_file(path, stat, flags=os.O_RDONLY | os.O_DIRECTORY,
+                                              pos=0))
+        if deleted:
+            _dump_ghost_directory(ctx, stat, ids[name])
     umask = _umask(pid)
     ctx.images.write("fs", [tree_pb2.fs_entry(cwd_id=ids["cwd"], root_id=ids["root"],
                                             umask=umask)], id=pid)
@@ -61,6 +71,9 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
+    ghosts = ctx.stash[GHOSTS] = set()
+    if ctx.images.exists("remap-fpath"):
+        ghosts.update(r.orig_id for r in ctx.images.read("remap-fpath"))
     for task in ctx.provided("tasks").alive:
         if not ctx.images.exists("fs", id=task.pid):
             # every live task's is written (CRIU's too): without it the task
@@ -75,17 +88,26 @@ def engine_restore_collect(ctx, graph):
                 raise ImageError(f"fs-{task.pid}.img", f"{name}_id {file_id} is not a "
                                                        "file entry of files.img")
             paths[name] = entry.reg.name
+        cwd_ghost = ctx.provided("files")[fs.cwd_id] if fs.cwd_id in ghosts else None
         graph.add(Node(key=f"fs:{task.pid}", plugin="fs", pid=task.pid,
-                       data=(paths, fs.umask if fs.HasField("umask") else None),
+                       data=(paths, fs.umask if fs.HasField("umask") else None, cwd_ghost),
                        label=f"cwd {paths['cwd']} of {task.pid}"))
 
 
 @hookimpl
 def engine_restore_node(ctx, node):
-    paths, umask = node.data
+    paths, umask, cwd_ghost = node.data
     try:
         # chdir first: both paths are as seen from the engine's root.
-        os.chdir(paths["cwd"])
+        if cwd_ghost is not None:
+            # a deleted cwd: plugins.files makes the ghost directory
+            fd = ctx.hook.engine_restore_file(ctx=ctx, entry=cwd_ghost)
+            try:
+                os.fchdir(fd)
+            finally:
+                os.close(fd)
+        else:
+            os.chdir(paths["cwd"])
         if paths["root"] != "/":
             os.chroot(paths["root"])
     except OSError as e:
@@ -96,15 +118,26 @@ def engine_restore_node(ctx, node):
 
 
 def _refuse(pid: int, name: str, path: str) -> None:
-    """A deleted cwd or root (a ghost directory, criu/files-reg.c, is not
-    made yet), and a root other than / (the memory restore, after this
-    plugin, opens the mapped files by their paths from the engine's root,
-    which a chroot would hide)."""
-    if path.endswith(" (deleted)"):
-        raise ValueError(f"task {pid}: {name} {path[:-len(' (deleted)')]} was deleted "
-                         "(not restored yet)")
+    """A root other than / (the memory restore, after this plugin, opens
+    the mapped files by their paths from the engine's root, which a chroot
+    would hide)."""
     if name == "root" and path != "/":
         raise ValueError(f"task {pid}: root {path} is not / (chroot): not restored yet")
+
+
+def _dump_ghost_directory(ctx, stat, file_id: int) -> None:
+    """A deleted cwd as CRIU's ghost directory: a ghost_file_entry of mode
+    S_IFDIR with nothing after it, named in remap-fpath.img (criu/files-reg.c
+    dump_ghost_remap); plugins.files makes it again (and removes it)."""
+    from engine.images.proto import files_pb2
+    ghost_id = ctx.new_id()
+    g = files_pb2.ghost_file_entry(uid=stat.st_uid, gid=stat.st_gid, mode=stat.st_mode,
+                                   dev=stat.st_dev & 0xFFFFFFFF, ino=stat.st_ino)
+    g.atim.tv_sec, g.atim.tv_usec = stat.st_atime_ns // 10**9, stat.st_atime_ns // 1000 % 10**6
+    g.mtim.tv_sec, g.mtim.tv_usec = stat.st_mtime_ns // 10**9, stat.st_mtime_ns // 1000 % 10**6
+    ctx.images.write("ghost-file", [g], id=ghost_id)
+    ctx.entries("remap-fpath").append(files_pb2.remap_file_path_entry(
+        orig_id=file_id, remap_id=ghost_id, remap_type=files_pb2.GHOST))
 
 
 def _sharer(seen: list, pid: int) -> int | None:

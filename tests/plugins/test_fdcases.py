@@ -76,19 +76,22 @@ def test_hostile_ghost_chunks_are_refused(build_target, target_runner, engine_cl
 
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
-def test_fd_of_a_symlink_itself(build_target, target_runner, dump_restore, tmp_path, variant):
-    """An O_PATH|O_NOFOLLOW fd of a symlink comes back as the link itself."""
-    target = target_runner.start(build_target("fsodd", variant), "--case", "symlink")
+@pytest.mark.parametrize("case", ["symlink", "cwd-deleted"])
+def test_symlink_fd_and_deleted_cwd(build_target, target_runner, dump_restore, tmp_path,
+                                    variant, case):
+    """An O_PATH|O_NOFOLLOW fd of a symlink comes back as the link itself; a
+    deleted cwd comes back deleted, with its name and mode (a ghost
+    directory, made again and removed)."""
+    target = target_runner.start(build_target("fsodd", variant), "--case", case)
     assert dump_restore(target, tmp_path / "img") == "PASS"
 
 
 @pytest.mark.parametrize("case, want", [
-    ("cwd-deleted", "cwd {dir}/result.cwd was deleted"),
     ("proc-gone", "is gone"),
     ("chroot", "root {dir} is not / (chroot)"),
 ])
 def test_refused_at_dump(build_target, target_runner, tmp_path, case, want):
-    """A deleted cwd, a chroot, and an fd of a /proc/PID directory whose task is gone:
+    """A chroot, and an fd of a /proc/PID directory whose task is gone:
     the dump is refused in one line naming the task and the state, the
     target left running."""
     target = target_runner.start(build_target("fsodd"), "--case", case)
@@ -114,3 +117,28 @@ def test_threads_still_share_everything(build_target, target_runner, dump_restor
     """Threads share their fd table and fs struct always: still dumped."""
     target = target_runner.start(build_target("threads"))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+def test_hostile_ghost_directory_is_refused(build_target, target_runner, tmp_path):
+    """A deleted cwd's ghost directory edited to a device, or given chunks:
+    refused in one line naming the ghost image, nothing started."""
+    from engine.images import ImageDir
+    from engine.testing import task_gone
+    target = target_runner.start(build_target("fsodd"), "--case", "cwd-deleted")
+    img = tmp_path / "img"
+    dump_to(target, img)
+    images = ImageDir(img)
+    (ghost_id,) = images.ids("ghost-file")
+    path = img / f"ghost-file-{ghost_id}.img"
+    good = path.read_bytes()
+    for spoil in ("device", "chunks"):
+        path.write_bytes(good)
+        (g,) = images.read("ghost-file", id=ghost_id)
+        if spoil == "device":
+            g.mode = 0o20644
+        else:
+            g.chunks, g.size = True, 0
+        images.write("ghost-file", [g], id=ghost_id)
+        line = engine_fails("restore", "-D", img)
+        assert f"ghost-file-{ghost_id}.img: mode" in line, line
+        assert task_gone(target.pid)

@@ -2,9 +2,10 @@
  * args: --case symlink|chroot|cwd-deleted|proc-gone ;
  * what: symlink: an O_PATH|O_NOFOLLOW fd of a symlink itself (still the
  *       link, same target text); chroot: a task chrooted into a directory
- *       with its cwd below it and umask 0027 (root, cwd and umask kept);
- *       cwd-deleted: a cwd removed after chdir; proc-gone: an fd of the
- *       /proc/PID directory of a child reaped since (both refused at dump) */
+ *       with its cwd below it and umask 0027 (refused at dump);
+ *       cwd-deleted: a cwd (mode 0751) removed after chdir, umask 0023 (still
+ *       deleted, same name and mode); proc-gone: an fd of the /proc/PID
+ *       directory of a child reaped since (refused at dump) */
 #include "target.h"
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -44,8 +45,9 @@ int main(int argc, char **argv)
 		fd = 0;
 	} else if (!strcmp(what, "cwd-deleted")) {
 		snprintf(path, sizeof(path), "%s.cwd", tgt_result_path);
-		if (mkdir(path, 0755) || chdir(path) || rmdir(path))
+		if (mkdir(path, 0751) || chmod(path, 0751) || chdir(path) || rmdir(path))
 			tgt_die("cwd: %m");
+		umask(0023);
 		fd = 0;
 	} else if (!strcmp(what, "proc-gone")) {
 		child = fork();
@@ -76,6 +78,17 @@ int main(int argc, char **argv)
 		tgt_check(umask(0) == 0027, "umask lost");
 		if (fchdir(outside) || chroot("."))
 			tgt_die("out of the chroot: %m");
+	} else if (!strcmp(what, "cwd-deleted")) {
+		tgt_check(stat(".", &sb) == 0 && S_ISDIR(sb.st_mode) && sb.st_nlink == 0 &&
+			  (sb.st_mode & 07777) == 0751, "cwd not a deleted directory of mode "
+			  "751 (nlink %ld, mode %o)", (long)sb.st_nlink, sb.st_mode);
+		n = readlink("/proc/self/cwd", buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = 0;
+		strcat(path, " (deleted)");
+		tgt_check(!strcmp(buf, path), "cwd is %s", buf);
+		tgt_check(umask(0) == 0023, "umask lost");
+		path[strlen(path) - strlen(" (deleted)")] = 0;
+		tgt_check(access(path, F_OK) != 0, "%s exists again", path);
 	}
 	tgt_finish();
 }
