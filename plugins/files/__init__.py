@@ -199,9 +199,11 @@ def engine_dump_finish(ctx):
     from engine.images.proto import files_pb2
     # shared with plugins.fs (a deleted cwd's ghost directory): the engine
     # writes remap-fpath.img once every plugin added its own
-    ctx.entries("remap-fpath").extend(
-        files_pb2.remap_file_path_entry(orig_id=f, remap_id=g, remap_type=files_pb2.GHOST)
-        for f, g in sorted(ctx.stash.get(REMAPS, {}).items()))
+    remaps = ctx.stash.get(REMAPS, {})
+    if remaps:          # no empty remap-fpath.img (ctx.entries makes the list)
+        ctx.entries("remap-fpath").extend(
+            files_pb2.remap_file_path_entry(orig_id=f, remap_id=g, remap_type=files_pb2.GHOST)
+            for f, g in sorted(remaps.items()))
 
 
 # --- restore ---------------------------------------------------------------
@@ -368,14 +370,16 @@ def _refuse_dead_proc(pid: int, fd: int, link: str, stat) -> None:
     parts = path.split("/")
     if len(parts) < 3 or parts[1] != "proc" or not parts[2].isdigit():
         return
-    try:
-        now = os.stat("/".join(parts[:3]))
-        gone = False
-        if len(parts) == 3:
-            gone = (now.st_dev, now.st_ino) != (stat.st_dev, stat.st_ino)
-    except OSError:
-        gone = True
-    if gone or link.endswith(DELETED):
+    gone = link.endswith(DELETED)
+    # judged only on the engine's own /proc: another pid namespace's proc,
+    # mounted in the task's mount namespace, is opened there again
+    if not gone and stat.st_dev == os.stat("/proc").st_dev:
+        try:
+            now = os.stat("/".join(parts[:3]))
+            gone = len(parts) == 3 and now.st_ino != stat.st_ino
+        except FileNotFoundError:
+            gone = True
+    if gone:
         raise ValueError(f"task {pid}: fd {fd} ({link}): the task of /proc/{parts[2]} is "
                          "gone (CRIU's dead-pid helper task is not done)")
 
