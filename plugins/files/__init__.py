@@ -49,6 +49,7 @@ from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
 
+from .refuse import KCMP_FILES, refuse_dead_proc, sharer
 from .ghost import GHOST_LIMIT, REMAPS, check_ghosts, dump_ghost, open_ghost
 
 log = logging.getLogger("engine.plugins.files")
@@ -63,7 +64,7 @@ DELETED = " (deleted)"
 F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 11, 15, 16, 17
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 _FOWN_BODY: dict[int, str] = {}     # file type -> its body field holding a fown
-KCMP_FILE, KCMP_FILES = 0, 2
+KCMP_FILE = 0
 # Flags that only mean something at open time; CRIU drops them too.
 OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
 O_PATH = getattr(os, "O_PATH", 0o10000000)
@@ -117,7 +118,7 @@ def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return           # a zombie has no fds, fs or memory
     pid = task.pid
-    other = _sharer(ctx.stash.setdefault(TABLES, []), pid, KCMP_FILES)
+    other = sharer(ctx.stash.setdefault(TABLES, []), pid, KCMP_FILES)
     if other is not None:
         # CRIU gives them one files_id and clones the second with
         # CLONE_FILES; the engine's forks do not share tables (yet)
@@ -184,7 +185,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
     if st.S_ISCHR(stat.st_mode) and (136 <= os.major(stat.st_rdev) <= 143
                                      or stat.st_rdev in (os.makedev(5, 0), os.makedev(5, 2))):
         return None           # ptys and /dev/tty are made again, not reopened: the tty plugin's
-    _refuse_dead_proc(task.pid, fd, link, stat)
+    refuse_dead_proc(task.pid, fd, link, stat)
     if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
@@ -361,29 +362,6 @@ def engine_restore_file(ctx, entry):
 
 # --- helpers -----------------------------------------------------------------
 
-def _refuse_dead_proc(pid: int, fd: int, link: str, stat) -> None:
-    """An fd of /proc/N (or below) whose task N is gone: its path names
-    nothing now, or another task's. CRIU restores it by a helper task given
-    pid N that dies once the fd is open (criu/files-reg.c, REMAP_TYPE_PROCFS
-    and dead pid helpers); the engine's tree has no such helper: refused."""
-    path = link[:-len(DELETED)] if link.endswith(DELETED) else link
-    parts = path.split("/")
-    if len(parts) < 3 or parts[1] != "proc" or not parts[2].isdigit():
-        return
-    gone = link.endswith(DELETED)
-    # judged only on the engine's own /proc: another pid namespace's proc,
-    # mounted in the task's mount namespace, is opened there again
-    if not gone and stat.st_dev == os.stat("/proc").st_dev:
-        try:
-            now = os.stat("/".join(parts[:3]))
-            gone = len(parts) == 3 and now.st_ino != stat.st_ino
-        except FileNotFoundError:
-            gone = True
-    if gone:
-        raise ValueError(f"task {pid}: fd {fd} ({link}): the task of /proc/{parts[2]} is "
-                         "gone (CRIU's dead-pid helper task is not done)")
-
-
 def _fown_of(entry):
     """The fown_entry of a file_entry's typed body (reg, pipe, usk...), or None."""
     name = _FOWN_BODY.get(entry.type)
@@ -462,27 +440,6 @@ def _kcmp(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     if r < 0:
         raise OSError(ctypes.get_errno(), f"kcmp of fd {fd1} of {pid1} and fd {fd2} of {pid2}")
     return r
-
-
-def _sharer(seen: list, pid: int, what: int) -> int | None:
-    """The task in `seen` sharing kernel object `what` (kcmp's KCMP_FILES,
-    KCMP_FS) with task pid, or None, pid then inserted: `seen` is kept in
-    kcmp's order, one binary search a task. Threads share theirs with their
-    leader: one task here."""
-    lo, hi = 0, len(seen)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        r = _syscall("kcmp", pid, seen[mid], what, 0, 0)
-        if r < 0:
-            raise OSError(ctypes.get_errno(), f"kcmp of tasks {pid} and {seen[mid]}")
-        if r == 0:
-            return seen[mid]
-        if r == 1:
-            hi = mid
-        else:
-            lo = mid + 1
-    seen.insert(lo, pid)
-    return None
 
 
 def _shared_with(pid, fd, seen):
