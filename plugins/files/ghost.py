@@ -89,7 +89,7 @@ def open_ghost(ctx, entry, ghost_id: int) -> int:
     (_ghost_denied)."""
     reg = entry.reg
     image = f"ghost-file-{ghost_id}.img"
-    g, *chunks = ctx.images.read("ghost-file", id=ghost_id)
+    g, *chunks = read_ghost(ctx, ghost_id)
     parent, base = os.path.split(reg.name)
     dirfd, made = _open_directory(parent or "/", image, reg.name)
     try:
@@ -310,7 +310,7 @@ def check_ghosts(ctx, remaps: dict, tables: dict) -> None:
         if file_id not in files or not files[file_id].HasField("reg"):
             raise ImageError("remap-fpath.img", f"orig_id {file_id} is not a regular file "
                                                 "in files.img")
-        entries = ctx.images.read("ghost-file", id=ghost_id)
+        entries = read_ghost(ctx, ghost_id)
         if not entries:
             raise ImageError(image, "empty: want a ghost_file_entry")
         g, *chunks = entries
@@ -323,6 +323,38 @@ def check_ghosts(ctx, remaps: dict, tables: dict) -> None:
         reasons = [_ghost_denied(ctx, pid, g) for pid in holders.get(file_id, [])]
         if reasons and all(reasons):
             raise ImageError(image, reasons[0])
+
+
+def read_ghost(ctx, ghost_id: int) -> list:
+    """[ghost_file_entry, (ghost_chunk_entry, bytes)...]. CRIU writes a
+    file that has no holes unchunked: its bytes follow the entry to the end
+    of the image, with no size (criu/files-reg.c dump_ghost_file); read as
+    one chunk at offset 0."""
+    from engine.images.framing import U32
+    from engine.images.proto import files_pb2
+    image = f"ghost-file-{ghost_id}.img"
+    try:
+        with open(ctx.images.path("ghost-file", id=ghost_id), "rb") as f:
+            raw = f.read(8 + 4 + 4096)
+    except OSError as e:
+        raise ImageError(image, e.strerror) from None
+    if len(raw) >= 12:
+        (size,) = U32.unpack_from(raw, 8)
+        head = files_pb2.ghost_file_entry()
+        try:
+            head.ParseFromString(raw[12:12 + size])
+        except Exception:  # noqa: BLE001 - the framed read below names it
+            size = None
+        if size is not None and head.IsInitialized() and not head.chunks:
+            with open(ctx.images.path("ghost-file", id=ghost_id), "rb") as f:
+                data = f.read()[12 + size:]
+            if head.HasField("size") and head.size != len(data):
+                raise ImageError(image, f"size {head.size} but {len(data)} bytes follow")
+            if not st.S_ISDIR(head.mode):       # a directory's holds nothing
+                head.chunks, head.size = True, len(data)
+            chunk = files_pb2.ghost_chunk_entry(len=len(data), off=0)
+            return [head, (chunk, data)] if data else [head]
+    return ctx.images.read("ghost-file", id=ghost_id)
 
 
 def _check_chunks(image: str, g, chunks: list) -> None:

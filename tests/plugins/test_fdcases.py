@@ -150,3 +150,29 @@ def test_hostile_ghost_directory_is_refused(build_target, target_runner, tmp_pat
         line = engine_fails("restore", "-D", img)
         assert f"ghost-file-{ghost_id}.img: mode" in line, line
         assert task_gone(target.pid)
+
+
+def test_criu_unchunked_ghost_restores(build_target, target_runner, dump_restore, tmp_path):
+    """CRIU writes a ghost without holes unchunked (its bytes after the
+    entry, no size): such an image restores, content and offset kept."""
+    from engine.images import ImageDir
+    from engine.images.framing import U32
+    from engine.images.kinds import IMG_COMMON_MAGIC
+    target = target_runner.start(build_target("ghost"))
+    img = tmp_path / "img"
+    dump_to(target, img)
+    images = ImageDir(img)
+    (ghost_id,) = images.ids("ghost-file")
+    g, (chunk, data) = images.read("ghost-file", id=ghost_id)
+    assert chunk.off == 0 and data.startswith(b"0123456789abcdef")
+    g.ClearField("chunks")
+    g.ClearField("size")
+    body = g.SerializeToString()
+    (img / f"ghost-file-{ghost_id}.img").write_bytes(
+        U32.pack(IMG_COMMON_MAGIC) + U32.pack(0x52583605) + U32.pack(len(body)) + body + data)
+    out = subprocess.run(["crit", "decode", "-i", str(img / f"ghost-file-{ghost_id}.img")],
+                         capture_output=True, text=True, check=True)
+    assert "extra" in json.loads(out.stdout)["entries"][0]     # as CRIU's own
+    from engine.testing import engine_cli
+    engine_cli("restore", "-D", img, "--verify")
+    assert target.verdict() == "PASS"
