@@ -14,7 +14,7 @@ from engine.testing.commands import engine_fails
 
 @pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
 def test_sparse_ghost_keeps_holes_and_times(build_target, target_runner, dump_restore,
-                                            tmp_path, variant):
+                                            engine_cli, tmp_path, variant):
     """A deleted 2 GiB file holding 1 MiB comes back with its holes, bytes,
     offset and mtime; its image costs the data, not the size. Deleted files
     whose directory was removed, or whose directory's name a file took,
@@ -30,6 +30,10 @@ def test_sparse_ghost_keeps_holes_and_times(build_target, target_runner, dump_re
                              text=True, check=True)
         head, *chunks = json.loads(out.stdout)["entries"]
         assert head["chunks"] and chunks and all("off" in c for c in chunks), head
+    shown = json.loads(engine_cli("show", img).stdout)
+    for name in (p.name for p in img.glob("ghost-file-*.img")):
+        head, *chunks = shown[name]["entries"]
+        assert head["chunks"] and all(c["payload_bytes"] == int(c["len"]) for c in chunks)
 
 
 def test_ghost_limit(build_target, target_runner, dump_restore, tmp_path):
