@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "dump":
             c.add_argument("-t", "--tree", type=int, required=True)
             c.add_argument("-R", "--leave-running", action="store_true")
+            c.add_argument("--ghost-limit")
         else:
             c.add_argument("-d", "--restore-detached", action="store_true")
             c.add_argument("--pidfile")
@@ -87,6 +88,8 @@ def _dump_or_restore(args) -> int:
     # file locks are dumped and restored).
     if args.command == "dump":
         argv += ["-t", str(args.tree)] + (["--leave-running"] if args.leave_running else [])
+        if args.ghost_limit is not None:
+            argv += ["--ghost-limit", args.ghost_limit]
     else:
         pidfile = args.pidfile or os.path.join(args.work_dir or args.images_dir,
                                                ".engine-criu-restore.pid")

@@ -33,7 +33,7 @@ SYS = {
     "get_robust_list": 274, "timerfd_create": 283, "timerfd_settime": 286,
     "signalfd4": 289, "rt_tgsigqueueinfo": 297, "prlimit64": 302,
     "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "seccomp": 317,
-    "rseq": 334,
+    "renameat2": 316, "rseq": 334,
     "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "pidfd_open": 434,
     "clone3": 435, "openat2": 437, "pidfd_getfd": 438, "mount_setattr": 442,
 }

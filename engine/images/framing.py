@@ -58,7 +58,8 @@ def read_entries(path, kind: ImageKind) -> list:
             missing = ", ".join(msg.FindInitializationErrors())
             raise ImageError(name, f"entry {i}: required field missing: {missing}")
         pos += size
-        if kind.payload:
+        # a head entry (ghost_file_entry before its chunks) has no payload
+        if kind.payload and not (i == 0 and kind.head):
             fields = (kind.payload,) if isinstance(kind.payload, str) else kind.payload
             length = sum(getattr(msg, f) for f in fields)
             if pos + length > len(data):
@@ -89,8 +90,9 @@ def _check_magic(name: str, data: bytes, kind: ImageKind) -> int:
 def encode_entries(kind: ImageKind, messages) -> bytes:
     parts = [U32.pack(IMG_COMMON_MAGIC)] if kind.common else []
     parts.append(U32.pack(kind.magic))
-    for item in messages:
-        msg, payload = item if kind.payload else (item, b"")
+    for i, item in enumerate(messages):
+        msg, payload = (item if kind.payload and not (i == 0 and kind.head)
+                        else (item, b""))
         body = msg.SerializeToString()
         parts += [U32.pack(len(body)), body, payload]
     return b"".join(parts)

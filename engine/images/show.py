@@ -35,7 +35,7 @@ def image_dir_to_json(path, registry=None) -> dict:
 
 def _entry(kind, item, to_dict) -> dict:
     """One entry as a dict; raw bytes after it (queues, pipe data) are counted."""
-    if not kind.payload:
+    if not kind.payload or not isinstance(item, tuple):    # a head has no payload
         return to_dict(item, preserving_proto_field_name=True)
     msg, data = item
     return {**to_dict(msg, preserving_proto_field_name=True), "payload_bytes": len(data)}

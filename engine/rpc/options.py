@@ -134,6 +134,8 @@ _MAPPERS = {
                                 "(terminals: not yet)")),
     "rst_sibling": ((RESTORE,), _as_is("the root is the service's child; it goes to the "
                                        "caller, if a subreaper, once the service exits")),
+    "ghost_limit": ((DUMP,), lambda value, name: (["--ghost-limit", str(value)],
+                                                  "deleted files saved up to this size")),
     "cpu_cap": (_BOTH, _cpu_cap),
     "root": (_BOTH, _root),
     "network_lock": (_BOTH, _network_lock),

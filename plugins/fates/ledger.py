@@ -363,7 +363,7 @@ PROC = {
     "patch_state": dropped("kernel live patching's transition state"),
     "personality": restored("personality"),
     "projid_map": refused("project id map"),
-    "root": restored("fs"),
+    "root": refused("a root other than / (chroot)", by="fs"),   # / itself: restored
     "sched": restored("sched"),           # uclamp lines: see SCHED
     "schedstat": dropped(COUNTER),
     "sessionid": refused("audit session id"),

@@ -10,7 +10,10 @@ Each open file's owner for SIGIO (F_GETOWN_EX, F_GETSIG, F_GETOWNER_UIDS on a
 copy of the fd) goes in its body's fown, whatever plugin claimed it.
 
 A file renamed after it was opened is dumped under its current name, the one
-/proc shows (as CRIU does).
+/proc shows (as CRIU does). An O_PATH|O_NOFOLLOW fd of a symlink is the
+link itself, checked by lstat. Refused at dump: two processes sharing one
+fd table (CLONE_FILES: the engine forks tasks with tables of their own),
+and an fd of /proc/N whose task N is gone (CRIU's dead-pid helper task).
 
 Restore: one node per task opens its whole fd table in the task itself: each
 file id is opened once through ``engine_restore_file`` and dup'ed to every fd
@@ -24,8 +27,8 @@ since the dump, is refused (criu/files-reg.c checks the same), never silently
 reopened. Helpers kept open meanwhile (pipe ends) are parked above the
 table's fds (engine.fds.park), the soft RLIMIT_NOFILE raised if they need it.
 
-A regular file deleted while open is saved whole in ghost-file-N.img and
-restored deleted (plugins/files/ghost.py: never more privileged than the
+A regular file deleted while open is saved by its data in ghost-file-N.img
+and restored deleted (plugins/files/ghost.py: never more privileged than the
 tasks holding it, never through a link the engine did not make).
 
 A file deleted while mapped (no fd of the tree on it) is saved the same
@@ -57,12 +60,14 @@ from engine.images import ImageError
 from engine.stash import StashKey
 from plugins.files import mapped
 
-from .ghost import REMAPS, check_ghosts, dump_ghost, open_ghost
+from .refuse import KCMP_FILES, refuse_dead_proc, sharer
+from .ghost import GHOST_LIMIT, REMAPS, check_ghosts, dump_ghost, open_ghost
 
 log = logging.getLogger("engine.plugins.files")
 
 # dump: (dev, ino, pos, flags) -> fds already given a file id, in kcmp order
 SEEN = StashKey()
+TABLES = StashKey()         # dump: pids with an fd table, in kcmp(KCMP_FILES) order
 SHARED = StashKey()         # restore: file ids in the fd tables of several tasks
 OWNERS = StashKey()         # restore: file id -> its fown_entry, for files with an owner
 DELETED = " (deleted)"
@@ -86,7 +91,26 @@ def engine_register_images(registry):
     registry.register(ImageKind("remap-fpath", "remap-fpath.img", 0x59133954, P + "files_pb2",
                                 "remap_file_path_entry", magic_name="REMAP_FPATH"))
     registry.register(ImageKind("ghost-file", "ghost-file-{id}.img", 0x52583605, P + "files_pb2",
-                                "ghost_file_entry", magic_name="GHOST_FILE", payload="size"))
+                                "ghost_chunk_entry", head="ghost_file_entry", magic_name="GHOST_FILE",
+                                payload="len"))
+
+
+@hookimpl
+def engine_addoption(parser):
+    parser.add_argument("--ghost-limit", type=_size, default=GHOST_LIMIT, metavar="SIZE",
+                        help="dump: largest data (bytes, or with K, M, G) of a deleted "
+                             "file saved in the images (CRIU's option; default 1M)")
+
+
+def _size(text: str) -> int:
+    """CRIU's --ghost-limit sizes: a number of bytes, or with K, M or G."""
+    import argparse
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or with K, M, G)")
+    return int(digits) * scale
 
 
 @attrs.frozen
@@ -105,6 +129,12 @@ def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return           # a zombie has no fds, fs or memory
     pid = task.pid
+    other = sharer(ctx.stash.setdefault(TABLES, []), pid, KCMP_FILES)
+    if other is not None:
+        # CRIU gives them one files_id and clones the second with
+        # CLONE_FILES; the engine's forks do not share tables (yet)
+        raise ValueError(f"task {pid}: shares its fd table with task {other} "
+                         "(CLONE_FILES): not restored yet")
     fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     # (st_dev, st_ino, pos, flags) -> [(pid, fd, file id, type)], across the
     # whole tree
@@ -171,6 +201,7 @@ def engine_dump_fd(ctx, task, fd, link, stat):
         return None           # ptys and /dev/tty are made again, not reopened: the tty plugin's
     if link.startswith("/memfd:") and link.endswith(DELETED):
         return None           # the memfd plugin's (its name always reads deleted)
+    refuse_dead_proc(task.pid, fd, link, stat)
     if link.endswith(DELETED) and not st.S_ISREG(stat.st_mode):
         raise ValueError(f"task {task.pid}: fd {fd}: {link}: only regular files "
                          "can be restored deleted")
@@ -184,11 +215,13 @@ def engine_dump_fd(ctx, task, fd, link, stat):
 def engine_dump_finish(ctx):
     from engine.images.proto import files_pb2
     mapped.refuse_mapped_and_held(ctx)
+    # shared with plugins.fs (a deleted cwd's ghost directory): the engine
+    # writes remap-fpath.img once every plugin added its own
     remaps = ctx.stash.get(REMAPS, {})
-    if remaps:
-        ctx.images.write("remap-fpath", [
+    if remaps:          # no empty remap-fpath.img (ctx.entries makes the list)
+        ctx.entries("remap-fpath").extend(
             files_pb2.remap_file_path_entry(orig_id=f, remap_id=g, remap_type=files_pb2.GHOST)
-            for f, g in sorted(remaps.items())])
+            for f, g in sorted(remaps.items()))
 
 
 # --- restore ---------------------------------------------------------------
@@ -320,8 +353,10 @@ def engine_restore_file(ctx, entry):
     ghost = ctx.stash.get(REMAPS, {}).get(entry.id)
     if ghost is not None:
         return open_ghost(ctx, entry, ghost)
+    # an O_PATH|O_NOFOLLOW fd of a symlink is the link itself: so is its check
+    link_itself = reg.HasField("mode") and st.S_ISLNK(reg.mode)
     try:
-        now = os.stat(reg.name)
+        now = os.lstat(reg.name) if link_itself else os.stat(reg.name)
     except OSError as e:
         raise ImageError("files.img", f"file id {entry.id} ({reg.name}): {e.strerror}") from None
     if reg.HasField("mode") and now.st_mode != reg.mode:

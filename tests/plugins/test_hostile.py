@@ -56,9 +56,9 @@ def test_ghost_more_privileged_than_its_holder_is_refused(build_target, user_dir
     run through /proc/PID/fd/N it gave euid 0): refused before anything
     starts, one line naming the ghost image and the field."""
     target, img, images, ghost_id = _dump_user_ghost(build_target, user_dir)
-    ((g, data),) = images.read("ghost-file", id=ghost_id)
+    g, *chunks = images.read("ghost-file", id=ghost_id)
     g.uid, g.gid, g.mode = uid, gid, mode
-    images.write("ghost-file", [(g, data)], id=ghost_id)
+    images.write("ghost-file", [g, *chunks], id=ghost_id)
     line = engine_fails("restore", "-D", img)
     assert f"ghost-file-{ghost_id}.img" in line and want.format(pid=target.pid) in line, line
     assert task_gone(target.pid)
@@ -284,9 +284,9 @@ def test_ghost_more_privileged_than_its_holder_is_refused_as_the_user(build_targ
     with CAP_CHECKPOINT_RESTORE only): refused alike, nothing gained."""
     from tests.plugins.test_rootless import engine_as_user
     target, img, images, ghost_id = _dump_user_ghost(build_target, user_dir)
-    ((g, data),) = images.read("ghost-file", id=ghost_id)
+    g, *chunks = images.read("ghost-file", id=ghost_id)
     g.uid, g.mode = 0, 0o104755
-    images.write("ghost-file", [(g, data)], id=ghost_id)
+    images.write("ghost-file", [g, *chunks], id=ghost_id)
     for path in [img, *img.iterdir()]:
         os.chown(path, UID, UID)
     args = ("restore", "-D", img, *(() if caps else ("--rootless",)))
