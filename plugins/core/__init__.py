@@ -55,9 +55,9 @@ def engine_register_images(registry):
     from engine.images.kinds import ImageKind
     P = "engine.images.proto."
     registry.register(ImageKind("core", "core-{id}.img", 0x55053847, P + "core_pb2", "core_entry",
-                                magic_name="CORE"))
+                                magic_name="CORE", per_task=True))
     registry.register(ImageKind("ids", "ids-{id}.img", 0x54432030, P + "core_pb2", "task_kobj_ids_entry",
-                                magic_name="IDS"))
+                                magic_name="IDS", per_task=True))
 
 
 # --- dump ----------------------------------------------------------------
@@ -80,8 +80,14 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_dump_inventory(ctx, inventory):
+    from engine import ns
     root = next(iter(ctx.tasks.values()))
     inventory.root_ids.CopyFrom(_ids_entry(ctx, root))
+    if ns.init_level(root.pid):
+        # The init of a pid namespace of its own: CRIU's root_ids are the
+        # dumper's (criu/image.c prepare_inventory), and a pid_ns_id other
+        # than the root's tells a restore to make it one (plugins/pstree).
+        inventory.root_ids.pid_ns_id = ctx.new_id()
 
 
 # --- restore ---------------------------------------------------------------

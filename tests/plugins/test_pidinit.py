@@ -1,0 +1,115 @@
+"""A root that is the init of a pid namespace of its own (a container's
+init): imaged at that namespace's level, as CRIU images it, and restored
+as the init of a new one (plugins/pstree/own_ns.py)."""
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.testing import dump_to, engine_cli, engine_fails, wait_gone
+
+CRIU_IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "criu-pidns"
+
+
+def _init_target(build_target, target_runner):
+    target = target_runner.start(build_target("pidinit"))
+    target.pid = target.addr("init")       # the init is what is dumped
+    return target
+
+
+def test_init_of_its_own_pid_namespace_comes_back(build_target, target_runner, dump_restore,
+                                                  tmp_path):
+    target = _init_target(build_target, target_runner)
+    assert dump_restore(target, tmp_path / "img") == "PASS", target.log()
+
+
+def test_images_hold_pids_at_the_namespace_level_as_criu(build_target, target_runner,
+                                                         tmp_path):
+    target = _init_target(build_target, target_runner)
+    images = dump_to(target, tmp_path / "img")
+    tree = [(e.pid, e.ppid, e.pgid, e.sid, list(e.threads)) for e in images.read("pstree")]
+    assert tree[0] == (1, 0, 1, 1, [1])
+    assert sorted(tree) == [(1, 0, 1, 1, [1]), (100, 1, 100, 1, [100]),
+                            (200, 100, 100, 1, [200]), (300, 1, 1, 1, [])]
+    for pid in (1, 100, 200, 300):
+        assert images.exists("core", id=pid)
+    root_ns = images.read_one("ids", id=1).pid_ns_id
+    assert images.read_one("inventory").root_ids.pid_ns_id != root_ns
+    assert images.read_one("ids", id=100).pid_ns_id == root_ns
+    assert not images.ids("pidns"), "the root's own namespace needs no pidns image"
+    # crit reads it as CRIU's own
+    crit = shutil.which("crit")
+    if crit:
+        import subprocess
+        out = subprocess.run([crit, "decode", "-i", str(tmp_path / "img" / "pstree.img")],
+                             capture_output=True, text=True, check=True).stdout
+        assert '"pid": 100' in out
+
+
+def test_criu_image_set_of_a_pid_namespace_init_restores(tmp_path):
+    """CRIU 4.2's dump of `setsid unshare -pf setsid sh -c 'while :; do sleep
+    0.3; done'`: sh is pid 1 there, a sleep pid 4."""
+    img = tmp_path / "img"
+    shutil.copytree(CRIU_IMAGES, img)
+    pidfile = tmp_path / "pid"
+    engine_cli("restore", "-D", img, "--pidfile", pidfile)
+    root = int(pidfile.read_text())
+    try:
+        assert _status(root, "NSpid")[-1] == "1"
+        assert _status(root, "NSsid")[-1] == "1"
+        # It runs on: new sleeps, pids of its namespace, under it.
+        deadline = time.monotonic() + 5
+        while not (kids := _children(root)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert kids, "the restored shell forks no sleep"
+        assert len(_status(kids[0], "NSpid")) == 2
+    finally:
+        os.kill(root, signal.SIGKILL)
+        wait_gone(root, 5.0)
+
+
+def _hostile(tmp_path, edit):
+    img = tmp_path / "img"
+    shutil.copytree(CRIU_IMAGES, img)
+    from engine.images import ImageDir
+    images = ImageDir(str(img))
+    entries = images.read("pstree")
+    edit(entries)
+    images.write("pstree", entries)
+    return img
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda e: setattr(e[1], "pid", 0), "entry 1: pid 0 out of range"),
+    (lambda e: setattr(e[1], "sid", 1 << 22), "entry 1: sid 4194304 out of range"),
+    (lambda e: (e.append(type(e[1])()), e[2].CopyFrom(e[1])), "entry 2: pid 4 listed twice"),
+    (lambda e: setattr(e[0], "pid", 4), "entry 0: pid 4: the root of a pid namespace of its "
+                                        "own must be its init, pid 1"),
+], ids=["pid-0", "sid-over-pid-max", "one-pid-twice", "root-not-1"])
+def test_hostile_pids_of_the_namespace_are_refused(tmp_path, edit, words):
+    img = _hostile(tmp_path, edit)
+    line = engine_fails("restore", "-D", str(img))
+    assert "pstree.img" in line and words in line, line
+    left = [p for p in _children(os.getpid()) if len(_status(p, "NSpid")) > 1]
+    assert not left, f"tasks left behind: {left}"
+
+
+def _status(pid, name):
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1:] for line in f if line.startswith(name + ":"))
+
+
+def _children(ppid):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == ppid:
+                        out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
