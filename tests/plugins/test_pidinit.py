@@ -14,16 +14,25 @@ from engine.testing import dump_to, engine_cli, engine_fails, wait_gone
 CRIU_IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "criu-pidns"
 
 
-def _init_target(build_target, target_runner):
-    target = target_runner.start(build_target("pidinit"))
+def _init_target(build_target, target_runner, *args):
+    target = target_runner.start(build_target("pidinit"), *args)
     target.pid = target.addr("init")       # the init is what is dumped
     return target
 
 
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested-below"])
 def test_init_of_its_own_pid_namespace_comes_back(build_target, target_runner, dump_restore,
-                                                  tmp_path):
-    target = _init_target(build_target, target_runner)
+                                                  tmp_path, nested):
+    target = _init_target(build_target, target_runner, *(["--nested", "1"] if nested else []))
     assert dump_restore(target, tmp_path / "img") == "PASS", target.log()
+    if nested:
+        # pidns-ID.img, relative to the root's namespace: parent 0, pids from there
+        from engine.images import ImageDir
+        images = ImageDir(str(tmp_path / "img"))
+        (ns_id,) = images.ids("pidns")
+        entry = images.read_one("pidns", id=ns_id)
+        assert entry.parent_id == 0
+        assert [(t.pid, list(t.ns_pid)) for t in entry.tasks] == [(200, [200, 1])]
 
 
 def test_images_hold_pids_at_the_namespace_level_as_criu(build_target, target_runner,

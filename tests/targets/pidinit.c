@@ -1,4 +1,6 @@
 /* engine-target: needs=root ;
+ * args: --nested 1 (A unshares CLONE_NEWPID before forking A1, which is
+ *       then pid 1 of a namespace below I's: pid 200 in I's, 1 in its own) ;
  * what: the init of a pid namespace of its own, as a container's: the
  *       started process unshares CLONE_NEWPID and forks I (pid 1 there),
  *       reports I's host pid (init=) and waits for it. I makes its own
@@ -40,6 +42,8 @@ static pid_t fork_at(int pid)
 	return got;
 }
 
+static int nested;
+
 static void wait_term(void)
 {
 	while (!tgt_stop)
@@ -52,11 +56,44 @@ static int ids_ok(pid_t pid, pid_t ppid, pid_t pgid, pid_t sid)
 	return getpid() == pid && getppid() == ppid && getpgrp() == pgid && getsid(0) == sid;
 }
 
+/* Its NSpid ends with its pid in I's namespace and in its own. */
+static int nspid_ends(const char *want)
+{
+	char status[4096], *line;
+	int fd, n;
+
+	fd = open("/proc/self/status", O_RDONLY);
+	n = read(fd, status, sizeof(status) - 1);
+	close(fd);
+	status[n > 0 ? n : 0] = 0;
+	line = strstr(status, "NSpid:");
+	if (!line)
+		return 0;
+	line[strcspn(line, "\n")] = 0;
+	n = strlen(line) - strlen(want);
+	return n > 0 && !strcmp(line + n, want);
+}
+
 static void __attribute__((noreturn)) run_a1(int ready)
 {
+	int ok;
+
 	close(ready);
+	if (nested) {
+		/* Its own stdio: a restore cannot pass a file into a namespace
+		 * from a task outside it (plugins/pidns). */
+		int fd = open("/dev/null", O_RDWR);
+
+		dup2(fd, 0), dup2(fd, 1), dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
 	wait_term();
-	_exit(ids_ok(PID_A1, PID_A, PID_A, 1) ? 0 : 1);
+	if (nested)	/* its parent, group and session lie outside its namespace */
+		ok = ids_ok(1, 0, 0, 0) && nspid_ends("\t200\t1");
+	else
+		ok = ids_ok(PID_A1, PID_A, PID_A, 1) && nspid_ends("\t200");
+	_exit(ok ? 0 : 1);
 }
 
 static void __attribute__((noreturn)) run_a(int ready)
@@ -66,6 +103,8 @@ static void __attribute__((noreturn)) run_a(int ready)
 
 	if (setpgid(0, 0))
 		_exit(2);
+	if (nested && unshare(CLONE_NEWPID))
+		_exit(3);
 	a1 = fork_at(PID_A1);
 	if (a1 == 0)
 		run_a1(ready);
@@ -131,6 +170,7 @@ int main(int argc, char **argv)
 	int status;
 
 	tgt_init(argc, argv);
+	nested = tgt_arg_long("nested", 0);
 	if (unshare(CLONE_NEWPID))
 		tgt_die("unshare(CLONE_NEWPID): %m");
 	init = fork();
