@@ -57,7 +57,7 @@ def dump_entry(pid: int, alias: dict[int, int], level: int, threads: list[int],
     from engine import ns
     from engine.images.proto import tree_pb2
     ids = {}
-    for field, line in (("pgid", "NSpgid"), ("sid", "NSsid")):
+    for field, line in (("sid", "NSsid"), ("pgid", "NSpgid")):
         ids[field] = int(ns.status_field(pid, line)[level])
         if not ids[field]:
             raise ValueError(f"task {pid}: its {'session' if field == 'sid' else 'group'} "

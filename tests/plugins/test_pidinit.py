@@ -58,6 +58,18 @@ def test_images_hold_pids_at_the_namespace_level_as_criu(build_target, target_ru
         assert '"pid": 100' in out
 
 
+@pytest.mark.parametrize("arg, words", [
+    ("--thread", "threads in a pid namespace of its own are not supported"),
+    ("--outside", "its session is outside its pid namespace"),
+], ids=["thread", "session-outside"])
+def test_refused_at_dump_and_left_running(build_target, target_runner, tmp_path, arg, words):
+    target = _init_target(build_target, target_runner, arg, "1")
+    line = engine_fails("dump", "-t", str(target.pid), "-D", str(tmp_path / "img"))
+    assert f"task {target.pid}: {words}" in line, line
+    assert _status(target.pid, "State")[0] in "SR", "the dump did not leave it running"
+    assert not (tmp_path / "img" / "inventory.img").exists()
+
+
 def test_criu_image_set_of_a_pid_namespace_init_restores(tmp_path):
     """CRIU 4.2's dump of `setsid unshare -pf setsid sh -c 'while :; do sleep
     0.3; done'`: sh is pid 1 there, a sleep pid 4."""

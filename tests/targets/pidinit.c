@@ -1,6 +1,8 @@
-/* engine-target: needs=root ;
+/* engine-target: needs=root ; flags=-O2 -pthread ;
  * args: --nested 1 (A unshares CLONE_NEWPID before forking A1, which is
- *       then pid 1 of a namespace below I's: pid 200 in I's, 1 in its own) ;
+ *       then pid 1 of a namespace below I's: pid 200 in I's, 1 in its own),
+ *       --thread 1 (I starts a thread) or --outside 1 (I stays in the
+ *       session of the process that started it): refused at dump ;
  * what: the init of a pid namespace of its own, as a container's: the
  *       started process unshares CLONE_NEWPID and forks I (pid 1 there),
  *       reports I's host pid (init=) and waits for it. I makes its own
@@ -10,6 +12,7 @@
  *       its own pid, parent, group and session in the namespace; I reaps
  *       A's verdict (its exit status, A1's in it) and Z's status 7. */
 #include "target.h"
+#include <pthread.h>
 #include <sched.h>
 #include <sys/wait.h>
 
@@ -42,7 +45,15 @@ static pid_t fork_at(int pid)
 	return got;
 }
 
-static int nested;
+static int nested, thread, outside;
+
+static void *idle(void *arg)
+{
+	(void)arg;
+	for (;;)
+		pause();
+	return NULL;
+}
 
 static void wait_term(void)
 {
@@ -121,8 +132,14 @@ static void __attribute__((noreturn)) run_init(void)
 	int pipefd[2], status;
 	pid_t a, z;
 
-	if (setsid() < 0)
+	if (!outside && setsid() < 0)
 		tgt_die("setsid: %m");
+	if (thread) {
+		pthread_t t;
+
+		if (pthread_create(&t, NULL, idle, NULL))
+			tgt_die("pthread_create failed");
+	}
 	if (pipe(pipefd))
 		tgt_die("pipe: %m");
 	a = fork_at(PID_A);
@@ -171,6 +188,8 @@ int main(int argc, char **argv)
 
 	tgt_init(argc, argv);
 	nested = tgt_arg_long("nested", 0);
+	thread = tgt_arg_long("thread", 0);
+	outside = tgt_arg_long("outside", 0);
 	if (unshare(CLONE_NEWPID))
 		tgt_die("unshare(CLONE_NEWPID): %m");
 	init = fork();
