@@ -115,14 +115,16 @@ def engine_restore_collect(ctx, graph):
     from plugins.pstree.plan import PlanError, plan
     from plugins.pstree import own_ns
     entries = ctx.images.read("pstree")
-    if not entries:
-        raise ValueError("pstree.img: no task")
+    own = bool(entries) and own_ns.is_own(ctx, entries)
+    if own:
+        own_ns.check(entries)
+    # Pids of a namespace the restore makes are free in it: no check on ours.
+    _validate(entries, in_use=not own)
     image_pids = {}
-    if own_ns.is_own(ctx, entries):
+    if own:
         image_pids = own_ns.to_host(ctx, entries)
         ctx.images.pid_alias = image_pids
         ctx.stash[OWN_NS_CLONES] = own_ns.clone_args(image_pids)
-    _validate(entries)
     exits = _zombies(ctx, entries)
     tree = TaskTree(entries=entries, exits=exits, image_pids=image_pids)
     nodes = plan(entries, dict(exits), _subreapers(ctx, entries), _pid_free,
@@ -232,7 +234,7 @@ def _stat_ids(pid: int) -> tuple[int, int, int]:
     return int(fields[1]), int(fields[2]), int(fields[3])
 
 
-def _validate(entries) -> None:
+def _validate(entries, in_use: bool = True) -> None:
     if not entries:
         raise ValueError("pstree.img: no task")
     pid_max = int(open(PID_MAX_PATH).read())
@@ -254,7 +256,7 @@ def _validate(entries) -> None:
             if tid in threads:
                 raise ImageError(where, f"thread {tid} listed twice")
             threads.add(tid)
-        if os.path.exists(f"/proc/{e.pid}"):
+        if in_use and os.path.exists(f"/proc/{e.pid}"):
             raise ImageError(where, f"pid {e.pid} is in use")
         seen.add(e.pid)
     # the root's ppid is ignored on restore: the engine (or its caller) is the parent

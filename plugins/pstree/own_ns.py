@@ -81,27 +81,29 @@ def is_own(ctx, entries) -> bool:
     return ctx.ids(entries[0].pid).pid_ns_id != inventory.root_ids.pid_ns_id
 
 
-def to_host(ctx, entries) -> dict[int, int]:
-    """Rewrite `entries` (pids at the namespace's level) to the host pids
-    the engine picks; return host pid -> pid in the images."""
+def check(entries) -> None:
+    """What only a set of this kind may not hold (pstree's own checks of
+    pids, parents and threads come next)."""
     pid_max = int(open(PID_MAX_PATH).read())
     if entries[0].pid != 1:
         raise ImageError("pstree.img: entry 0", f"pid {entries[0].pid}: the root of a pid "
                                                 "namespace of its own must be its init, pid 1")
-    seen: set[int] = set()
     for i, e in enumerate(entries):
         where = f"pstree.img: entry {i}"
-        for field in ("pid", "pgid", "sid"):
+        for field in ("pgid", "sid"):
             value = getattr(e, field)
             if not 0 < value < pid_max:
                 raise ImageError(where, f"{field} {value} out of range (0 < {field} < "
                                         f"{pid_max}) in its pid namespace")
-        if e.pid in seen:
-            raise ImageError(where, f"pid {e.pid} listed twice")
-        seen.add(e.pid)
-        if list(e.threads) not in ([], [e.pid]):
+        if len(e.threads) > 1:
             raise ImageError(where, f"task {e.pid} has threads {list(e.threads)}: threads in "
                                     "a pid namespace of its own are not supported")
+
+
+def to_host(ctx, entries) -> dict[int, int]:
+    """Rewrite `entries` (checked, pids at the namespace's level) to the
+    host pids the engine picks; return host pid -> pid in the images."""
+    pid_max = int(open(PID_MAX_PATH).read())
     values = sorted({v for e in entries for v in (e.pid, e.pgid, e.sid)})
     host = dict(zip(values, _free_host_pids(len(values), pid_max, ctx.reserved_pids)))
     for e in entries:

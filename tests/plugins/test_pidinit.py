@@ -105,12 +105,13 @@ def _hostile(tmp_path, edit):
 
 @pytest.mark.parametrize("edit, words", [
     (lambda e: setattr(e[1], "pid", 0), "entry 1: pid 0 out of range"),
+    (lambda e: setattr(e[1], "pid", 1 << 22), "entry 1: pid 4194304 out of range"),
     (lambda e: setattr(e[1], "sid", 1 << 22), "entry 1: sid 4194304 out of range"),
     (lambda e: (e.append(type(e[1])()), e[2].CopyFrom(e[1])), "entry 2: pid 4 listed twice"),
     (lambda e: setattr(e[0], "pid", 4), "entry 0: pid 4: the root of a pid namespace of its "
                                         "own must be its init, pid 1"),
     (lambda e: e[1].threads.append(5), "entry 1: task 4 has threads [4, 5]"),
-], ids=["pid-0", "sid-over-pid-max", "one-pid-twice", "root-not-1", "threads"])
+], ids=["pid-0", "pid-over-pid-max", "sid-over-pid-max", "one-pid-twice", "root-not-1", "threads"])
 def test_hostile_pids_of_the_namespace_are_refused(tmp_path, edit, words):
     img = _hostile(tmp_path, edit)
     line = engine_fails("restore", "-D", str(img))
