@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.testing import dump_to, engine_cli, engine_fails, wait_gone
+from engine.testing import dump_to, engine_cli, engine_command, engine_fails, wait_gone
 
 CRIU_IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "criu-pidns"
 
@@ -87,6 +87,44 @@ def test_criu_image_set_of_a_pid_namespace_init_restores(tmp_path):
             time.sleep(0.05)
         assert kids, "the restored shell forks no sleep"
         assert len(_status(kids[0], "NSpid")) == 2
+    finally:
+        os.kill(root, signal.SIGKILL)
+        wait_gone(root, 5.0)
+
+
+def test_rpc_and_criu_command_give_the_roots_host_pid(tmp_path):
+    """runc adopts the pid of the RPC answer and of the post-restore notify,
+    the `criu` command writes it to --pidfile: the host's, of pid 1 there."""
+    from engine.images.proto import rpc_pb2 as pb
+    from tests.engine.test_rpc import Swrk, _opts
+    img = tmp_path / "img"
+    shutil.copytree(CRIU_IMAGES, img)
+    fd = os.open(img, os.O_RDONLY | os.O_DIRECTORY)
+    swrk = Swrk()
+    try:
+        resp = swrk.call(pb.criu_req(type=pb.RESTORE, opts=_opts(fd, notify_scripts=True,
+                                                                 rst_sibling=True)))
+    finally:
+        os.close(fd)
+        _, err = swrk.finish()
+    assert resp.success, f"{resp.cr_errmsg}\n{err}"
+    root = resp.restore.pid
+    try:
+        assert dict(swrk.notifies)["post-restore"] == root
+        assert _status(root, "NSpid") == [str(root), "1"]
+    finally:
+        os.kill(root, signal.SIGKILL)
+        wait_gone(root, 5.0)
+    shutil.rmtree(img)
+    shutil.copytree(CRIU_IMAGES, img)
+    _, env = engine_command()
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "engine.criu_cli", "restore", "-D", str(img), "-d",
+                    "--pidfile", str(tmp_path / "pid")], env=env, check=True, timeout=120)
+    root = int((tmp_path / "pid").read_text())
+    try:
+        assert _status(root, "NSpid") == [str(root), "1"]
     finally:
         os.kill(root, signal.SIGKILL)
         wait_gone(root, 5.0)
