@@ -35,6 +35,23 @@ def test_init_of_its_own_pid_namespace_comes_back(build_target, target_runner, d
         assert [(t.pid, list(t.ns_pid)) for t in entry.tasks] == [(200, [200, 1])]
 
 
+@pytest.mark.parametrize("edit, words", [
+    (lambda e: e.tasks[0].ns_pid.append(7), "3 levels, the namespace is at depth 1"),
+    (lambda e: (setattr(e.tasks[0], "pid", 201), e.tasks[0].ns_pid.__setitem__(0, 201)),
+     "task 201 is not in pstree.img"),
+], ids=["levels", "pid-not-in-pstree"])
+def test_hostile_pidns_below_the_init_is_refused(build_target, target_runner, tmp_path, edit,
+                                                 words):
+    target = _init_target(build_target, target_runner, "--nested", "1")
+    images = dump_to(target, tmp_path / "img")
+    (ns_id,) = images.ids("pidns")
+    entry = images.read_one("pidns", id=ns_id)
+    edit(entry)
+    images.write("pidns", [entry], id=ns_id)
+    line = engine_fails("restore", "-D", str(tmp_path / "img"))
+    assert f"pidns-{ns_id}.img" in line and words in line, line
+
+
 def test_images_hold_pids_at_the_namespace_level_as_criu(build_target, target_runner,
                                                          tmp_path):
     target = _init_target(build_target, target_runner)
