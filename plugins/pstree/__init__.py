@@ -130,9 +130,13 @@ def engine_restore_collect(ctx, graph):
     nodes = plan(entries, dict(exits), _subreapers(ctx, entries), _pid_free,
                  siblings_may_fork=lambda: _one_namespace_set(ctx, tree))
     for node in nodes:
-        if image_pids and node.data.pid not in image_pids:
-            raise PlanError(f"pstree.img: a {node.data.helper} helper task: not supported "
-                            "in a pid namespace of its own")
+        if image_pids:
+            if node.data.pid not in image_pids:
+                raise PlanError(f"pstree.img: a {node.data.helper} helper task: not "
+                                "supported in a pid namespace of its own")
+            if node.key.startswith("pstree:fork:"):
+                # `engine plan` names the pid the images have too
+                node.label += f" (pid {image_pids[node.data.pid]} in its pid namespace)"
         if node.data.helper:
             # Gone before release, like a zombie: no memory, no registers.
             exits[node.data.pid] = 0

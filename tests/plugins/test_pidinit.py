@@ -109,6 +109,14 @@ def test_criu_image_set_of_a_pid_namespace_init_restores(tmp_path):
         wait_gone(root, 5.0)
 
 
+def test_plan_of_a_containers_images(tmp_path):
+    """`engine plan` used to say "pstree.img: entry 0: pid 1 is in use"."""
+    out = engine_cli("plan", "-D", CRIU_IMAGES).stdout
+    first = out.splitlines()[0]
+    assert "fork task" in first and "(pid 1 in its pid namespace)" in first, out
+    assert "(pid 4 in its pid namespace)" in out, out
+
+
 def test_rpc_and_criu_command_give_the_roots_host_pid(tmp_path):
     """runc adopts the pid of the RPC answer and of the post-restore notify,
     the `criu` command writes it to --pidfile: the host's, of pid 1 there."""
