@@ -71,7 +71,8 @@ def engine_dump_task(ctx, task):
     pages_id = ctx.stash.get(PAGES_IDS, 0) + 1
     ctx.stash[PAGES_IDS] = pages_id
     # Named by the pid at the image set's level (ImageDir.pid_alias).
-    writer = PagemapWriter(ctx.images.dir, ctx.images.pid_alias.get(task.pid, task.pid), pages_id)
+    named = ctx.images.pid_alias.get(task.pid, task.pid)
+    writer = PagemapWriter(ctx.images.dir, named, pages_id)
     try:
         dump_pages(task.tracee, mm.vmas, writer)
     finally:

@@ -17,9 +17,9 @@ outside the namespace (0 at its level: no task inside can make it).
 
 Restore: the engine names tasks by their host pids (as /proc, ptrace and
 the graph do), and it needs them before any fork, so it picks them itself:
-free pids from the top of pid_max down, away from the kernel's counter and
-from the pids other dumps just freed (CRIU lets the kernel choose; nothing
-inside the namespace can tell). pstree's entries are rewritten to them, the
+free pids half the pid space behind the kernel's counter, away from what
+it hands out next and from the pids other dumps just freed (CRIU lets the
+kernel choose; nothing inside the namespace can tell). pstree's entries are rewritten to them, the
 per-task images keep their names through ImageDir.pid_alias, and each task
 is forked with clone3 set_tid at both levels: the root with CLONE_NEWPID
 and [1, host], every other one, inside, with [its pid there, host]. Refused
@@ -35,6 +35,7 @@ import os
 from engine.images import ImageError
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
+LAST_PID_PATH = "/proc/sys/kernel/ns_last_pid"     # the engine's pid namespace's
 RESERVED_PIDS = 300                 # the kernel never hands out pids below this
 
 
@@ -121,11 +122,17 @@ def clone_args(image_pids: dict[int, int]) -> dict[int, tuple[int, list[int]]]:
 
 
 def _free_host_pids(n: int, pid_max: int, reserved: set[int]) -> list[int]:
-    """`n` free pids from the top of the pid space down: the kernel's
-    counter reaches them last, and the pids dumps just freed (restored
-    next, with those numbers) lie below it."""
+    """`n` free pids half the pid space behind the kernel's counter, going
+    down (wrapping): the counter, which only goes up, reaches them last, and
+    the pids dumps just freed (restored next, with those numbers) lie just
+    behind it (not the top of the space: the counter passes it at every
+    wrap, often under a busy test run)."""
+    last = int(open(LAST_PID_PATH).read())
+    span = pid_max - RESERVED_PIDS - 1          # pids RESERVED_PIDS + 1 .. pid_max - 1
+    start = last - span // 2
     out = []
-    for pid in range(pid_max - 1, RESERVED_PIDS, -1):
+    for k in range(span):
+        pid = RESERVED_PIDS + 1 + (start - RESERVED_PIDS - 1 - k) % span
         if pid not in reserved and not os.path.exists(f"/proc/{pid}"):
             out.append(pid)
             if len(out) == n:
