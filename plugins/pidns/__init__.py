@@ -28,11 +28,14 @@ A root that is the init of a pid namespace of its own (a container's init)
 is imaged at that namespace's level (plugins/pstree/own_ns.py, as CRIU
 does): its namespace gets no pidns image (pstree.img holds the pids there,
 and inventory.img's root_ids.pid_ns_id, the engine's own, differs from the
-root's ids pid_ns_id, as CRIU writes them), and everything above is relative
-to it: parent_id 0 is the root's namespace, ns_pid starts at the pid there,
-and a restore adds the host pid pstree picked as the outermost level. What
-pidns-ID.img keeps beyond CRIU's images (CRIU has no nested namespaces
-below the root's): the namespaces below, with their owner and every level.
+root's ids pid_ns_id, as CRIU writes them), and the namespaces below it are
+imaged relative to it: parent_id 0 is the root's namespace, ns_pid starts
+at the pid there, and a restore adds the host pid pstree picked as the
+outermost level. What pidns-ID.img keeps beyond CRIU's images (CRIU has no
+nested namespaces below the root's): the namespaces below, with their
+owner and every task's pid at every level from the root's down. A thread
+anywhere in such a tree is refused at dump (pstree forks with set_tid at
+two levels; the threads plugin clones with one).
 """
 from __future__ import annotations
 
