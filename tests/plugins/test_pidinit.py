@@ -62,9 +62,13 @@ def test_images_hold_pids_at_the_namespace_level_as_criu(build_target, target_ru
                             (200, 100, 100, 1, [200]), (300, 1, 1, 1, [])]
     for pid in (1, 100, 200, 300):
         assert images.exists("core", id=pid)
-    root_ns = images.read_one("ids", id=1).pid_ns_id
-    assert images.read_one("inventory").root_ids.pid_ns_id != root_ns
-    assert images.read_one("ids", id=100).pid_ns_id == root_ns
+    # root_ids are the dumper's, as CRIU writes them: CRIU makes anew what
+    # the root does not share with it (its pid namespace), keeps the rest
+    ids, root_ids = images.read_one("ids", id=1), images.read_one("inventory").root_ids
+    assert root_ids.pid_ns_id != ids.pid_ns_id
+    assert images.read_one("ids", id=100).pid_ns_id == ids.pid_ns_id
+    assert (root_ids.net_ns_id, root_ids.mnt_ns_id) == (ids.net_ns_id, ids.mnt_ns_id)
+    assert root_ids.files_id != ids.files_id and root_ids.vm_id != ids.vm_id
     assert not images.ids("pidns"), "the root's own namespace needs no pidns image"
     # crit reads it as CRIU's own
     crit = shutil.which("crit")
