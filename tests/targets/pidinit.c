@@ -197,7 +197,10 @@ int main(int argc, char **argv)
 		tgt_die("fork: %m");
 	if (init == 0)
 		run_init();
-	/* Gone with the dump: I's end is ours to reap, then we go too. */
-	waitpid(init, &status, 0);
+	/* Gone with the dump: I's end is ours to reap, then we go too. A
+	 * SIGTERM of our own (a run without a dump) is I's to judge. */
+	while (waitpid(init, &status, 0) < 0 && errno == EINTR)
+		if (tgt_stop)
+			kill(init, SIGTERM), tgt_stop = 0;
 	return 0;
 }
