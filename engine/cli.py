@@ -86,7 +86,9 @@ def _restore_arguments(r: argparse.ArgumentParser) -> None:
                         "letting it run; refuse it on any difference")
     r.add_argument("--leave-stopped", action="store_true",
                    help="leave every task stopped (SIGSTOP) after restore")
-    r.add_argument("--pidfile", metavar="FILE", help="write the root pid here")
+    r.add_argument("--pidfile", metavar="FILE",
+                   help="write the root's pid here (the host's, as /proc names it, also "
+                        "for the init of its own pid namespace)")
     r.add_argument("--rootless", action="store_true",
                    help="restore as an ordinary user, inside a new user and pid namespace")
     _common(r)

@@ -120,7 +120,10 @@ def dump(ctx: DumpContext, root_pid: int) -> list[int]:
     else:
         # Kill while still traced so nothing runs between dump and death.
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass            # the init of its pid namespace took it along
         for tracee in frozen:
             _quietly(tracee.detach)
     return pids

@@ -285,6 +285,15 @@ def pid_depth() -> int:
 _depths: dict[int, int] = {}       # pid namespace inode -> its pid_depth()
 
 
+def init_level(pid: int | str) -> int:
+    """When task `pid` is the init (pid 1) of a pid namespace other than
+    the caller's, that namespace's level in its NSpid (how many namespaces
+    it is below /proc's); else 0. A tree with such a root is imaged at
+    that level, as CRIU does (plugins/pstree)."""
+    levels = status_field(pid, "NSpid")
+    return len(levels) - 1 if levels[-1] == "1" and len(levels) - 1 > pid_depth() else 0
+
+
 def pid_here(pid: int) -> int | None:
     """`pid`, as /proc (the engine's mount) names it, as the calling task's
     own pid namespace names it; None when it is outside that namespace."""

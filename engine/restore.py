@@ -96,7 +96,7 @@ def restore(ctx: RestoreContext) -> list[int]:
         ctx.tracer_worker = tracers.start(ctx, order)
         _run(ctx, order)
         if fingerprint is not None:
-            _verify(fingerprint)
+            _verify(fingerprint, ctx.started[0])
         ctx.hook.engine_restore_ready(ctx=ctx)
         _release(ctx)
     except BaseException as e:
@@ -315,13 +315,12 @@ def _fingerprint(ctx: RestoreContext) -> dict:
         raise RestoreError(str(e)) from None
 
 
-def _verify(dumped: dict) -> None:
-    """The restored tree, still stopped, against the dump's fingerprint: each
-    difference is one line of the log, and the restore is refused."""
+def _verify(dumped: dict, root: int) -> None:
+    """The restored tree under `root`, still stopped, against the dump's
+    fingerprint: each difference is one line of the log, and the restore
+    is refused."""
     from engine import verify
-    pids = [int(p) for p in dumped["tasks"]]
-    volatile = {int(p): [tuple(r) for r in v] for p, v in dumped.get("volatile", {}).items()}
-    differences = verify.compare(dumped, verify.fingerprint_tree(pids, pids[0], volatile))
+    differences = verify.check_restored(dumped, root)
     for line in differences:
         log.error("verify: %s", line)
     if differences:

@@ -18,6 +18,12 @@ the dump saw present), pending signals (a restored timer may fire while the
 tree waits for release), the blocked mask (every signal stays blocked until
 release, then the dumped one is set), the root's parent, and time values of
 timers and timerfds (they run).
+
+A tree whose root is the init of a pid namespace of its own (a container's)
+is restored with the pids it had in that namespace and host pids the
+kernel had free: its fingerprint names tasks, threads, parents, groups and
+sessions by their pids at the root's level (NSpid etc. without the outer
+levels), read the same way at both ends.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import os
 import re
 import zlib
 
-from engine.ns import KINDS
+from engine.ns import KINDS, init_level
 
 FINGERPRINT = "engine-fingerprint.json"
 VERSION = 1
@@ -79,10 +85,70 @@ def fingerprint_tree(pids: list[int], root: int, volatile: dict) -> dict:
     pid -> [(address, length)] of memory the kernel writes by itself (each
     thread's rseq area: the CPU it last ran on), left out of checksums."""
     canon = Canon()
-    return {"version": VERSION, "volatile": {str(p): v for p, v in volatile.items()},
-            "tasks": {str(pid): task_fingerprint(pid, canon, pid == root,
-                                                 volatile.get(pid, ()))
-                      for pid in pids}}
+    level = init_level(root)
+    names = {pid: _pid_at(pid, level) for pid in pids} if level else {p: p for p in pids}
+    tasks = {}
+    for pid in pids:
+        found = task_fingerprint(pid, canon, pid == root, volatile.get(pid, ()))
+        tasks[str(names[pid])] = _at_level(found, pid, level, names) if level else found
+    return {"version": VERSION, "volatile": {str(names[p]): v for p, v in volatile.items()},
+            "tasks": tasks}
+
+
+def check_restored(dumped: dict, root: int) -> list[str]:
+    """The differences of the restored tree under `root` (its host pid)
+    from the fingerprint `dumped`, whose tasks are named at the root's
+    level when it is the init of its own pid namespace."""
+    level = init_level(root)
+    keys = [int(p) for p in dumped["tasks"]]
+    host = _descendants_at(root, level) if level else {p: p for p in keys}
+    volatile = {host[int(p)]: [tuple(r) for r in v]
+                for p, v in dumped.get("volatile", {}).items() if int(p) in host}
+    return compare(dumped, fingerprint_tree([host[k] for k in keys if k in host],
+                                            root if level else keys[0], volatile))
+
+
+def _pid_at(pid: int, level: int, task: str = "") -> int:
+    """Task (or thread `task`/TID) `pid`'s pid at `level` (NSpid)."""
+    return int(_status(f"{pid}{task}")["NSpid"].split()[level])
+
+
+def _descendants_at(root: int, level: int) -> dict[int, int]:
+    """pid at `level` -> host pid, of `root` and every task under it."""
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ppid = int(_read(f"/proc/{name}/stat").rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    out, queue = {}, [root]
+    while queue:
+        pid = queue.pop()
+        try:
+            out[_pid_at(pid, level)] = pid
+        except (OSError, IndexError, KeyError, ValueError):
+            continue
+        queue += kids.get(pid, [])
+    return out
+
+
+def _at_level(out: dict, pid: int, level: int, names: dict[int, int]) -> dict:
+    """A task's fingerprint with its pid-valued fields at `level`."""
+    status = out["status"]
+    for key in ("NStgid", "NSpid", "NSpgid", "NSsid"):
+        if status.get(key):
+            status[key] = " ".join(status[key].split()[level:])
+    stat = out.get("stat")
+    if stat is not None:
+        stat["pgrp"], stat["session"] = (status[k].split()[0] for k in ("NSpgid", "NSsid"))
+        if "ppid" in stat:
+            stat["ppid"] = str(names.get(int(stat["ppid"]), "outside the tree"))
+    if "threads" in out:
+        out["threads"] = {str(_pid_at(pid, level, f"/task/{tid}")): comm
+                          for tid, comm in out["threads"].items()}
+    return out
 
 
 def task_fingerprint(pid: int, canon: Canon, is_root: bool = False, volatile=()) -> dict:

@@ -19,9 +19,17 @@ class ImageDir:
     def __init__(self, path, registry: KindRegistry | None = None):
         self.dir = str(path)
         self.kinds = registry or default_registry()
+        # The engine's pid (as /proc names it) -> the pid in the images, for
+        # per_task kinds: a tree whose root is the init of its own pid
+        # namespace is imaged at that namespace's level, as CRIU does
+        # (plugins/pstree sets it).
+        self.pid_alias: dict[int, int] = {}
 
     def path(self, name: str, id=None) -> str:
-        return os.path.join(self.dir, self.kinds.get(name).filename(id))
+        kind = self.kinds.get(name)
+        if kind.per_task and self.pid_alias:
+            id = self.pid_alias.get(id, id)
+        return os.path.join(self.dir, kind.filename(id))
 
     def exists(self, name: str, id=None) -> bool:
         return os.path.exists(self.path(name, id))
@@ -29,7 +37,11 @@ class ImageDir:
     def ids(self, name: str) -> list[int]:
         """The ids of the images of kind `name` in the set, in order."""
         kind = self.kinds.get(name)
-        return sorted(i for i in map(kind.id_of, os.listdir(self.dir)) if i is not None)
+        found = (i for i in map(kind.id_of, os.listdir(self.dir)) if i is not None)
+        if kind.per_task and self.pid_alias:
+            engine_pid = {image: mine for mine, image in self.pid_alias.items()}
+            found = (engine_pid.get(i, i) for i in found)
+        return sorted(found)
 
     def read(self, name: str, id=None) -> list:
         return read_entries(self.path(name, id), self.kinds.get(name))

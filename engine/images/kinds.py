@@ -39,6 +39,9 @@ class ImageKind:
     payload: str | tuple[str, ...] | None = None
     # The disabled plugin a declared() kind stands for; None otherwise.
     plugin: str | None = None
+    # One image per task or thread, named by its pid (core-PID.img): named
+    # by the pid of the image set's level (ImageDir.pid_alias).
+    per_task: bool = False
 
     def message_class(self, first: bool = False):
         mod = importlib.import_module(self.module)

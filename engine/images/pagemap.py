@@ -24,7 +24,8 @@ PE_PRESENT = 1 << 2
 # Defined beside its format's reader and writer, which need no registry;
 # registered by the mem plugin, whose images these are.
 PAGEMAP = ImageKind("pagemap", "pagemap-{id}.img", 0x56084025, "engine.images.proto.mm_pb2",
-                    "pagemap_entry", head="pagemap_head", magic_name="PAGEMAP")
+                    "pagemap_entry", head="pagemap_head", magic_name="PAGEMAP",
+                    per_task=True)
 
 
 class PagemapWriter:

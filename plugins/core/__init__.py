@@ -55,9 +55,9 @@ def engine_register_images(registry):
     from engine.images.kinds import ImageKind
     P = "engine.images.proto."
     registry.register(ImageKind("core", "core-{id}.img", 0x55053847, P + "core_pb2", "core_entry",
-                                magic_name="CORE"))
+                                magic_name="CORE", per_task=True))
     registry.register(ImageKind("ids", "ids-{id}.img", 0x54432030, P + "core_pb2", "task_kobj_ids_entry",
-                                magic_name="IDS"))
+                                magic_name="IDS", per_task=True))
 
 
 # --- dump ----------------------------------------------------------------
@@ -80,8 +80,15 @@ def engine_dump_task(ctx, task):
 
 @hookimpl
 def engine_dump_inventory(ctx, inventory):
+    from engine import ns
     root = next(iter(ctx.tasks.values()))
     inventory.root_ids.CopyFrom(_ids_entry(ctx, root))
+    if ns.init_level(root.pid):
+        # The init of a pid namespace of its own: root_ids are the dumper's,
+        # as CRIU writes them (criu/image.c prepare_inventory): CRIU makes
+        # anew whatever the root does not share with them (cr-restore.c
+        # get_clone_mask), its pid namespace first (plugins/pstree).
+        _dumper_ids(ctx, inventory.root_ids)
 
 
 # --- restore ---------------------------------------------------------------
@@ -128,6 +135,20 @@ def _child_subreaper(tracee) -> bool:
         return int.from_bytes(tracee.read(scratch, 4), "little") != 0
     finally:
         tracee.syscall("munmap", scratch, PAGE)
+
+
+def _dumper_ids(ctx, entry) -> None:
+    """The engine's own ids into `entry`: objects of its own, and the ids
+    of its namespaces (those the tree shares keep the tree's id)."""
+    from engine import ns
+    ns_ids = ctx.stash.setdefault(_NS_IDS, {})
+    for name in OBJECT_IDS:
+        setattr(entry, name, ctx.new_id())
+    for kind in ns.KINDS:
+        key = (kind, ns.inode("self", kind))
+        if key not in ns_ids:
+            ns_ids[key] = ctx.new_id()
+        setattr(entry, f"{kind}_ns_id", ns_ids[key])
 
 
 def _ids_entry(ctx, task):

@@ -37,7 +37,7 @@ def engine_register_images(registry):
     from engine.images.kinds import ImageKind
     P = "engine.images.proto."
     registry.register(ImageKind("fs", "fs-{id}.img", 0x51403912, P + "tree_pb2", "fs_entry",
-                                magic_name="FS"))
+                                magic_name="FS", per_task=True))
 
 
 @hookimpl

@@ -65,7 +65,7 @@ def engine_register_images(registry):
     from engine.images.pagemap import PAGEMAP
     P = "engine.images.proto."
     registry.register(ImageKind("mm", "mm-{id}.img", 0x57492820, P + "mm_pb2", "mm_entry",
-                                magic_name="MM"))
+                                magic_name="MM", per_task=True))
     registry.register(PAGEMAP)
 
 
@@ -106,7 +106,9 @@ def engine_dump_task(ctx, task):
 
     pages_id = ctx.stash.get(PAGES_IDS, 0) + 1
     ctx.stash[PAGES_IDS] = pages_id
-    writer = PagemapWriter(ctx.images.dir, task.pid, pages_id)
+    # Named by the pid at the image set's level (ImageDir.pid_alias).
+    named = ctx.images.pid_alias.get(task.pid, task.pid)
+    writer = PagemapWriter(ctx.images.dir, named, pages_id)
     try:
         dump_pages(task.tracee, mm.vmas, writer)
     finally:
@@ -145,7 +147,7 @@ def engine_restore_collect(ctx, graph):
 def engine_restore_node(ctx, node):
     from engine.images.pagemap import PagemapReader
     from engine.tracer import restore_memory
-    pages = PagemapReader(ctx.images.dir, node.pid)
+    pages = PagemapReader(ctx.images.dir, ctx.images.pid_alias.get(node.pid, node.pid))
     sysv = ctx.stash.get(SYSV_VMAS, {}).get(node.pid, ())
     try:
         restore_memory(ctx.tracees[node.pid], node.data, _Outside(pages, sysv) if sysv else pages,

@@ -23,6 +23,19 @@ namespace last (plugins/userns). Any other task must be forked by a parent
 inside its namespace. Levels that disagree with the namespace's depth, a
 pid at a level that is not the engine's first, an init whose parent is not
 in the parent namespace: refused before anything starts.
+
+A root that is the init of a pid namespace of its own (a container's init)
+is imaged at that namespace's level (plugins/pstree/own_ns.py, as CRIU
+does): its namespace gets no pidns image (pstree.img holds the pids there,
+and inventory.img's root_ids.pid_ns_id, the engine's own, differs from the
+root's ids pid_ns_id, as CRIU writes them), and the namespaces below it are
+imaged relative to it: parent_id 0 is the root's namespace, ns_pid starts
+at the pid there, and a restore adds the host pid pstree picked as the
+outermost level. What pidns-ID.img keeps beyond CRIU's images (CRIU has no
+nested namespaces below the root's): the namespaces below, with their
+owner and every task's pid at every level from the root's down. A thread
+anywhere in such a tree is refused at dump (pstree forks with set_tid at
+two levels; the threads plugin clones with one).
 """
 from __future__ import annotations
 
@@ -55,12 +68,20 @@ def engine_dump_finish(ctx):
     from engine import ns
     from engine.images.proto import pidns_pb2
     found = ns.dumped_ids(ctx, "pid")
+    root = next(iter(ctx.tasks))
+    # The namespaces are relative to the root's when it is their init.
+    depth = ns.init_level(root) or ns.pid_depth()
+    own = ns.inode(root if depth > ns.pid_depth() else "self", "pid")
+    for pid, task in ctx.tasks.items():
+        state = task.state
+        if depth > ns.pid_depth() and state is not None and len(state.threads) > 1:
+            raise ValueError(f"task {pid}: threads in a pid namespace of its own are not "
+                             "supported")
+    found = {i: found[i] for i in found if found[i][0] != own}
     if not found:
         return
     users = ns.user_ids(ctx)
     by_inode = {ino: ns_id for ns_id, (ino, _) in found.items()}
-    own = ns.inode("self", "pid")
-    depth = ns.pid_depth()
     for pid, task in ctx.tasks.items():
         if task.zombie is not None and len(ns.status_field(pid, "NSpid")) - 1 > depth:
             raise ValueError(f"task {pid}: a zombie in a nested pid namespace is not supported")
@@ -76,8 +97,8 @@ def engine_dump_finish(ctx):
             if state is not None and len(state.threads) > 1:
                 raise ValueError(f"task {pid}: threads in a nested pid namespace are not "
                                  "supported")
-            levels = ns.status_field(pid, "NSpid")[depth:]
-            entry.tasks.add(pid=pid, ns_pid=[int(p) for p in levels])
+            levels = [int(p) for p in ns.status_field(pid, "NSpid")[depth:]]
+            entry.tasks.add(pid=levels[0], ns_pid=levels)
         ctx.images.write("pidns", [entry], id=ns_id)
 
 
@@ -90,6 +111,9 @@ def engine_restore_collect(ctx, graph):
     if not entries:
         return
     levels, ns_of = {}, {}
+    # A root that is the init of its own pid namespace: the images' pids
+    # are at its level; the host pid pstree picked is the outermost.
+    host = {image: mine for mine, image in ctx.provided("tasks").image_pids.items()}
     for ns_id, entry in entries.items():
         image, depth = f"pidns-{ns_id}.img", _depth(ns_id, entries)
         for i, t in enumerate(entry.tasks):
@@ -100,7 +124,9 @@ def engine_restore_collect(ctx, graph):
             if t.ns_pid[0] != t.pid or not all(0 < p for p in t.ns_pid):
                 raise ImageError(where, f"ns_pid {list(t.ns_pid)} does not start with "
                                         f"pid {t.pid}")
-            levels[t.pid], ns_of[t.pid] = list(reversed(t.ns_pid)), ns_id
+            pid = host.get(t.pid, t.pid)
+            levels[pid] = list(reversed(t.ns_pid)) + ([pid] if host else [])
+            ns_of[pid] = ns_id
     tasks = ctx.provided("tasks").entries
     by_pid = {e.pid: e for e in tasks}
     clone_args = {}                 # pid -> (clone flags, its pid at every level)

@@ -15,6 +15,8 @@ history of fork/setsid/setpgid/exit can give (a session leader outside its
 group, a group across sessions, an order with a cycle), and sessions or
 groups no helper can make (a helper's pid in use; orphans in a session with
 no task under their reaper to fork a helper from).
+A root that is the init of a pid namespace of its own is imaged and
+restored at that namespace's level, as CRIU does (own_ns.py).
 """
 from __future__ import annotations
 
@@ -25,11 +27,17 @@ import attrs
 
 from engine import hookimpl
 from engine.images import ImageError
+from engine.stash import StashKey
 
 log = logging.getLogger("engine.plugins.pstree")
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 TASK_DEAD = 2             # core_entry.tc.task_state of a zombie
+
+# At dump: the level of the root's pid namespace when the root is its init
+# (own_ns.py); at restore: host pid -> (clone flags, set_tid) of its tasks.
+OWN_NS_LEVEL = StashKey[int]()
+OWN_NS_CLONES = StashKey[dict]()
 
 
 @attrs.frozen
@@ -37,6 +45,9 @@ class TaskTree:
     """The resource ``tasks``: the tree as pstree.img has it."""
     entries: list                     # pstree_entry, parents first
     exits: dict[int, int]             # pid -> wait status, for tasks gone before release
+    # host pid -> pid in the images, when they differ: a root that is the
+    # init of its own pid namespace (own_ns.py); {} otherwise.
+    image_pids: dict[int, int] = attrs.Factory(dict)
 
     @property
     def alive(self) -> list:
@@ -65,6 +76,13 @@ def engine_dump_tree(ctx, root_pid):
         pid = queue.pop(0)
         order.append(pid)
         queue += kids.get(pid, [])
+    from plugins.pstree import own_ns
+    alias = own_ns.dump_alias(root_pid, order)
+    if alias:
+        # Before any image is written: they are named by these pids.
+        from engine import ns
+        ctx.stash[OWN_NS_LEVEL] = ns.init_level(root_pid)
+        ctx.images.pid_alias = alias
     return order
 
 
@@ -73,7 +91,14 @@ def engine_dump_finish(ctx):
     from engine.images.proto import tree_pb2
     root = next(iter(ctx.tasks))
     entries = []
+    level = ctx.stash.get(OWN_NS_LEVEL, 0)
     for pid, task in ctx.tasks.items():
+        if level:
+            from plugins.pstree import own_ns
+            threads = [t.tid for t in task.state.threads] if task.state is not None else []
+            entries.append(own_ns.dump_entry(pid, ctx.images.pid_alias, level, threads,
+                                             pid == root))
+            continue
         ppid, pgid, sid = _stat_ids(pid)
         entry = tree_pb2.pstree_entry(pid=pid, ppid=0 if pid == root else ppid,
                                         pgid=pgid, sid=sid)
@@ -87,15 +112,32 @@ def engine_dump_finish(ctx):
 
 @hookimpl
 def engine_restore_collect(ctx, graph):
-    from plugins.pstree.plan import plan
+    from plugins.pstree.plan import PlanError, plan
+    from plugins.pstree import own_ns
     entries = ctx.images.read("pstree")
-    _validate(entries)
-    _whole(ctx, entries)
+    own = bool(entries) and own_ns.is_own(ctx, entries)
+    if own:
+        own_ns.check(entries)
+    # Pids of a namespace the restore makes are free in it: no check on ours.
+    _validate(entries, in_use=not own)
+    _whole(ctx, entries)                 # at the images' own pids
+    image_pids = {}
+    if own:
+        image_pids = own_ns.to_host(ctx, entries)
+        ctx.images.pid_alias = image_pids
+        ctx.stash[OWN_NS_CLONES] = own_ns.clone_args(image_pids)
     exits = _zombies(ctx, entries)
-    tree = TaskTree(entries=entries, exits=exits)
+    tree = TaskTree(entries=entries, exits=exits, image_pids=image_pids)
     nodes = plan(entries, dict(exits), _subreapers(ctx, entries), _pid_free,
                  siblings_may_fork=lambda: _one_namespace_set(ctx, tree))
     for node in nodes:
+        if image_pids:
+            if node.data.pid not in image_pids:
+                raise PlanError(f"pstree.img: a {node.data.helper} helper task: not "
+                                "supported in a pid namespace of its own")
+            if node.key.startswith("pstree:fork:"):
+                # `engine plan` names the pid the images have too
+                node.label += f" (pid {image_pids[node.data.pid]} in its pid namespace)"
         if node.data.helper:
             # Gone before release, like a zombie: no memory, no registers.
             exits[node.data.pid] = 0
@@ -110,7 +152,8 @@ def engine_restore_node(ctx, node):
     proc, kind = node.data, node.key.split(":")[1]
     if kind == "fork":
         exits = ctx.provided("tasks").exits
-        flags, tids = ctx.provided("pidns", {}).get(proc.pid, (0, None))
+        flags, tids = (ctx.provided("pidns", {}).get(proc.pid)
+                       or ctx.stash.get(OWN_NS_CLONES, {}).get(proc.pid, (0, None)))
         # A parent that exits before release (a zombie, a helper) orphans
         # its children on purpose: they must not die with it.
         ctx.spawn(proc.pid, sibling=proc.by_sibling is not None,
@@ -134,7 +177,8 @@ def engine_restore_node(ctx, node):
             _take_name(ctx, proc.pid)      # ps shows a zombie by its name
         ctx.exit_after_nodes(proc.zombie or 0)
     elif kind == "reap":
-        os.waitpid(proc.pid, 0)
+        from engine import ns
+        os.waitpid(ns.pid_here(proc.pid), 0)      # our pid namespace's number
     else:
         return None
     return True
@@ -195,7 +239,7 @@ def _stat_ids(pid: int) -> tuple[int, int, int]:
     return int(fields[1]), int(fields[2]), int(fields[3])
 
 
-def _validate(entries) -> None:
+def _validate(entries, in_use: bool = True) -> None:
     if not entries:
         raise ValueError("pstree.img: no task")
     pid_max = int(open(PID_MAX_PATH).read())
@@ -217,7 +261,7 @@ def _validate(entries) -> None:
             if tid in threads:
                 raise ImageError(where, f"thread {tid} listed twice")
             threads.add(tid)
-        if os.path.exists(f"/proc/{e.pid}"):
+        if in_use and os.path.exists(f"/proc/{e.pid}"):
             raise ImageError(where, f"pid {e.pid} is in use")
         seen.add(e.pid)
     # the root's ppid is ignored on restore: the engine (or its caller) is the parent

@@ -121,6 +121,22 @@ def test_file_names_are_told_apart_by_kind_and_id():
     assert kinds.get("userns").id_of("userns-x.img") is None
 
 
+def test_per_task_images_are_named_by_the_sets_pids(tmp_path):
+    """ImageDir.pid_alias: a task the engine knows as host pid 32000 is
+    core-4.img in a set imaged at its pid namespace's level; images of
+    other kinds keep their ids."""
+    from engine.images.proto import core_pb2
+    images = ImageDir(str(tmp_path))
+    images.pid_alias = {32000: 4}
+    images.write("ids", [core_pb2.task_kobj_ids_entry(vm_id=7, files_id=1, fs_id=1,
+                                                      sighand_id=1)], id=32000)
+    images.write("fdinfo", [], id=32000)
+    assert sorted(os.listdir(tmp_path)) == ["fdinfo-32000.img", "ids-4.img"]
+    assert images.read_one("ids", id=32000).vm_id == 7
+    assert images.ids("ids") == [32000]
+    assert ImageDir(str(tmp_path)).ids("ids") == [4]
+
+
 # --- who registers which kind --------------------------------------------------
 
 # Images a restore does without when their plugin is off (hooks.toml says why).
