@@ -7,7 +7,8 @@
  *       mqueue, an external bind (DIR/ext: a subdirectory of a tmpfs of its
  *       own), a read-only bind (DIR/robind of DIR/rosrc), a shared tmpfs
  *       (DIR/shared) with a slave bind of it (DIR/slave), a masked path
- *       (DIR/masked: a bind of /dev/null), then pivot_roots into it. After
+ *       (DIR/masked and /proc/timer_list: binds of /dev/null), /proc/sys
+ *       read-only, cgroup2 on /sys/fs/cgroup, then pivot_roots into it. After
  *       restore C checks its mountinfo (types, flags, propagation) and the
  *       files, and writes its verdict on a pipe for the parent */
 #include "target.h"
@@ -54,6 +55,14 @@ static void build(void)
 	snprintf(p, sizeof(p), "%s/sys", root);
 	must(!mount("sysfs", p, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL),
 	     "sysfs");
+	/* As runc: /proc/sys read-only, cgroup2 on the read-only sysfs. */
+	snprintf(p, sizeof(p), "%s/proc/sys", root);
+	must(!mount(p, p, NULL, MS_BIND, NULL), "bind /proc/sys");
+	must(!mount(NULL, p, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV |
+		    MS_NOEXEC, NULL), "ro /proc/sys");
+	snprintf(p, sizeof(p), "%s/sys/fs/cgroup", root);
+	must(!mount("cgroup2", p, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL),
+	     "cgroup2");
 	snprintf(p, sizeof(p), "%s/dev", root);
 	must(!mount("tmpfs", p, "tmpfs", MS_NOSUID, "mode=755,size=65536k"), "dev");
 	snprintf(p, sizeof(p), "%s/dev/null", root);
@@ -90,6 +99,8 @@ static void build(void)
 	snprintf(p, sizeof(p), "%s/dev/null", root);
 	at(q, root, "masked");
 	must(!mount(p, q, NULL, MS_BIND, NULL), "mask");
+	snprintf(q, sizeof(q), "%s/proc/timer_list", root);
+	must(!mount(p, q, NULL, MS_BIND, NULL), "mask timer_list");
 	must(!chdir(root), "chdir root");
 	must(!syscall(SYS_pivot_root, ".", "."), "pivot_root");
 	must(!umount2(".", MNT_DETACH), "umount old root");
@@ -152,6 +163,9 @@ static void check(void)
 	expect("/", " / / ", NULL);
 	expect("/proc", "nosuid,nodev,noexec", "- proc proc");
 	expect("/sys", "ro,nosuid,nodev,noexec", "- sysfs sysfs");
+	expect("/proc/sys", "ro,nosuid,nodev,noexec", " /sys /proc/sys ");
+	expect("/proc/timer_list", " /null ", "- tmpfs tmpfs");
+	expect("/sys/fs/cgroup", "ro,nosuid,nodev,noexec", "- cgroup2 cgroup2");
 	expect("/dev", "rw,nosuid", "- tmpfs tmpfs rw,size=65536k,mode=755");
 	expect("/dev/pts", "- devpts devpts", "ptmxmode=666");
 	expect("/dev/mqueue", "- mqueue mqueue", NULL);
