@@ -20,7 +20,6 @@ WHY_NOT = {
     "freeze_cgroup": "the cgroup freezer is not used yet",
     "orphan_pts_master": "terminals are not restored yet",
     "external": "external resources are not taken yet",
-    "ext_mnt": "external mounts are not taken yet",
     "inherit_fd": "inherited fds are not taken yet",
     "empty_ns": "a fresh namespace in place of a dumped one is not offered yet",
     "evasive_devices": "devices are not looked up by number",
@@ -74,9 +73,13 @@ def _pid(value, name):
 
 
 def _root(value, name):
-    if value != "/":
-        raise Refused(name, "a root other than / needs the container's mounts (not yet)")
-    return [], "the host's root"
+    # plugins/mntns: the root of a dumped mount tree at restore; unused at dump.
+    return ["--root", value], f"--root {value}"
+
+
+def _ext_mnt(value, name):
+    args = [a for m in value for a in ("--external", f"mnt[{m.key}]:{m.val}")]
+    return args, " ".join(args)
 
 
 # CRIU's cpu_cap bits (criu/include/cr_options.h).
@@ -111,5 +114,6 @@ _MAPPERS = {
                                        "caller, if a subreaper, once the service exits")),
     "cpu_cap": (_BOTH, _cpu_cap),
     "root": (_BOTH, _root),
+    "ext_mnt": (_BOTH, _ext_mnt),
     "network_lock": (_BOTH, _network_lock),
 }

@@ -76,3 +76,29 @@ def test_bad_tree_images_are_refused(build_target, target_runner, engine_cli, tm
     line = engine_fails("restore", "-D", img, *args)
     assert words in line, line
     assert task_gone(target.pid) and task_gone(target.addr("c"))
+
+
+def test_criu_command_restores_the_tree(build_target, target_runner, engine_cli, tmp_path):
+    """The engine's `criu` takes CRIU's --root and --external mnt[KEY]:PATH."""
+    import subprocess
+    import sys
+
+    from engine.testing import engine_command
+    target, d, host = _start(build_target, target_runner, tmp_path)
+    img = tmp_path / "img"
+    dump_to(target, img, ["--external", f"mnt[{d}/ext]:extkey"])
+    _, env = engine_command()
+    proc = subprocess.run([sys.executable, "-m", "engine.criu_cli", "restore", "-d", "-D",
+                           str(img), "--root", "/", "--external", f"mnt[extkey]:{host}"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert target.verdict() == "PASS", target.log()
+
+
+def test_rpc_root_and_ext_mnt_become_the_engines_options():
+    from engine.images.proto import rpc_pb2
+    from engine.rpc import options
+    opts = rpc_pb2.criu_opts(images_dir_fd=3, root="/rootfs")
+    opts.ext_mnt.add(key="extkey", val="/host/dir")
+    argv = options.to_argv(opts, options.RESTORE, "/img", [])
+    assert argv == ["-D", "/img", "--root", "/rootfs", "--external", "mnt[extkey]:/host/dir"]
