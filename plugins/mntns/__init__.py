@@ -128,7 +128,9 @@ def engine_restore_collect(ctx, graph):
             root = getattr(ctx.options, "root", None)
             tree.check(ctx, ns_id, entries, root, _externals(ctx),
                        lambda mnt_id: _tar(ctx, mnt_id))
-            mounts[ns_id] = ("tree", entries, os.path.abspath(root), _externals(ctx))
+            mounts[ns_id] = ("tree", entries, os.path.abspath(root),
+                             {k: os.path.abspath(v) for k, v in _externals(ctx).items()},
+                             os.path.abspath(ctx.images.dir))
             continue
         entries = entries[1:]
         for i, m in enumerate(entries, 1):
@@ -160,9 +162,11 @@ def engine_restore_node(ctx, node):
     import gzip  # noqa: F401
     import tarfile  # noqa: F401
     if isinstance(mounts, tuple):
-        _, entries, root, externals = mounts
+        _, entries, root, externals, staging = mounts
+        def open_tar(mnt_id):
+            return open(_tar(ctx, mnt_id), "rb")
         ns.restore(ctx, node, "mnt", lambda entry: tree.build(
-            entries, root, externals, ctx.images.dir, lambda mnt_id: open(_tar(ctx, mnt_id), "rb"), _unpack))
+            entries, root, externals, staging, open_tar, _unpack))
         return True
     ns.restore(ctx, node, "mnt", lambda entry: _setup(ctx, mounts, entry.owner_id))
     return True

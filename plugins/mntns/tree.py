@@ -185,6 +185,11 @@ def build(entries, root, externals, staging, open_tar, unpack) -> None:
         target = base + m.mountpoint
         src_path = _source_path(m, entries[:i], sources, base)
         _make_target(target, src_path)
+        # A symlink in the rootfs must not take a mount out of it.
+        for path in (target, src_path if src_path and not m.ext_key else None):
+            if path and not os.path.realpath(path).startswith(base + "/") and \
+                    os.path.realpath(path) != base:
+                raise ValueError(f"mount {m.mountpoint}: {path} leads out of the root")
         if src_path is not None:
             _mount(src_path, target, None, MS_BIND, None)
         else:
