@@ -135,10 +135,13 @@ def _mounts(pid: int, canon: Canon):
     if own <= points:
         return None
     out = []
+    groups = {tag.split(":")[1] for line in mine.splitlines()
+              for tag in line.split(" - ")[0].split()[6:] if tag.startswith("shared:")}
     for line in sorted(mine.splitlines(), key=lambda line: line.split()[4]):
         fields = line.split(" - ")[0].split()
+        # A master outside the tree is not the tree's: it comes back private.
         tags = [f"{tag.split(':')[0]}:{canon.name('peer:' + tag.split(':')[1])}"
-                for tag in fields[6:] if ":" in tag]
+                for tag in fields[6:] if ":" in tag and tag.split(":")[1] in groups]
         out.append(" ".join([fields[4], fields[5], *tags]))
     return out
 
