@@ -21,14 +21,15 @@ def _dir(tmp_path):
     return d, host
 
 
-def _start(build_target, target_runner, tmp_path):
+def _start(build_target, target_runner, tmp_path, *args):
     d, host = _dir(tmp_path)
-    target = target_runner.start(build_target("mounttree"), "--dir", str(d))
+    target = target_runner.start(build_target("mounttree"), "--dir", str(d), *args)
     return target, d, host
 
 
-def test_container_tree_comes_back(build_target, target_runner, dump_restore, tmp_path):
-    target, d, host = _start(build_target, target_runner, tmp_path)
+@pytest.mark.parametrize("who", [(), ("--self",)], ids=["child-in-tree", "root-in-tree"])
+def test_container_tree_comes_back(build_target, target_runner, dump_restore, tmp_path, who):
+    target, d, host = _start(build_target, target_runner, tmp_path, *who)
     verdict = dump_restore(target, tmp_path / "img",
                            dump_args=["--external", f"mnt[{d}/ext]:extkey"],
                            restore_args=["--root", "/", "--external", f"mnt[extkey]:{host}"])

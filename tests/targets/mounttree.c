@@ -1,6 +1,7 @@
 /* engine-target: needs=root ;
  * args: --dir DIR (a directory of the host's root filesystem, made by the
- *       test, holding rosrc/file) ;
+ *       test, holding rosrc/file), --self (the target itself builds the
+ *       tree and checks it: no child) ;
  * what: a container-like mount tree: child C unshares its mount namespace,
  *       binds the host's "/" on DIR/root, mounts under it proc, sysfs, a
  *       tmpfs /dev with a null node, devpts (newinstance, ptmxmode=0666),
@@ -66,7 +67,7 @@ static void build(void)
 	snprintf(p, sizeof(p), "%s/dev", root);
 	must(!mount("tmpfs", p, "tmpfs", MS_NOSUID, "mode=755,size=65536k"), "dev");
 	snprintf(p, sizeof(p), "%s/dev/null", root);
-	must(!mknod(p, S_IFCHR | 0666, makedev(1, 3)), "mknod null");
+	must(!mknod(p, S_IFCHR | 0666, makedev(1, 3)) && !chmod(p, 0666), "mknod null");
 	snprintf(p, sizeof(p), "%s/dev/pts", root);
 	must(!mkdir(p, 0755), "mkdir pts");
 	must(!mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC,
@@ -212,6 +213,15 @@ int main(int argc, char **argv)
 	snprintf(dir, sizeof(dir), "%s", tgt_arg("dir", ""));
 	if (!dir[0])
 		tgt_die("--dir DIR is needed");
+	if (tgt_flag("self")) {
+		/* The tree's root in the container, as runc's init. */
+		build();
+		tgt_ready();
+		while (!tgt_stop)
+			pause();
+		check();
+		tgt_finish();
+	}
 	if (pipe(fds))
 		tgt_die("pipe: %m");
 	c = fork();
