@@ -52,7 +52,8 @@ SB_SKIP = {"rw", "ro", "seclabel"}
 def is_own_tree(mounts, own) -> bool:
     """A namespace that lacks some of the engine's mounts was pivot_root'ed
     (or pruned): it is a tree of its own, dumped whole. One holding every
-    mount of the engine's is a copy of it (unshare alone)."""
+    mount of the engine's is a copy of it (unshare alone). (Mount ids are
+    reused, so they cannot tell which of the engine's mounts came later.)"""
     keys = {_key(m) for m in mounts}
     return any(_key(m) not in keys for m in own)
 
@@ -76,7 +77,7 @@ def dump(ctx, pid, mounts, externals, entry_of, archive) -> list:
         elif m["mountpoint"] in named:
             e.ext_key = named.pop(m["mountpoint"])
             e.ext_mount = True
-        elif _bind_source(m, ordered[:i]) is None:
+        elif _bind_source(m, [o for o, oe in zip(ordered, entries) if not oe.ext_key]) is None:
             if m["fstype"] not in FSTYPES:
                 raise ValueError(f"task {pid}: mount {m['mountpoint']} ({m['fstype']}) in its "
                                  "mount namespace: not supported")
@@ -135,6 +136,8 @@ def check(ctx, ns_id, entries, root, externals, tar) -> None:
             raise ImageError(at, f"mountpoint {m.mountpoint!r} is not a clean absolute path")
         if not m.root.startswith("/") or ".." in m.root.split("/"):
             raise ImageError(at, f"root {m.root!r} is not a clean absolute path")
+        if i == 0 and m.mountpoint != "/":
+            raise ImageError(at, f"mountpoint {m.mountpoint!r} of the root: not /")
         if i and m.parent_mnt_id not in seen:
             raise ImageError(at, f"parent_mnt_id {m.parent_mnt_id} comes after it or is absent")
         seen.add(m.mnt_id)
