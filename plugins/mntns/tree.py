@@ -50,12 +50,13 @@ SB_SKIP = {"rw", "ro", "seclabel"}
 # --- dump ------------------------------------------------------------------
 
 def is_own_tree(mounts, own) -> bool:
-    """A namespace that lacks some of the engine's mounts was pivot_root'ed
-    (or pruned): it is a tree of its own, dumped whole. One holding every
-    mount of the engine's is a copy of it (unshare alone). (Mount ids are
-    reused, so they cannot tell which of the engine's mounts came later.)"""
+    """A namespace that lacks most of the engine's mounts was pivot_root'ed:
+    it is a tree of its own, dumped whole. One holding them is a copy of the
+    engine's (unshare alone), even when the engine gained a mount or two
+    since it was copied (mount ids are reused: they cannot tell)."""
     keys = {_key(m) for m in mounts}
-    return any(_key(m) not in keys for m in own)
+    missing = sum(_key(m) not in keys for m in own)
+    return missing * 2 > len(own)
 
 
 def dump(ctx, pid, mounts, externals, entry_of, archive) -> list:
