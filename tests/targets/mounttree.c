@@ -211,8 +211,25 @@ int main(int argc, char **argv)
 
 	tgt_init(argc, argv);
 	snprintf(dir, sizeof(dir), "%s", tgt_arg("dir", ""));
-	if (!dir[0])
-		tgt_die("--dir DIR is needed");
+	if (!dir[0]) {
+		/* No --dir (a run untouched): make one here, as the test does. */
+		static const char *subs[] = {"", "/root", "/ext", "/extsrc", "/rosrc", "/robind",
+					     "/shared", "/slave"};
+		char p[PATH_MAX];
+		unsigned i;
+
+		if (!getcwd(dir, sizeof(dir) - 8))
+			tgt_die("getcwd: %m");
+		strcat(dir, "/tree");
+		for (i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+			snprintf(p, sizeof(p), "%s%s", dir, subs[i]);
+			must(!mkdir(p, 0755) || errno == EEXIST, p);
+		}
+		at(p, "", "rosrc/file");
+		put(p, "ro-data");
+		at(p, "", "masked");
+		put(p, "");
+	}
 	if (tgt_flag("self")) {
 		/* The tree's root in the container, as runc's init. */
 		build();
