@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--tcp-established", action="store_true")
         c.add_argument("--ext-unix-sk", action="store_true")
         c.add_argument("--file-locks", "-l", action="store_true")
+        c.add_argument("--external", action="append", default=[])
+        c.add_argument("--root")
         if name == "dump":
             c.add_argument("-t", "--tree", type=int, required=True)
             c.add_argument("-R", "--leave-running", action="store_true")
@@ -83,6 +85,9 @@ def _dump_or_restore(args) -> int:
     argv = [args.command, "-D", args.images_dir]
     if args.ext_unix_sk:
         argv.append("--ext-unix-sk")
+    # plugins/mntns: external mounts and the root of a dumped mount tree.
+    argv += [a for item in args.external for a in ("--external", item)]
+    argv += ["--root", args.root] if args.root else []
     # --shell-job, --tcp-established, --file-locks: what the engine always
     # does (a session outside the tree is inherited; established TCP and
     # file locks are dumped and restored).

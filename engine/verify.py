@@ -179,10 +179,36 @@ def task_fingerprint(pid: int, canon: Canon, is_root: bool = False, volatile=())
         except OSError:
             pass
     out["cwd"], out["root"] = (_link(f"{proc}/{name}") for name in ("cwd", "root"))
+    out["mounts"] = _mounts(pid, canon)
     out["threads"] = {tid: _thread(pid, tid)
                       for tid in sorted(os.listdir(f"{proc}/task"), key=int)}
     out["maps"] = _maps(pid, volatile)
     out["fds"] = _fds(pid, canon)
+    return out
+
+
+def _mounts(pid: int, canon: Canon):
+    """A mount tree of the task's own (plugins/mntns: one lacking some of
+    the engine's mounts), canonical: each mount point with its per-mount
+    options and propagation, peer groups numbered afresh; ids and what an
+    external mount holds are the restore's own. None for the engine's
+    namespace or a copy of it (whose other mounts are the host's)."""
+    mine = _read(f"/proc/{pid}/mountinfo", default="")
+    if canon.own.get("mnt") == os.stat(f"/proc/{pid}/ns/mnt").st_ino:
+        return None
+    points = {line.split()[4] for line in mine.splitlines()}
+    own = {line.split()[4] for line in _read("/proc/self/mountinfo").splitlines()}
+    if own <= points:
+        return None
+    out = []
+    groups = {tag.split(":")[1] for line in mine.splitlines()
+              for tag in line.split(" - ")[0].split()[6:] if tag.startswith("shared:")}
+    for line in sorted(mine.splitlines(), key=lambda line: line.split()[4]):
+        fields = line.split(" - ")[0].split()
+        # A master outside the tree is not the tree's: it comes back private.
+        tags = [f"{tag.split(':')[0]}:{canon.name('peer:' + tag.split(':')[1])}"
+                for tag in fields[6:] if ":" in tag and tag.split(":")[1] in groups]
+        out.append(" ".join([fields[4], fields[5], *tags]))
     return out
 
 

@@ -16,7 +16,6 @@ WHY_NOT = {
     "lazy_pages": "lazy restore is not offered",
     "orphan_pts_master": "terminals are not restored yet",
     "external": "external resources are not taken yet",
-    "ext_mnt": "external mounts are not taken yet",
     "inherit_fd": "inherited fds are not taken yet",
     "evasive_devices": "devices are not looked up by number",
     "ps": "there is no page server",
@@ -69,9 +68,13 @@ def _pid(value, name):
 
 
 def _root(value, name):
-    if value != "/":
-        raise Refused(name, "a root other than / needs the container's mounts (not yet)")
-    return [], "the host's root"
+    # plugins/mntns: the root of a dumped mount tree at restore; unused at dump.
+    return ["--root", value], f"--root {value}"
+
+
+def _ext_mnt(value, name):
+    args = [a for m in value for a in ("--external", f"mnt[{m.key}]:{m.val}")]
+    return args, " ".join(args)
 
 
 # CRIU's cpu_cap bits (criu/include/cr_options.h).
@@ -138,5 +141,6 @@ _MAPPERS = {
                                                   "deleted files saved up to this size")),
     "cpu_cap": (_BOTH, _cpu_cap),
     "root": (_BOTH, _root),
+    "ext_mnt": (_BOTH, _ext_mnt),
     "network_lock": (_BOTH, _network_lock),
 }

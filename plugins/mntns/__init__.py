@@ -1,4 +1,9 @@
-"""mntns: the tree's mount namespaces and its own tmpfs mounts (criu/mount.c).
+"""mntns: the tree's mount namespaces (criu/mount.c).
+
+A namespace that is a tree of its own (a container's: pivot_root'ed, it
+lacks mounts of the engine's) is dumped whole and rebuilt from its images:
+see tree.py (external mounts: --external mnt[...], its root: --root PATH).
+What follows is for a copy of the engine's namespace (unshare alone).
 
 Dump: every mount namespace a live task is in, other than the engine's own,
 into mountpoints-ID.img (ID: ids-PID.img mnt_ns_id): first its root "/"
@@ -29,10 +34,12 @@ from engine import hookimpl
 from engine.images import ImageError
 from engine.stash import StashKey
 
+from plugins.mntns import tree
+
 log = logging.getLogger("engine.plugins.mntns")
 
 FSTYPE_TMPFS = 5
-MOUNTS = StashKey()                 # ns id -> mnt_entry list (tmpfs only)
+MOUNTS = StashKey()                 # ns id -> tmpfs mnt_entry list, or ("tree", ...)
 # per-mount options of /proc/PID/mountinfo -> MS_* flags
 MS = {"ro": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "sync": 16, "dirsync": 128,
       "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21, "strictatime": 1 << 24}
@@ -57,6 +64,16 @@ def engine_register_images(registry):
                                 "mnt_entry", magic_name="MNTS"))
 
 
+@hookimpl
+def engine_addoption(parser):
+    # CRIU's own spellings (runc passes them), not prefixed with the plugin's name.
+    parser.add_argument("--external", action="append", default=[], metavar="mnt[A]:B",
+                        help="dump: mnt[MOUNTPOINT]:KEY names an external mount; "
+                             "restore: mnt[KEY]:PATH binds PATH for it")
+    parser.add_argument("--root", metavar="PATH",
+                        help="restore: the root of a dumped mount tree (a container's rootfs)")
+
+
 # --- dump ----------------------------------------------------------------
 
 @hookimpl
@@ -69,6 +86,15 @@ def engine_dump_finish(ctx):
     for ns_id, (_, pids) in sorted(ns.dumped_ids(ctx, "mnt").items()):
         pid = pids[0]
         mounts = _mountinfo(pid)
+        if tree.is_own_tree(mounts, own):
+            if ns.owner_id(ctx, pid, "mnt", users):
+                raise ValueError(f"task {pid}: a mount tree of its own in a user namespace: "
+                                 "not supported")
+            entries = tree.dump(ctx, pid, mounts, _externals(ctx),
+                                lambda m: _entry(mnt_pb2, m),
+                                lambda m: _archive(ctx, pid, m))
+            ctx.images.write("mountpoints", entries, id=ns_id)
+            continue
         root = next(m for m in mounts if m["mountpoint"] == "/")
         entries = [_entry(mnt_pb2, root, owner_id=ns.owner_id(ctx, pid, "mnt", users))]
         gone = known - {_key(m) for m in mounts}
@@ -94,7 +120,19 @@ def engine_restore_collect(ctx, graph):
     made = ns.collect(ctx, graph, "mntns", "mnt", "mountpoints")
     mounts = ctx.stash.setdefault(MOUNTS, {})
     for ns_id, _ in made:
-        entries = ctx.images.read("mountpoints", id=ns_id)[1:]
+        entries = ctx.images.read("mountpoints", id=ns_id)
+        if entries and entries[0].whole_tree:
+            if entries[0].owner_id:
+                raise ImageError(f"mountpoints-{ns_id}.img", "owner_id of a whole tree: "
+                                 "not supported")
+            root = getattr(ctx.options, "root", None)
+            tree.check(ctx, ns_id, entries, root, _externals(ctx),
+                       lambda mnt_id: _tar(ctx, mnt_id))
+            mounts[ns_id] = ("tree", entries, os.path.abspath(root),
+                             {k: os.path.abspath(v) for k, v in _externals(ctx).items()},
+                             os.path.abspath(ctx.images.dir))
+            continue
+        entries = entries[1:]
         for i, m in enumerate(entries, 1):
             where = f"mountpoints-{ns_id}.img: entry {i}"
             if m.fstype != FSTYPE_TMPFS:
@@ -123,6 +161,13 @@ def engine_restore_node(ctx, node):
     # Imported here: a helper inside a user namespace may not read them.
     import gzip  # noqa: F401
     import tarfile  # noqa: F401
+    if isinstance(mounts, tuple):
+        _, entries, root, externals, staging = mounts
+        def open_tar(mnt_id):
+            return open(_tar(ctx, mnt_id), "rb")
+        ns.restore(ctx, node, "mnt", lambda entry: tree.build(
+            entries, root, externals, staging, open_tar, _unpack))
+        return True
     ns.restore(ctx, node, "mnt", lambda entry: _setup(ctx, mounts, entry.owner_id))
     return True
 
@@ -135,7 +180,7 @@ def _mountinfo(pid) -> list[dict]:
         for line in f:
             left, right = line.split(" - ", 1)
             fields, (fstype, source, sb) = left.split(), right.split()[:3]
-            out.append({"mnt_id": int(fields[0]), "parent": int(fields[1]),
+            out.append({"optional": fields[6:], "mnt_id": int(fields[0]), "parent": int(fields[1]),
                         "dev": fields[2], "root": _unescape(fields[3]),
                         "mountpoint": _unescape(fields[4]), "options": fields[5],
                         "fstype": fstype, "source": _unescape(source), "sb": sb})
@@ -145,6 +190,18 @@ def _mountinfo(pid) -> list[dict]:
 def _unescape(s: str) -> str:
     import re
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def _externals(ctx) -> dict:
+    """--external mnt[A]:B as {A: B} (dump: mountpoint -> key; restore: key -> path)."""
+    import re
+    out = {}
+    for item in getattr(ctx.options, "external", None) or []:
+        found = re.fullmatch(r"mnt\[(.+)\]:(.+)", item)
+        if found is None:
+            raise ValueError(f"--external {item}: only mnt[A]:B is taken")
+        out[found.group(1)] = found.group(2)
+    return out
 
 
 def _key(m) -> tuple:

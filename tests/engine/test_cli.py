@@ -91,6 +91,8 @@ def test_missing_required_field(dumped, engine_cli):
     entry.ClearField("pid")
     body = entry.SerializePartialToString()
     pstree.write_bytes(data[:8] + struct.pack("<I", len(body)) + body)
+    from engine.images import manifest
+    manifest.note(str(img), "pstree.img")         # as a tool rewriting it would
     line = engine_fails("restore", "-D", img)
     assert "pstree.img" in line and "pid" in line
     assert task_gone(target.pid)
