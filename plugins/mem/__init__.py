@@ -32,6 +32,7 @@ TASK_SIZE = 0x7FFFFFFFF000        # x86_64 4-level user space end
 MAPPED_FILES = StashKey()
 PAGES_IDS = StashKey()
 SHARED_ANON = StashKey()      # shmid -> the first task's mapping of it
+SHARED_EXTENTS = StashKey()   # shmid -> (lowest pgoff, highest end) over all tasks
 
 VMA_AREA_MEMFD = 1 << 14      # criu/include/image.h: shmid names a MEMFD file entry
 MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
@@ -98,6 +99,7 @@ def engine_dump_task(ctx, task):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     from engine.tracer import model
+    extents = ctx.stash.setdefault(SHARED_EXTENTS, {})
     for task in ctx.provided("tasks").alive:
         image = f"mm-{task.pid}.img"
         mm = ctx.images.read_one("mm", id=task.pid)
@@ -106,6 +108,10 @@ def engine_restore_collect(ctx, graph):
         # from it by the others (SHARED_ANON): one tracer for all of them.
         shared = sorted({f"shmem:{v.shmid}" for v in state.vmas
                          if v.status & model.VMA_ANON_SHARED})
+        for v in state.vmas:
+            if v.status & model.VMA_ANON_SHARED:
+                lo, hi = extents.get(v.shmid, (v.pgoff, 0))
+                extents[v.shmid] = (min(lo, v.pgoff), max(hi, v.pgoff + v.end - v.start))
         graph.add(Node(key=f"mem:{task.pid}", plugin="mem", pid=task.pid, data=state,
                        tracer_shares=shared,
                        label=f"memory of {task.pid} ({len(state.vmas)} VMAs)"))
@@ -118,7 +124,8 @@ def engine_restore_node(ctx, node):
     pages = PagemapReader(ctx.images.dir, node.pid)
     try:
         restore_memory(ctx.tracees[node.pid], node.data, pages,
-                       ctx.stash.setdefault(SHARED_ANON, {}))
+                       ctx.stash.setdefault(SHARED_ANON, {}),
+                       shared_extents=ctx.stash.get(SHARED_EXTENTS, None))
     finally:
         pages.close()
     return True
