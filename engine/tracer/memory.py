@@ -171,8 +171,14 @@ def _move_vdso(bt, vmas, specials, avoid) -> int | None:
     moved vdso, if known (_engine_vdso)."""
     ours = {name: (lo, hi) for lo, hi, name in specials}
     theirs = [v for v in vmas if v.status & (m.VMA_AREA_VVAR | m.VMA_AREA_VDSO)]
-    if "[vdso]" not in ours or not theirs:
+    if "[vdso]" not in ours:
         raise b.NotSupportedError(bt.t.pid, "restore without a vdso")
+    if not theirs:
+        # The program had unmapped its own: it stays gone (the tracer's
+        # last syscalls run from another executable mapping).
+        for lo, hi in ours.values():
+            bt.call("munmap", lo, hi - lo, what=f"special mapping {lo:#x}")
+        return None
     lo, hi = min(s for s, _ in ours.values()), max(e for _, e in ours.values())
     dlo, dhi = min(v.start for v in theirs), max(v.end for v in theirs)
     dvdso = next((v.start for v in theirs if v.status & m.VMA_AREA_VDSO), None)

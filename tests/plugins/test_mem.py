@@ -149,3 +149,14 @@ def test_layouts_holes_private_file_data_and_past_eof_across_three_tasks(
     its /proc/self/maps protections; --verify compares CRCs."""
     target = target_runner.start(build_target("memlayout", variant))
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+@pytest.mark.parametrize("how", ["unmapped", "moved"])
+def test_vdso_unmapped_or_moved_by_the_program(build_target, target_runner, dump_restore,
+                                               tmp_path, variant, how):
+    """The tracer finds a `syscall` outside the vdso (any executable
+    mapping) and restore leaves the vdso where the program put it, or gone."""
+    args = ["--move"] if how == "moved" else []
+    target = target_runner.start(build_target("vdsogone", variant), *args)
+    assert dump_restore(target, tmp_path / "img") == "PASS"
