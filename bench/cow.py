@@ -40,7 +40,8 @@ def one_run(exe: Path, args: list[str], work: Path) -> dict:
     proc = subprocess.Popen([str(exe), "--ready", str(ready), "--result", str(result), *args],
                             stdin=subprocess.DEVNULL)
     wait_for(ready)
-    kids = [int(line[4:]) for line in ready.read_text().split() if line.startswith("kid=")]
+    kids = [int(pid) for line in ready.read_text().split() if line.startswith("kids=")
+            for pid in line[5:].split(",")]
     before = private_dirty_kib(kids)
     t_dump = engine("dump", "-t", str(proc.pid), "-D", str(img))
     proc.wait()

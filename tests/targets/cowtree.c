@@ -3,7 +3,7 @@
  *       forks --kids children (4) that never write it: their pages are the
  *       parent's, shared copy-on-write. After SIGTERM each child checks the
  *       data and the parent collects their verdicts. The children's pids
- *       are in the ready file (kid=PID) so a bench can read their
+ *       are in the ready file (kids=PID,PID...) so a bench can read their
  *       smaps_rollup (Private_Dirty stays small while the pages are shared). */
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -27,7 +27,8 @@ int main(int argc, char **argv)
 	long mib = tgt_arg_long("mib", 64), kids = tgt_arg_long("kids", 4), k;
 	pid_t pids[64];
 	unsigned long i;
-	int status;
+	int status, n = 0;
+	char list[1024];
 
 	tgt_init(argc, argv);
 	if (kids > 64)
@@ -47,8 +48,9 @@ int main(int argc, char **argv)
 				usleep(5000);
 			_exit(check() ? 0 : 1);
 		}
-		tgt_info("kid=%d", pids[k]);
+		n += snprintf(list + n, sizeof(list) - n, "%s%d", k ? "," : "", pids[k]);
 	}
+	tgt_info("kids=%s", list);
 	tgt_ready();
 
 	while (!tgt_stop)
