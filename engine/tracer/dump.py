@@ -341,7 +341,13 @@ def dump_pages(t: Tracee, vmas, sink) -> int:
         try:
             batch: list[tuple[int, int]] = []
             filled = 0
-            for vaddr, length in _all_runs(fd, vmas):
+            for vaddr, length, readable in _all_runs(fd, vmas):
+                if not readable:
+                    # process_vm_readv honours protections (EFAULT on a
+                    # PROT_NONE page); /proc/PID/mem reads with FOLL_FORCE,
+                    # as CRIU's parasite reads after mprotect (criu/mem.c).
+                    total += _read_forced(pid, vaddr, length, sink)
+                    continue
                 if buf is None:
                     buf = mmap.mmap(-1, CHUNK)
                     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
@@ -378,15 +384,26 @@ def _flush(pid: int, base: int, view: memoryview, batch, sink) -> int:
     return off
 
 
+def _read_forced(pid: int, vaddr: int, length: int, sink) -> int:
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        data = os.pread(mem.fileno(), length, vaddr)
+    if len(data) != length:
+        raise b.TracerError(errno.EIO, pid, f"reading /proc/{pid}/mem at {vaddr:#x} (short)")
+    sink.add(vaddr, memoryview(data))
+    return length
+
+
 def _all_runs(fd: int, vmas):
-    """Runs of wanted pages over all VMAs, none longer than CHUNK."""
+    """Runs of wanted pages over all VMAs, none longer than CHUNK, with
+    whether the task may read them (PROT_READ)."""
     for v in vmas:
         if not _needs_pages(v):
             continue
+        readable = bool(v.prot & mmap.PROT_READ)
         for vaddr, length in _present_runs(fd, v):
             while length:
                 n = min(length, CHUNK)
-                yield vaddr, n
+                yield vaddr, n, readable
                 vaddr, length = vaddr + n, length - n
 
 

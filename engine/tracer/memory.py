@@ -34,7 +34,8 @@ MADV_MERGEABLE, MADV_HUGEPAGE, MADV_NOHUGEPAGE = 12, 14, 15
 SPECIAL = m.VMA_AREA_VVAR | m.VMA_AREA_VDSO | m.VMA_AREA_VSYSCALL
 
 
-def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=None) -> None:
+def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=None,
+                   shared_extents=None) -> None:
     """Replace the task's address space with the dumped one.
 
     `pages` has .runs() -> (vaddr, length, offset) and .buffer (a ctypes
@@ -47,12 +48,14 @@ def restore_memory(t: Tracee, mm: m.MmState, pages, shared_anon=None, file_fds=N
     first) is filled and used across the tasks of one restore, so a
     MAP_SHARED|MAP_ANONYMOUS region stays one object: later tasks map the
     first one's through /proc/PID/map_files (criu/shmem.c does the same
-    with its own fds). Leaves t.scratch set: the plugins' batches run there.
+    with its own fds). `shared_extents` (shmid -> (lowest pgoff, highest
+    end offset) over all the tasks) sizes that object. Leaves t.scratch
+    set: the plugins' batches run there.
     """
     shared_anon = {} if shared_anon is None else shared_anon
     scratch, bt = _clear(t, mm)
     given = dict(file_fds or {})
-    fds = _map_all(bt, mm, given, shared_anon)
+    fds = _map_all(bt, mm, given, shared_anon, shared_extents or {})
     if pages.buffer is not None:
         with b.buffer_address(pages.buffer) as base:
             # CRIU dumps the vdso's pages too; ours is the running kernel's.
@@ -85,10 +88,11 @@ def _clear(t: Tracee, mm: m.MmState):
     return scratch, bt
 
 
-def _map_all(bt, mm: m.MmState, given: dict, shared_anon) -> dict:
+def _map_all(bt, mm: m.MmState, given: dict, shared_anon, extents) -> dict:
     """Files first, then every VMA: one run, the fds passed on as Results;
     (path, mode) -> fd of each file opened in the task."""
     fds: dict = {}                 # (path, mode) -> batch index of its openat
+    made = _make_shared_objects(bt, mm, shared_anon, extents)
     for i, v in enumerate(mm.vmas):
         if not v.status & SPECIAL and given.get(i, given.get(v.path)) is None:
             key = _file_of(v, shared_anon)
@@ -99,8 +103,38 @@ def _map_all(bt, mm: m.MmState, given: dict, shared_anon) -> dict:
     for i, v in enumerate(mm.vmas):
         if not v.status & SPECIAL:
             _map_vma(bt, v, given.get(i, given.get(v.path)), fds, shared_anon)
+    for shmid, (lo, hi) in made.items():
+        # every piece maps the object now: the whole one can go, and the
+        # tasks after this one map it from one of the pieces
+        bt.call("munmap", lo, hi - lo, what=f"shared object {shmid} at {lo:#x}")
+        v = next(v for v in mm.vmas if v.shmid == shmid and v.status & m.VMA_ANON_SHARED)
+        shared_anon[shmid] = (bt.t.pid, v.start, v.end, shared_anon[shmid][3])
     results = bt.run()
     return {key: results[i] for key, i in fds.items()}
+
+
+def _make_shared_objects(bt, mm: m.MmState, shared_anon, extents) -> dict:
+    """Map each MAP_SHARED|MAP_ANONYMOUS object this task is the first to
+    restore whole, at a free spot, so all its pieces (cut by munmap or
+    mprotect, in any task) map it by offset: a piece's own anonymous mapping
+    would be an object the size of that piece only (criu/shmem.c sizes it
+    the same way). shmid -> (start, end) of the whole mapping."""
+    seen: dict = {}
+    for v in mm.vmas:
+        if v.status & m.VMA_ANON_SHARED and v.shmid not in shared_anon:
+            lo, hi = seen.get(v.shmid, (v.pgoff, v.pgoff + v.end - v.start))
+            seen[v.shmid] = (min(lo, v.pgoff), max(hi, v.pgoff + v.end - v.start))
+    made = {}
+    taken = [(v.start, v.end) for v in mm.vmas] + [(lo, hi) for lo, hi, _ in read_maps(bt.t.pid)]
+    for shmid, (lo, hi) in seen.items():
+        lo, hi = extents.get(shmid, (lo, hi))
+        at = free_spot(taken, hi - lo)
+        taken.append((at, at + hi - lo))
+        bt.call("mmap", at, hi - lo, PROT_WRITE | 1, MAP_FIXED | MAP_SHARED | MAP_ANONYMOUS,
+                -1, 0, what=f"shared object {shmid} ({hi - lo:#x} bytes)")
+        shared_anon[shmid] = (bt.t.pid, at, at + hi - lo, lo)
+        made[shmid] = (at, at + hi - lo)
+    return made
 
 
 def _protect_and_set_mm(bt, mm: m.MmState, given: dict, fds: dict) -> None:
@@ -141,8 +175,14 @@ def _move_vdso(bt, vmas, specials, avoid) -> int | None:
     moved vdso, if known (_engine_vdso)."""
     ours = {name: (lo, hi) for lo, hi, name in specials}
     theirs = [v for v in vmas if v.status & (m.VMA_AREA_VVAR | m.VMA_AREA_VDSO)]
-    if "[vdso]" not in ours or not theirs:
+    if "[vdso]" not in ours:
         raise b.NotSupportedError(bt.t.pid, "restore without a vdso")
+    if not theirs:
+        # The program had unmapped its own: it stays gone (the tracer's
+        # last syscalls run from another executable mapping).
+        for lo, hi in ours.values():
+            bt.call("munmap", lo, hi - lo, what=f"special mapping {lo:#x}")
+        return None
     lo, hi = min(s for s, _ in ours.values()), max(e for _, e in ours.values())
     dlo, dhi = min(v.start for v in theirs), max(v.end for v in theirs)
     dvdso = next((v.start for v in theirs if v.status & m.VMA_AREA_VDSO), None)

@@ -111,12 +111,20 @@ class Tracee:
     # --- remote syscalls -----------------------------------------------------
 
     def find_syscall_in_vdso(self) -> int:
+        """A `syscall` instruction of the task's: in its vdso, or, for a
+        program that unmapped or moved its own, in any executable mapping
+        (CRIU's parasite brings its own; the bytes 0f 05 run as `syscall`
+        wherever they start)."""
         for start, end, name in _special_maps(self.pid):
             if name == "[vdso]":
                 at = self.read(start, end - start).find(SYSCALL_INSN)
                 if at >= 0:
                     return start + at
-        raise b.NotSupportedError(self.pid, "a [vdso] without a syscall instruction")
+        at = _syscall_in_code(self.pid)
+        if at is None:
+            raise b.NotSupportedError(self.pid, "a task without a syscall instruction in "
+                                                "its vdso or any executable mapping")
+        return at
 
     def syscall(self, nr: int | str, *args: int) -> int:
         """Run syscall `nr` (a number or a binding.SYS name) in the task;
@@ -214,3 +222,22 @@ def _special_maps(pid: int):
             if len(parts) >= 6 and parts[5].startswith("["):
                 lo, hi = (int(x, 16) for x in parts[0].split("-"))
                 yield lo, hi, parts[5]
+
+
+def _syscall_in_code(pid: int) -> int | None:
+    """The first `syscall` in an executable, not writable mapping, read
+    through /proc/PID/mem (an execute-only mapping too)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            parts = line.split()
+            # not the engine's own scratch page (rwx): it goes before the end
+            if "x" not in parts[1] or "w" in parts[1] or parts[-1] == "[vsyscall]":
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            try:
+                at = os.pread(mem.fileno(), hi - lo, lo).find(SYSCALL_INSN)
+            except OSError:
+                continue          # not backed (a file truncated under it)
+            if at >= 0:
+                return lo + at
+    return None

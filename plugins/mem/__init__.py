@@ -49,6 +49,7 @@ PROT_WRITE, PROT_EXEC = 2, 4
 SYS_SHMAT, SYS_SHMCTL, IPC_RMID = 30, 31, 0
 SYSV_LEFT = StashKey()        # (ipc ns id, shmid) -> attachments not made yet
 MADV_POPULATE_READ = 22
+SHARED_EXTENTS = StashKey()   # shmid -> (lowest pgoff, highest end) over all tasks
 
 VMA_AREA_MEMFD = 1 << 14      # criu/include/image.h: shmid names a MEMFD file entry
 MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data",
@@ -120,6 +121,7 @@ def engine_dump_task(ctx, task):
 @hookimpl
 def engine_restore_collect(ctx, graph):
     from engine.tracer import model
+    extents = ctx.stash.setdefault(SHARED_EXTENTS, {})
     for task in ctx.provided("tasks").alive:
         image = f"mm-{task.pid}.img"
         mm = ctx.images.read_one("mm", id=task.pid)
@@ -137,6 +139,10 @@ def engine_restore_collect(ctx, graph):
         # from it by the others (SHARED_ANON): one tracer for all of them.
         shared = sorted({f"shmem:{v.shmid}" for v in state.vmas
                          if v.status & model.VMA_ANON_SHARED})
+        for v in state.vmas:
+            if v.status & model.VMA_ANON_SHARED:
+                lo, hi = extents.get(v.shmid, (v.pgoff, 0))
+                extents[v.shmid] = (min(lo, v.pgoff), max(hi, v.pgoff + v.end - v.start))
         graph.add(Node(key=f"mem:{task.pid}", plugin="mem", pid=task.pid, data=state,
                        tracer_shares=shared + segments,
                        after=[("ipcns", ctx.ids(task.pid).ipc_ns_id)] if sysv else [],
@@ -151,7 +157,8 @@ def engine_restore_node(ctx, node):
     sysv = ctx.stash.get(SYSV_VMAS, {}).get(node.pid, ())
     try:
         restore_memory(ctx.tracees[node.pid], node.data, _Outside(pages, sysv) if sysv else pages,
-                       ctx.stash.setdefault(SHARED_ANON, {}))
+                       ctx.stash.setdefault(SHARED_ANON, {}),
+                       shared_extents=ctx.stash.get(SHARED_EXTENTS, None))
         for v in sysv:
             _shmat(ctx, node.pid, v, pages)
     finally:

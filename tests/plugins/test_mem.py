@@ -137,3 +137,26 @@ def test_memory_failing_in_any_task_undoes_the_whole_tree(build_target, target_r
     for pid in pids:
         assert task_gone(pid), f"task {pid} of the failed restore is still there"
     assert _processes_naming(str(img)) == [], "an engine process outlived the failed restore"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+def test_layouts_holes_private_file_data_and_past_eof_across_three_tasks(
+        build_target, target_runner, dump_restore, tmp_path, variant):
+    """Shared and private anonymous regions cut by mprotect (a PROT_NONE
+    hole, a read-only page) and munmap, a private file mapping's written
+    and unwritten pages, and a mapping past its file's end (dumped without
+    the pages there, which still SIGBUS): each task checks its contents and
+    its /proc/self/maps protections; --verify compares CRCs."""
+    target = target_runner.start(build_target("memlayout", variant))
+    assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("variant", ["dynamic-pie", "static-nopie"])
+@pytest.mark.parametrize("how", ["unmapped", "moved"])
+def test_vdso_unmapped_or_moved_by_the_program(build_target, target_runner, dump_restore,
+                                               tmp_path, variant, how):
+    """The tracer finds a `syscall` outside the vdso (any executable
+    mapping) and restore leaves the vdso where the program put it, or gone."""
+    args = ["--move"] if how == "moved" else []
+    target = target_runner.start(build_target("vdsogone", variant), *args)
+    assert dump_restore(target, tmp_path / "img") == "PASS"
