@@ -148,14 +148,38 @@ def _serve(channel, req, kind, body):
             os.close(fd)
 
 
-def _engine_options(kind: str, argv: list[str]):
-    """The options `engine KIND ARGV` would run with (plugin options and
-    their defaults included), and its plugin set."""
+# kind -> (registry, parser) made before any request by prepare(): each is
+# used by one request only (a notifier registers itself in the registry).
+_prepared: dict[str, tuple] = {}
+
+
+def prepare() -> None:
+    """What every DUMP and RESTORE needs and no request changes: the plugin
+    set (hooks.toml parsed, plugins imported), the parsers with the plugins'
+    options, the image kinds, the protobuf modules and the engine's dump and
+    restore modules. `engine service` calls it once before it listens; each
+    worker it forks inherits it all (issue 19's warm service)."""
+    import engine.dump  # noqa: F401 - imported here so no worker pays it
+    import engine.restore  # noqa: F401
+    import engine.images.kinds  # noqa: F401
+    from engine.images.proto import rpc_pb2  # noqa: F401
+    for kind in (options.DUMP, options.RESTORE):
+        _prepared[kind] = _fresh_options(kind)
+
+
+def _fresh_options(kind: str):
     from engine import cli
     from engine.registry import build
     reg = build("default", ())
     parser = cli._parser(only=kind)
     cli._add_plugin_options(reg, parser.subcommands[kind])
+    return reg, parser
+
+
+def _engine_options(kind: str, argv: list[str]):
+    """The options `engine KIND ARGV` would run with (plugin options and
+    their defaults included), and its plugin set."""
+    reg, parser = _prepared.pop(kind, None) or _fresh_options(kind)
     try:
         args = parser.parse_args([kind, *argv])
     except SystemExit:
