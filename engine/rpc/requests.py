@@ -171,7 +171,10 @@ def prepare() -> None:
     import plugins
     for package in (engine.images.proto, engine.tracer, plugins):
         _import_all(package)
-    for name in ("engine.tracers", "engine.ns", "engine.libc", "engine.images.pagemap"):
+    # pyroute2 (sock_diag of the socket plugins' dumps): ~110 ms, imported
+    # by those plugins only when a dump meets a socket.
+    for name in ("engine.tracers", "engine.ns", "engine.libc", "engine.images.pagemap",
+                 "pyroute2"):
         _import_quietly(name)
 
 
