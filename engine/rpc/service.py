@@ -9,6 +9,7 @@ the collector it turns off) never outlives it.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -53,7 +54,13 @@ def swrk(fd: int) -> int:
 
 
 def service(address: str) -> int:
-    """Listen at `address` until SIGTERM or SIGINT; one worker per connection."""
+    """Listen at `address` until SIGTERM or SIGINT; one worker per connection,
+    forked from this process made warm first (requests.prepare)."""
+    from engine.rpc import requests
+    requests.prepare()
+    # The warm objects are never freed: kept out of the collector's passes,
+    # a worker's collections do not write to (copy) the pages holding them.
+    gc.freeze()
     if os.path.exists(address):
         os.unlink(address)              # a socket left by an earlier service
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -304,3 +304,66 @@ def test_criu_refuses_a_flag_it_does_not_know(tmp_path):
     proc = _criu("dump", "-t", os.getpid(), "-D", tmp_path, "--manage-cgroups", check=False)
     assert proc.returncode == 1
     assert "not supported by the engine's criu: --manage-cgroups" in proc.stderr
+
+
+def _service_state(pid: int) -> tuple[set[str], str, int]:
+    """The service's open fds, its children and its resident memory (kB)."""
+    fds = set(os.listdir(f"/proc/{pid}/fd"))
+    children = " ".join((open(f"/proc/{pid}/task/{t}/children").read()
+                         for t in os.listdir(f"/proc/{pid}/task"))).strip()
+    rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status")
+               if line.startswith("VmRSS:"))
+    return fds, children, rss
+
+
+def _service_call(address, req):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(str(address))
+        sock.send(req.SerializeToString())
+        return pb.criu_resp.FromString(sock.recv(1 << 20))
+
+
+def test_warm_service_stays_clean(build_target, target_runner, tmp_path):
+    """100 requests (restores that fail, then a real one) leave the warm
+    service with the fds, children and memory it had, and a failed request
+    does not spoil the next."""
+    target = target_runner.start(build_target("counter", "static-nopie"))
+    img = tmp_path / "img"
+    cmd, env = engine_command("dump", "-t", target.pid, "-D", img)
+    subprocess.run(cmd, env=env, check=True)
+    target.reap()
+    reap_dumped_tree(img)
+    address = tmp_path / "criu.sock"
+    cmd, env = engine_command("service", "--address", address)
+    service = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    empty, fd = tmp_path / "empty", None
+    empty.mkdir()
+    try:
+        for _ in range(500):
+            if address.exists():
+                break
+            time.sleep(0.02)
+        before = _service_state(service.pid)
+        fd = _dir_fd(empty)
+        for _ in range(99):
+            resp = _service_call(address, pb.criu_req(type=pb.RESTORE, opts=_opts(fd)))
+            assert not resp.success and resp.type == pb.RESTORE
+        os.close(fd)
+        fd = _dir_fd(img)
+        resp = _service_call(address, pb.criu_req(type=pb.RESTORE, opts=_opts(fd)))
+        assert resp.success, resp.cr_errmsg
+        assert resp.restore.pid == target.pid
+        assert target.verdict() == "PASS"
+        for _ in range(100):            # the last worker may still be exiting
+            after = _service_state(service.pid)
+            if after[1] == before[1]:
+                break
+            time.sleep(0.02)
+        assert after[:2] == before[:2]
+        assert after[2] < before[2] + 1024, f"RSS {before[2]} kB -> {after[2]} kB"
+    finally:
+        if fd is not None:
+            os.close(fd)
+        service.terminate()
+        _, err = service.communicate(timeout=10)
+    assert service.returncode == 0, err
