@@ -25,6 +25,7 @@ the segments of the engine's own namespace.
 """
 from __future__ import annotations
 
+import errno
 import logging
 
 from engine.images.entries import add_file
@@ -161,6 +162,15 @@ def engine_restore_node(ctx, node):
                        shared_extents=ctx.stash.get(SHARED_EXTENTS, None))
         for v in sysv:
             _shmat(ctx, node.pid, v, pages)
+    except OSError as e:
+        if e.errno == errno.ESRCH:      # the task died: not the images' doing
+            raise
+        # What the kernel refuses here is the image's mapping or page data
+        # (an address process_vm_writev cannot write, mm fields PR_SET_MM_MAP
+        # will not take): name the images, not the syscall alone (issue 20).
+        pid = ctx.images.pid_alias.get(node.pid, node.pid)
+        raise ImageError(f"mm-{pid}.img, pagemap-{pid}.img",
+                         f"the kernel refused the memory they describe: {e}") from None
     finally:
         pages.close()
     return True

@@ -160,3 +160,29 @@ def test_vdso_unmapped_or_moved_by_the_program(build_target, target_runner, dump
     args = ["--move"] if how == "moved" else []
     target = target_runner.start(build_target("vdsogone", variant), *args)
     assert dump_restore(target, tmp_path / "img") == "PASS"
+
+
+@pytest.mark.parametrize("how, want", [
+    ("mm_brk at the end of data", "PR_SET_MM_MAP"),
+    ("pages at an address no VMA covers", "Bad address"),
+])
+def test_memory_the_kernel_refuses_names_its_images(build_target, target_runner, tmp_path,
+                                                    how, want):
+    """Values the checks at collect let through but the kernel will not
+    take: one line naming mm-PID.img and pagemap-PID.img, no task left."""
+    from engine.testing import dump_to, engine_fails, task_gone
+    target = target_runner.start(build_target("counter"))
+    img = tmp_path / "img"
+    images = dump_to(target, img)
+    if how.startswith("mm_brk"):
+        mm = images.read("mm", id=target.pid)
+        mm[0].mm_brk = mm[0].mm_end_data           # the kernel wants brk past the data
+        images.write("mm", mm, id=target.pid)
+    else:
+        pm = images.read("pagemap", id=target.pid)
+        pm[1].vaddr = 0x7fffffffe000 - 4096 * pm[1].nr_pages
+        images.write("pagemap", pm, id=target.pid)
+    line = engine_fails("restore", "-D", img)
+    assert f"mm-{target.pid}.img, pagemap-{target.pid}.img: the kernel refused" in line, line
+    assert want in line, line
+    assert task_gone(target.pid)
