@@ -41,7 +41,10 @@ from dump_restore import ROOT, TARGETS, become_subreaper, import_floor, wait_for
 from fds import MANY_FDS  # noqa: E402
 from tree_threads import FANOUT, kill_tree, reap_all  # noqa: E402
 
-CRIU = ROOT.parent.parent / "shared" / "criu-4.2" / "criu"
+# ../shared/criu-4.2 beside the checkout (or beside a worktree's parent).
+CRIU = next((p / "shared" / "criu-4.2" / "criu" for p in ROOT.parents
+             if (p / "shared" / "criu-4.2" / "criu").exists()),
+            ROOT.parent / "shared" / "criu-4.2" / "criu")
 
 # A python3 process doing nothing but sleep, as a user's idle script would.
 IDLE_PY = """\
