@@ -78,3 +78,28 @@ def room_for(fds: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < fds and soft != resource.RLIM_INFINITY:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(fds, hard), hard))
+
+
+KCMP_FILES, KCMP_FS = 2, 3
+
+
+def kcmp_sharer(seen: list, pid: int, what: int) -> int | None:
+    """The task in `seen` sharing kernel object `what` (KCMP_FILES: its fd
+    table, KCMP_FS: cwd, root and umask) with task pid, or None, pid then
+    inserted: `seen` is kept in kcmp's order, one binary search a task.
+    Threads share theirs with their leader: one task here."""
+    from engine import libc
+    lo, hi = 0, len(seen)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        r = libc.syscall("kcmp", pid, seen[mid], what, 0, 0)
+        if r < 0:
+            raise OSError(ctypes.get_errno(), f"kcmp of tasks {pid} and {seen[mid]}")
+        if r == 0:
+            return seen[mid]
+        if r == 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    seen.insert(lo, pid)
+    return None

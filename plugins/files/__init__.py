@@ -54,13 +54,14 @@ import attrs
 
 from engine import hookimpl
 from engine.images.entries import add_file
-from engine.fds import CLAIMING, FD_FLOORS, claiming_fdinfo, fdinfo, room_for
+from engine.fds import (CLAIMING, FD_FLOORS, KCMP_FILES, claiming_fdinfo, fdinfo,
+                        kcmp_sharer, room_for)
 from engine.graph import Node
 from engine.images import ImageError
 from engine.stash import StashKey
 from plugins.files import mapped
 
-from .refuse import KCMP_FILES, refuse_dead_proc, sharer
+from .refuse import refuse_dead_proc
 from .ghost import GHOST_LIMIT, REMAPS, check_ghosts, dump_ghost, open_ghost
 
 log = logging.getLogger("engine.plugins.files")
@@ -129,7 +130,7 @@ def engine_dump_task(ctx, task):
     if task.zombie is not None:
         return           # a zombie has no fds, fs or memory
     pid = task.pid
-    other = sharer(ctx.stash.setdefault(TABLES, []), pid, KCMP_FILES)
+    other = kcmp_sharer(ctx.stash.setdefault(TABLES, []), pid, KCMP_FILES)
     if other is not None:
         # CRIU gives them one files_id and clones the second with
         # CLONE_FILES; the engine's forks do not share tables (yet)

@@ -3,34 +3,9 @@ and an fd of /proc/N whose task N is gone. Each is one line naming the
 task and the state; the tree then runs on untouched."""
 from __future__ import annotations
 
-import ctypes
 import os
 
-from engine import libc
-
-KCMP_FILES = 2
 DELETED = " (deleted)"
-
-
-def sharer(seen: list, pid: int, what: int) -> int | None:
-    """The task in `seen` sharing kernel object `what` (kcmp's KCMP_FILES,
-    KCMP_FS) with task pid, or None, pid then inserted: `seen` is kept in
-    kcmp's order, one binary search a task. Threads share theirs with their
-    leader: one task here."""
-    lo, hi = 0, len(seen)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        r = libc.syscall("kcmp", pid, seen[mid], what, 0, 0)
-        if r < 0:
-            raise OSError(ctypes.get_errno(), f"kcmp of tasks {pid} and {seen[mid]}")
-        if r == 0:
-            return seen[mid]
-        if r == 1:
-            hi = mid
-        else:
-            lo = mid + 1
-    seen.insert(lo, pid)
-    return None
 
 
 def refuse_dead_proc(pid: int, fd: int, link: str, stat) -> None:

@@ -27,7 +27,6 @@ from engine.stash import StashKey
 DELETED = " (deleted)"
 GHOSTS = StashKey()         # restore: file ids of deleted cwds (ghost directories)
 SHARERS = StashKey()        # dump: pids with an fs struct, in kcmp(KCMP_FS) order
-KCMP_FS = 3
 
 
 # --- registration ---------------------------------------------------------
@@ -47,7 +46,8 @@ def engine_dump_task(ctx, task):
     from engine.images.entries import regular_file
     from engine.images.proto import tree_pb2
     pid = task.pid
-    other = _sharer(ctx.stash.setdefault(SHARERS, []), pid)
+    from engine.fds import KCMP_FS, kcmp_sharer
+    other = kcmp_sharer(ctx.stash.setdefault(SHARERS, []), pid, KCMP_FS)
     if other is not None:
         # CRIU gives them one fs_id and clones the second with CLONE_FS;
         # the engine's forks have fs structs of their own (yet)
@@ -138,27 +138,6 @@ def _dump_ghost_directory(ctx, stat, file_id: int) -> None:
     ctx.images.write("ghost-file", [g], id=ghost_id)
     ctx.entries("remap-fpath").append(files_pb2.remap_file_path_entry(
         orig_id=file_id, remap_id=ghost_id, remap_type=files_pb2.GHOST))
-
-
-def _sharer(seen: list, pid: int) -> int | None:
-    """The task in `seen` sharing its fs struct with pid (kcmp KCMP_FS), or
-    None, pid then inserted in kcmp's order (one binary search a task)."""
-    import ctypes
-    from engine import libc
-    lo, hi = 0, len(seen)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        r = libc.syscall("kcmp", pid, seen[mid], KCMP_FS, 0, 0)
-        if r < 0:
-            raise OSError(ctypes.get_errno(), f"kcmp of tasks {pid} and {seen[mid]}")
-        if r == 0:
-            return seen[mid]
-        if r == 1:
-            hi = mid
-        else:
-            lo = mid + 1
-    seen.insert(lo, pid)
-    return None
 
 
 def _umask(pid: int) -> int:
